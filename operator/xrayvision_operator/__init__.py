@@ -1,0 +1,1 @@
+"""The XRayVision Kubernetes operator (kopf). Built by the operator issue."""

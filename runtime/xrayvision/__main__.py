@@ -1,0 +1,3 @@
+from xrayvision.cli import main
+
+raise SystemExit(main())

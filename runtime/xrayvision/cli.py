@@ -1,0 +1,139 @@
+"""``xrayvision`` command: serve, migrate, check-config, hash-password.
+
+Exit codes: 0 success; 1 runtime failure; 2 bad configuration or usage (the message says
+which key, which value and what was expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import logging
+import sys
+import time
+from pathlib import Path
+
+from xrayvision import __version__
+from xrayvision.config import ROLES, ConfigError, Settings, effective_settings, load_settings
+from xrayvision.db.migrate import upgrade
+from xrayvision.logs import setup_logging
+from xrayvision.passwords import hash_password
+from xrayvision.serve import StartupError, open_database, serve
+
+log = logging.getLogger("xrayvision")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xrayvision", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"xrayvision {__version__}")
+    parser.add_argument(
+        "--config-dir", type=Path, default=None,
+        help="folder with xrayvision.cfg and local.cfg (default: the current folder)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the chosen roles (default: all)")
+    p.add_argument("--roles", help=f"comma-separated subset of {','.join(ROLES)}")
+    p.add_argument("--migrate", action="store_true",
+                   help="migrate an outdated database schema before starting")
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to keep retrying an unreachable database (default 60)")
+
+    sub.add_parser("check-config", help="print the effective settings, secrets masked")
+
+    p = sub.add_parser("hash-password", help="print a scrypt hash for [users]")
+    p.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config_dir)
+    if getattr(args, "roles", None):
+        settings = _with_roles(settings, args.roles)
+    return settings
+
+
+def _with_roles(settings: Settings, roles: str) -> Settings:
+    from xrayvision.config import _roles  # the same parser as [server] roles
+
+    try:
+        parsed = _roles(roles)
+    except ValueError as exc:
+        raise ConfigError(f"invalid --roles {roles!r}: {exc}") from None
+    return dataclasses.replace(settings, server=dataclasses.replace(settings.server, roles=parsed))
+
+
+def cmd_check_config(settings: Settings) -> int:
+    for warning in settings.warnings:
+        print(f"# warning: {warning}")
+    for section, rows in effective_settings(settings).items():
+        print(f"[{section}]")
+        for key, value in rows.items():
+            print(f"{key} = {value}")
+        print()
+    return 0
+
+
+def cmd_hash_password(stdin: bool) -> int:
+    if stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Again: "):
+            print("xrayvision: the passwords differ", file=sys.stderr)
+            return 2
+    if not password:
+        print("xrayvision: empty password refused", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def cmd_migrate(settings: Settings, timeout: float) -> int:
+    db = open_database(settings)
+    deadline, delay = time.monotonic() + timeout, 0.5
+    try:
+        while True:
+            try:
+                db.ping()
+                break
+            except Exception as exc:  # noqa: BLE001
+                if time.monotonic() + delay > deadline:
+                    log.error("database unreachable; giving up", extra={"error": str(exc)[:200]})
+                    return 1
+                log.warning("database unreachable; retrying", extra={"retry_in": delay})
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+        state = upgrade(db.engine)
+        log.info("database migrated", extra={"schema": ",".join(state.head)})
+        return 0
+    finally:
+        db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "hash-password":
+        return cmd_hash_password(args.stdin)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"xrayvision: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.server.log_level, settings.server.log_format)
+    if args.command == "check-config":
+        return cmd_check_config(settings)
+    if args.command == "migrate":
+        return cmd_migrate(settings, args.timeout)
+    try:
+        return asyncio.run(serve(settings, migrate=args.migrate))
+    except StartupError as exc:
+        print(f"xrayvision: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        print(f"xrayvision: cannot start: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,538 @@
+"""Settings: built-in defaults < ``xrayvision.cfg`` < ``local.cfg`` < ``XRAYVISION_*`` env.
+
+Every key is declared once, as a field of a frozen section dataclass below; its
+``metadata["parse"]`` turns the raw string into the typed value and raises ``ValueError``
+with what was expected. :func:`load_settings` reads and validates everything once and
+returns a :class:`Settings` that the process passes down; a bad value raises
+:class:`ConfigError` naming the key, the value and what was expected.
+
+Environment variables are ``XRAYVISION_<SECTION>_<KEY>`` (``XRAYVISION_WEB_PORT=9000``).
+For the open sections (``users``, ``regions``, ``priority``) the rest of the name is the
+entry's name: ``XRAYVISION_USERS_ALICE=radiologist:scrypt$...``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from xrayvision.passwords import BadHash, parse_hash
+
+ENV_PREFIX = "XRAYVISION_"
+CONFIG_FILES = ("xrayvision.cfg", "local.cfg")
+ROLES = ("ingest", "relay", "fhir", "web")
+USER_ROLES = ("admin", "radiologist", "viewer")
+# Exam priority levels, named as FHIR ServiceRequest.priority (plus "normal" = routine).
+PRIORITIES = {"routine": 0, "normal": 0, "urgent": 1, "asap": 2, "stat": 3}
+MASK = "********"
+
+
+class ConfigError(Exception):
+    """Settings could not be read or a value is invalid; the message says which and why."""
+
+
+# --- parsers: str -> typed value, ValueError("expected ...") on bad input -----------------
+
+
+def _str(value: str) -> str:
+    return value.strip()
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ValueError(_expect_range("an integer", lo, hi)) from None
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            raise ValueError(_expect_range("an integer", lo, hi))
+        return number
+
+    return parse
+
+
+def _float(lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(_expect_range("a number", lo, hi)) from None
+        if number != number or (lo is not None and number < lo) or (
+            hi is not None and number > hi
+        ):
+            raise ValueError(_expect_range("a number", lo, hi))
+        return number
+
+    return parse
+
+
+def _expect_range(kind: str, lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f"expected {kind} from {lo} to {hi}"
+    if lo is not None:
+        return f"expected {kind} >= {lo}"
+    if hi is not None:
+        return f"expected {kind} <= {hi}"
+    return f"expected {kind}"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        text = value.strip().lower()
+        if text not in options:
+            raise ValueError(f"expected one of: {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _roles(value: str) -> tuple[str, ...]:
+    roles = tuple(r.lower() for r in _list(value))
+    if value.strip().lower() == "all":
+        return ROLES
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise ValueError(f"expected a comma-separated subset of: {', '.join(ROLES)} (or 'all')")
+    return tuple(dict.fromkeys(roles))
+
+
+def _path(value: str) -> Path:
+    if not value.strip():
+        raise ValueError("expected a path")
+    return Path(value.strip()).expanduser()
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value.strip()).expanduser() if value.strip() else None
+
+
+def _url(*schemes: str, optional: bool = True) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        text = value.strip()
+        if not text and optional:
+            return ""
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return text.rstrip("/") if parts.scheme.startswith("http") else text
+
+    return parse
+
+
+_AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
+
+
+def _aet(value: str) -> str:
+    text = value.strip()
+    if not _AET.match(text) or not text.strip():
+        raise ValueError("expected a DICOM AE title: 1 to 16 printable characters, no backslash")
+    return text
+
+
+def _aets(value: str) -> tuple[str, ...]:
+    return tuple(_aet(item) for item in _list(value))
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _list(value))
+    except ValueError:
+        raise ValueError("expected comma-separated IP addresses or CIDR networks") from None
+
+
+def _database_url(value: str) -> str:
+    text = value.strip()
+    if not text:
+        return ""  # filled in from server.data_dir
+    if text.startswith("postgres://"):
+        text = "postgresql://" + text[len("postgres://"):]
+    scheme = urlsplit(text).scheme
+    if scheme in ("postgresql", "postgresql+psycopg"):
+        return text.replace("postgresql://", "postgresql+psycopg://", 1)
+    if scheme == "sqlite":
+        return text
+    raise ValueError("expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+
+
+def _setting(default: Any, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc, "secret": secret})
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    roles: tuple[str, ...] = _setting(ROLES, _roles, "roles this process runs")
+    data_dir: Path = _setting(Path("data"), _path, "folder for the SQLite database, images, backups")
+    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
+    log_format: str = _setting("text", _choice("text", "json"), "log line format")
+    shutdown_grace: float = _setting(
+        20.0, _float(1, 3600), "seconds to finish work after SIGTERM (below the pod's grace period)"
+    )
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = _setting("", _database_url, "database URL; empty: SQLite in data_dir", secret=True)
+    pool_size: int = _setting(5, _int(1, 200), "connections kept per process (PostgreSQL)")
+    connect_timeout: float = _setting(10.0, _float(0.5, 600), "seconds to wait for one connect")
+    sqlite_busy_timeout: float = _setting(30.0, _float(0.1, 600), "seconds SQLite waits on a lock")
+
+
+@dataclass(frozen=True)
+class ImagesSettings:
+    backend: str = _setting("filesystem", _choice("filesystem", "database"), "image store")
+    path: Path | None = _setting(None, _optional_path, "image folder; empty: data_dir/images")
+    max_side: int = _setting(1024, _int(64, 16384), "longest side of the PNG sent to the model")
+    png_compression: int = _setting(3, _int(0, 9), "PNG zlib level (OpenCV)")
+    retention_days: int = _setting(0, _int(0), "delete images of exams older than this; 0 keeps")
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    ae_title: str = _setting("XRAYVISION", _aet, "our AE title")
+    host: str = _setting("0.0.0.0", _str, "SCP listen address")  # noqa: S104 - a DICOM SCP serves the LAN
+    port: int = _setting(11112, _int(1, 65535), "SCP port")
+    allowed_calling_aets: tuple[str, ...] = _setting((), _aets, "calling AE allow-list; empty: any")
+    max_associations: int = _setting(16, _int(1, 1000), "concurrent associations")
+    max_pdu: int = _setting(0, _int(0, 2**32 - 1), "maximum PDU length; 0: unlimited")
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    host: str = _setting("", _str, "PACS host for query/retrieve; empty: off")
+    port: int = _setting(104, _int(1, 65535), "PACS port")
+    ae_title: str = _setting("PACS", _aet, "PACS AE title")
+    retrieve: str = _setting("move", _choice("move", "get"), "C-MOVE or C-GET")
+    query_interval: float = _setting(300.0, _float(5), "seconds between C-FIND queries")
+
+
+@dataclass(frozen=True)
+class AISettings:
+    primary_url: str = _setting("http://127.0.0.1:8000", _url("http", "https"), "primary model URL")
+    secondary_url: str = _setting("", _url("http", "https"), "secondary model URL")
+    model: str = _setting("google/medgemma-4b-it", _str, "served model name")
+    api_key: str = _setting("", _str, "API key for the model endpoints", secret=True)
+    timeout: float = _setting(300.0, _float(1, 3600), "seconds for one model request")
+    health_interval: float = _setting(60.0, _float(1, 3600), "seconds between health checks")
+    max_attempts: int = _setting(3, _int(1, 100), "attempts per exam before status error")
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    concurrency: int = _setting(4, _int(1, 256), "model calls in flight per process")
+    sweep_interval: float = _setting(30.0, _float(0.1, 3600), "seconds between queue sweeps")
+
+
+@dataclass(frozen=True)
+class FhirSettings:
+    url: str = _setting("", _url("http", "https"), "FHIR R4 base URL; empty: off")
+    username: str = _setting("", _str, "FHIR Basic user")
+    password: str = _setting("", _str, "FHIR Basic password", secret=True)
+    ca_bundle: Path | None = _setting(None, _optional_path, "CA bundle for FHIR TLS")
+    poll_interval: float = _setting(300.0, _float(5), "seconds between FHIR polls")
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = _setting("127.0.0.1", _str, "web listen address")
+    port: int = _setting(8080, _int(1, 65535), "web port")
+    trusted_proxies: tuple = _setting((), _networks, "CIDRs whose X-Forwarded-For is trusted")
+    rate_limit: int = _setting(600, _int(0), "requests per minute per IP; 0: off")
+    metrics_auth: bool = _setting(False, _bool, "require auth on /metrics")
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    severity_threshold: int = _setting(5, _int(0, 10), "severity at or above which is positive")
+    lease_seconds: float = _setting(600.0, _float(1, 86400), "claim lease of a queued exam")
+    page_size: int = _setting(50, _int(1, 1000), "dashboard page size")
+    retry_delay: float = _setting(30.0, _float(0, 86400), "seconds before a failed exam is retried")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    ntfy_url: str = _setting("", _url("http", "https"), "ntfy server; empty: off")
+    ntfy_topic: str = _setting("xrayvision", _str, "ntfy topic")
+    include_patient_name: bool = _setting(False, _bool, "put the patient name in notifications")
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    interval: float = _setting(86400.0, _float(1), "seconds between maintenance runs")
+    backup_keep: int = _setting(7, _int(0, 1000), "SQLite backups kept; 0: no backups")
+    error_retention_days: int = _setting(30, _int(0), "purge error exams older than this; 0 keeps")
+
+
+@dataclass(frozen=True)
+class User:
+    role: str
+    password_hash: str
+
+
+DEFAULT_REGIONS: dict[str, tuple[str, ...]] = {
+    "chest": ("chest", "thorax", "thoracic", "torace", "toracic", "pulmonar", "lung", "cord-pulmon"),
+    "abdomen": ("abdomen", "abdominal", "abdomin"),
+    "skull": ("skull", "cranium", "craniu", "sinus", "sinusuri", "mandible"),
+    "spine": ("spine", "spinal", "coloana", "vertebra", "lumbar", "cervical", "thoracolumbar"),
+    "pelvis": ("pelvis", "bazin", "hip", "sacrum", "coxo"),
+    "shoulder": ("shoulder", "umar", "clavicle", "clavicula", "scapula"),
+    "arm": ("humerus", "elbow", "cot", "forearm", "antebrat", "radius", "ulna"),
+    "hand": ("hand", "mana", "wrist", "pumn", "finger", "deget"),
+    "leg": ("femur", "knee", "genunchi", "tibia", "fibula", "gamba"),
+    "foot": ("foot", "picior", "ankle", "glezna", "calcaneus", "toe"),
+}
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "images": ImagesSettings,
+    "dicom": DicomSettings,
+    "pacs": PacsSettings,
+    "ai": AISettings,
+    "relay": RelaySettings,
+    "fhir": FhirSettings,
+    "web": WebSettings,
+    "processing": ProcessingSettings,
+    "notify": NotifySettings,
+    "maintenance": MaintenanceSettings,
+}
+OPEN_SECTIONS = ("users", "regions", "priority")
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    images: ImagesSettings = field(default_factory=ImagesSettings)
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
+    ai: AISettings = field(default_factory=AISettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    fhir: FhirSettings = field(default_factory=FhirSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    processing: ProcessingSettings = field(default_factory=ProcessingSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    users: Mapping[str, User] = field(default_factory=dict)
+    regions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_REGIONS))
+    priority: Mapping[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def database_url(self) -> str:
+        """The effective database URL (SQLite under data_dir when none is set)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.server.data_dir / 'xrayvision.db').resolve()}"
+
+    @property
+    def images_path(self) -> Path:
+        return self.images.path or self.server.data_dir / "images"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.server.data_dir / "backups"
+
+    def priority_for(self, calling_aet: str | None) -> int:
+        """The queue priority for exams sent by ``calling_aet`` (routine when unmapped)."""
+        if not calling_aet:
+            return PRIORITIES["routine"]
+        return self.priority.get(calling_aet.strip(), PRIORITIES["routine"])
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _read_files(config_dir: Path) -> dict[str, dict[str, tuple[str, str]]]:
+    """Returns {section: {key: (raw value, where it came from)}} from the config files."""
+    raw: dict[str, dict[str, tuple[str, str]]] = {}
+    for name in CONFIG_FILES:
+        path = config_dir / name
+        if not path.is_file():
+            continue
+        parser = configparser.RawConfigParser(interpolation=None, strict=True)
+        parser.optionxform = str  # keep case: user names and AE titles are case-sensitive
+        try:
+            with path.open(encoding="utf-8") as fh:
+                parser.read_file(fh, source=str(path))
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        for section in parser.sections():
+            for key, value in parser.items(section):
+                raw.setdefault(section.lower(), {})[key] = (value, str(path))
+    return raw
+
+
+def _read_env(env: Mapping[str, str], warnings: list[str]) -> dict[str, dict[str, tuple[str, str]]]:
+    raw: dict[str, dict[str, tuple[str, str]]] = {}
+    known = list(SECTIONS) + list(OPEN_SECTIONS)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        section = next((s for s in known if rest.lower().startswith(s + "_")), None)
+        if section is None:
+            warnings.append(f"unknown environment variable {name} (ignored)")
+            continue
+        key = rest[len(section) + 1:]
+        # Env names are upper case by convention; AE titles (priority) are upper case too.
+        key = key if section == "priority" else key.lower()
+        raw.setdefault(section, {})[key] = (value, f"environment {name}")
+    return raw
+
+
+def _parse_section(cls: type, entries: dict[str, tuple[str, str]], section: str,
+                   warnings: list[str]) -> Any:
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, (value, source) in entries.items():
+        fld = by_name.get(key.lower())
+        if fld is None:
+            warnings.append(f"unknown setting [{section}] {key} in {source} (ignored)")
+            continue
+        try:
+            values[fld.name] = fld.metadata["parse"](value)
+        except ValueError as exc:
+            shown = MASK if fld.metadata["secret"] else value
+            raise ConfigError(
+                f"invalid setting [{section}] {fld.name} = {shown!r} (from {source}): {exc}"
+            ) from None
+    return cls(**values)
+
+
+def _parse_users(entries: dict[str, tuple[str, str]]) -> dict[str, User]:
+    users: dict[str, User] = {}
+    for name, (value, source) in entries.items():
+        role, sep, hashed = value.strip().partition(":")
+        where = f"[users] {name} (from {source})"
+        if not sep or role.strip().lower() not in USER_ROLES:
+            raise ConfigError(
+                f"invalid setting {where}: expected <role>:<scrypt hash> with role one of "
+                f"{', '.join(USER_ROLES)}"
+            )
+        try:
+            parse_hash(hashed.strip())
+        except BadHash as exc:
+            raise ConfigError(
+                f"invalid setting {where}: {exc}; plaintext passwords are not accepted, "
+                "make a hash with `xrayvision hash-password`"
+            ) from None
+        users[name] = User(role=role.strip().lower(), password_hash=hashed.strip())
+    return users
+
+
+def _parse_regions(entries: dict[str, tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    regions = dict(DEFAULT_REGIONS)
+    for name, (value, _source) in entries.items():
+        keywords = tuple(k.lower() for k in _list(value))
+        if keywords:
+            regions[name.lower()] = keywords
+        else:  # an empty value switches a built-in region off
+            regions.pop(name.lower(), None)
+    return regions
+
+
+def _parse_priority(entries: dict[str, tuple[str, str]]) -> dict[str, int]:
+    result: dict[str, int] = {}
+    for aet, (value, source) in entries.items():
+        text = value.strip().lower()
+        try:
+            level = PRIORITIES[text] if text in PRIORITIES else _int(-100, 100)(text)
+            result[_aet(aet)] = level
+        except ValueError:
+            raise ConfigError(
+                f"invalid setting [priority] {aet} = {value!r} (from {source}): expected one of "
+                f"{', '.join(PRIORITIES)} or an integer from -100 to 100"
+            ) from None
+    return result
+
+
+def load_settings(config_dir: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Reads, merges and validates settings; raises ConfigError on the first bad value."""
+    config_dir = Path.cwd() if config_dir is None else config_dir
+    env = os.environ if env is None else env
+    warnings: list[str] = []
+    merged = _read_files(config_dir)
+    for section, entries in _read_env(env, warnings).items():
+        merged.setdefault(section, {}).update(entries)
+
+    kwargs: dict[str, Any] = {}
+    for section, entries in merged.items():
+        if section in SECTIONS:
+            kwargs[section] = _parse_section(SECTIONS[section], entries, section, warnings)
+        elif section == "users":
+            kwargs["users"] = _parse_users(entries)
+        elif section == "regions":
+            kwargs["regions"] = _parse_regions(entries)
+        elif section == "priority":
+            kwargs["priority"] = _parse_priority(entries)
+        else:
+            warnings.append(f"unknown section [{section}] (ignored)")
+    return Settings(**kwargs, warnings=tuple(warnings))
+
+
+def mask_url(url: str) -> str:
+    """Hides the password of a URL (``postgresql://u:***@h/db``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:{MASK}@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def effective_settings(settings: Settings) -> dict[str, dict[str, str]]:
+    """The settings as {section: {key: text}} with secrets masked, for `check-config`."""
+    out: dict[str, dict[str, str]] = {}
+    for section in SECTIONS:
+        values = getattr(settings, section)
+        rows = {}
+        for fld in dataclasses.fields(values):
+            value = getattr(values, fld.name)
+            if fld.metadata["secret"] and value:
+                text = mask_url(value) if section == "database" else MASK
+            else:
+                text = _show(value)
+            rows[fld.name] = text
+        out[section] = rows
+    out["database"]["effective_url"] = mask_url(settings.database_url)
+    out["users"] = {name: f"{u.role}:{MASK}" for name, u in settings.users.items()}
+    out["regions"] = {name: ", ".join(kw) for name, kw in settings.regions.items()}
+    out["priority"] = {aet: str(level) for aet, level in settings.priority.items()}
+    return out

@@ -1,0 +1,1 @@
+"""Persistence: models, the Database handle, repository and queue functions, migrations."""

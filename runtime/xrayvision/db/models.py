@@ -1,0 +1,220 @@
+"""SQLAlchemy 2 declarative models; the Alembic history under ``migrations/`` matches them.
+
+Field ranges and statuses are the seed's: positive -1/0/1, severity -1..10, confidence
+-1..100 (-1 = not assessed); exam statuses in :data:`STATUSES`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Exam statuses (the seed's): received, waiting, being sent to the model, finished,
+# failed for good, unsupported region, manually re-queued.
+NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE = (
+    "none", "queued", "processing", "done", "error", "ignore", "requeue",
+)
+STATUSES = (NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE)
+CLAIMABLE = (QUEUED, REQUEUE)
+
+_CLAIMABLE_SQL = text("status IN ('queued', 'requeue')")
+_PROCESSING_SQL = text("status = 'processing'")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are stored as
+    naive UTC and made aware again when read. Naive values are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    cnp: Mapped[str] = mapped_column(String(64), primary_key=True)  # patient id (CNP)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    birth_date: Mapped[dt.date | None] = mapped_column(Date)
+    sex: Mapped[str] = mapped_column(String(1), default="")  # M, F, O or ""
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Exam(Base):
+    __tablename__ = "exams"
+
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)  # SOP Instance UID
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    series_uid: Mapped[str] = mapped_column(String(64), default="")
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    cnp: Mapped[str | None] = mapped_column(ForeignKey("patients.cnp", ondelete="SET NULL"))
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    region: Mapped[str] = mapped_column(String(64), default="")
+    projection: Mapped[str] = mapped_column(String(64), default="")
+    protocol: Mapped[str] = mapped_column(String(256), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    study_description: Mapped[str] = mapped_column(String(256), default="")
+    series_description: Mapped[str] = mapped_column(String(256), default="")
+    series_datetime: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    calling_aet: Mapped[str] = mapped_column(String(16), default="")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=NONE)
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # retry after a failure
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('none', 'queued', 'processing', 'done', 'error', 'ignore', 'requeue')",
+            name="status",
+        ),
+        Index("ix_exams_status_created", "status", "created"),
+        Index("ix_exams_region_created", "region", "created"),
+        Index("ix_exams_created", "created"),
+        Index("ix_exams_cnp", "cnp"),
+        Index("ix_exams_study_uid", "study_uid"),
+        # The claim query's exact shape: highest priority first, then the oldest.
+        Index(
+            "ix_exams_claim",
+            text("priority DESC"),
+            "created",
+            postgresql_where=_CLAIMABLE_SQL,
+            sqlite_where=_CLAIMABLE_SQL,
+        ),
+        Index(
+            "ix_exams_lease",
+            "lease_expires",
+            postgresql_where=_PROCESSING_SQL,
+            sqlite_where=_PROCESSING_SQL,
+        ),
+    )
+
+
+class AIReport(Base):
+    __tablename__ = "ai_reports"
+
+    uid: Mapped[str] = mapped_column(
+        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True
+    )
+    text: Mapped[str] = mapped_column(Text, default="")
+    positive: Mapped[int] = mapped_column(Integer, default=-1)
+    severity: Mapped[int] = mapped_column(Integer, default=-1)
+    confidence: Mapped[int] = mapped_column(Integer, default=-1)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(String(256), default="")
+    endpoint: Mapped[str] = mapped_column(String(32), default="")  # primary / secondary
+    latency: Mapped[float] = mapped_column(Float, default=0.0)  # seconds
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("positive BETWEEN -1 AND 1", name="positive"),
+        CheckConstraint("severity BETWEEN -1 AND 10", name="severity"),
+        CheckConstraint("confidence BETWEEN -1 AND 100", name="confidence"),
+        Index("ix_ai_reports_severity", "severity"),
+    )
+
+
+class RadReport(Base):
+    __tablename__ = "rad_reports"
+
+    uid: Mapped[str] = mapped_column(
+        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True
+    )
+    fhir_id: Mapped[str] = mapped_column(String(128), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    text_en: Mapped[str] = mapped_column(Text, default="")
+    radiologist: Mapped[str] = mapped_column(String(256), default="")
+    positive: Mapped[int] = mapped_column(Integer, default=-1)
+    severity: Mapped[int] = mapped_column(Integer, default=-1)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("positive BETWEEN -1 AND 1", name="positive"),
+        CheckConstraint("severity BETWEEN -1 AND 10", name="severity"),
+        Index("ix_rad_reports_fhir_id", "fhir_id"),
+        Index("ix_rad_reports_severity", "severity"),
+    )
+
+
+class Image(Base):
+    """Image bytes when ``[images] backend = database`` (kind: png, dcm)."""
+
+    __tablename__ = "images"
+
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    username: Mapped[str] = mapped_column(String(128), default="")
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128), default="")
+    remote: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_audit_log_ts", "ts"),)

@@ -1,0 +1,392 @@
+"""Repository functions (the seed's ``db_*`` helpers), each ``fn(session, ...)``.
+
+They never commit: ``Database.read``/``Database.write`` wrap each call in a transaction.
+Returned ORM objects are detached-safe (the sessions do not expire on commit, and the
+models have no lazy relationships).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from xrayvision.db.models import (
+    CLAIMABLE,
+    ERROR,
+    STATUSES,
+    AIReport,
+    AuditLog,
+    Exam,
+    Patient,
+    RadReport,
+    utcnow,
+)
+
+MAX_PAGE_SIZE = 500
+AGREEMENT_CLASSES = ("TP", "TN", "FP", "FN")
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    cnp: str
+    name: str = ""
+    birth_date: dt.date | None = None
+    sex: str = ""
+
+
+@dataclass(frozen=True)
+class ExamInfo:
+    """What ingest knows about one instance; field names are the ``exams`` columns."""
+
+    uid: str
+    study_uid: str = ""
+    series_uid: str = ""
+    accession: str = ""
+    modality: str = ""
+    region: str = ""
+    projection: str = ""
+    protocol: str = ""
+    body_part: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    series_datetime: dt.datetime | None = None
+    calling_aet: str = ""
+    priority: int = 0
+    status: str = "none"
+
+
+class ExamRow(NamedTuple):
+    exam: Exam
+    patient: Patient | None
+    ai: AIReport | None
+    rad: RadReport | None
+
+
+@dataclass(frozen=True)
+class ExamFilter:
+    statuses: tuple[str, ...] = ()
+    region: str = ""
+    severity_min: int | None = None  # AI severity
+    severity_max: int | None = None
+    positive: int | None = None  # AI positive: -1, 0, 1
+    reviewed: bool | None = None
+    since: dt.datetime | None = None  # received at or after
+    until: dt.datetime | None = None  # received before
+    search: str = ""  # patient id prefix or name substring
+    agreement: str = ""  # TP, TN, FP, FN at ``threshold``
+    threshold: int = 5
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[ExamRow]
+    total: int
+    page: int
+    size: int
+    pages: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pages", max(1, -(-self.total // self.size)))
+
+
+# --- patients and exams ------------------------------------------------------------------
+
+
+def upsert_patient(session: Session, info: PatientInfo) -> Patient:
+    """Creates the patient or fills in what was missing; known fields are not blanked."""
+    patient = session.get(Patient, info.cnp)
+    if patient is None:
+        patient = Patient(cnp=info.cnp, name=info.name, birth_date=info.birth_date, sex=info.sex)
+        session.add(patient)
+        try:
+            with session.begin_nested():
+                session.flush()
+        except IntegrityError:  # created meanwhile by another transaction
+            patient = session.get(Patient, info.cnp, populate_existing=True)
+            assert patient is not None
+        else:
+            return patient
+    if info.name:
+        patient.name = info.name
+    if info.birth_date:
+        patient.birth_date = info.birth_date
+    if info.sex:
+        patient.sex = info.sex
+    return patient
+
+
+def add_exam(session: Session, info: ExamInfo,
+             patient: PatientInfo | None = None) -> tuple[Exam, bool]:
+    """Inserts the exam (and its patient); returns (exam, created).
+
+    A second call with the same SOP Instance UID returns the existing exam and
+    ``created=False``: duplicates never make a second exam.
+    """
+    existing = session.get(Exam, info.uid)
+    if existing is not None:
+        return existing, False
+    if patient is not None and patient.cnp:
+        upsert_patient(session, patient)
+    now = utcnow()
+    exam = Exam(
+        **{f: getattr(info, f) for f in ExamInfo.__dataclass_fields__},
+        cnp=patient.cnp if patient is not None and patient.cnp else None,
+        created=now,
+        updated=now,
+    )
+    session.add(exam)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        session.expunge(exam)
+        existing = session.get(Exam, info.uid, populate_existing=True)
+        if existing is None:
+            raise
+        return existing, False
+    return exam, True
+
+
+def get_exam(session: Session, uid: str) -> ExamRow | None:
+    """The exam with its patient and both reports; None when unknown."""
+    row = session.execute(_row_select().where(Exam.uid == uid)).first()
+    return ExamRow(*row) if row else None
+
+
+def set_status(session: Session, uid: str, status: str, error: str = "") -> bool:
+    """Sets an exam's status (and error text); returns False when the exam is unknown."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    result = session.execute(
+        update(Exam).where(Exam.uid == uid).values(status=status, error=error, updated=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)
+
+
+def exams_with_status(session: Session, status: str, limit: int = 1000) -> list[str]:
+    """UIDs of exams in ``status``, oldest first (e.g. ``none`` left at a crash)."""
+    return list(
+        session.scalars(
+            select(Exam.uid).where(Exam.status == status).order_by(Exam.created).limit(limit)
+        )
+    )
+
+
+def _row_select():
+    return (
+        select(Exam, Patient, AIReport, RadReport)
+        .outerjoin(Patient, Patient.cnp == Exam.cnp)
+        .outerjoin(AIReport, AIReport.uid == Exam.uid)
+        .outerjoin(RadReport, RadReport.uid == Exam.uid)
+    )
+
+
+def agreement_condition(kind: str, threshold: int):
+    """SQL condition for one agreement class between AI and radiologist severities.
+
+    Positive means severity >= threshold; -1 (not assessed) on either side is in no class.
+    """
+    ai_pos = AIReport.severity >= threshold
+    ai_neg = and_(AIReport.severity >= 0, AIReport.severity < threshold)
+    rad_pos = RadReport.severity >= threshold
+    rad_neg = and_(RadReport.severity >= 0, RadReport.severity < threshold)
+    conditions = {
+        "TP": and_(ai_pos, rad_pos),
+        "TN": and_(ai_neg, rad_neg),
+        "FP": and_(ai_pos, rad_neg),
+        "FN": and_(ai_neg, rad_pos),
+    }
+    try:
+        return conditions[kind.upper()]
+    except KeyError:
+        raise ValueError(f"agreement must be one of {', '.join(AGREEMENT_CLASSES)}") from None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _conditions(f: ExamFilter) -> list:
+    conds = []
+    if f.statuses:
+        bad = [s for s in f.statuses if s not in STATUSES]
+        if bad:
+            raise ValueError(f"unknown status {bad[0]!r}; expected one of {', '.join(STATUSES)}")
+        conds.append(Exam.status.in_(f.statuses))
+    if f.region:
+        conds.append(Exam.region == f.region)
+    if f.severity_min is not None:
+        conds.append(AIReport.severity >= f.severity_min)
+    if f.severity_max is not None:
+        conds.append(AIReport.severity <= f.severity_max)
+    if f.positive is not None:
+        conds.append(AIReport.positive == f.positive)
+    if f.reviewed is not None:
+        conds.append(AIReport.reviewed.is_(f.reviewed))
+    if f.since is not None:
+        conds.append(Exam.created >= f.since)
+    if f.until is not None:
+        conds.append(Exam.created < f.until)
+    if f.search:
+        needle = _escape_like(f.search.strip())
+        conds.append(
+            or_(
+                Exam.cnp.like(needle + "%", escape="\\"),
+                Patient.name.ilike("%" + needle + "%", escape="\\"),
+            )
+        )
+    if f.agreement:
+        conds.append(agreement_condition(f.agreement, f.threshold))
+    return conds
+
+
+def list_exams(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
+               size: int = 50) -> Page:
+    """One page of exams (newest first) matching ``f``, with the total count.
+
+    ``size`` is capped at MAX_PAGE_SIZE; ``page`` starts at 1. Raises ValueError for an
+    unknown status or agreement class.
+    """
+    page = max(1, page)
+    size = max(1, min(size, MAX_PAGE_SIZE))
+    conds = _conditions(f)
+    rows = session.execute(
+        _row_select()
+        .where(*conds)
+        .order_by(Exam.created.desc(), Exam.uid.desc())
+        .offset((page - 1) * size)
+        .limit(size)
+    ).all()
+    count = select(func.count()).select_from(Exam)
+    if any(c is not None for c in (f.severity_min, f.severity_max, f.positive, f.reviewed)) or (
+        f.agreement
+    ):
+        count = count.outerjoin(AIReport, AIReport.uid == Exam.uid)
+    if f.agreement:
+        count = count.outerjoin(RadReport, RadReport.uid == Exam.uid)
+    if f.search:
+        count = count.outerjoin(Patient, Patient.cnp == Exam.cnp)
+    total = session.scalar(count.where(*conds)) or 0
+    return Page(rows=[ExamRow(*r) for r in rows], total=total, page=page, size=size)
+
+
+# --- reports -------------------------------------------------------------------------------
+
+_AI_FIELDS = {c.key for c in AIReport.__table__.columns} - {"uid", "created", "updated"}
+_RAD_FIELDS = {c.key for c in RadReport.__table__.columns} - {"uid", "created", "updated"}
+
+
+def _upsert_report(session: Session, model: type, allowed: set[str], uid: str,
+                   fields: dict) -> object:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown {model.__tablename__} fields: {', '.join(sorted(unknown))}")
+    report = session.get(model, uid)
+    if report is None:
+        report = model(uid=uid, **fields)
+        session.add(report)
+    else:
+        for key, value in fields.items():
+            setattr(report, key, value)
+    session.flush()
+    return report
+
+
+def save_ai_report(session: Session, uid: str, **fields) -> AIReport:
+    """Creates or updates the exam's AI report with ``fields`` (columns of ai_reports)."""
+    return _upsert_report(session, AIReport, _AI_FIELDS, uid, fields)  # type: ignore[return-value]
+
+
+def save_rad_report(session: Session, uid: str, **fields) -> RadReport:
+    """Creates or updates the exam's radiologist report (columns of rad_reports)."""
+    return _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)  # type: ignore[return-value]
+
+
+def get_ai_report(session: Session, uid: str) -> AIReport | None:
+    return session.get(AIReport, uid)
+
+
+def get_rad_report(session: Session, uid: str) -> RadReport | None:
+    return session.get(RadReport, uid)
+
+
+# --- dashboard counts ----------------------------------------------------------------------
+
+
+def queue_counts(session: Session) -> dict[str, int]:
+    """Number of exams in every status (zeros included): the dashboard's queue sizes."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, n in session.execute(select(Exam.status, func.count()).group_by(Exam.status)):
+        counts[status] = n
+    return counts
+
+
+def oldest_claimable(session: Session) -> dt.datetime | None:
+    """Receipt time of the oldest exam waiting for the model (None when the queue is empty)."""
+    return session.scalar(select(func.min(Exam.created)).where(Exam.status.in_(CLAIMABLE)))
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+def audit(session: Session, action: str, *, username: str = "", target: str = "",
+          remote: str = "", detail: str = "") -> None:
+    session.add(
+        AuditLog(username=username, action=action, target=target, remote=remote,
+                 detail=detail[:4000], ts=utcnow())
+    )
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+
+def purge_error_exams(session: Session, older_than: dt.datetime, limit: int = 1000) -> list[str]:
+    """Deletes up to ``limit`` ``error`` exams last updated before ``older_than`` (their
+    reports go with them); returns their UIDs so the caller removes the images too."""
+    uids = list(
+        session.scalars(
+            select(Exam.uid)
+            .where(Exam.status == ERROR, Exam.updated < older_than)
+            .order_by(Exam.updated)
+            .limit(limit)
+        )
+    )
+    _delete_exams(session, uids)
+    return uids
+
+
+def _delete_exams(session: Session, uids: Sequence[str]) -> None:
+    if not uids:
+        return
+    for model in (AIReport, RadReport, Exam):  # explicit: SQLite may run without FK cascades
+        session.execute(
+            delete(model).where(model.uid.in_(uids)),
+            execution_options={"synchronize_session": False},
+        )
+
+
+def exams_received_before(session: Session, cutoff: dt.datetime, after_uid: str = "",
+                          limit: int = 1000) -> list[str]:
+    """UIDs of exams received before ``cutoff``, in UID order after ``after_uid`` (paging)."""
+    return list(
+        session.scalars(
+            select(Exam.uid)
+            .where(Exam.created < cutoff, Exam.uid > after_uid)
+            .order_by(Exam.uid)
+            .limit(limit)
+        )
+    )
+
+
+def count_exams(session: Session, uids: Iterable[str] | None = None) -> int:
+    query = select(func.count()).select_from(Exam)
+    if uids is not None:
+        query = query.where(Exam.uid.in_(list(uids)))
+    return session.scalar(query) or 0

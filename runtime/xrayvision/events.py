@@ -1,0 +1,258 @@
+"""Event bus: publish/subscribe of small JSON events between roles and pods.
+
+- :class:`LocalBus` delivers inside one process (the embedded SQLite mode).
+- :class:`PostgresBus` sends every event through PostgreSQL ``NOTIFY`` and receives them
+  with ``LISTEN`` on a dedicated connection, so every process, this one included, sees
+  every event in the same way. The listener reconnects by itself (with back-off) after a
+  database restart and then delivers a ``bus.reconnected`` event.
+
+Events are hints, not the record: they carry ids and small fields (a NOTIFY payload must
+stay under 8,000 bytes), and every consumer also sweeps the database periodically. A lost
+event therefore delays work and never loses it. A subscriber that falls behind has events
+dropped and receives ``bus.gap`` so it knows to resynchronise; it never slows the others.
+
+Event types used across the code: ``exam.queued``, ``exam.updated``, ``report.ready``,
+``review.saved``, ``queue.changed``, ``endpoint.health``; and the bus's own ``bus.gap``,
+``bus.reconnected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from xrayvision import metrics
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "xrayvision_events"
+MAX_PAYLOAD = 7900
+GAP, RECONNECTED = "bus.gap", "bus.reconnected"
+
+
+def process_id() -> str:
+    """An id for this process, unique across pods and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class EventTooLarge(ValueError):
+    """The encoded event exceeds what PostgreSQL NOTIFY carries: send ids, not documents."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""
+
+    def encode(self) -> str:
+        text = json.dumps(
+            {"type": self.type, "data": self.data, "origin": self.origin},
+            separators=(",", ":"), ensure_ascii=False, default=str,
+        )
+        if len(text.encode()) > MAX_PAYLOAD:
+            raise EventTooLarge(f"event {self.type} is {len(text.encode())} bytes encoded")
+        return text
+
+    @classmethod
+    def decode(cls, text: str) -> Event:
+        """Parses an encoded event; raises ValueError when it is not one."""
+        body = json.loads(text)
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            raise ValueError("not an event")
+        data = body.get("data")
+        return cls(type=body["type"], data=data if isinstance(data, dict) else {},
+                   origin=str(body.get("origin", "")))
+
+
+class Subscription:
+    """A bounded inbox of events; iterate it with ``async for``."""
+
+    def __init__(self, bus: LocalBus, maxsize: int) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._gap = False
+
+    def offer(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._gap = True
+            metrics.EVENTS_DROPPED.labels("slow_subscriber").inc()
+
+    async def get(self) -> Event:
+        if self._gap and self._queue.empty():
+            self._gap = False
+            return Event(GAP)
+        # What was queued before the overflow comes first, then the gap notice.
+        return await self._queue.get()
+
+    def get_nowait(self) -> Event | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if self._gap:
+                self._gap = False
+                return Event(GAP)
+            return None
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.get()
+
+    def close(self) -> None:
+        self._bus._subscriptions.discard(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalBus:
+    """In-process bus. Must be used from the event loop's thread (see publish_threadsafe)."""
+
+    def __init__(self, origin: str | None = None) -> None:
+        self.origin = origin or process_id()
+        self._subscriptions: set[Subscription] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        self._subscriptions.clear()
+
+    def subscribe(self, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(self, maxsize)
+        self._subscriptions.add(sub)
+        return sub
+
+    def _deliver(self, event: Event) -> None:
+        metrics.EVENTS_RECEIVED.labels(event.type).inc()
+        for sub in list(self._subscriptions):
+            sub.offer(event)
+
+    async def publish(self, type_: str, **data: Any) -> None:
+        """Sends an event to every subscriber (of every process, for PostgresBus)."""
+        event = Event(type_, data, self.origin)
+        event.encode()  # same size rule as PostgreSQL, so code that works here works there
+        metrics.EVENTS_PUBLISHED.labels(type_).inc()
+        self._deliver(event)
+
+    def publish_threadsafe(self, type_: str, **data: Any) -> None:
+        """Publishes from another thread (DICOM associations); never blocks the caller."""
+        if self._loop is None or self._loop.is_closed():
+            metrics.EVENTS_DROPPED.labels("loop_closed").inc()
+            return
+        asyncio.run_coroutine_threadsafe(self.publish(type_, **data), self._loop)
+
+
+def conninfo(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as a libpq connection string."""
+    for prefix in ("postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    return url
+
+
+class PostgresBus(LocalBus):
+    """LISTEN/NOTIFY bus; reconnects by itself."""
+
+    def __init__(self, url: str, origin: str | None = None, *,
+                 reconnect_max: float = 10.0) -> None:
+        super().__init__(origin)
+        self._conninfo = conninfo(url)
+        self._reconnect_max = reconnect_max
+        self._publisher: psycopg.AsyncConnection | None = None
+        self._publish_lock = asyncio.Lock()
+        self._listener: asyncio.Task | None = None
+        self.listening = asyncio.Event()
+
+    async def start(self) -> None:
+        await super().start()
+        self._listener = asyncio.create_task(self._listen(), name="event-bus-listen")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._publisher is not None:
+            await self._publisher.close()
+        await super().close()
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        return await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=10,
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+        )
+
+    async def _listen(self) -> None:
+        delay, first = 0.2, True
+        while True:
+            try:
+                async with await self._connect() as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    delay = 0.2
+                    if not first:
+                        metrics.EVENT_BUS_RECONNECTS.inc()
+                        log.info("event bus reconnected")
+                        self._deliver(Event(RECONNECTED, {}, self.origin))
+                    first = False
+                    async for note in conn.notifies():
+                        try:
+                            self._deliver(Event.decode(note.payload))
+                        except ValueError:
+                            log.warning("ignored a malformed event on the bus")
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as exc:
+                self.listening.clear()
+                log.warning("event bus listener lost its connection; reconnecting",
+                            extra={"error": str(exc).splitlines()[0][:200] if str(exc) else "",
+                                   "retry_in": round(delay, 2)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._reconnect_max)
+
+    async def publish(self, type_: str, **data: Any) -> None:
+        payload = Event(type_, data, self.origin).encode()
+        async with self._publish_lock:
+            for attempt in (1, 2):
+                try:
+                    if self._publisher is None or self._publisher.closed:
+                        self._publisher = await self._connect()
+                    await self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                    metrics.EVENTS_PUBLISHED.labels(type_).inc()
+                    return
+                except (psycopg.Error, OSError) as exc:
+                    if self._publisher is not None:
+                        await self._publisher.close()
+                    self._publisher = None
+                    if attempt == 2:
+                        metrics.EVENTS_DROPPED.labels("bus_down").inc()
+                        log.warning("event not published: database unreachable; the next "
+                                    "sweep picks the work up",
+                                    extra={"type": type_, "error": str(exc).splitlines()[0][:200]})
+
+
+def make_bus(database_url: str) -> LocalBus:
+    """PostgresBus for a PostgreSQL database, LocalBus for SQLite."""
+    if database_url.startswith("postgresql"):
+        return PostgresBus(database_url)
+    return LocalBus()

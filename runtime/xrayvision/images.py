@@ -1,0 +1,146 @@
+"""Image store: PNGs for the dashboard and the model, and received DICOM awaiting conversion.
+
+Two backends behind one interface, chosen by ``[images] backend``:
+
+- ``filesystem``: ``<path>/<kind>/<2 hex>/<uid>.<kind>``; the folder comes from a hash of
+  the UID, and the UID is validated first, so no request can name a path of its own.
+  Writes go to a temporary file that is fsynced and renamed into place: a reader sees the
+  whole file or nothing, and a stored file survives a crash.
+- ``database``: the ``images`` table (for Kubernetes without a shared volume).
+
+All methods block; call them from a thread (``Database.run_in_pool``, ``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from xrayvision.db.engine import Database
+from xrayvision.db.models import Image, utcnow
+
+KINDS = ("png", "dcm")
+# DICOM UID: digits and dots, components without leading zeros, at most 64 characters.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class InvalidUID(ValueError):
+    """Not a DICOM UID: refused before it is used in a path or a query."""
+
+
+def validate_uid(uid: str) -> str:
+    """Returns ``uid`` when it is a valid DICOM UID, else raises InvalidUID."""
+    if not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid):
+        raise InvalidUID(f"not a DICOM UID: {uid[:80]!r}" if isinstance(uid, str) else "not a UID")
+    return uid
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown image kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+class ImageStore(Protocol):
+    def put(self, uid: str, kind: str, data: bytes) -> None:
+        """Stores ``data`` durably, replacing what was there."""
+
+    def get(self, uid: str, kind: str) -> bytes | None:
+        """The stored bytes; None when absent."""
+
+    def delete(self, uid: str, kind: str) -> bool:
+        """Removes the item; returns False when there was none."""
+
+    def exists(self, uid: str, kind: str) -> bool: ...
+
+
+class FilesystemStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, uid: str, kind: str) -> Path:
+        validate_uid(uid)
+        shard = hashlib.sha1(uid.encode(), usedforsecurity=False).hexdigest()[:2]
+        return self.root / _check_kind(kind) / shard / f"{uid}.{kind}"
+
+    def put(self, uid: str, kind: str, data: bytes) -> None:
+        target = self.path(uid, kind)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself must survive a crash
+        finally:
+            os.close(dir_fd)
+
+    def get(self, uid: str, kind: str) -> bytes | None:
+        try:
+            return self.path(uid, kind).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, uid: str, kind: str) -> bool:
+        try:
+            self.path(uid, kind).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def exists(self, uid: str, kind: str) -> bool:
+        return self.path(uid, kind).is_file()
+
+
+def _put(session: Session, uid: str, kind: str, data: bytes) -> None:
+    image = session.get(Image, (uid, kind))
+    if image is None:
+        session.add(Image(uid=uid, kind=kind, data=data, created=utcnow()))
+    else:
+        image.data = data
+
+
+def _get(session: Session, uid: str, kind: str) -> bytes | None:
+    return session.scalar(select(Image.data).where(Image.uid == uid, Image.kind == kind))
+
+
+def _delete(session: Session, uid: str, kind: str) -> bool:
+    return bool(session.execute(delete(Image).where(Image.uid == uid, Image.kind == kind)).rowcount)
+
+
+class DatabaseStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def put(self, uid: str, kind: str, data: bytes) -> None:
+        self.db.write_sync(_put, validate_uid(uid), _check_kind(kind), data)
+
+    def get(self, uid: str, kind: str) -> bytes | None:
+        return self.db.read_sync(_get, validate_uid(uid), _check_kind(kind))
+
+    def delete(self, uid: str, kind: str) -> bool:
+        return self.db.write_sync(_delete, validate_uid(uid), _check_kind(kind))
+
+    def exists(self, uid: str, kind: str) -> bool:
+        return self.get(uid, kind) is not None
+
+
+def make_store(backend: str, path: Path, db: Database) -> ImageStore:
+    """The store for ``[images] backend``: ``filesystem`` under ``path`` or ``database``."""
+    if backend == "database":
+        return DatabaseStore(db)
+    return FilesystemStore(path)

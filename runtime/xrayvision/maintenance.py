@@ -1,0 +1,138 @@
+"""Maintenance (a singleton loop, as the seed's ``maintenance_loop``).
+
+Each run: an online backup of the SQLite database with a retention count (PostgreSQL
+backups belong to the database's operator, see the docs), purge of ``error`` exams and
+their images older than ``[maintenance] error_retention_days``, optional image retention
+(``[images] retention_days``: PNGs of older exams removed, rows kept), and cache eviction
+through the callables registered by other components. Every run is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from xrayvision import metrics
+from xrayvision.config import Settings
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.db.models import utcnow
+from xrayvision.images import KINDS, ImageStore
+
+log = logging.getLogger(__name__)
+BACKUP_PREFIX = "xrayvision-"
+
+
+@dataclass
+class RunReport:
+    backup: Path | None = None
+    backups_removed: int = 0
+    errors_purged: int = 0
+    images_removed: int = 0
+    cache_entries_evicted: int = 0
+    seconds: float = 0.0
+
+
+def backup_sqlite(database_path: Path, backup_dir: Path, keep: int,
+                  now: dt.datetime | None = None) -> tuple[Path, int]:
+    """Online backup (SQLite backup API, consistent while writers run); keeps the newest
+    ``keep`` backups. Returns (new backup, how many old ones were removed). Blocking."""
+    now = now or utcnow()
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    target = backup_dir / f"{BACKUP_PREFIX}{now:%Y%m%dT%H%M%S%fZ}.db"
+    partial = target.with_suffix(".partial")
+    src = sqlite3.connect(database_path)
+    try:
+        dst = sqlite3.connect(partial)
+        try:
+            src.backup(dst, pages=1024)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    partial.replace(target)
+    backups = sorted(backup_dir.glob(f"{BACKUP_PREFIX}*.db"))
+    removed = 0
+    for old in backups[: max(0, len(backups) - keep)]:
+        old.unlink(missing_ok=True)
+        removed += 1
+    return target, removed
+
+
+@dataclass
+class Maintenance:
+    settings: Settings
+    db: Database
+    store: ImageStore
+    evictors: list[Callable[[], int]] = field(default_factory=list)
+
+    def _sqlite_path(self) -> Path | None:
+        url = make_url(self.db.url)
+        return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
+
+    def run_once(self, now: dt.datetime | None = None) -> RunReport:
+        """One maintenance run (blocking; call it from a thread)."""
+        now = now or utcnow()
+        started = time.perf_counter()
+        report = RunReport()
+        keep = self.settings.maintenance.backup_keep
+        database_path = self._sqlite_path()
+        if database_path is not None and keep > 0:
+            report.backup, report.backups_removed = backup_sqlite(
+                database_path, self.settings.backup_dir, keep, now
+            )
+            metrics.BACKUP_LAST_SUCCESS.set(time.time())
+
+        days = self.settings.maintenance.error_retention_days
+        if days > 0:
+            cutoff = now - dt.timedelta(days=days)
+            while uids := self.db.write_sync(repo.purge_error_exams, cutoff):
+                report.errors_purged += len(uids)
+                for uid in uids:
+                    for kind in KINDS:
+                        report.images_removed += self.store.delete(uid, kind)
+
+        days = self.settings.images.retention_days
+        if days > 0:
+            cutoff, after = now - dt.timedelta(days=days), ""
+            while uids := self.db.read_sync(repo.exams_received_before, cutoff, after):
+                after = uids[-1]
+                report.images_removed += sum(self.store.delete(uid, "png") for uid in uids)
+
+        report.cache_entries_evicted = sum(evict() for evict in self.evictors)
+        report.seconds = round(time.perf_counter() - started, 3)
+        metrics.MAINTENANCE_PURGED.labels("error_exams").inc(report.errors_purged)
+        metrics.MAINTENANCE_PURGED.labels("images").inc(report.images_removed)
+        metrics.MAINTENANCE_PURGED.labels("cache_entries").inc(report.cache_entries_evicted)
+        return report
+
+    async def loop(self) -> None:
+        """Runs maintenance every ``[maintenance] interval`` seconds, first at start-up."""
+        while True:
+            try:
+                report = await asyncio.to_thread(self.run_once)
+            except Exception:
+                metrics.MAINTENANCE_RUNS.labels("error").inc()
+                log.exception("maintenance run failed; retrying next interval")
+            else:
+                metrics.MAINTENANCE_RUNS.labels("ok").inc()
+                log.info(
+                    "maintenance run finished",
+                    extra={
+                        "backup": report.backup.name if report.backup else "",
+                        "backups_removed": report.backups_removed,
+                        "errors_purged": report.errors_purged,
+                        "images_removed": report.images_removed,
+                        "cache_entries_evicted": report.cache_entries_evicted,
+                        "seconds": report.seconds,
+                    },
+                )
+            await asyncio.sleep(self.settings.maintenance.interval)

@@ -1,0 +1,57 @@
+"""Every Prometheus metric of the runtime, defined once.
+
+Names are ``xrayvision_*`` in base units. Labels never carry patient data: only roles,
+statuses, outcomes, operation and region names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+BUILD = Info("xrayvision_build", "Version of the running XRayVision")
+ROLE_UP = Gauge("xrayvision_role_up", "1 while a role runs in this process", ["role"])
+READY = Gauge("xrayvision_ready", "1 when the database is reachable and its schema current")
+
+DB_OPERATION_SECONDS = Histogram(
+    "xrayvision_db_operation_seconds",
+    "Duration of one repository operation (a transaction)",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DB_ERRORS = Counter(
+    "xrayvision_db_errors_total", "Repository operations that failed", ["operation", "kind"]
+)
+DB_RETRIES = Counter(
+    "xrayvision_db_retries_total", "Transactions retried after a lost connection or a busy lock"
+)
+
+QUEUE_TRANSITIONS = Counter(
+    "xrayvision_queue_transitions_total",
+    "Exam queue operations by kind (claim, complete, fail, error, release, requeue, reclaim)",
+    ["transition"],
+)
+
+EVENTS_PUBLISHED = Counter("xrayvision_events_published_total", "Events published", ["type"])
+EVENTS_RECEIVED = Counter("xrayvision_events_received_total", "Events received", ["type"])
+EVENTS_DROPPED = Counter(
+    "xrayvision_events_dropped_total",
+    "Events not delivered (bus down or a subscriber too slow); sweeps catch up",
+    ["reason"],
+)
+EVENT_BUS_RECONNECTS = Counter(
+    "xrayvision_event_bus_reconnects_total", "Times the LISTEN connection was re-established"
+)
+
+SINGLETON_HELD = Gauge(
+    "xrayvision_singleton_held", "1 while this process holds a singleton lock", ["name"]
+)
+
+MAINTENANCE_RUNS = Counter(
+    "xrayvision_maintenance_runs_total", "Maintenance runs by outcome", ["outcome"]
+)
+MAINTENANCE_PURGED = Counter(
+    "xrayvision_maintenance_purged_total", "Items removed by maintenance", ["kind"]
+)
+BACKUP_LAST_SUCCESS = Gauge(
+    "xrayvision_backup_last_success_timestamp_seconds", "Time of the last successful backup"
+)

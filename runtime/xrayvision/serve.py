@@ -1,0 +1,198 @@
+"""``xrayvision serve``: runs the chosen roles as asyncio tasks in one process.
+
+Start-up order: the HTTP server first (liveness answers at once, readiness says why it is
+not ready), then the database with retries and back-off, the schema check (refuse to run
+on an outdated schema unless ``--migrate``), the event bus, the roles and the singleton
+maintenance loop. SIGTERM or SIGINT: roles are cancelled (each releases what it claimed),
+any exam still leased by this process is released, the bus and the pool are closed, all
+within ``[server] shutdown_grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from xrayvision import __version__, metrics
+from xrayvision.config import Settings
+from xrayvision.db import queue
+from xrayvision.db.engine import Database, DatabaseOptions
+from xrayvision.db.migrate import schema_state, upgrade
+from xrayvision.events import LocalBus, make_bus, process_id
+from xrayvision.images import ImageStore, make_store
+from xrayvision.locks import SingletonLocks, make_locks
+from xrayvision.maintenance import Maintenance
+from xrayvision.web.app import init_app
+from xrayvision.web.health import Readiness
+
+log = logging.getLogger(__name__)
+
+# Roles whose work later issues build; until then the process says so and stays up.
+PENDING_ROLES = {
+    "ingest": "DICOM SCP and query/retrieve are not built yet (DICOM ingest issue)",
+    "relay": "the AI relay is not built yet (AI relay issue): queued exams wait in the queue",
+    "fhir": "the FHIR poller is not built yet (FHIR issue)",
+    "web": "the dashboard and REST API are not built yet (web issue); "
+           "/healthz, /readyz and /metrics are served",
+}
+
+
+class StartupError(Exception):
+    """Start-up cannot continue (outdated schema without --migrate); the message says why."""
+
+
+@dataclass
+class Runtime:
+    """What the roles of one process share; built once in :func:`serve`."""
+
+    settings: Settings
+    db: Database
+    bus: LocalBus
+    locks: SingletonLocks
+    store: ImageStore
+    worker_id: str
+
+
+def database_options(settings: Settings) -> DatabaseOptions:
+    return DatabaseOptions(
+        url=settings.database_url,
+        pool_size=settings.database.pool_size,
+        connect_timeout=settings.database.connect_timeout,
+        sqlite_busy_timeout=settings.database.sqlite_busy_timeout,
+    )
+
+
+def open_database(settings: Settings) -> Database:
+    if not settings.database.url:
+        settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(database_options(settings))
+
+
+async def connect_with_backoff(db: Database, readiness: Readiness,
+                               max_delay: float = 30.0) -> None:
+    """Waits until the database answers, retrying with back-off; readiness stays false."""
+    delay = 0.5
+    while True:
+        try:
+            await db.run_in_pool(db.ping)
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure here means "retry"
+            reason = f"database unreachable: {str(exc).splitlines()[0][:200]}"
+            readiness.set(False, reason)
+            log.warning("database unreachable at start-up; retrying",
+                        extra={"retry_in": round(delay, 1), "error": reason})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+async def pending_role(role: str) -> None:
+    log.warning("role not built yet", extra={"role": role, "detail": PENDING_ROLES[role]})
+    await asyncio.Event().wait()
+
+
+def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
+    """The coroutine each selected role runs; later issues replace the pending ones."""
+    return {role: (lambda r=role: pending_role(r)) for role in runtime.settings.server.roles}
+
+
+async def serve(settings: Settings, *, migrate: bool = False,
+                stop: asyncio.Event | None = None) -> int:
+    """Runs until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    metrics.BUILD.info({"version": __version__})
+    log.info("starting", extra={"version": __version__, "roles": ",".join(settings.server.roles)})
+    for warning in settings.warnings:
+        log.warning("configuration warning", extra={"detail": warning})
+
+    readiness = Readiness()
+    runner = web.AppRunner(init_app(settings, readiness), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.web.host, settings.web.port)
+    await site.start()
+    log.info("http listening", extra={"host": settings.web.host, "port": settings.web.port})
+
+    db = open_database(settings)
+    runtime: Runtime | None = None
+    tasks: list[asyncio.Task] = []
+    try:
+        connecting = asyncio.create_task(connect_with_backoff(db, readiness))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            return 0
+        stopping.cancel()
+
+        state = await db.run_in_pool(schema_state, db.engine)
+        if not state.is_current:
+            if not migrate:
+                readiness.set(False, state.describe())
+                raise StartupError(state.describe())
+            state = await db.run_in_pool(upgrade, db.engine)
+            log.info("database migrated", extra={"schema": ",".join(state.head)})
+        readiness.db = db
+        readiness.set(True, state.describe())
+
+        bus = make_bus(db.url)
+        await bus.start()
+        runtime = Runtime(
+            settings=settings, db=db, bus=bus, locks=make_locks(db.url),
+            store=make_store(settings.images.backend, settings.images_path, db),
+            worker_id=process_id(),
+        )
+        maintenance = Maintenance(settings, db, runtime.store)
+        tasks.append(asyncio.create_task(
+            runtime.locks.run("maintenance", maintenance.loop), name="maintenance"))
+        for role, run in role_tasks(runtime).items():
+            metrics.ROLE_UP.labels(role).set(1)
+            tasks.append(asyncio.create_task(run(), name=f"role-{role}"))
+        log.info("ready", extra={"worker": runtime.worker_id})
+
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopping and task.exception() is not None:
+                log.error("a role stopped with an error; shutting down",
+                          extra={"task": task.get_name()}, exc_info=task.exception())
+                return 1
+        return 0
+    finally:
+        log.info("shutting down", extra={"grace_seconds": settings.server.shutdown_grace})
+        readiness.set(False, "shutting down")
+        await _shutdown(settings, runner, db, runtime, tasks)
+
+
+async def _shutdown(settings: Settings, runner: web.AppRunner, db: Database,
+                    runtime: Runtime | None, tasks: list[asyncio.Task]) -> None:
+    grace = settings.server.shutdown_grace
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=grace * 0.6)
+        if pending:
+            log.warning("tasks did not stop in time", extra={"count": len(pending)})
+    for role in settings.server.roles:
+        metrics.ROLE_UP.labels(role).set(0)
+    if runtime is not None:
+        try:
+            released = await asyncio.wait_for(
+                db.write(queue.release_worker, runtime.worker_id), timeout=grace * 0.2
+            )
+            if released:
+                log.info("released claimed exams", extra={"count": released})
+        except Exception:  # noqa: BLE001 - the lease expires anyway; nothing is lost
+            log.warning("could not release claimed exams; their leases will expire")
+        await runtime.bus.close()
+    await runner.cleanup()
+    await asyncio.to_thread(db.close)
+    log.info("stopped")

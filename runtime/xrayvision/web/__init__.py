@@ -1,0 +1,1 @@
+"""HTTP: health, readiness and metrics for every process; the dashboard and API (web role)."""

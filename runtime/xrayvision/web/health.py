@@ -1,0 +1,97 @@
+"""``/healthz`` (liveness), ``/readyz`` (database reachable and schema current), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from xrayvision import metrics
+from xrayvision.config import User
+from xrayvision.db.engine import Database
+from xrayvision.db.migrate import schema_state
+from xrayvision.passwords import verify_password
+
+
+@dataclass
+class Readiness:
+    """Whether this process can serve: set by start-up, re-checked on /readyz (cached)."""
+
+    db: Database | None = None
+    reason: str = "starting: database not connected yet"
+    ready: bool = False
+    checked: float = 0.0
+    ttl: float = 2.0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def set(self, ready: bool, reason: str) -> None:
+        self.ready, self.reason, self.checked = ready, reason, time.monotonic()
+        metrics.READY.set(1 if ready else 0)
+
+    async def check(self) -> tuple[bool, str]:
+        """Re-checks the database at most once per ``ttl`` seconds; returns (ready, reason)."""
+        async with self._lock:
+            if self.db is None or time.monotonic() - self.checked < self.ttl:
+                return self.ready, self.reason
+            try:
+                state = await asyncio.wait_for(
+                    self.db.run_in_pool(schema_state, self.db.engine), timeout=5
+                )
+            except Exception as exc:  # any failure means "not ready"; the reason says which
+                self.set(False, f"database unreachable: {str(exc).splitlines()[0][:200]}")
+            else:
+                self.set(state.is_current, state.describe())
+            return self.ready, self.reason
+
+
+READINESS = web.AppKey("readiness", Readiness)
+USERS = web.AppKey("users", Mapping)
+METRICS_AUTH = web.AppKey("metrics_auth", bool)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, reason = await request.app[READINESS].check()
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "detail": reason},
+        status=200 if ready else 503,
+    )
+
+
+def _basic_user(request: web.Request, users: Mapping[str, User]) -> bool:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return False
+    try:
+        name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user = users.get(name)
+    return user is not None and verify_password(password, user.password_hash)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    if request.app[METRICS_AUTH]:
+        ok = await asyncio.to_thread(_basic_user, request, request.app[USERS])
+        if not ok:
+            return web.json_response(
+                {"error": "unauthorized", "detail": "/metrics needs HTTP Basic credentials"},
+                status=401, headers={"WWW-Authenticate": 'Basic realm="xrayvision"'},
+            )
+    body = await asyncio.to_thread(generate_latest, REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup_health_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
