@@ -420,7 +420,9 @@ def _parse_section(cls: type, entries: dict[str, tuple[str, str]], section: str,
         try:
             values[fld.name] = fld.metadata["parse"](value)
         except ValueError as exc:
-            shown = MASK if fld.metadata["secret"] else value
+            shown = value
+            if fld.metadata["secret"]:  # a URL keeps its shape, anything else is hidden
+                shown = mask_url(value) if section == "database" else MASK
             raise ConfigError(
                 f"invalid setting [{section}] {fld.name} = {shown!r} (from {source}): {exc}"
             ) from None

@@ -1,0 +1,213 @@
+import datetime as dt
+
+import pytest
+
+from xrayvision.db import repo
+from xrayvision.db.models import DONE, ERROR, QUEUED, STATUSES, AuditLog, Exam, Patient, utcnow
+from xrayvision.db.repo import ExamFilter, ExamInfo, PatientInfo
+
+
+def add(db, uid, *, cnp="1900101123456", name="Popescu Ion", status=DONE, region="chest",
+        created=None, ai=None, rad=None):
+    def _add(session):
+        exam, created_now = repo.add_exam(
+            session, ExamInfo(uid=uid, region=region, status=status, modality="DX"),
+            PatientInfo(cnp=cnp, name=name) if cnp else None,
+        )
+        if created is not None:
+            exam.created = created
+        if ai is not None:
+            repo.save_ai_report(session, uid, **ai)
+        if rad is not None:
+            repo.save_rad_report(session, uid, **rad)
+        return created_now
+    return db.write_sync(_add)
+
+
+def test_add_exam_is_idempotent_per_sop_instance_uid(db):
+    assert add(db, "1.2.3") is True
+    assert add(db, "1.2.3", region="hand") is False
+    assert db.read_sync(repo.count_exams) == 1
+    row = db.read_sync(repo.get_exam, "1.2.3")
+    assert row.exam.region == "chest" and row.patient.name == "Popescu Ion"
+
+
+def test_get_exam_unknown_is_none(db):
+    assert db.read_sync(repo.get_exam, "9.9") is None
+
+
+def test_patient_upsert_fills_missing_and_keeps_known(db):
+    db.write_sync(repo.upsert_patient, PatientInfo(cnp="2", name="Ana"))
+    db.write_sync(repo.upsert_patient, PatientInfo(cnp="2", birth_date=dt.date(1980, 5, 1),
+                                                   sex="F"))
+    patient = db.read_sync(lambda s: s.get(Patient, "2"))
+    assert (patient.name, patient.birth_date, patient.sex) == ("Ana", dt.date(1980, 5, 1), "F")
+
+
+def test_exam_without_patient(db):
+    add(db, "1.5", cnp="")
+    row = db.read_sync(repo.get_exam, "1.5")
+    assert row.exam.cnp is None and row.patient is None
+
+
+def test_datetimes_round_trip_as_aware_utc(db):
+    when = dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    add(db, "1.6", created=when)
+    created = db.read_sync(repo.get_exam, "1.6").exam.created
+    assert created == when and created.tzinfo is not None
+    assert created.utcoffset() == dt.timedelta(0)
+
+
+def test_reports_insert_update_and_unknown_fields(db):
+    add(db, "1.7", ai={"text": "FINDINGS: none", "severity": 2, "confidence": 80})
+    db.write_sync(repo.save_ai_report, "1.7", severity=7, summary="effusion")
+    ai = db.read_sync(repo.get_ai_report, "1.7")
+    assert (ai.text, ai.severity, ai.confidence, ai.summary) == ("FINDINGS: none", 7, 80,
+                                                                 "effusion")
+    db.write_sync(repo.save_rad_report, "1.7", text="Fără modificări", text_en="No changes",
+                  severity=1, radiologist="Dr. Ionescu")
+    rad = db.read_sync(repo.get_rad_report, "1.7")
+    assert rad.text == "Fără modificări" and rad.positive == -1
+    with pytest.raises(ValueError, match="unknown ai_reports fields: colour"):
+        db.write_sync(repo.save_ai_report, "1.7", colour="red")
+
+
+def test_report_ranges_are_enforced_by_the_database(db):
+    from sqlalchemy.exc import IntegrityError
+
+    add(db, "1.8")
+    with pytest.raises(IntegrityError):
+        db.write_sync(repo.save_ai_report, "1.8", severity=11)
+
+
+def test_set_status(db):
+    add(db, "1.9", status="none")
+    assert db.write_sync(repo.set_status, "1.9", QUEUED) is True
+    assert db.write_sync(repo.set_status, "9.9", QUEUED) is False
+    with pytest.raises(ValueError):
+        db.write_sync(repo.set_status, "1.9", "lost")
+    assert db.read_sync(repo.exams_with_status, QUEUED) == ["1.9"]
+
+
+@pytest.fixture
+def populated(db):
+    t0 = utcnow() - dt.timedelta(days=10)
+    rows = [
+        # uid, cnp, name, status, region, day, ai severity, rad severity, reviewed
+        ("10.1", "1800101000001", "Popescu Ion", DONE, "chest", 0, 8, 7, True),    # TP
+        ("10.2", "1800101000001", "Popescu Ion", DONE, "chest", 1, 1, 0, False),   # TN
+        ("10.3", "2900202000002", "Ionescu Maria", DONE, "hand", 2, 6, 2, False),  # FP
+        ("10.4", "2900202000002", "Ionescu Maria", DONE, "hand", 3, 3, 9, True),   # FN
+        ("10.5", "1700303000003", "Vasile_Ana%", DONE, "chest", 4, -1, 5, False),  # not assessed
+        ("10.6", "1700303000003", "Vasile_Ana%", QUEUED, "chest", 5, None, None, None),
+        ("10.7", "", "", ERROR, "foot", 6, None, None, None),
+    ]
+    for uid, cnp, name, status, region, day, ai_sev, rad_sev, reviewed in rows:
+        add(db, uid, cnp=cnp, name=name, status=status, region=region,
+            created=t0 + dt.timedelta(days=day),
+            ai=None if ai_sev is None else {"severity": ai_sev, "reviewed": reviewed,
+                                              "positive": 1 if ai_sev >= 5 else 0},
+            rad=None if rad_sev is None else {"severity": rad_sev})
+    return db, t0
+
+
+def uids(page):
+    return [r.exam.uid for r in page.rows]
+
+
+def test_list_exams_newest_first_with_total(populated):
+    db, _ = populated
+    page = db.read_sync(repo.list_exams)
+    assert uids(page) == ["10.7", "10.6", "10.5", "10.4", "10.3", "10.2", "10.1"]
+    assert page.total == 7 and page.pages == 1
+    assert page.rows[0].patient is None and page.rows[1].ai is None
+
+
+def test_list_exams_pagination_and_cap(populated):
+    db, _ = populated
+    second = db.read_sync(repo.list_exams, ExamFilter(), 2, 3)
+    assert uids(second) == ["10.4", "10.3", "10.2"] and second.total == 7 and second.pages == 3
+    capped = db.read_sync(repo.list_exams, ExamFilter(), 1, 10_000)
+    assert capped.size == repo.MAX_PAGE_SIZE
+    assert db.read_sync(repo.list_exams, ExamFilter(), 0, 0).page == 1
+
+
+@pytest.mark.parametrize("flt,expected", [
+    (ExamFilter(statuses=(QUEUED, ERROR)), ["10.7", "10.6"]),
+    (ExamFilter(region="hand"), ["10.4", "10.3"]),
+    (ExamFilter(severity_min=5), ["10.3", "10.1"]),
+    (ExamFilter(severity_min=0, severity_max=3), ["10.4", "10.2"]),
+    (ExamFilter(positive=1), ["10.3", "10.1"]),
+    (ExamFilter(reviewed=True), ["10.4", "10.1"]),
+    (ExamFilter(reviewed=False, region="chest"), ["10.5", "10.2"]),
+    (ExamFilter(search="29002"), ["10.4", "10.3"]),  # patient id prefix
+    (ExamFilter(search="ionescu"), ["10.4", "10.3"]),  # name, case-insensitive
+    (ExamFilter(search="_Ana%"), ["10.6", "10.5"]),  # LIKE wildcards taken literally
+    (ExamFilter(search="%"), ["10.6", "10.5"]),
+    (ExamFilter(agreement="TP"), ["10.1"]),
+    (ExamFilter(agreement="TN"), ["10.2"]),
+    (ExamFilter(agreement="fp"), ["10.3"]),
+    (ExamFilter(agreement="FN"), ["10.4"]),
+    (ExamFilter(agreement="TP", threshold=9), []),  # nobody has both severities >= 9
+    (ExamFilter(agreement="TN", threshold=9), ["10.3", "10.2", "10.1"]),
+])
+def test_list_exams_filters(populated, flt, expected):
+    db, _ = populated
+    page = db.read_sync(repo.list_exams, flt)
+    assert uids(page) == expected
+    assert page.total == len(expected)
+
+
+def test_list_exams_date_range(populated):
+    db, t0 = populated
+    page = db.read_sync(repo.list_exams, ExamFilter(since=t0 + dt.timedelta(days=2),
+                                                    until=t0 + dt.timedelta(days=4)))
+    assert uids(page) == ["10.4", "10.3"]
+
+
+@pytest.mark.parametrize("flt,message", [
+    (ExamFilter(statuses=("lost",)), "unknown status"),
+    (ExamFilter(agreement="XX"), "agreement must be one of"),
+])
+def test_list_exams_bad_filters(db, flt, message):
+    with pytest.raises(ValueError, match=message):
+        db.read_sync(repo.list_exams, flt)
+
+
+def test_queue_counts_and_oldest_claimable(populated):
+    db, t0 = populated
+    counts = db.read_sync(repo.queue_counts)
+    assert set(counts) == set(STATUSES)
+    assert counts[DONE] == 5 and counts[QUEUED] == 1 and counts[ERROR] == 1 and counts["none"] == 0
+    assert db.read_sync(repo.oldest_claimable) == t0 + dt.timedelta(days=5)
+
+
+def test_audit_rows(db):
+    db.write_sync(repo.audit, "login", username="alice", remote="10.0.0.1", detail="ok")
+    rows = db.read_sync(lambda s: s.query(AuditLog).all())
+    assert [(r.action, r.username, r.remote) for r in rows] == [("login", "alice", "10.0.0.1")]
+
+
+def test_purge_error_exams_removes_old_errors_with_reports(db):
+    old = utcnow() - dt.timedelta(days=40)
+    add(db, "11.1", status=ERROR, ai={"text": "x"})
+    add(db, "11.2", status=ERROR)
+    add(db, "11.3", status=DONE)
+    db.write_sync(lambda s: s.query(Exam).update({Exam.updated: old}))
+    db.write_sync(repo.set_status, "11.2", ERROR, "fresh error")  # updated now
+    purged = db.write_sync(repo.purge_error_exams, utcnow() - dt.timedelta(days=30))
+    assert purged == ["11.1"]
+    assert db.read_sync(repo.get_exam, "11.1") is None
+    assert db.read_sync(repo.get_ai_report, "11.1") is None
+    assert db.read_sync(repo.count_exams) == 2
+
+
+def test_exams_received_before_pages_by_uid(db):
+    old = utcnow() - dt.timedelta(days=5)
+    for uid in ("12.1", "12.2", "12.3"):
+        add(db, uid, created=old)
+    add(db, "12.4")
+    cutoff = utcnow() - dt.timedelta(days=1)
+    first = db.read_sync(repo.exams_received_before, cutoff, "", 2)
+    rest = db.read_sync(repo.exams_received_before, cutoff, first[-1], 2)
+    assert first + rest == ["12.1", "12.2", "12.3"]
