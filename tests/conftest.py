@@ -48,6 +48,13 @@ def truncate_all(db: Database) -> None:
         conn.execute(text(f"TRUNCATE {names} CASCADE"))
 
 
+@pytest.fixture
+def pg_db(pg_database):
+    """The shared PostgreSQL database, emptied."""
+    truncate_all(pg_database)
+    return pg_database
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path):
     """A migrated, empty database on each backend."""
@@ -57,9 +64,7 @@ def db(request, tmp_path):
         yield database
         database.close()
     else:
-        database = request.getfixturevalue("pg_database")
-        truncate_all(database)
-        yield database
+        yield request.getfixturevalue("pg_db")
 
 
 @pytest.fixture

@@ -138,7 +138,8 @@ def _url(*schemes: str, optional: bool = True) -> Callable[[str], str]:
             return ""
         parts = urlsplit(text)
         if parts.scheme not in schemes or not (parts.netloc or parts.path):
-            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+            starts = " or ".join(s + "://" for s in schemes)
+            raise ValueError(f"expected a URL starting with {starts}")
         return text.rstrip("/") if parts.scheme.startswith("http") else text
 
     return parse
@@ -189,7 +190,7 @@ def _setting(default: Any, parse: Callable[[str], Any], doc: str, *, secret: boo
 @dataclass(frozen=True)
 class ServerSettings:
     roles: tuple[str, ...] = _setting(ROLES, _roles, "roles this process runs")
-    data_dir: Path = _setting(Path("data"), _path, "folder for the SQLite database, images, backups")
+    data_dir: Path = _setting(Path("data"), _path, "folder for SQLite, images and backups")
     log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
     log_format: str = _setting("text", _choice("text", "json"), "log line format")
     shutdown_grace: float = _setting(
@@ -297,7 +298,7 @@ class User:
 
 
 DEFAULT_REGIONS: dict[str, tuple[str, ...]] = {
-    "chest": ("chest", "thorax", "thoracic", "torace", "toracic", "pulmonar", "lung", "cord-pulmon"),
+    "chest": ("chest", "thorax", "thoracic", "torace", "toracic", "pulmonar", "lung"),
     "abdomen": ("abdomen", "abdominal", "abdomin"),
     "skull": ("skull", "cranium", "craniu", "sinus", "sinusuri", "mandible"),
     "spine": ("spine", "spinal", "coloana", "vertebra", "lumbar", "cervical", "thoracolumbar"),

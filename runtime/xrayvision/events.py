@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 
 from xrayvision import metrics
+from xrayvision.db.engine import conninfo
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,6 @@ class LocalBus:
             metrics.EVENTS_DROPPED.labels("loop_closed").inc()
             return
         asyncio.run_coroutine_threadsafe(self.publish(type_, **data), self._loop)
-
-
-def conninfo(url: str) -> str:
-    """A SQLAlchemy PostgreSQL URL as a libpq connection string."""
-    for prefix in ("postgresql+psycopg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
-    return url
 
 
 class PostgresBus(LocalBus):

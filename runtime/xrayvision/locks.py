@@ -21,7 +21,7 @@ from typing import Protocol
 import psycopg
 
 from xrayvision import metrics
-from xrayvision.events import conninfo
+from xrayvision.db.engine import conninfo
 
 log = logging.getLogger(__name__)
 

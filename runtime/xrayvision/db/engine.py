@@ -93,6 +93,14 @@ def _sqlite_hooks(engine: Engine, opts: DatabaseOptions) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def conninfo(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as a libpq connection string (for raw psycopg)."""
+    for prefix in ("postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    return url
+
+
 def is_transient(error: BaseException) -> bool:
     """True for errors worth retrying: a lost/refused connection or a busy SQLite lock."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:

@@ -35,8 +35,9 @@ NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE = (
 STATUSES = (NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE)
 CLAIMABLE = (QUEUED, REQUEUE)
 
-_CLAIMABLE_SQL = text("status IN ('queued', 'requeue')")
-_PROCESSING_SQL = text("status = 'processing'")
+# Literal SQL shared by the partial indexes and the queries that must match them.
+CLAIMABLE_SQL = text("status IN ('queued', 'requeue')")
+PROCESSING_SQL = text("status = 'processing'")
 
 
 def utcnow() -> dt.datetime:
@@ -133,14 +134,14 @@ class Exam(Base):
             "ix_exams_claim",
             text("priority DESC"),
             "created",
-            postgresql_where=_CLAIMABLE_SQL,
-            sqlite_where=_CLAIMABLE_SQL,
+            postgresql_where=CLAIMABLE_SQL,
+            sqlite_where=CLAIMABLE_SQL,
         ),
         Index(
             "ix_exams_lease",
             "lease_expires",
-            postgresql_where=_PROCESSING_SQL,
-            sqlite_where=_PROCESSING_SQL,
+            postgresql_where=PROCESSING_SQL,
+            sqlite_where=PROCESSING_SQL,
         ),
     )
 

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Row, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
 from xrayvision.db.models import (
-    CLAIMABLE,
+    CLAIMABLE_SQL,
     DONE,
     ERROR,
     PROCESSING,
+    PROCESSING_SQL,
     QUEUED,
     REQUEUE,
     Exam,
@@ -38,61 +39,88 @@ from xrayvision.db.models import (
 )
 
 MAX_RETRY_DELAY = 3600.0
+# Queue statements are Core statements on the table: the queue is the hot path, and the
+# ORM's bulk-update machinery costs more than the round trip itself.
+EXAMS = Exam.__table__
 
 
 class LeaseLost(Exception):
     """The exam is no longer held by this worker (lease expired and was reclaimed)."""
 
 
-def claim(session: Session, worker: str, lease_seconds: float,
-          now: dt.datetime | None = None) -> Exam | None:
-    """Leases the next exam to ``worker``; returns it (status ``processing``) or None."""
-    now = now or utcnow()
+def _claim_statement(skip_locked: bool):
+    # Built once: the queue is the hot path. The status test is literal SQL, not bound
+    # parameters, so PostgreSQL's generic plans can still prove the partial index
+    # ix_exams_claim applies.
     candidate = (
-        select(Exam.uid)
-        .where(Exam.status.in_(CLAIMABLE), or_(Exam.not_before.is_(None), Exam.not_before <= now))
-        .order_by(Exam.priority.desc(), Exam.created)
+        select(EXAMS.c.uid)
+        .where(CLAIMABLE_SQL)
+        .where(or_(EXAMS.c.not_before.is_(None), EXAMS.c.not_before <= bindparam("p_now")))
+        .order_by(EXAMS.c.priority.desc(), EXAMS.c.created)
         .limit(1)
     )
-    if session.bind.dialect.name == "postgresql":
+    if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True)
-    stmt = (
-        update(Exam)
-        .where(Exam.uid == candidate.scalar_subquery())
+    return (
+        update(EXAMS)
+        .where(EXAMS.c.uid == candidate.scalar_subquery())
         .values(
             status=PROCESSING,
-            lease_owner=worker,
-            lease_expires=now + dt.timedelta(seconds=lease_seconds),
-            updated=now,
+            lease_owner=bindparam("p_worker"),
+            lease_expires=bindparam("p_expires"),
+            updated=bindparam("p_now"),
         )
-        .returning(Exam)
+        .returning(EXAMS)
     )
-    exam = session.scalars(stmt, execution_options={"synchronize_session": False}).first()
+
+
+_CLAIM = {"postgresql": _claim_statement(True), "sqlite": _claim_statement(False)}
+_HELD = and_(
+    EXAMS.c.uid == bindparam("p_uid"),
+    EXAMS.c.status == PROCESSING,
+    EXAMS.c.lease_owner == bindparam("p_worker"),
+)
+_COMPLETE = (
+    update(EXAMS)
+    .where(_HELD)
+    .values(status=DONE, lease_owner=None, lease_expires=None, not_before=None, error="",
+            updated=bindparam("p_now"))
+)
+
+
+def claim(session: Session, worker: str, lease_seconds: float,
+          now: dt.datetime | None = None) -> Row | None:
+    """Leases the next exam to ``worker``; returns its ``exams`` row (status ``processing``,
+    columns as attributes) or None when nothing is claimable."""
+    now = now or utcnow()
+    conn = session.connection()
+    exam = conn.execute(
+        _CLAIM[conn.dialect.name],
+        {"p_now": now, "p_worker": worker,
+         "p_expires": now + dt.timedelta(seconds=lease_seconds)},
+    ).first()
     if exam is not None:
         metrics.QUEUE_TRANSITIONS.labels("claim").inc()
     return exam
 
 
 def _held(uid: str, worker: str):
-    return and_(Exam.uid == uid, Exam.status == PROCESSING, Exam.lease_owner == worker)
+    return and_(EXAMS.c.uid == uid, EXAMS.c.status == PROCESSING, EXAMS.c.lease_owner == worker)
 
 
 def _update_held(session: Session, uid: str, worker: str, **values) -> None:
-    result = session.execute(
-        update(Exam).where(_held(uid, worker)).values(**values),
-        execution_options={"synchronize_session": False},
-    )
+    result = session.connection().execute(update(EXAMS).where(_held(uid, worker)).values(**values))
     if result.rowcount != 1:
         raise LeaseLost(f"exam {uid} is not held by {worker}")
 
 
 def complete(session: Session, uid: str, worker: str, now: dt.datetime | None = None) -> None:
     """Marks a held exam ``done``; raises LeaseLost when ``worker`` no longer holds it."""
-    _update_held(
-        session, uid, worker,
-        status=DONE, lease_owner=None, lease_expires=None, not_before=None, error="",
-        updated=now or utcnow(),
+    result = session.connection().execute(
+        _COMPLETE, {"p_uid": uid, "p_worker": worker, "p_now": now or utcnow()}
     )
+    if result.rowcount != 1:
+        raise LeaseLost(f"exam {uid} is not held by {worker}")
     metrics.QUEUE_TRANSITIONS.labels("complete").inc()
 
 
@@ -110,8 +138,8 @@ def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: 
     ``worker`` no longer holds the exam.
     """
     now = now or utcnow()
-    attempts = session.scalar(
-        select(Exam.attempts).where(_held(uid, worker)).with_for_update()
+    attempts = session.connection().scalar(
+        select(EXAMS.c.attempts).where(_held(uid, worker)).with_for_update()
     )
     if attempts is None:
         raise LeaseLost(f"exam {uid} is not held by {worker}")
@@ -143,11 +171,10 @@ def release(session: Session, uid: str, worker: str, now: dt.datetime | None = N
 
 def release_worker(session: Session, worker: str, now: dt.datetime | None = None) -> int:
     """Releases every exam ``worker`` holds; returns how many (used at shutdown)."""
-    result = session.execute(
-        update(Exam)
-        .where(Exam.status == PROCESSING, Exam.lease_owner == worker)
-        .values(status=QUEUED, lease_owner=None, lease_expires=None, updated=now or utcnow()),
-        execution_options={"synchronize_session": False},
+    result = session.connection().execute(
+        update(EXAMS)
+        .where(EXAMS.c.status == PROCESSING, EXAMS.c.lease_owner == worker)
+        .values(status=QUEUED, lease_owner=None, lease_expires=None, updated=now or utcnow())
     )
     metrics.QUEUE_TRANSITIONS.labels("release").inc(result.rowcount)
     return result.rowcount
@@ -165,11 +192,10 @@ def requeue(session: Session, uid: str, now: dt.datetime | None = None) -> bool:
 
     Returns False when the exam does not exist or is being processed right now.
     """
-    result = session.execute(
-        update(Exam)
-        .where(Exam.uid == uid, Exam.status != PROCESSING)
-        .values(status=REQUEUE, attempts=0, error="", not_before=None, updated=now or utcnow()),
-        execution_options={"synchronize_session": False},
+    result = session.connection().execute(
+        update(EXAMS)
+        .where(EXAMS.c.uid == uid, EXAMS.c.status != PROCESSING)
+        .values(status=REQUEUE, attempts=0, error="", not_before=None, updated=now or utcnow())
     )
     if result.rowcount:
         metrics.QUEUE_TRANSITIONS.labels("requeue").inc()
@@ -184,25 +210,23 @@ def reclaim_expired(session: Session, *, max_attempts: int,
     ends in ``error`` instead of looping. Returns how many exams were reclaimed.
     """
     now = now or utcnow()
-    expired = and_(Exam.status == PROCESSING, Exam.lease_expires < now)
-    opts = {"synchronize_session": False}
-    failed = session.execute(
-        update(Exam)
-        .where(expired, Exam.attempts + 1 >= max_attempts)
+    expired = and_(PROCESSING_SQL, EXAMS.c.lease_expires < now)
+    conn = session.connection()
+    failed = conn.execute(
+        update(EXAMS)
+        .where(expired, EXAMS.c.attempts + 1 >= max_attempts)
         .values(
-            status=ERROR, attempts=Exam.attempts + 1, lease_owner=None, lease_expires=None,
+            status=ERROR, attempts=EXAMS.c.attempts + 1, lease_owner=None, lease_expires=None,
             error="lease expired: the worker stopped before finishing", updated=now,
-        ),
-        execution_options=opts,
+        )
     ).rowcount
-    requeued = session.execute(
-        update(Exam)
+    requeued = conn.execute(
+        update(EXAMS)
         .where(expired)
         .values(
-            status=QUEUED, attempts=Exam.attempts + 1, lease_owner=None, lease_expires=None,
+            status=QUEUED, attempts=EXAMS.c.attempts + 1, lease_owner=None, lease_expires=None,
             updated=now,
-        ),
-        execution_options=opts,
+        )
     ).rowcount
     metrics.QUEUE_TRANSITIONS.labels("reclaim").inc(failed + requeued)
     return failed + requeued
