@@ -73,3 +73,14 @@ def sqlite_db(tmp_path):
     upgrade(database.engine)
     yield database
     database.close()
+
+
+@pytest.fixture
+def own_pg():
+    """A PostgreSQL server of the test's own (for restarts), with database xrayvision."""
+    from support.pgserver import PgServer
+
+    server = PgServer().start()
+    server.create_database("xrayvision")
+    yield server
+    server.destroy()
