@@ -1,0 +1,70 @@
+import threading
+import time
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from xrayvision import metrics
+from xrayvision.db import queue, repo
+from xrayvision.db.engine import Database, DatabaseOptions, conninfo
+from xrayvision.db.migrate import upgrade
+from xrayvision.db.models import DONE
+from xrayvision.db.repo import ExamInfo
+
+
+def test_conninfo():
+    assert conninfo("postgresql+psycopg://u:p@h:5/db") == "postgresql://u:p@h:5/db"
+    assert conninfo("postgres://h/db") == "postgresql://h/db"
+
+
+def test_sqlite_pragmas(sqlite_db):
+    with sqlite_db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_integrity_errors_are_not_retried(db):
+    db.write_sync(repo.add_exam, ExamInfo(uid="1.1"))
+    before = metrics.DB_RETRIES._value.get()
+    with pytest.raises(IntegrityError):
+        db.write_sync(repo.save_ai_report, "1.1", confidence=500)
+    assert metrics.DB_RETRIES._value.get() == before
+
+
+def _db_on(server) -> Database:
+    db = Database(DatabaseOptions(url=server.url().replace("postgresql://",
+                                                           "postgresql+psycopg://")))
+    upgrade(db.engine)
+    return db
+
+
+def test_pool_survives_a_database_restart(own_pg):
+    db = _db_on(own_pg)
+    try:
+        db.write_sync(repo.add_exam, ExamInfo(uid="2.1", status="queued"))
+        db.write_sync(repo.add_exam, ExamInfo(uid="2.2", status="queued"))
+        claimed = db.write_sync(queue.claim, "w", 60)
+        own_pg.restart()  # every pooled connection is now dead
+        db.write_sync(queue.complete, claimed.uid, "w")
+        assert db.write_sync(queue.claim, "w", 60) is not None
+        assert db.read_sync(repo.queue_counts)[DONE] == 1
+    finally:
+        db.close()
+
+
+def test_operation_waits_out_a_short_outage(own_pg):
+    db = _db_on(own_pg)
+    try:
+        db.write_sync(repo.add_exam, ExamInfo(uid="3.1", status="queued"))
+        own_pg.stop()
+        threading.Timer(0.5, own_pg.start).start()
+        started = time.monotonic()
+        before = metrics.DB_RETRIES._value.get()
+        exam = db.write_sync(queue.claim, "w", 60)  # retried with back-off until it is back
+        assert exam.uid == "3.1"
+        assert metrics.DB_RETRIES._value.get() > before
+        assert time.monotonic() - started < 30
+    finally:
+        db.close()

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from xrayvision.passwords import verify_password
+
+XRAYVISION = Path(sys.executable).parent / "xrayvision"
+
+
+def run(*args, cwd, env=None, stdin=None):
+    return subprocess.run([str(XRAYVISION), *args], cwd=cwd, capture_output=True, text=True,
+                          input=stdin, env=env, timeout=60)
+
+
+def test_hash_password_from_stdin(tmp_path):
+    result = run("hash-password", "--stdin", cwd=tmp_path, stdin="correct horse\n")
+    assert result.returncode == 0
+    stored = result.stdout.strip()
+    assert stored.startswith("scrypt$") and verify_password("correct horse", stored)
+    assert "correct horse" not in result.stdout
+
+
+def test_hash_password_refuses_empty(tmp_path):
+    assert run("hash-password", "--stdin", cwd=tmp_path, stdin="\n").returncode == 2
+
+
+def test_check_config_prints_masked_effective_settings(tmp_path):
+    hashed = run("hash-password", "--stdin", cwd=tmp_path, stdin="pw\n").stdout.strip()
+    (tmp_path / "local.cfg").write_text(
+        f"[ai]\napi_key = sk-live-123\n[users]\nalice = admin:{hashed}\n[web]\nprot = 1\n")
+    result = run("check-config", cwd=tmp_path,
+                 env={"PATH": "/usr/bin:/bin", "XRAYVISION_FHIR_PASSWORD": "fhir-secret"})
+    assert result.returncode == 0
+    assert "[ai]" in result.stdout and "api_key = ********" in result.stdout
+    assert "alice = admin:********" in result.stdout
+    assert "# warning: unknown setting [web] prot" in result.stdout
+    for secret in ("sk-live-123", "fhir-secret", hashed):
+        assert secret not in result.stdout
+
+
+def test_check_config_with_corrupt_file(tmp_path):
+    (tmp_path / "xrayvision.cfg").write_text("[web\nport=1\n")
+    result = run("check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "configuration error: cannot read" in result.stderr
+
+
+def test_migrate_creates_the_sqlite_database(tmp_path):
+    result = run("migrate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "xrayvision.db").is_file()
+    assert "database migrated" in result.stderr
+
+
+def test_migrate_gives_up_on_an_unreachable_database(tmp_path):
+    from support.pgserver import free_port
+
+    env = {"PATH": "/usr/bin:/bin",
+           "XRAYVISION_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x"}
+    result = run("migrate", "--timeout", "1", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "database unreachable; giving up" in result.stderr

@@ -1,0 +1,46 @@
+import base64
+import dataclasses
+
+from xrayvision.config import User, load_settings
+from xrayvision.passwords import hash_password
+from xrayvision.web.app import init_app
+from xrayvision.web.health import Readiness
+
+
+def basic(user: str, password: str) -> dict:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def test_liveness_and_readiness_before_the_database(aiohttp_client, tmp_path):
+    client = await aiohttp_client(init_app(load_settings(tmp_path, env={}), Readiness()))
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["detail"].startswith("starting")
+
+
+async def test_readiness_follows_the_schema(aiohttp_client, tmp_path, db):
+    from xrayvision.db.migrate import schema_state
+
+    readiness = Readiness(db=db, ttl=0)
+    client = await aiohttp_client(init_app(load_settings(tmp_path, env={}), readiness))
+    resp = await client.get("/readyz")
+    assert resp.status == 200, await resp.text()
+    assert schema_state(db.engine).head[0] in (await resp.json())["detail"]
+
+
+async def test_metrics_open_by_default_and_protected_when_configured(aiohttp_client, tmp_path):
+    settings = load_settings(tmp_path, env={})
+    client = await aiohttp_client(init_app(settings, Readiness()))
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and "xrayvision_ready" in await resp.text()
+
+    locked = dataclasses.replace(
+        settings, web=dataclasses.replace(settings.web, metrics_auth=True),
+        users={"prom": User("viewer", hash_password("scrape", n=2**10))})
+    client = await aiohttp_client(init_app(locked, Readiness()))
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers=basic("prom", "wrong"))).status == 401
+    assert (await client.get("/metrics", headers={"Authorization": "Basic !!"})).status == 401
+    assert (await client.get("/metrics", headers=basic("prom", "scrape"))).status == 200
