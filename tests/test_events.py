@@ -14,9 +14,9 @@ from xrayvision.events import (
 )
 
 
-async def next_event(sub, timeout=5.0, skip=()):
+async def next_event(sub, wait=5.0, skip=()):
     while True:
-        event = await asyncio.wait_for(sub.get(), timeout)
+        event = await asyncio.wait_for(sub.get(), wait)
         if event.type not in skip:
             return event
 
@@ -123,7 +123,7 @@ async def test_postgres_bus_survives_a_server_restart(own_pg):
         assert (await next_event(sub)).data == {"uid": "before"}
 
         await asyncio.to_thread(own_pg.restart)
-        assert (await next_event(sub, timeout=30)).type == RECONNECTED
+        assert (await next_event(sub, wait=30)).type == RECONNECTED
         await asyncio.wait_for(one.listening.wait(), 30)
         await one.publish("exam.queued", uid="after")  # the publisher reconnects too
         assert (await next_event(sub, skip=(RECONNECTED,))).data == {"uid": "after"}
