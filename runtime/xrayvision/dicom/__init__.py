@@ -1,0 +1,2 @@
+"""DICOM: metadata, region rules and conversion (pure); SCP handlers, conversion worker and
+import (I/O)."""

@@ -1,0 +1,234 @@
+"""DICOM pixels to PNG (the seed's dicom_to_png and apply_gamma_correction). Pure functions.
+
+Order of operations, as DICOM PS3.3 C.11 renders a greyscale image:
+
+1. size check (rows x columns x frames) before anything is decoded;
+2. first frame of a multi-frame image; RGB (secondary capture) reduced to luminance;
+3. modality LUT (rescale slope/intercept or a Modality LUT Sequence);
+4. VOI: the VOI LUT Sequence, else Window Center/Width (the first of several by default),
+   else a percentile window over the pixels that are not padding;
+5. pixel padding value shown black; MONOCHROME1 inverted so bone is white;
+6. then, for the model, the seed's adaptive gamma (identity when the mean is 0), an
+   optional resize so the longest side is at most ``max_side``, and PNG encoding.
+
+Steps 1-5 give what a DICOM viewer (e.g. DCMTK ``dcmj2pnm`` with the same window) shows.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+
+class ConversionError(ValueError):
+    """The instance cannot be turned into an image; the message says why."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    max_side: int = 1024  # 0: keep the full size
+    png_compression: int = 3
+    window_index: int = 0  # which Window Center/Width pair (or VOI LUT) to use
+    max_pixels: int = 120_000_000  # rows x columns x frames
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class Window:
+    center: float
+    width: float
+
+
+@dataclass(frozen=True)
+class Converted:
+    png: bytes
+    width: int
+    height: int
+
+
+def check_size(ds: Dataset, max_pixels: int) -> None:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ConversionError(f"image size unreadable: {exc}") from None
+    if rows <= 0 or cols <= 0 or frames <= 0:
+        raise ConversionError(f"image size {rows}x{cols}x{frames} is not an image")
+    if rows * cols * frames > max_pixels:
+        raise ConversionError(
+            f"image of {rows}x{cols}x{frames} pixels exceeds the limit of {max_pixels}")
+
+
+def _first_frame(ds: Dataset) -> np.ndarray:
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise ConversionError("no pixel data")
+    try:
+        arr = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) == 1 else \
+            _frame_zero(ds)
+    except ConversionError:
+        raise
+    except Exception as exc:  # pydicom/decoders raise many types on broken data
+        raise ConversionError(f"pixel data cannot be decoded: {exc}") from None
+    return arr
+
+
+def _frame_zero(ds: Dataset) -> np.ndarray:
+    from pydicom.pixels import pixel_array
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False)
+    buffer.seek(0)
+    return pixel_array(buffer, index=0)
+
+
+def _window_values(ds: Dataset, index: int) -> Window | None:
+    centers, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if centers is None or widths is None:
+        return None
+    centers = list(centers) if not isinstance(centers, int | float) and hasattr(
+        centers, "__iter__") else [centers]
+    widths = list(widths) if not isinstance(widths, int | float) and hasattr(
+        widths, "__iter__") else [widths]
+    if not centers or not widths:
+        return None
+    i = min(index, len(centers) - 1, len(widths) - 1)
+    try:
+        center, width = float(centers[i]), float(widths[i])
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(center) or not math.isfinite(width) or width < 1:
+        return None
+    return Window(center, width)
+
+
+def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Pixels equal to Pixel Padding Value (or within the padding range), on stored values."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    low = ds.PixelPaddingValue
+    high = ds.get("PixelPaddingRangeLimit", low)
+    low, high = min(low, high), max(low, high)
+    return (stored >= low) & (stored <= high)
+
+
+def percentile_window(values: np.ndarray, mask: np.ndarray | None,
+                      percentiles: tuple[float, float]) -> Window:
+    """A window spanning the given percentiles of the non-padding pixels."""
+    sample = values[~mask] if mask is not None and mask.any() else values.ravel()
+    if sample.size == 0:
+        sample = values.ravel()
+    # A strided sample keeps this fast on 3000x3000 images and changes the result little.
+    step = max(1, sample.size // 1_000_000)
+    lo, hi = np.percentile(sample.ravel()[::step], percentiles)
+    width = max(float(hi - lo), 1.0)
+    return Window(center=float(lo) + width / 2, width=width)
+
+
+def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
+    """DICOM linear window (PS3.3 C.11.2.1.2.1) to 0..255 floats."""
+    c, w = window.center, window.width
+    lower = c - 0.5 - (w - 1) / 2
+    out = ((values - (c - 0.5)) / max(w - 1, 1e-9) + 0.5) * 255.0
+    out = np.where(values <= lower, 0.0, out)
+    return np.clip(out, 0.0, 255.0)
+
+
+def chosen_window(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> Window | None:
+    """The window :func:`to_display` uses (None when a VOI LUT Sequence applies)."""
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        return None
+    window = _window_values(ds, opts.window_index)
+    if window is not None:
+        return window
+    arr = _first_frame(ds)
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    return percentile_window(values, padding_mask(ds, arr), opts.percentiles)
+
+
+def to_display(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> np.ndarray:
+    """8-bit greyscale as a viewer shows it (steps 1-5 above)."""
+    check_size(ds, opts.max_pixels)
+    arr = _first_frame(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour: RGB or YBR decoded to RGB
+        if photometric.startswith("YBR") and "PixelData" in ds:
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        gray = cv2.cvtColor(np.ascontiguousarray(arr[..., :3]).astype(np.uint8),
+                            cv2.COLOR_RGB2GRAY)
+        return gray
+    if arr.ndim != 2:
+        raise ConversionError(f"unexpected pixel array shape {arr.shape}")
+    mask = padding_mask(ds, arr)
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        item = ds.VOILUTSequence[min(opts.window_index, len(ds.VOILUTSequence) - 1)]
+        try:
+            lut_out = apply_voi_lut(values, ds, index=opts.window_index)
+            bits = int(item.LUTDescriptor[2])
+        except Exception as exc:  # a malformed LUT
+            raise ConversionError(f"VOI LUT cannot be applied: {exc}") from None
+        out = np.clip(lut_out.astype(np.float64) / max(2**bits - 1, 1) * 255.0, 0, 255)
+    else:
+        window = _window_values(ds, opts.window_index) or percentile_window(
+            values, mask, opts.percentiles)
+        out = apply_window(values, window)
+    if photometric == "MONOCHROME1":
+        out = 255.0 - out
+    if mask is not None:
+        out[mask] = 0.0
+    return np.rint(out).astype(np.uint8)
+
+
+def adaptive_gamma(img: np.ndarray) -> np.ndarray:
+    """The seed's adaptive gamma: brings the mean towards mid-grey; identity when mean <= 0."""
+    mean = float(img.mean()) / 255.0
+    if mean <= 0 or mean >= 1:
+        return img
+    gamma = math.log(0.5) / math.log(mean)
+    lut = np.clip(((np.arange(256) / 255.0) ** gamma) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.LUT(img, lut)
+
+
+def fit(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscales so the longest side is at most ``max_side`` (never upscales)."""
+    height, width = img.shape[:2]
+    longest = max(height, width)
+    if max_side <= 0 or longest <= max_side:
+        return img
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def encode_png(img: np.ndarray, level: int) -> bytes:
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
+    if not ok:
+        raise ConversionError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def convert_dataset(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> Converted:
+    img = fit(adaptive_gamma(to_display(ds, opts)), opts.max_side)
+    return Converted(png=encode_png(img, opts.png_compression), width=img.shape[1],
+                     height=img.shape[0])
+
+
+def convert_bytes(data: bytes, opts: ConvertOptions = ConvertOptions()) -> Converted:
+    """Converts an encoded DICOM file; raises ConversionError on anything unusable.
+
+    This is what the process pool runs: bytes in, bytes out, nothing shared.
+    """
+    try:
+        ds = dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise ConversionError(f"not a readable DICOM file: {exc}") from None
+    return convert_dataset(ds, opts)
