@@ -159,6 +159,17 @@ def _aets(value: str) -> tuple[str, ...]:
     return tuple(_aet(item) for item in _list(value))
 
 
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _uids(value: str) -> tuple[str, ...]:
+    uids = _list(value)
+    for uid in uids:
+        if len(uid) > 64 or not _UID_RE.match(uid):
+            raise ValueError("expected comma-separated DICOM UIDs (digits and dots)")
+    return uids
+
+
 def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     try:
         return tuple(ipaddress.ip_network(item, strict=False) for item in _list(value))
@@ -213,6 +224,7 @@ class ImagesSettings:
     max_side: int = _setting(1024, _int(64, 16384), "longest side of the PNG sent to the model")
     png_compression: int = _setting(3, _int(0, 9), "PNG zlib level (OpenCV)")
     retention_days: int = _setting(0, _int(0), "delete images of exams older than this; 0 keeps")
+    window_index: int = _setting(0, _int(0, 100), "which of several DICOM windows to use")
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,14 @@ class DicomSettings:
     allowed_calling_aets: tuple[str, ...] = _setting((), _aets, "calling AE allow-list; empty: any")
     max_associations: int = _setting(16, _int(1, 1000), "concurrent associations")
     max_pdu: int = _setting(0, _int(0, 2**32 - 1), "maximum PDU length; 0: unlimited")
+    require_called_aet: bool = _setting(True, _bool, "reject associations to another AE title")
+    extra_sop_classes: tuple[str, ...] = _setting((), _uids, "storage SOP classes beyond CR/DX/SC")
+    convert_workers: int = _setting(0, _int(0, 64), "conversion processes; 0: one per core")
+    keep_dicom: bool = _setting(False, _bool, "keep the received DICOM after conversion")
+    max_pixels: int = _setting(120_000_000, _int(1), "rows x columns x frames accepted")
+    tls_cert: Path | None = _setting(None, _optional_path, "server certificate (PEM): DICOM TLS")
+    tls_key: Path | None = _setting(None, _optional_path, "server private key (PEM)")
+    tls_ca: Path | None = _setting(None, _optional_path, "CA (PEM) that client certificates need")
 
 
 @dataclass(frozen=True)

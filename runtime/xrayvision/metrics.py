@@ -55,3 +55,27 @@ MAINTENANCE_PURGED = Counter(
 BACKUP_LAST_SUCCESS = Gauge(
     "xrayvision_backup_last_success_timestamp_seconds", "Time of the last successful backup"
 )
+
+DICOM_ASSOCIATIONS = Counter(
+    "xrayvision_dicom_associations_total",
+    "DICOM associations by outcome (accepted, rejected, aborted)", ["outcome"],
+)
+DICOM_INSTANCES = Counter(
+    "xrayvision_dicom_instances_total",
+    "Instances received by outcome (stored, duplicate, failed) and source (scp, import, "
+    "retrieve)", ["outcome", "source"],
+)
+DICOM_STORE_SECONDS = Histogram(
+    "xrayvision_dicom_store_seconds",
+    "Time from a C-STORE request to its durable record (the ACK's latency)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+CONVERSIONS = Counter(
+    "xrayvision_conversions_total",
+    "DICOM-to-PNG conversions by outcome (queued, ignore, error) and region", ["outcome", "region"],
+)
+CONVERT_SECONDS = Histogram(
+    "xrayvision_convert_seconds",
+    "DICOM-to-PNG conversion time (decode, window, gamma, resize, encode)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

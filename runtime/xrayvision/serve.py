@@ -24,6 +24,7 @@ from xrayvision.config import Settings
 from xrayvision.db import queue
 from xrayvision.db.engine import Database, DatabaseOptions
 from xrayvision.db.migrate import schema_state, upgrade
+from xrayvision.dicom.service import run_ingest
 from xrayvision.events import LocalBus, make_bus, process_id
 from xrayvision.images import ImageStore, make_store
 from xrayvision.locks import SingletonLocks, make_locks
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 # Roles whose work later issues build; until then the process says so and stays up.
 PENDING_ROLES = {
-    "ingest": "DICOM SCP and query/retrieve are not built yet (DICOM ingest issue)",
     "relay": "the AI relay is not built yet (AI relay issue): queued exams wait in the queue",
     "fhir": "the FHIR poller is not built yet (FHIR issue)",
     "web": "the dashboard and REST API are not built yet (web issue); "
@@ -98,7 +98,11 @@ async def pending_role(role: str) -> None:
 
 def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
     """The coroutine each selected role runs; later issues replace the pending ones."""
-    return {role: (lambda r=role: pending_role(r)) for role in runtime.settings.server.roles}
+    built: dict[str, Callable[[], Awaitable[None]]] = {
+        "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus),
+    }
+    return {role: built.get(role, lambda r=role: pending_role(r))
+            for role in runtime.settings.server.roles}
 
 
 async def serve(settings: Settings, *, migrate: bool = False,

@@ -19,6 +19,9 @@ from sqlalchemy.orm import Session
 from xrayvision.db.models import (
     CLAIMABLE,
     ERROR,
+    IGNORE,
+    NONE,
+    QUEUED,
     STATUSES,
     AIReport,
     AuditLog,
@@ -168,6 +171,22 @@ def set_status(session: Session, uid: str, status: str, error: str = "") -> bool
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)
+
+
+def finish_conversion(session: Session, uid: str, status: str, error: str = "") -> Exam | None:
+    """Moves an exam out of ``none`` (to queued, ignore or error) after conversion.
+
+    Returns the exam, or None when it was not in ``none`` any more (converted meanwhile
+    by another process), so each conversion is announced once.
+    """
+    if status not in (QUEUED, IGNORE, ERROR):
+        raise ValueError(f"conversion cannot end in {status!r}")
+    result = session.execute(
+        update(Exam).where(Exam.uid == uid, Exam.status == NONE)
+        .values(status=status, error=error[:2000], updated=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return session.get(Exam, uid) if result.rowcount else None
 
 
 def exams_with_status(session: Session, status: str, limit: int = 1000) -> list[str]:

@@ -1,0 +1,106 @@
+"""pynetdicom event handlers, one function per DICOM event. Their dependencies come in
+an :class:`IngestContext` bound when the handlers are registered (``scp.start_scp``).
+
+They run in pynetdicom's association threads: blocking calls are fine here, pixel work is
+not (it is handed to the conversion worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from xrayvision import metrics
+from xrayvision.config import Settings
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.dicom.ingest import Outcome, WrongSOPClass, record_instance
+from xrayvision.dicom.metadata import BadInstance
+from xrayvision.images import ImageStore
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass(frozen=True)
+class IngestContext:
+    settings: Settings
+    db: Database
+    store: ImageStore
+    on_stored: Callable[[str], None]  # hands the UID to the conversion worker
+
+
+def _peer(event) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+
+
+def handle_echo(event) -> int:
+    """C-ECHO: verification always succeeds."""
+    return SUCCESS
+
+
+def handle_store(event, ctx: IngestContext) -> int:
+    """C-STORE: success only once the instance is durably recorded (status ``none``)."""
+    started = time.perf_counter()
+    calling, _ = _peer(event)
+    try:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        encoded = event.encoded_dataset(include_meta=True)
+        recorded = record_instance(
+            ctx.settings, ctx.db, ctx.store, ds, encoded, calling_aet=calling,
+            sop_class=str(event.context.abstract_syntax),
+        )
+    except WrongSOPClass as exc:
+        return _failed(DATASET_DOES_NOT_MATCH_SOP_CLASS, calling, str(exc))
+    except BadInstance as exc:
+        return _failed(CANNOT_UNDERSTAND, calling, str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        return _failed(OUT_OF_RESOURCES, calling, f"cannot record: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    except Exception as exc:  # noqa: BLE001 - a malformed dataset can raise anything
+        return _failed(CANNOT_UNDERSTAND, calling, f"{type(exc).__name__}: {str(exc)[:200]}")
+    metrics.DICOM_STORE_SECONDS.observe(time.perf_counter() - started)
+    metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "scp").inc()
+    if recorded.outcome is Outcome.STORED:
+        ctx.on_stored(recorded.exam.uid)
+    log.info("instance received", extra={"uid": recorded.exam.uid, "calling_aet": calling,
+                                          "outcome": recorded.outcome.value})
+    return SUCCESS
+
+
+def _failed(status: int, calling: str, reason: str) -> int:
+    metrics.DICOM_INSTANCES.labels("failed", "scp").inc()
+    log.warning("instance refused", extra={"status": f"0x{status:04X}", "calling_aet": calling,
+                                           "reason": reason})
+    return status
+
+
+def handle_accepted(event) -> None:
+    metrics.DICOM_ASSOCIATIONS.labels("accepted").inc()
+
+
+def handle_aborted(event) -> None:
+    metrics.DICOM_ASSOCIATIONS.labels("aborted").inc()
+
+
+def handle_rejected(event, ctx: IngestContext) -> None:
+    """An association refused (unknown calling AE, wrong called AE, no context): audited."""
+    metrics.DICOM_ASSOCIATIONS.labels("rejected").inc()
+    calling, remote = _peer(event)
+    called = str(event.assoc.acceptor.ae_title).strip()
+    log.warning("association rejected", extra={"calling_aet": calling, "remote": remote})
+    try:
+        ctx.db.write_sync(repo.audit, "dicom.rejected", username=calling, remote=remote[:64],
+                          detail=f"called AE {called!r}")
+    except SQLAlchemyError:
+        log.warning("could not audit a rejected association")

@@ -1,0 +1,80 @@
+"""Recording a received instance durably, shared by the SCP, retrieval and ``import``.
+
+:func:`record_instance` writes the encoded dataset to the image store (kind ``dcm``) and
+then inserts the exam with status ``none``: when it returns, the instance survives a
+crash, so the C-STORE response may say success. No pixel is decoded here; the
+conversion worker does that later. Blocking: call it from a thread.
+
+Errors::
+
+    BadInstance          the dataset lacks what an exam needs       -> DICOM 0xC000
+    WrongSOPClass        dataset and presentation context disagree  -> DICOM 0xA900
+    OSError              the image store cannot write               -> DICOM 0xA700
+    SQLAlchemyError      the database cannot record it              -> DICOM 0xA700
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from xrayvision.config import Settings
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.db.repo import ExamInfo
+from xrayvision.dicom.metadata import BadInstance, extract
+from xrayvision.images import ImageStore
+
+log = logging.getLogger(__name__)
+
+CR = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+STORAGE_CLASSES = (CR, DX_PRESENTATION, DX_PROCESSING, SECONDARY_CAPTURE)
+
+
+class WrongSOPClass(BadInstance):
+    """The dataset's SOP Class differs from the one it was sent as, or is not accepted."""
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    outcome: Outcome
+    exam: ExamInfo
+
+
+def storage_classes(settings: Settings) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(STORAGE_CLASSES + settings.dicom.extra_sop_classes))
+
+
+def _exists(session, uid: str) -> bool:
+    return repo.count_exams(session, [uid]) > 0
+
+
+def record_instance(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
+                    encoded: bytes, *, calling_aet: str = "",
+                    sop_class: str | None = None) -> Recorded:
+    """Durably records one instance; returns whether it was new or a duplicate."""
+    declared = str(ds.get("SOPClassUID", ""))
+    if sop_class is not None and declared and declared != sop_class:
+        raise WrongSOPClass(f"dataset SOP Class {declared} was sent as {sop_class}")
+    if declared not in storage_classes(settings):
+        raise WrongSOPClass(f"SOP Class {declared or '(missing)'} is not accepted")
+    exam, patient = extract(
+        ds, regions=settings.regions, calling_aet=calling_aet,
+        priority=settings.priority_for(calling_aet),
+    )
+    if db.read_sync(_exists, exam.uid):
+        return Recorded(Outcome.DUPLICATE, exam)
+    store.put(exam.uid, "dcm", encoded)
+    _, created = db.write_sync(repo.add_exam, exam, patient)
+    return Recorded(Outcome.STORED if created else Outcome.DUPLICATE, exam)

@@ -1,0 +1,90 @@
+"""The DICOM SCP (pynetdicom): AE set-up from settings, optional TLS, handler binding."""
+
+from __future__ import annotations
+
+import ssl
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from xrayvision.config import Settings
+from xrayvision.dicom import handlers
+from xrayvision.dicom.handlers import IngestContext
+from xrayvision.dicom.ingest import storage_classes
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+]
+
+
+class TLSConfigError(ValueError):
+    """The DICOM TLS settings are incomplete or their files unreadable."""
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """Server TLS context from [dicom] tls_cert/tls_key (and tls_ca to require client
+    certificates); None when TLS is off."""
+    d = settings.dicom
+    if d.tls_cert is None and d.tls_key is None:
+        if d.tls_ca is not None:
+            raise TLSConfigError("[dicom] tls_ca needs tls_cert and tls_key")
+        return None
+    if d.tls_cert is None or d.tls_key is None:
+        raise TLSConfigError("[dicom] TLS needs both tls_cert and tls_key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(d.tls_cert, d.tls_key)
+        if d.tls_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=str(d.tls_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"[dicom] TLS files unusable: {exc}") from None
+    return context
+
+
+def make_ae(settings: Settings) -> AE:
+    d = settings.dicom
+    ae = AE(ae_title=d.ae_title)
+    ae.maximum_associations = d.max_associations
+    ae.maximum_pdu_size = d.max_pdu
+    ae.require_called_aet = d.require_called_aet
+    ae.require_calling_aet = list(d.allowed_calling_aets)
+    ae.network_timeout = 60
+    ae.dimse_timeout = 60
+    ae.acse_timeout = 30
+    for sop_class in storage_classes(settings):
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    return ae
+
+
+def start_scp(settings: Settings, ctx: IngestContext) -> ThreadedAssociationServer:
+    """Starts listening (non-blocking); stop it with ``server.shutdown()``."""
+    ae = make_ae(settings)
+    bound = [
+        (evt.EVT_C_ECHO, handlers.handle_echo),
+        (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
+        (evt.EVT_ACCEPTED, handlers.handle_accepted),
+        (evt.EVT_ABORTED, handlers.handle_aborted),
+        (evt.EVT_REJECTED, handlers.handle_rejected, [ctx]),
+    ]
+    return ae.start_server((settings.dicom.host, settings.dicom.port), block=False,
+                           evt_handlers=bound, ssl_context=tls_context(settings))

@@ -1,0 +1,33 @@
+"""The ``ingest`` role: the SCP and the conversion worker, run together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from xrayvision.config import Settings
+from xrayvision.db.engine import Database
+from xrayvision.dicom.handlers import IngestContext
+from xrayvision.dicom.scp import start_scp
+from xrayvision.dicom.worker import ConversionWorker
+from xrayvision.events import LocalBus
+from xrayvision.images import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+async def run_ingest(settings: Settings, db: Database, store: ImageStore,
+                     bus: LocalBus) -> None:
+    """Listens for DICOM and converts what arrives, until cancelled."""
+    worker = ConversionWorker(settings, db, store, bus)
+    ctx = IngestContext(settings, db, store, on_stored=worker.submit_threadsafe)
+    server = await asyncio.to_thread(start_scp, settings, ctx)
+    log.info("DICOM SCP listening", extra={
+        "ae_title": settings.dicom.ae_title, "host": settings.dicom.host,
+        "port": settings.dicom.port, "tls": settings.dicom.tls_cert is not None,
+        "convert_workers": worker.workers})
+    try:
+        await worker.run()
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        log.info("DICOM SCP stopped")

@@ -1,0 +1,162 @@
+"""The conversion worker: received instances (status ``none``) to PNG, then ``queued``
+(a known region) or ``ignore`` (no region rule matched, as the seed), or ``error`` when
+the pixels cannot be converted.
+
+Pixel work runs in a process pool, never on the event loop or in an association
+thread. Work arrives from the SCP's threads (:meth:`submit_threadsafe`), and a periodic
+sweep picks up whatever is still in ``none`` (left by a crash, or a missed wake-up), so
+a received instance is converted even when the process died right after the ACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from xrayvision import metrics
+from xrayvision.config import Settings
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.db.models import ERROR, IGNORE, NONE, QUEUED
+from xrayvision.dicom.convert import ConversionError, ConvertOptions, convert_bytes
+from xrayvision.events import LocalBus
+from xrayvision.images import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+def convert_options(settings: Settings) -> ConvertOptions:
+    return ConvertOptions(
+        max_side=settings.images.max_side,
+        png_compression=settings.images.png_compression,
+        window_index=settings.images.window_index,
+        max_pixels=settings.dicom.max_pixels,
+    )
+
+
+def pool_size(settings: Settings) -> int:
+    return settings.dicom.convert_workers or os.cpu_count() or 1
+
+
+def make_pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver: the parent has threads (DICOM associations, DB pool); forking it could
+    # copy a held lock into the child.
+    return ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("forkserver"))
+
+
+def _timed_convert(data: bytes, opts: ConvertOptions):
+    started = time.perf_counter()
+    return convert_bytes(data, opts), time.perf_counter() - started
+
+
+class ConversionWorker:
+    def __init__(self, settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+                 *, sweep_interval: float = 30.0) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.bus = bus
+        self.opts = convert_options(settings)
+        self.workers = pool_size(settings)
+        self.sweep_interval = sweep_interval
+        self._pool: ProcessPoolExecutor | None = None
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: set[str] = set()
+        # Built inside the running loop: the SCP's threads hand work over through it.
+        self._loop = asyncio.get_running_loop()
+
+    def submit_threadsafe(self, uid: str) -> None:
+        """Asks for ``uid`` to be converted; callable from any thread, never blocks."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._submit, uid)
+
+    def _submit(self, uid: str) -> None:
+        if uid not in self._pending:
+            self._pending.add(uid)
+            self._queue.put_nowait(uid)
+
+    async def run(self) -> None:
+        """Converts until cancelled (then the pool is shut down)."""
+        self._pool = make_pool(self.workers)
+        consumers = [asyncio.create_task(self._consume()) for _ in range(self.workers)]
+        try:
+            while True:
+                for uid in await self.db.read(repo.exams_with_status, NONE, 10_000):
+                    self._submit(uid)
+                await asyncio.sleep(self.sweep_interval)
+        finally:
+            for task in consumers:
+                task.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self) -> None:
+        """Waits until everything submitted so far is converted (for import and tests)."""
+        await self._queue.join()
+
+    async def _consume(self) -> None:
+        while True:
+            uid = await self._queue.get()
+            try:
+                await self.convert(uid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad exam never stops the worker
+                log.exception("conversion failed unexpectedly; the sweep retries it",
+                              extra={"uid": uid})
+            finally:
+                self._pending.discard(uid)
+                self._queue.task_done()
+
+    async def _run_in_pool(self, data: bytes):
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            try:
+                return await loop.run_in_executor(self._pool, _timed_convert, data, self.opts)
+            except BrokenProcessPool:
+                # A worker died (e.g. killed for memory); replace the pool and retry once.
+                log.warning("conversion pool broken; restarting it")
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = make_pool(self.workers)
+                if attempt == 2:
+                    raise ConversionError(
+                        "the conversion process died twice on this image") from None
+        raise AssertionError("unreachable")
+
+    async def convert(self, uid: str) -> str | None:
+        """Converts one exam; returns its new status (None when already converted)."""
+        data = await asyncio.to_thread(self.store.get, uid, "dcm")
+        if data is None:
+            return await self._finish(uid, ERROR, "received DICOM missing from the store")
+        try:
+            converted, seconds = await self._run_in_pool(data)
+        except ConversionError as exc:
+            log.warning("instance cannot be converted", extra={"uid": uid, "reason": str(exc)})
+            return await self._finish(uid, ERROR, f"conversion failed: {exc}")
+        metrics.CONVERT_SECONDS.observe(seconds)
+        await asyncio.to_thread(self.store.put, uid, "png", converted.png)
+        row = await self.db.read(repo.get_exam, uid)
+        region = row.exam.region if row else ""
+        return await self._finish(uid, QUEUED if region else IGNORE)
+
+    async def _finish(self, uid: str, status: str, error: str = "") -> str | None:
+        exam = await self.db.write(repo.finish_conversion, uid, status, error)
+        if exam is None:
+            return None
+        metrics.CONVERSIONS.labels(status, exam.region or "none").inc()
+        if not self.settings.dicom.keep_dicom and status != ERROR:
+            await asyncio.to_thread(self.store.delete, uid, "dcm")
+        if status == QUEUED:
+            await self.bus.publish("exam.queued", uid=uid, region=exam.region,
+                                   priority=exam.priority)
+        else:
+            await self.bus.publish("exam.updated", uid=uid, status=status)
+        log.info("instance converted", extra={"uid": uid, "status": status,
+                                              "region": exam.region})
+        return status
