@@ -1,4 +1,4 @@
-"""``xrayvision`` command: serve, migrate, check-config, hash-password.
+"""``xrayvision`` command: serve, migrate, import, check-config, hash-password.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad configuration or usage (the message says
 which key, which value and what was expected).
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to keep retrying an unreachable database (default 60)")
+
+    p = sub.add_parser("import", help="import DICOM files and folders (recursively)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
 
     sub.add_parser("check-config", help="print the effective settings, secrets masked")
 
@@ -115,6 +118,35 @@ def cmd_migrate(settings: Settings, timeout: float) -> int:
         db.close()
 
 
+async def _import(settings: Settings, paths: list[Path]) -> int:
+    from xrayvision.db.migrate import schema_state
+    from xrayvision.dicom.bulk import import_paths
+    from xrayvision.events import make_bus
+    from xrayvision.images import make_store
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"xrayvision: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    db = open_database(settings)
+    try:
+        state = await db.run_in_pool(schema_state, db.engine)
+        if not state.is_current:
+            print(f"xrayvision: {state.describe()}", file=sys.stderr)
+            return 2
+        bus = make_bus(db.url)
+        await bus.start()
+        try:
+            store = make_store(settings.images.backend, settings.images_path, db)
+            summary = await import_paths(settings, db, store, bus, paths)
+        finally:
+            await bus.close()
+    finally:
+        await asyncio.to_thread(db.close)
+    print("\n".join(summary.lines()))
+    return 1 if summary.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "hash-password":
@@ -129,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check_config(settings)
     if args.command == "migrate":
         return cmd_migrate(settings, args.timeout)
+    if args.command == "import":
+        return asyncio.run(_import(settings, args.paths))
     try:
         return asyncio.run(serve(settings, migrate=args.migrate))
     except StartupError as exc:

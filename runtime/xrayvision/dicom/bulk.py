@@ -1,0 +1,125 @@
+"""``xrayvision import PATH...``: DICOM files and folders (recursive) through the same
+record-then-convert path as the SCP, with progress and a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy.exc import SQLAlchemyError
+
+from xrayvision import metrics
+from xrayvision.config import Settings
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.db.models import ERROR, IGNORE
+from xrayvision.dicom.ingest import Outcome, record_instance
+from xrayvision.dicom.metadata import BadInstance
+from xrayvision.dicom.worker import ConversionWorker
+from xrayvision.events import LocalBus
+from xrayvision.images import ImageStore
+
+
+@dataclass
+class ImportSummary:
+    imported: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"imported: {self.imported}", f"duplicates: {self.duplicates}",
+               f"ignored (no region rule matched): {self.ignored}",
+               f"failed: {len(self.failed)}"]
+        out += [f"  {path}: {reason}" for path, reason in self.failed]
+        return out
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Regular files under ``paths`` (folders recursively), in a stable order."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+class Progress:
+    """A one-line bar on a terminal; a line per tenth otherwise (logs stay readable)."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self.tty = stream.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.tty:
+            filled = int(30 * self.done / max(self.total, 1))
+            self.stream.write(f"\rimporting [{'#' * filled}{'.' * (30 - filled)}] "
+                              f"{self.done}/{self.total}")
+            if self.done == self.total:
+                self.stream.write("\n")
+        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
+            self.stream.write(f"importing: {self.done}/{self.total}\n")
+        self.stream.flush()
+
+
+def _read_and_record(settings: Settings, db: Database, store: ImageStore, path: Path):
+    data = path.read_bytes()
+    ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return record_instance(settings, db, store, ds, data)
+
+
+async def import_paths(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+                       paths: Iterable[Path],
+                       progress: Callable[[int], Progress] = Progress) -> ImportSummary:
+    files = list(iter_files(paths))
+    bar = progress(len(files))
+    summary = ImportSummary()
+    worker = ConversionWorker(settings, db, store, bus, sweep_interval=3600)
+    runner = asyncio.create_task(worker.run())
+    stored: dict[str, str] = {}
+    try:
+        for path in files:
+            try:
+                recorded = await asyncio.to_thread(_read_and_record, settings, db, store, path)
+            except InvalidDicomError:
+                summary.failed.append((str(path), "not a DICOM file (no DICM prefix or file "
+                                                  "meta information)"))
+            except BadInstance as exc:
+                summary.failed.append((str(path), str(exc)))
+            except (OSError, SQLAlchemyError) as exc:
+                summary.failed.append((str(path), f"cannot record: {str(exc)[:200]}"))
+            except Exception as exc:  # noqa: BLE001 - a broken file can raise anything
+                summary.failed.append((str(path), f"unreadable: {type(exc).__name__}: "
+                                                  f"{str(exc)[:200]}"))
+            else:
+                metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "import").inc()
+                if recorded.outcome is Outcome.DUPLICATE:
+                    summary.duplicates += 1
+                else:
+                    stored[recorded.exam.uid] = str(path)
+                    worker.submit_threadsafe(recorded.exam.uid)
+            bar.step()
+        await asyncio.sleep(0)  # let the submissions above reach the worker's queue
+        await worker.drain()
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    for uid, path in stored.items():
+        row = await db.read(repo.get_exam, uid)
+        if row is None or row.exam.status == ERROR:
+            summary.failed.append((path, row.exam.error if row else "exam missing"))
+        elif row.exam.status == IGNORE:
+            summary.ignored += 1
+        else:
+            summary.imported += 1
+    return summary

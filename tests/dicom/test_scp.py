@@ -1,0 +1,120 @@
+"""DCMTK storescu/echoscu against the running SCP."""
+
+import asyncio
+import subprocess
+
+import cv2
+import numpy as np
+from pydicom import dcmread
+
+from support.xrays import CT, make_xray, write
+from xrayvision.db import repo
+from xrayvision.db.models import ERROR, IGNORE, QUEUED, Exam
+
+from .conftest import ingest_settings, running_ingest
+
+
+def sample_files(folder):
+    files = [
+        write(make_xray(bits=12, window=(2000, 3000), seed=1), folder / "chest.dcm"),
+        write(make_xray(bits=14, photometric="MONOCHROME1", body_part="HAND",
+                        description="Mana dreapta", seed=2, modality="CR",
+                        sop_class="1.2.840.10008.5.1.4.1.1.1"), folder / "hand.dcm"),
+        write(make_xray(bits=16, body_part="", description="Something else", seed=3,
+                        sop_class="1.2.840.10008.5.1.4.1.1.1.1.1"), folder / "other.dcm"),
+    ]
+    jpeg = folder / "chest-jpegll.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(write(make_xray(bits=12, seed=4, view="AP"),
+                                                 folder / "ap.dcm")), str(jpeg)], check=True)
+    return files + [jpeg]
+
+
+async def test_echo(ingest):
+    result = await asyncio.to_thread(
+        subprocess.run, ["echoscu", "-aec", "XRAYVISION", "127.0.0.1", str(ingest.port)],
+        capture_output=True)
+    assert result.returncode == 0
+
+
+async def test_every_instance_becomes_one_exam_with_metadata_region_and_png(ingest, tmp_path):
+    files = sample_files(tmp_path / "in")
+    # -xs: propose JPEG lossless (SV1) first, so the compressed file travels as it is.
+    result = await ingest.storescu(*files, calling="ER_CR01", args=("-xs",))
+    assert result.returncode == 0, result.stderr
+    counts = await ingest.converted()
+    assert counts[QUEUED] == 3 and counts[IGNORE] == 1 and counts[ERROR] == 0
+    for path in files:
+        source = dcmread(path)
+        row = await ingest.db.read(repo.get_exam, source.SOPInstanceUID)
+        assert row.exam.study_uid == source.StudyInstanceUID
+        assert row.exam.modality == source.Modality
+        assert row.exam.calling_aet == "ER_CR01"
+        assert row.patient.cnp == source.PatientID
+        png = ingest.store.get(source.SOPInstanceUID, "png")
+        image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (source.Rows, source.Columns)
+        assert ingest.store.get(source.SOPInstanceUID, "dcm") is None  # removed after use
+    regions = {dcmread(p).SOPInstanceUID: r for p, r in zip(
+        files, ["chest", "hand", "", "chest"], strict=True)}
+    for uid, region in regions.items():
+        assert (await ingest.db.read(repo.get_exam, uid)).exam.region == region
+
+
+async def test_second_store_of_the_same_instance_is_not_a_second_exam(ingest, tmp_path):
+    path = write(make_xray(), tmp_path / "one.dcm")
+    assert (await ingest.storescu(path, path)).returncode == 0
+    assert (await ingest.storescu(path)).returncode == 0
+    await ingest.converted()
+    assert await ingest.db.read(repo.count_exams) == 1
+
+
+async def test_instance_left_in_none_is_converted_at_start(tmp_path, db):
+    """A crash after the ACK: the received DICOM and the row exist, status none."""
+    settings = ingest_settings(tmp_path)
+    path = write(make_xray(), tmp_path / "x.dcm")
+    ds = dcmread(path)
+    from xrayvision.dicom.ingest import record_instance
+    from xrayvision.images import FilesystemStore
+
+    record_instance(settings, db, FilesystemStore(tmp_path / "images"), ds, path.read_bytes())
+    assert (await db.read(repo.queue_counts))["none"] == 1
+    async with running_ingest(settings, db, tmp_path) as ingest:
+        counts = await ingest.converted()
+        assert counts[QUEUED] == 1
+
+
+async def test_unconvertible_pixels_end_in_error_with_the_reason(ingest, tmp_path):
+    ds = make_xray()
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]  # too short for its rows/columns
+    path = write(ds, tmp_path / "short.dcm")
+    assert (await ingest.storescu(path)).returncode == 0  # recorded: ACK success
+    counts = await ingest.converted()
+    assert counts[ERROR] == 1
+    exam = await ingest.db.read(lambda s: s.get(Exam, ds.SOPInstanceUID))
+    assert exam.error.startswith("conversion failed:")
+
+
+async def test_unsupported_sop_class_is_refused_at_association(ingest, tmp_path):
+    path = write(make_xray(sop_class=CT, modality="CT"), tmp_path / "ct.dcm")
+    result = await ingest.storescu(path)
+    assert result.returncode != 0 or "No presentation context" in result.stderr + result.stdout
+    assert await ingest.db.read(repo.count_exams) == 0
+
+
+async def test_calling_and_called_ae_rules(tmp_path, db):
+    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_ALLOWED_CALLING_AETS="PACS1")
+    path = write(make_xray(), tmp_path / "x.dcm")
+    async with running_ingest(settings, db, tmp_path) as ingest:
+        unknown = await ingest.storescu(path, calling="INTRUDER")
+        assert unknown.returncode != 0 and "Calling AE Title Not Recognized" in unknown.stderr
+        wrong_called = await ingest.storescu(path, calling="PACS1", called="OTHER")
+        assert wrong_called.returncode != 0
+        assert "Called AE Title Not Recognized" in wrong_called.stderr
+        assert await ingest.db.read(repo.count_exams) == 0
+        audit = await ingest.db.read(
+            lambda s: [(r.action, r.username) for r in s.query(repo.AuditLog).all()])
+        assert ("dicom.rejected", "INTRUDER") in audit
+        ok = await ingest.storescu(path, calling="PACS1")
+        assert ok.returncode == 0, ok.stderr
+        await ingest.converted()
+        assert await ingest.db.read(repo.count_exams) == 1
