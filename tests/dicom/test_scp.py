@@ -83,15 +83,37 @@ async def test_instance_left_in_none_is_converted_at_start(tmp_path, db):
         assert counts[QUEUED] == 1
 
 
-async def test_unconvertible_pixels_end_in_error_with_the_reason(ingest, tmp_path):
+async def test_undecodable_pixels_are_acked_then_end_in_error_with_the_reason(ingest, tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
     ds = make_xray()
-    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]  # too short for its rows/columns
-    path = write(ds, tmp_path / "short.dcm")
-    assert (await ingest.storescu(path)).returncode == 0  # recorded: ACK success
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8 not a jpeg stream " * 40])
+    ds["PixelData"].VR = "OB"
+    path = write(ds, tmp_path / "garbage-jpeg.dcm")
+    assert (await ingest.storescu(path, args=("-xs",))).returncode == 0  # recorded: success
     counts = await ingest.converted()
     assert counts[ERROR] == 1
     exam = await ingest.db.read(lambda s: s.get(Exam, ds.SOPInstanceUID))
     assert exam.error.startswith("conversion failed:")
+    assert ingest.store.get(ds.SOPInstanceUID, "dcm") is not None  # kept for diagnosis
+
+
+async def test_inconsistent_instances_get_a_failure_status(ingest, tmp_path):
+    short = make_xray(seed=1)
+    short.PixelData = short.PixelData[: len(short.PixelData) // 3]
+    no_pixels = make_xray(seed=2)
+    del no_pixels.PixelData
+    good = make_xray(seed=3)
+    files = [write(short, tmp_path / "short.dcm"), write(no_pixels, tmp_path / "nopix.dcm"),
+             write(good, tmp_path / "good.dcm")]
+    result = await ingest.storescu(*files, args=("-nh", "-v"))  # go on after a failure
+    responses = [line for line in result.stderr.splitlines() if "Received Store Response" in line]
+    assert len(responses) == 3, result.stderr
+    assert ["CannotUnderstand" in r for r in responses] == [True, True, False]
+    counts = await ingest.converted()
+    assert counts[QUEUED] == 1 and await ingest.db.read(repo.count_exams) == 1
 
 
 async def test_unsupported_sop_class_is_refused_at_association(ingest, tmp_path):

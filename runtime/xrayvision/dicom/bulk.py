@@ -73,7 +73,7 @@ class Progress:
 
 def _read_and_record(settings: Settings, db: Database, store: ImageStore, path: Path):
     data = path.read_bytes()
-    ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    ds = dcmread(io.BytesIO(data))  # pixel data stays encoded bytes: nothing is decoded
     return record_instance(settings, db, store, ds, data)
 
 

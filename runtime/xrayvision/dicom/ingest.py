@@ -56,6 +56,35 @@ def storage_classes(settings: Settings) -> tuple[str, ...]:
     return tuple(dict.fromkeys(STORAGE_CLASSES + settings.dicom.extra_sop_classes))
 
 
+def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
+    """Cheap consistency checks of the image attributes, without decoding any pixel, so
+    that a broken instance is refused at C-STORE time instead of failing later."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise BadInstance("no pixel data")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        samples = int(ds.get("SamplesPerPixel", 1))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise BadInstance(f"image attributes missing or unreadable: {exc}") from None
+    if rows <= 0 or cols <= 0 or frames <= 0:
+        raise BadInstance(f"image size {rows}x{cols}x{frames} is not an image")
+    if rows * cols * frames > max_pixels:
+        raise BadInstance(f"image of {rows}x{cols}x{frames} pixels exceeds the limit "
+                          f"of {max_pixels}")
+    if allocated not in (1, 8, 16, 32) or not 1 <= stored <= allocated or samples not in (1, 3):
+        raise BadInstance(f"inconsistent pixel description: BitsAllocated {allocated}, "
+                          f"BitsStored {stored}, SamplesPerPixel {samples}")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_compressed and "PixelData" in ds:
+        expected = rows * cols * frames * samples * allocated // 8
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise BadInstance(f"pixel data holds {actual} bytes, {rows}x{cols}x{frames} "
+                              f"pixels of {allocated} bits need {expected}")
+
+
 def _exists(session, uid: str) -> bool:
     return repo.count_exams(session, [uid]) > 0
 
@@ -73,6 +102,7 @@ def record_instance(settings: Settings, db: Database, store: ImageStore, ds: Dat
         ds, regions=settings.regions, calling_aet=calling_aet,
         priority=settings.priority_for(calling_aet),
     )
+    check_pixel_header(ds, settings.dicom.max_pixels)
     if db.read_sync(_exists, exam.uid):
         return Recorded(Outcome.DUPLICATE, exam)
     store.put(exam.uid, "dcm", encoded)
