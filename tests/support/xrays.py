@@ -11,7 +11,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     generate_uid,
 )
 
@@ -53,8 +52,9 @@ def make_xray(*, uid: str | None = None, rows: int = 256, cols: int = 200, bits:
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    # Derived from the instance UID: the same arguments always give the same bytes.
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID, "series"])
     ds.AccessionNumber = "ACC123"
     ds.Modality = modality
     ds.PatientID = patient_id
@@ -101,8 +101,6 @@ def make_xray(*, uid: str | None = None, rows: int = 256, cols: int = 200, bits:
         pixels = np.stack([pixels] + [np.roll(pixels, i * 7, axis=0) for i in range(1, frames)])
         ds.NumberOfFrames = frames
     ds.PixelData = pixels.tobytes()
-    if transfer_syntax == ImplicitVRLittleEndian:
-        pass
     return ds
 
 
