@@ -170,6 +170,17 @@ def _uids(value: str) -> tuple[str, ...]:
     return uids
 
 
+def _filters(value: str) -> tuple[str, ...]:
+    from pydicom.datadict import tag_for_keyword
+
+    items = _list(value)
+    for item in items:
+        keyword, sep, _ = item.partition("=")
+        if not sep or tag_for_keyword(keyword.strip()) is None:
+            raise ValueError("expected comma-separated Keyword=Value pairs with DICOM keywords")
+    return items
+
+
 def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     try:
         return tuple(ipaddress.ip_network(item, strict=False) for item in _list(value))
@@ -251,7 +262,11 @@ class PacsSettings:
     port: int = _setting(104, _int(1, 65535), "PACS port")
     ae_title: str = _setting("PACS", _aet, "PACS AE title")
     retrieve: str = _setting("move", _choice("move", "get"), "C-MOVE or C-GET")
-    query_interval: float = _setting(300.0, _float(5), "seconds between C-FIND queries")
+    query_interval: float = _setting(300.0, _float(1), "seconds between C-FIND queries")
+    lookback_days: int = _setting(1, _int(0, 365), "days queried on the first run")
+    max_parallel: int = _setting(2, _int(1, 16), "studies retrieved at once")
+    query_filters: tuple[str, ...] = _setting((), _filters, "extra C-FIND keys: Keyword=Value")
+    modalities: tuple[str, ...] = _setting(("CR", "DX"), _list, "modalities queried")
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,12 @@ CONVERT_SECONDS = Histogram(
     "DICOM-to-PNG conversion time (decode, window, gamma, resize, encode)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+QR_RUNS = Counter(
+    "xrayvision_query_retrieve_runs_total", "Query/retrieve runs by outcome", ["outcome"])
+QR_STUDIES = Counter(
+    "xrayvision_query_retrieve_studies_total",
+    "Studies handled by query/retrieve by outcome (retrieved, failed, skipped)", ["outcome"])
+QR_LAST_SUCCESS = Gauge(
+    "xrayvision_query_retrieve_last_success_timestamp_seconds",
+    "Time of the last query/retrieve run that finished without failures")

@@ -99,7 +99,8 @@ async def pending_role(role: str) -> None:
 def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
     """The coroutine each selected role runs; later issues replace the pending ones."""
     built: dict[str, Callable[[], Awaitable[None]]] = {
-        "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus),
+        "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus,
+                                     runtime.locks),
     }
     return {role: built.get(role, lambda r=role: pending_role(r))
             for role in runtime.settings.server.roles}

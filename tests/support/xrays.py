@@ -43,7 +43,9 @@ def make_xray(*, uid: str | None = None, rows: int = 256, cols: int = 200, bits:
               rescale: tuple[float, float] | None = None, body_part: str = "CHEST",
               description: str = "Torace PA", view: str = "PA", patient_id: str = "1800101123456",
               patient_name: str = "Popescu^Ion", sex: str = "M", seed: int = 1,
-              rgb: bool = False, transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
+              rgb: bool = False, transfer_syntax: str = ExplicitVRLittleEndian,
+              study_date: dt.date = dt.date(2026, 11, 20), study_uid: str | None = None,
+              ) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
@@ -53,7 +55,7 @@ def make_xray(*, uid: str | None = None, rows: int = 256, cols: int = 200, bits:
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     # Derived from the instance UID: the same arguments always give the same bytes.
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID, "study"])
+    ds.StudyInstanceUID = study_uid or generate_uid(entropy_srcs=[ds.SOPInstanceUID, "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID, "series"])
     ds.AccessionNumber = "ACC123"
     ds.Modality = modality
@@ -61,7 +63,7 @@ def make_xray(*, uid: str | None = None, rows: int = 256, cols: int = 200, bits:
     ds.PatientName = patient_name
     ds.PatientBirthDate = "19800101"
     ds.PatientSex = sex
-    ds.StudyDate = ds.SeriesDate = dt.date(2026, 11, 20).strftime("%Y%m%d")
+    ds.StudyDate = ds.SeriesDate = study_date.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = "101530"
     ds.BodyPartExamined = body_part
     ds.StudyDescription = description

@@ -219,3 +219,27 @@ class AuditLog(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (Index("ix_audit_log_ts", "ts"),)
+
+
+class Retrieval(Base):
+    """A study pulled from the PACS by query/retrieve: ``done`` studies are not pulled
+    again; ``failed`` ones are retried on the next run."""
+
+    __tablename__ = "retrievals"
+
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class State(Base):
+    """Small named values that must survive restarts (e.g. the last successful query)."""
+
+    __tablename__ = "state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

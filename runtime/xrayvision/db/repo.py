@@ -28,6 +28,8 @@ from xrayvision.db.models import (
     Exam,
     Patient,
     RadReport,
+    Retrieval,
+    State,
     utcnow,
 )
 
@@ -409,3 +411,44 @@ def count_exams(session: Session, uids: Iterable[str] | None = None) -> int:
     if uids is not None:
         query = query.where(Exam.uid.in_(list(uids)))
     return session.scalar(query) or 0
+
+
+# --- query/retrieve and persisted state ----------------------------------------------------
+
+
+def get_state(session: Session, key: str) -> str | None:
+    row = session.get(State, key)
+    return row.value if row else None
+
+
+def set_state(session: Session, key: str, value: str) -> None:
+    row = session.get(State, key)
+    if row is None:
+        session.add(State(key=key, value=value, updated=utcnow()))
+    else:
+        row.value, row.updated = value, utcnow()
+
+
+def study_needs_retrieval(session: Session, study_uid: str) -> bool:
+    """False when the study was fully retrieved before, or when its instances arrived
+    some other way (pushed by the PACS) and no retrieval of it ever failed."""
+    retrieval = session.get(Retrieval, study_uid)
+    if retrieval is not None:
+        return retrieval.status != "done"
+    known = session.scalar(select(func.count()).select_from(Exam)
+                           .where(Exam.study_uid == study_uid))
+    return not known
+
+
+def record_retrieval(session: Session, study_uid: str, *, done: bool, instances: int,
+                     error: str = "") -> Retrieval:
+    row = session.get(Retrieval, study_uid)
+    if row is None:
+        row = Retrieval(study_uid=study_uid, attempts=0)
+        session.add(row)
+    row.status = "done" if done else "failed"
+    row.attempts = (row.attempts or 0) + 1
+    row.instances = instances
+    row.error = error[:2000]
+    row.updated = utcnow()
+    return row

@@ -39,8 +39,9 @@ class IngestContext:
 
 
 def _peer(event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+    # On our own C-GET association the sender is the acceptor (the PACS).
+    peer = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+    return str(peer.ae_title).strip(), f"{peer.address}:{peer.port}"
 
 
 def handle_echo(event) -> int:

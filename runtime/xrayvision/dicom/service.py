@@ -8,17 +8,20 @@ import logging
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
 from xrayvision.dicom.handlers import IngestContext
+from xrayvision.dicom.retrieve import QueryRetrieve
 from xrayvision.dicom.scp import start_scp
 from xrayvision.dicom.worker import ConversionWorker
 from xrayvision.events import LocalBus
 from xrayvision.images import ImageStore
+from xrayvision.locks import LocalLocks, SingletonLocks
 
 log = logging.getLogger(__name__)
 
 
-async def run_ingest(settings: Settings, db: Database, store: ImageStore,
-                     bus: LocalBus) -> None:
-    """Listens for DICOM and converts what arrives, until cancelled."""
+async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+                     locks: SingletonLocks | None = None) -> None:
+    """Listens for DICOM and converts what arrives, until cancelled; with ``[pacs] host``
+    set, also queries and retrieves from the PACS (one process per installation)."""
     worker = ConversionWorker(settings, db, store, bus)
     ctx = IngestContext(settings, db, store, on_stored=worker.submit_threadsafe)
     server = await asyncio.to_thread(start_scp, settings, ctx)
@@ -26,8 +29,16 @@ async def run_ingest(settings: Settings, db: Database, store: ImageStore,
         "ae_title": settings.dicom.ae_title, "host": settings.dicom.host,
         "port": settings.dicom.port, "tls": settings.dicom.tls_cert is not None,
         "convert_workers": worker.workers})
+    tasks = [asyncio.create_task(worker.run(), name="convert")]
+    if settings.pacs.host:
+        qr = QueryRetrieve(settings, ctx)
+        locks = locks or LocalLocks()
+        tasks.append(asyncio.create_task(locks.run("query-retrieve", qr.loop), name="qr"))
     try:
-        await worker.run()
+        await asyncio.gather(*tasks)
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(server.shutdown)
         log.info("DICOM SCP stopped")
