@@ -62,8 +62,8 @@ DICOM_ASSOCIATIONS = Counter(
 )
 DICOM_INSTANCES = Counter(
     "xrayvision_dicom_instances_total",
-    "Instances received by outcome (stored, duplicate, failed) and source (scp, import, "
-    "retrieve)", ["outcome", "source"],
+    "Instances received by outcome (stored, duplicate, failed), source (scp, import) and "
+    "region (unknown when refused)", ["outcome", "source", "region"],
 )
 DICOM_STORE_SECONDS = Histogram(
     "xrayvision_dicom_store_seconds",

@@ -101,7 +101,8 @@ async def import_paths(settings: Settings, db: Database, store: ImageStore, bus:
                 summary.failed.append((str(path), f"unreadable: {type(exc).__name__}: "
                                                   f"{str(exc)[:200]}"))
             else:
-                metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "import").inc()
+                metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "import",
+                                               recorded.exam.region or "none").inc()
                 if recorded.outcome is Outcome.DUPLICATE:
                     summary.duplicates += 1
                 else:

@@ -67,35 +67,24 @@ def check_size(ds: Dataset, max_pixels: int) -> None:
 
 
 def _first_frame(ds: Dataset) -> np.ndarray:
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
+    if "PixelData" not in ds:
         raise ConversionError("no pixel data")
     try:
-        arr = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) == 1 else \
-            _frame_zero(ds)
-    except ConversionError:
-        raise
-    except Exception as exc:  # pydicom/decoders raise many types on broken data
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            ds.pixel_array_options(index=0)  # decode only the first frame
+        return ds.pixel_array
+    except Exception as exc:  # pydicom and the decoders raise many types on broken data
         raise ConversionError(f"pixel data cannot be decoded: {exc}") from None
-    return arr
-
-
-def _frame_zero(ds: Dataset) -> np.ndarray:
-    from pydicom.pixels import pixel_array
-
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=False)
-    buffer.seek(0)
-    return pixel_array(buffer, index=0)
 
 
 def _window_values(ds: Dataset, index: int) -> Window | None:
     centers, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
     if centers is None or widths is None:
         return None
-    centers = list(centers) if not isinstance(centers, int | float) and hasattr(
-        centers, "__iter__") else [centers]
-    widths = list(widths) if not isinstance(widths, int | float) and hasattr(
-        widths, "__iter__") else [widths]
+    centers = list(centers) if isinstance(centers, list | tuple) or type(
+        centers).__name__ == "MultiValue" else [centers]
+    widths = list(widths) if isinstance(widths, list | tuple) or type(
+        widths).__name__ == "MultiValue" else [widths]
     if not centers or not widths:
         return None
     i = min(index, len(centers) - 1, len(widths) - 1)
@@ -108,29 +97,6 @@ def _window_values(ds: Dataset, index: int) -> Window | None:
     return Window(center, width)
 
 
-def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
-    """Pixels equal to Pixel Padding Value (or within the padding range), on stored values."""
-    if "PixelPaddingValue" not in ds:
-        return None
-    low = ds.PixelPaddingValue
-    high = ds.get("PixelPaddingRangeLimit", low)
-    low, high = min(low, high), max(low, high)
-    return (stored >= low) & (stored <= high)
-
-
-def percentile_window(values: np.ndarray, mask: np.ndarray | None,
-                      percentiles: tuple[float, float]) -> Window:
-    """A window spanning the given percentiles of the non-padding pixels."""
-    sample = values[~mask] if mask is not None and mask.any() else values.ravel()
-    if sample.size == 0:
-        sample = values.ravel()
-    # A strided sample keeps this fast on 3000x3000 images and changes the result little.
-    step = max(1, sample.size // 1_000_000)
-    lo, hi = np.percentile(sample.ravel()[::step], percentiles)
-    width = max(float(hi - lo), 1.0)
-    return Window(center=float(lo) + width / 2, width=width)
-
-
 def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     """DICOM linear window (PS3.3 C.11.2.1.2.1) to 0..255 floats."""
     c, w = window.center, window.width
@@ -140,52 +106,120 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     return np.clip(out, 0.0, 255.0)
 
 
-def chosen_window(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> Window | None:
-    """The window :func:`to_display` uses (None when a VOI LUT Sequence applies)."""
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+@dataclass(frozen=True)
+class _Domain:
+    """Every value a stored pixel can take, and how to index a LUT with a pixel."""
+
+    values: np.ndarray  # stored values, in LUT order
+    offset: int  # LUT index = stored value + offset
+
+
+def _domain(arr: np.ndarray) -> _Domain:
+    if arr.dtype == np.uint8:
+        return _Domain(np.arange(256, dtype=np.int64), 0)
+    if arr.dtype == np.uint16:
+        return _Domain(np.arange(65536, dtype=np.int64), 0)
+    if arr.dtype == np.int16:
+        return _Domain(np.arange(-32768, 32768, dtype=np.int64), 32768)
+    if arr.dtype == np.int8:
+        return _Domain(np.arange(-128, 128, dtype=np.int64), 128)
+    raise ConversionError(f"pixel type {arr.dtype} not supported for greyscale")
+
+
+def _histogram(arr: np.ndarray, domain: _Domain) -> np.ndarray:
+    flat = arr.ravel()
+    if domain.offset:
+        flat = flat.astype(np.int32) + domain.offset
+    return np.bincount(flat, minlength=domain.values.size)
+
+
+def _padding(ds: Dataset, domain: _Domain) -> np.ndarray | None:
+    """LUT positions of the Pixel Padding Value (or range), on stored values."""
+    if "PixelPaddingValue" not in ds:
         return None
-    window = _window_values(ds, opts.window_index)
-    if window is not None:
-        return window
-    arr = _first_frame(ds)
-    values = apply_modality_lut(arr, ds).astype(np.float64)
-    return percentile_window(values, padding_mask(ds, arr), opts.percentiles)
+    low = ds.PixelPaddingValue
+    high = ds.get("PixelPaddingRangeLimit", low)
+    low, high = min(low, high), max(low, high)
+    return (domain.values >= low) & (domain.values <= high)
 
 
-def to_display(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> np.ndarray:
-    """8-bit greyscale as a viewer shows it (steps 1-5 above)."""
-    check_size(ds, opts.max_pixels)
-    arr = _first_frame(ds)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour: RGB or YBR decoded to RGB
-        if photometric.startswith("YBR") and "PixelData" in ds:
-            from pydicom.pixels import convert_color_space
+def percentile_window_from_histogram(values: np.ndarray, counts: np.ndarray,
+                                     percentiles: tuple[float, float]) -> Window:
+    """A window spanning the given percentiles of the pixels counted in ``counts``
+    (``values`` are the modality values of each bin)."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(counts[order])
+    total = cumulative[-1] if cumulative.size else 0
+    if total == 0:
+        return Window(float(values.min()) + 0.5, 1.0)
+    lo_at, hi_at = (np.searchsorted(cumulative, total * p / 100.0) for p in percentiles)
+    lo = float(values[order][min(lo_at, order.size - 1)])
+    hi = float(values[order][min(hi_at, order.size - 1)])
+    width = max(hi - lo, 1.0)
+    return Window(center=lo + width / 2, width=width)
 
-            arr = convert_color_space(arr, photometric, "RGB")
-        gray = cv2.cvtColor(np.ascontiguousarray(arr[..., :3]).astype(np.uint8),
-                            cv2.COLOR_RGB2GRAY)
-        return gray
-    if arr.ndim != 2:
-        raise ConversionError(f"unexpected pixel array shape {arr.shape}")
-    mask = padding_mask(ds, arr)
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+
+def _lut(ds: Dataset, arr: np.ndarray,
+         opts: ConvertOptions) -> tuple[np.ndarray, _Domain, Window | None]:
+    """The stored-value -> 8-bit display LUT (modality LUT, VOI, inversion, padding),
+    and the window used (None for a VOI LUT Sequence)."""
+    domain = _domain(arr)
+    counts: np.ndarray | None = None
+    modality = np.asarray(apply_modality_lut(domain.values, ds), dtype=np.float64)
+    padding = _padding(ds, domain)
+    window: Window | None = None
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[min(opts.window_index, len(ds.VOILUTSequence) - 1)]
         try:
-            lut_out = apply_voi_lut(values, ds, index=opts.window_index)
+            # VOI LUTs are indexed by integer values.
+            indices = np.rint(modality).astype(np.int64)
+            out = np.asarray(apply_voi_lut(indices, ds, index=opts.window_index),
+                             dtype=np.float64)
             bits = int(item.LUTDescriptor[2])
         except Exception as exc:  # a malformed LUT
             raise ConversionError(f"VOI LUT cannot be applied: {exc}") from None
-        out = np.clip(lut_out.astype(np.float64) / max(2**bits - 1, 1) * 255.0, 0, 255)
+        out = np.clip(out / max(2**bits - 1, 1) * 255.0, 0, 255)
     else:
-        window = _window_values(ds, opts.window_index) or percentile_window(
-            values, mask, opts.percentiles)
-        out = apply_window(values, window)
-    if photometric == "MONOCHROME1":
+        window = _window_values(ds, opts.window_index)
+        if window is None:
+            counts = _histogram(arr, domain)
+            usable = counts if padding is None else np.where(padding, 0, counts)
+            window = percentile_window_from_histogram(modality, usable, opts.percentiles)
+        out = apply_window(modality, window)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255.0 - out
-    if mask is not None:
-        out[mask] = 0.0
-    return np.rint(out).astype(np.uint8)
+    if padding is not None:
+        out[padding] = 0.0
+    return np.rint(out).astype(np.uint8), domain, window
+
+
+def chosen_window(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> Window | None:
+    """The window :func:`to_display` uses (None when a VOI LUT Sequence applies)."""
+    check_size(ds, opts.max_pixels)
+    arr = _first_frame(ds)
+    return _lut(ds, arr, opts)[2]
+
+
+def _color_to_gray(arr: np.ndarray) -> np.ndarray:
+    # pydicom already returns YBR colour as RGB.
+    return cv2.cvtColor(np.ascontiguousarray(arr[..., :3]).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+
+
+def to_display(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> np.ndarray:
+    """8-bit greyscale as a viewer shows it (steps 1-5 above).
+
+    Greyscale pixels are mapped through one lookup table over every possible stored
+    value, so the per-pixel work is one histogram and one table lookup.
+    """
+    check_size(ds, opts.max_pixels)
+    arr = _first_frame(ds)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return _color_to_gray(arr)
+    if arr.ndim != 2:
+        raise ConversionError(f"unexpected pixel array shape {arr.shape}")
+    lut, domain, _window = _lut(ds, arr, opts)
+    index = arr if not domain.offset else (arr.astype(np.int32) + domain.offset)
+    return np.take(lut, index)
 
 
 def adaptive_gamma(img: np.ndarray) -> np.ndarray:
@@ -209,8 +243,14 @@ def fit(img: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
+# The "up" row filter with run-length deflate encodes an X-ray about twice as fast as
+# OpenCV's defaults and smaller too (measured on the benchmark set, bench/README.md).
+_PNG_PARAMS = [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
+
 def encode_png(img: np.ndarray, level: int) -> bytes:
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, int(level), *_PNG_PARAMS])
     if not ok:
         raise ConversionError("PNG encoding failed")
     return buf.tobytes()

@@ -71,7 +71,8 @@ def handle_store(event, ctx: IngestContext) -> int:
     except Exception as exc:  # noqa: BLE001 - a malformed dataset can raise anything
         return _failed(CANNOT_UNDERSTAND, calling, f"{type(exc).__name__}: {str(exc)[:200]}")
     metrics.DICOM_STORE_SECONDS.observe(time.perf_counter() - started)
-    metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "scp").inc()
+    metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "scp",
+                                   recorded.exam.region or "none").inc()
     if recorded.outcome is Outcome.STORED:
         ctx.on_stored(recorded.exam.uid)
     log.info("instance received", extra={"uid": recorded.exam.uid, "calling_aet": calling,
@@ -80,7 +81,7 @@ def handle_store(event, ctx: IngestContext) -> int:
 
 
 def _failed(status: int, calling: str, reason: str) -> int:
-    metrics.DICOM_INSTANCES.labels("failed", "scp").inc()
+    metrics.DICOM_INSTANCES.labels("failed", "scp", "unknown").inc()
     log.warning("instance refused", extra={"status": f"0x{status:04X}", "calling_aet": calling,
                                            "reason": reason})
     return status
