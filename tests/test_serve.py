@@ -48,6 +48,7 @@ def env_for(tmp_path: Path, port: int, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XRAYVISION_")}
     env.update({"XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "data"),
                 "XRAYVISION_WEB_PORT": str(port), "XRAYVISION_SERVER_SHUTDOWN_GRACE": "10",
+                "XRAYVISION_DICOM_PORT": str(free_port()), "XRAYVISION_DICOM_HOST": "127.0.0.1",
                 "XRAYVISION_MAINTENANCE_BACKUP_KEEP": "2", **extra})
     return env
 
@@ -75,7 +76,7 @@ def test_make_run_smoke(tmp_path):
         assert (tmp_path / "data" / "xrayvision.db").is_file()
     finally:
         out = stop(proc, group=True)
-    assert "database migrated" in out
+    assert "database migrated" in out and "DICOM SCP listening" in out
     assert "role not built yet" in out and "queued exams wait in the queue" in out
     assert "stopped" in out.splitlines()[-1]
 
