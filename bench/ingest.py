@@ -68,6 +68,7 @@ class Ours:
     aet = "XRAYVISION"
 
     def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
         self.folder = folder
         self.port, self.web = free_port(), free_port()
         env = {**ENV, "XRAYVISION_DICOM_HOST": "127.0.0.1",
