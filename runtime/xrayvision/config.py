@@ -248,7 +248,7 @@ class DicomSettings:
     max_pdu: int = _setting(0, _int(0, 2**32 - 1), "maximum PDU length; 0: unlimited")
     require_called_aet: bool = _setting(True, _bool, "reject associations to another AE title")
     extra_sop_classes: tuple[str, ...] = _setting((), _uids, "storage SOP classes beyond CR/DX/SC")
-    convert_workers: int = _setting(0, _int(0, 64), "conversion processes; 0: one per core")
+    convert_workers: int = _setting(0, _int(0, 64), "conversion processes; 0: cores - 1")
     keep_dicom: bool = _setting(False, _bool, "keep the received DICOM after conversion")
     max_pixels: int = _setting(120_000_000, _int(1), "rows x columns x frames accepted")
     tls_cert: Path | None = _setting(None, _optional_path, "server certificate (PEM): DICOM TLS")

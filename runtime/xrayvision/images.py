@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -55,6 +56,9 @@ class ImageStore(Protocol):
     def get(self, uid: str, kind: str) -> bytes | None:
         """The stored bytes; None when absent."""
 
+    def put_file(self, uid: str, kind: str, src: Path) -> None:
+        """Stores the file at ``src`` durably; ``src`` may be moved (it is not kept)."""
+
     def delete(self, uid: str, kind: str) -> bool:
         """Removes the item; returns False when there was none."""
 
@@ -83,7 +87,31 @@ class FilesystemStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
+        self._sync_dir(target.parent)
+
+    def put_file(self, uid: str, kind: str, src: Path) -> None:
+        target = self.path(uid, kind)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fh:
+            os.fsync(fh.fileno())
+        try:
+            os.replace(src, target)  # same filesystem: no copy at all
+        except OSError:  # another filesystem (EXDEV): copy, then the same atomic rename
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1024 * 1024)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        self._sync_dir(target.parent)
+
+    @staticmethod
+    def _sync_dir(folder: Path) -> None:
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the rename itself must survive a crash
         finally:
@@ -128,6 +156,9 @@ class DatabaseStore:
 
     def put(self, uid: str, kind: str, data: bytes) -> None:
         self.db.write_sync(_put, validate_uid(uid), _check_kind(kind), data)
+
+    def put_file(self, uid: str, kind: str, src: Path) -> None:
+        self.put(uid, kind, Path(src).read_bytes())
 
     def get(self, uid: str, kind: str) -> bytes | None:
         return self.db.read_sync(_get, validate_uid(uid), _check_kind(kind))

@@ -272,3 +272,15 @@ def convert_bytes(data: bytes, opts: ConvertOptions = ConvertOptions()) -> Conve
     except Exception as exc:
         raise ConversionError(f"not a readable DICOM file: {exc}") from None
     return convert_dataset(ds, opts)
+
+
+def convert_file(path: str, opts: ConvertOptions = ConvertOptions()) -> Converted:
+    """Converts the DICOM file at ``path`` (as :func:`convert_bytes`; the pool reads the
+    file itself, so no image travels between processes)."""
+    try:
+        ds = dcmread(path, force=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"not a readable DICOM file: {exc}") from None
+    return convert_dataset(ds, opts)

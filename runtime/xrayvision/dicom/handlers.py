@@ -18,7 +18,7 @@ from xrayvision import metrics
 from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.dicom.ingest import Outcome, WrongSOPClass, record_instance
+from xrayvision.dicom.ingest import Outcome, WrongSOPClass, record_file, record_instance
 from xrayvision.dicom.metadata import BadInstance
 from xrayvision.images import ImageStore
 
@@ -44,6 +44,15 @@ def _peer(event) -> tuple[str, str]:
     return str(peer.ae_title).strip(), f"{peer.address}:{peer.port}"
 
 
+def _streamed_path(event):
+    """The file pynetdicom streamed the dataset into (STORE_RECV_CHUNKED_DATASET), else
+    None (the dataset was received in memory)."""
+    try:
+        return event.dataset_path
+    except AttributeError:
+        return None
+
+
 def handle_echo(event) -> int:
     """C-ECHO: verification always succeeds."""
     return SUCCESS
@@ -53,14 +62,19 @@ def handle_store(event, ctx: IngestContext) -> int:
     """C-STORE: success only once the instance is durably recorded (status ``none``)."""
     started = time.perf_counter()
     calling, _ = _peer(event)
+    sop_class = str(event.context.abstract_syntax)
     try:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        encoded = event.encoded_dataset(include_meta=True)
-        recorded = record_instance(
-            ctx.settings, ctx.db, ctx.store, ds, encoded, calling_aet=calling,
-            sop_class=str(event.context.abstract_syntax),
-        )
+        path = _streamed_path(event)
+        if path is not None:
+            recorded = record_file(ctx.settings, ctx.db, ctx.store, path,
+                                   calling_aet=calling, sop_class=sop_class)
+        else:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            recorded = record_instance(
+                ctx.settings, ctx.db, ctx.store, ds, event.encoded_dataset(include_meta=True),
+                calling_aet=calling, sop_class=sop_class,
+            )
     except WrongSOPClass as exc:
         return _failed(DATASET_DOES_NOT_MATCH_SOP_CLASS, calling, str(exc))
     except BadInstance as exc:

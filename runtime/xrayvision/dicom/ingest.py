@@ -18,7 +18,9 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from xrayvision.config import Settings
@@ -56,6 +58,18 @@ def storage_classes(settings: Settings) -> tuple[str, ...]:
     return tuple(dict.fromkeys(STORAGE_CLASSES + settings.dicom.extra_sop_classes))
 
 
+def _pixel_length(ds: Dataset) -> int | None:
+    """Length of Pixel Data without reading it when its value was deferred; None when
+    unknown (undefined length: encapsulated)."""
+    if "PixelData" not in ds:
+        return None
+    elem = ds.get_item(0x7FE00010)
+    if getattr(elem, "value", None) is None and hasattr(elem, "length"):
+        return None if elem.length == 0xFFFFFFFF else int(elem.length)
+    value = ds.PixelData
+    return len(value) if isinstance(value, bytes | bytearray) else None
+
+
 def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
     """Cheap consistency checks of the image attributes, without decoding any pixel, so
     that a broken instance is refused at C-STORE time instead of failing later."""
@@ -77,9 +91,9 @@ def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
         raise BadInstance(f"inconsistent pixel description: BitsAllocated {allocated}, "
                           f"BitsStored {stored}, SamplesPerPixel {samples}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and not syntax.is_compressed and "PixelData" in ds:
+    actual = _pixel_length(ds)
+    if syntax is not None and not syntax.is_compressed and actual is not None:
         expected = rows * cols * frames * samples * allocated // 8
-        actual = len(ds.PixelData)
         if actual < expected:
             raise BadInstance(f"pixel data holds {actual} bytes, {rows}x{cols}x{frames} "
                               f"pixels of {allocated} bits need {expected}")
@@ -89,10 +103,8 @@ def _exists(session, uid: str) -> bool:
     return repo.count_exams(session, [uid]) > 0
 
 
-def record_instance(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
-                    encoded: bytes, *, calling_aet: str = "",
-                    sop_class: str | None = None) -> Recorded:
-    """Durably records one instance; returns whether it was new or a duplicate."""
+def _record(settings: Settings, db: Database, ds: Dataset, calling_aet: str,
+            sop_class: str | None, store_it) -> Recorded:
     declared = str(ds.get("SOPClassUID", ""))
     if sop_class is not None and declared and declared != sop_class:
         raise WrongSOPClass(f"dataset SOP Class {declared} was sent as {sop_class}")
@@ -105,6 +117,29 @@ def record_instance(settings: Settings, db: Database, store: ImageStore, ds: Dat
     check_pixel_header(ds, settings.dicom.max_pixels)
     if db.read_sync(_exists, exam.uid):
         return Recorded(Outcome.DUPLICATE, exam)
-    store.put(exam.uid, "dcm", encoded)
+    store_it(exam.uid)
     _, created = db.write_sync(repo.add_exam, exam, patient)
     return Recorded(Outcome.STORED if created else Outcome.DUPLICATE, exam)
+
+
+def record_instance(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
+                    encoded: bytes, *, calling_aet: str = "",
+                    sop_class: str | None = None) -> Recorded:
+    """Durably records one instance given as a dataset and its encoded file bytes;
+    returns whether it was new or a duplicate."""
+    return _record(settings, db, ds, calling_aet, sop_class,
+                   lambda uid: store.put(uid, "dcm", encoded))
+
+
+def record_file(settings: Settings, db: Database, store: ImageStore, path: Path, *,
+                calling_aet: str = "", sop_class: str | None = None) -> Recorded:
+    """Durably records the DICOM file at ``path`` (pynetdicom's streamed copy of a
+    C-STORE). Only the header is parsed; the file itself is moved into the store, so a
+    large instance is never held in memory."""
+    try:
+        ds = dcmread(path, defer_size=4096)  # large values (pixels) stay on disk
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
+        raise BadInstance(f"unreadable dataset: {type(exc).__name__}: {str(exc)[:200]}") \
+            from None
+    return _record(settings, db, ds, calling_aet, sop_class,
+                   lambda uid: store.put_file(uid, "dcm", path))

@@ -18,7 +18,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -78,6 +78,10 @@ def make_ae(settings: Settings) -> AE:
 
 def start_scp(settings: Settings, ctx: IngestContext) -> ThreadedAssociationServer:
     """Starts listening (non-blocking); stop it with ``server.shutdown()``."""
+    # Received datasets are streamed to a temporary file as they arrive, and that file is
+    # moved into the store: a large X-ray is never held in memory, nor copied twice.
+    # (A pynetdicom process-wide setting; this process is the one that receives.)
+    _config.STORE_RECV_CHUNKED_DATASET = True
     ae = make_ae(settings)
     bound = [
         (evt.EVT_C_ECHO, handlers.handle_echo),

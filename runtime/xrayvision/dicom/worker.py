@@ -23,9 +23,14 @@ from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import ERROR, IGNORE, NONE, QUEUED
-from xrayvision.dicom.convert import ConversionError, ConvertOptions, convert_bytes
+from xrayvision.dicom.convert import (
+    ConversionError,
+    ConvertOptions,
+    convert_bytes,
+    convert_file,
+)
 from xrayvision.events import LocalBus
-from xrayvision.images import ImageStore
+from xrayvision.images import FilesystemStore, ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +45,31 @@ def convert_options(settings: Settings) -> ConvertOptions:
 
 
 def pool_size(settings: Settings) -> int:
-    return settings.dicom.convert_workers or os.cpu_count() or 1
+    """``[dicom] convert_workers``, else one per core but one: a core stays free for
+    receiving, which is what a sending PACS waits for (bench/README.md, "Ingest")."""
+    return settings.dicom.convert_workers or max(1, (os.cpu_count() or 1) - 1)
+
+
+CONVERT_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    # Receiving and acknowledging instances is what a sending PACS waits for; conversion
+    # can wait for idle CPU (measured: bench/README.md, "Ingest").
+    os.nice(CONVERT_NICENESS)
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: the parent has threads (DICOM associations, DB pool); forking it could
     # copy a held lock into the child.
-    return ProcessPoolExecutor(max_workers=workers,
+    return ProcessPoolExecutor(max_workers=workers, initializer=_lower_priority,
                                mp_context=multiprocessing.get_context("forkserver"))
 
 
-def _timed_convert(data: bytes, opts: ConvertOptions):
+def _timed_convert(source: bytes | str, opts: ConvertOptions):
     started = time.perf_counter()
-    return convert_bytes(data, opts), time.perf_counter() - started
+    convert = convert_file if isinstance(source, str) else convert_bytes
+    return convert(source, opts), time.perf_counter() - started
 
 
 class ConversionWorker:
@@ -114,11 +131,11 @@ class ConversionWorker:
                 self._pending.discard(uid)
                 self._queue.task_done()
 
-    async def _run_in_pool(self, data: bytes):
+    async def _run_in_pool(self, source: bytes | str):
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             try:
-                return await loop.run_in_executor(self._pool, _timed_convert, data, self.opts)
+                return await loop.run_in_executor(self._pool, _timed_convert, source, self.opts)
             except BrokenProcessPool:
                 # A worker died (e.g. killed for memory); replace the pool and retry once.
                 log.warning("conversion pool broken; restarting it")
@@ -129,13 +146,22 @@ class ConversionWorker:
                         "the conversion process died twice on this image") from None
         raise AssertionError("unreachable")
 
+    def _source(self, uid: str) -> bytes | str | None:
+        """A path the pool can read itself (filesystem store), else the bytes."""
+        if isinstance(self.store, FilesystemStore):
+            path = self.store.path(uid, "dcm")
+            return str(path) if path.is_file() else None
+        return self.store.get(uid, "dcm")
+
     async def convert(self, uid: str) -> str | None:
         """Converts one exam; returns its new status (None when already converted)."""
-        data = await asyncio.to_thread(self.store.get, uid, "dcm")
-        if data is None:
+        source = await asyncio.to_thread(self._source, uid)
+        if source is None:
             return await self._finish(uid, ERROR, "received DICOM missing from the store")
         try:
-            converted, seconds = await self._run_in_pool(data)
+            converted, seconds = await self._run_in_pool(source)
+        except FileNotFoundError:
+            return await self._finish(uid, ERROR, "received DICOM missing from the store")
         except ConversionError as exc:
             log.warning("instance cannot be converted", extra={"uid": uid, "reason": str(exc)})
             return await self._finish(uid, ERROR, f"conversion failed: {exc}")
