@@ -92,7 +92,7 @@ async def test_pacs_going_away_mid_move_leaves_whole_instances_and_is_retried(tm
         run = asyncio.create_task(asyncio.to_thread(qr.run_once))
 
         async def some_arrived():
-            return 0 < await db.read(repo.count_exams)
+            return await db.read(repo.count_exams) > 0
 
         await until(some_arrived)
         pacs.kill()
