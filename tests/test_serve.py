@@ -73,11 +73,19 @@ def test_make_run_smoke(tmp_path):
         assert ready["status"] == "ready"
         status, body = get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and "xrayvision_ready 1.0" in body["text"]
+        # No model server here: the relay finds the primary down and says so.
+        for _ in range(100):
+            _, body = get(f"http://127.0.0.1:{port}/metrics")
+            if 'xrayvision_model_endpoint_up{endpoint="primary"} 0.0' in body["text"]:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the primary model endpoint never showed as down")
         assert (tmp_path / "data" / "xrayvision.db").is_file()
     finally:
         out = stop(proc, group=True)
     assert "database migrated" in out and "DICOM SCP listening" in out
-    assert "role not built yet" in out and "queued exams wait in the queue" in out
+    assert "role not built yet" in out and "exams wait in the queue" in out
     assert "stopped" in out.splitlines()[-1]
 
 

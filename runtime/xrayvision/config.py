@@ -278,6 +278,9 @@ class AISettings:
     timeout: float = _setting(300.0, _float(1, 3600), "seconds for one model request")
     health_interval: float = _setting(60.0, _float(1, 3600), "seconds between health checks")
     max_attempts: int = _setting(3, _int(1, 100), "attempts per exam before status error")
+    secondary_model: str = _setting("", _str, "model name on the secondary; empty: model")
+    prompts_dir: Path | None = _setting(None, _optional_path, "prompt folder; empty: ./prompts")
+    max_tokens: int = _setting(1024, _int(16, 32768), "longest report, in tokens")
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,8 @@ class NotifySettings:
     ntfy_url: str = _setting("", _url("http", "https"), "ntfy server; empty: off")
     ntfy_topic: str = _setting("xrayvision", _str, "ntfy topic")
     include_patient_name: bool = _setting(False, _bool, "put the patient name in notifications")
+    dashboard_url: str = _setting("http://127.0.0.1:8080", _url("http", "https"),
+                                  "dashboard address used in notification links")
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,39 @@ QR_STUDIES = Counter(
 QR_LAST_SUCCESS = Gauge(
     "xrayvision_query_retrieve_last_success_timestamp_seconds",
     "Time of the last query/retrieve run that finished without failures")
+
+MODEL_REQUEST_SECONDS = Histogram(
+    "xrayvision_model_request_seconds",
+    "Model request duration by call (report, check, translate, analyse) and endpoint",
+    ["call", "endpoint"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
+MODEL_REQUESTS = Counter(
+    "xrayvision_model_requests_total",
+    "Model requests by call, endpoint and outcome (ok, error, timeout, bad_response)",
+    ["call", "endpoint", "outcome"],
+)
+MODEL_ENDPOINT_UP = Gauge("xrayvision_model_endpoint_up", "1 while a model endpoint is healthy",
+                          ["endpoint"])
+MODEL_ACTIVE = Gauge("xrayvision_model_endpoint_active",
+                     "1 for the endpoint requests go to now", ["endpoint"])
+MODEL_FAILOVERS = Counter("xrayvision_model_failovers_total",
+                          "Requests moved to the other endpoint after a failure", ["from_endpoint"])
+MODEL_TOKENS = Counter("xrayvision_model_tokens_total", "Tokens reported in `usage`",
+                       ["endpoint", "kind"])
+EXAMS_PROCESSED = Counter("xrayvision_exams_processed_total",
+                          "Exams through the AI pipeline by outcome (done, retry, error, released)",
+                          ["outcome"])
+SEVERITY = Counter("xrayvision_severity_total",
+                   "Reports by source (ai, rad), region and severity (-1..10)",
+                   ["source", "region", "severity"])
+RECEIPT_TO_REPORT_SECONDS = Histogram(
+    "xrayvision_receipt_to_report_seconds",
+    "Time from receiving an exam to its AI report: the service-level figure",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600),
+)
+QUEUE_DEPTH = Gauge("xrayvision_queue_depth",
+                    "Exams by status (exported by the queue-metrics singleton only)", ["status"])
+QUEUE_OLDEST_SECONDS = Gauge("xrayvision_queue_oldest_seconds",
+                             "Age of the oldest exam waiting for the model (singleton only)")
+NOTIFICATIONS = Counter("xrayvision_notifications_total", "ntfy notifications by outcome",
+                        ["outcome"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from xrayvision import __version__, metrics
+from xrayvision.ai.service import run_relay
 from xrayvision.config import Settings
 from xrayvision.db import queue
 from xrayvision.db.engine import Database, DatabaseOptions
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 # Roles whose work later issues build; until then the process says so and stays up.
 PENDING_ROLES = {
-    "relay": "the AI relay is not built yet (AI relay issue): queued exams wait in the queue",
     "fhir": "the FHIR poller is not built yet (FHIR issue)",
     "web": "the dashboard and REST API are not built yet (web issue); "
            "/healthz, /readyz and /metrics are served",
@@ -101,6 +101,8 @@ def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
     built: dict[str, Callable[[], Awaitable[None]]] = {
         "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus,
                                      runtime.locks),
+        "relay": lambda: run_relay(runtime.settings, runtime.db, runtime.store, runtime.bus,
+                                   runtime.locks, runtime.worker_id),
     }
     return {role: built.get(role, lambda r=role: pending_role(r))
             for role in runtime.settings.server.roles}

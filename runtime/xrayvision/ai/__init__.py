@@ -1,0 +1,1 @@
+"""AI relay: OpenAI-compatible client with failover, prompts, report parsing, pipeline."""

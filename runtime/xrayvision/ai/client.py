@@ -1,0 +1,224 @@
+"""OpenAI-compatible chat client with primary/secondary failover (one per process).
+
+Routing: the primary while it is healthy, else the secondary; back to the primary as soon
+as a health check finds it up again. A request that fails (connection error, 5xx,
+timeout, a body that is not the expected JSON) marks that endpoint unhealthy and goes at
+once to the other one; after both, exponential back-off with jitter, up to
+``max_attempts`` rounds. Health: vLLM's ``GET /health``, else ``GET /v1/models``.
+
+Errors::
+
+    ModelError
+      +-- ModelUnavailable   no endpoint answered (exams stay queued; wait for `recovered`)
+      +-- ModelBadOutput     endpoints answered, but never a chat completion (counts as a
+      |                      failed attempt of the exam)
+      +-- ModelRejected      4xx: the request itself is wrong (not retried)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from xrayvision import metrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(Exception):
+    """A model call failed; see the subclasses."""
+
+
+class ModelUnavailable(ModelError):
+    """No endpoint could answer (down, 5xx, timeouts, broken answers)."""
+
+
+class ModelBadOutput(ModelError):
+    """Every answer in the last round was something other than a chat completion."""
+
+
+class ModelRejected(ModelError):
+    """An endpoint answered 4xx: the request is wrong and retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # primary / secondary
+    url: str
+    model: str
+    api_key: str = ""
+    timeout: float = 300.0
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    endpoint: str
+    model: str
+    seconds: float
+    usage: dict = field(default_factory=dict)
+
+
+class _Failed(Exception):
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+
+
+class ModelClient:
+    def __init__(self, endpoints: list[Endpoint], session: aiohttp.ClientSession, *,
+                 max_attempts: int = 3, backoff: float = 1.0, max_backoff: float = 30.0,
+                 on_health: Callable[[dict[str, bool]], Awaitable[None]] | None = None) -> None:
+        if not endpoints:
+            raise ValueError("at least one model endpoint is needed")
+        self.endpoints = endpoints
+        self.session = session
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.on_health = on_health
+        # Optimistic until a check or a request says otherwise.
+        self.healthy = {e.name: True for e in endpoints}
+        self.recovered = asyncio.Event()
+        self.recovered.set()
+        self._publish_metrics()
+
+    # -- health ------------------------------------------------------------------------------
+
+    def active(self) -> Endpoint | None:
+        """The endpoint requests go to now (None when all are down)."""
+        return next((e for e in self.endpoints if self.healthy[e.name]), None)
+
+    def _publish_metrics(self) -> None:
+        active = self.active()
+        for e in self.endpoints:
+            metrics.MODEL_ENDPOINT_UP.labels(e.name).set(1 if self.healthy[e.name] else 0)
+            metrics.MODEL_ACTIVE.labels(e.name).set(1 if active is e else 0)
+
+    async def _set_health(self, endpoint: Endpoint, up: bool, reason: str = "") -> None:
+        if self.healthy[endpoint.name] == up:
+            return
+        self.healthy[endpoint.name] = up
+        self._publish_metrics()
+        if up:
+            log.info("model endpoint up", extra={"endpoint": endpoint.name})
+            self.recovered.set()
+        else:
+            log.warning("model endpoint down", extra={"endpoint": endpoint.name,
+                                                      "reason": reason})
+            if self.active() is None:
+                self.recovered.clear()
+                log.warning("no model endpoint healthy: exams wait in the queue until one "
+                            "recovers")
+        if self.on_health is not None:
+            await self.on_health(dict(self.healthy))
+
+    async def probe(self, endpoint: Endpoint) -> bool:
+        """True when ``/health`` (vLLM) answers 200; servers without ``/health`` (404)
+        are asked ``/v1/models`` instead."""
+        timeout = aiohttp.ClientTimeout(total=min(10.0, endpoint.timeout))
+        for path in ("/health", "/v1/models"):
+            try:
+                async with self.session.get(endpoint.url + path, headers=endpoint.headers(),
+                                            timeout=timeout) as resp:
+                    if resp.status == 200:
+                        return True
+                    if resp.status != 404:
+                        return False
+            except (TimeoutError, aiohttp.ClientError):
+                return False
+        return False
+
+    async def check_all(self) -> None:
+        for endpoint in self.endpoints:
+            up = await self.probe(endpoint)
+            await self._set_health(endpoint, up, "health check failed")
+
+    async def health_loop(self, interval: float) -> None:
+        while True:
+            await self.check_all()
+            await asyncio.sleep(interval)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _post(self, endpoint: Endpoint, payload: dict) -> tuple[str, dict]:
+        timeout = aiohttp.ClientTimeout(total=endpoint.timeout)
+        body = {**payload, "model": endpoint.model}
+        try:
+            async with self.session.post(endpoint.url + "/v1/chat/completions", json=body,
+                                         headers=endpoint.headers(), timeout=timeout) as resp:
+                raw = await resp.read()
+                if resp.status >= 500:
+                    raise _Failed("error", f"HTTP {resp.status}")
+                if resp.status >= 400:
+                    raise ModelRejected(f"{endpoint.name} answered HTTP {resp.status}: "
+                                        f"{raw[:300].decode(errors='replace')}")
+        except TimeoutError:
+            raise _Failed("timeout", f"no answer within {endpoint.timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise _Failed("error", f"{type(exc).__name__}: {exc}") from None
+        try:
+            data = json.loads(raw)
+            text = data["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError("content is not text")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise _Failed("bad_response", f"not a chat completion: {exc}") from None
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return text, usage
+
+    async def chat(self, messages: list[dict], *, call: str, max_tokens: int = 1024,
+                   temperature: float = 0.2) -> ChatResult:
+        """One chat completion, with failover and back-off as described above."""
+        payload = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        delay = self.backoff
+        last = "no endpoint healthy"
+        outcomes: list[str] = []
+        for attempt in range(1, self.max_attempts + 1):
+            tried: set[str] = set()
+            outcomes = []
+            # The active endpoint first, then the other(s) at once when it fails.
+            for endpoint in sorted(self.endpoints, key=lambda e: not self.healthy[e.name]):
+                if endpoint.name in tried:
+                    continue
+                tried.add(endpoint.name)
+                started = time.perf_counter()
+                try:
+                    text, usage = await self._post(endpoint, payload)
+                except _Failed as exc:
+                    metrics.MODEL_REQUESTS.labels(call, endpoint.name, exc.outcome).inc()
+                    last = f"{endpoint.name}: {exc}"
+                    outcomes.append(exc.outcome)
+                    await self._set_health(endpoint, False, str(exc))
+                    if len(tried) < len(self.endpoints):
+                        metrics.MODEL_FAILOVERS.labels(endpoint.name).inc()
+                    continue
+                except ModelRejected:
+                    metrics.MODEL_REQUESTS.labels(call, endpoint.name, "rejected").inc()
+                    raise
+                seconds = time.perf_counter() - started
+                metrics.MODEL_REQUESTS.labels(call, endpoint.name, "ok").inc()
+                metrics.MODEL_REQUEST_SECONDS.labels(call, endpoint.name).observe(seconds)
+                for kind in ("prompt_tokens", "completion_tokens"):
+                    if isinstance(usage.get(kind), int):
+                        metrics.MODEL_TOKENS.labels(endpoint.name, kind[:-7]).inc(usage[kind])
+                await self._set_health(endpoint, True)
+                return ChatResult(text, endpoint.name, endpoint.model, seconds, usage)
+            if attempt < self.max_attempts:
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.max_backoff)
+        if outcomes and set(outcomes) == {"bad_response"}:
+            raise ModelBadOutput(f"no usable answer after {self.max_attempts} rounds; "
+                                 f"last: {last}")
+        raise ModelUnavailable(f"no model endpoint answered after {self.max_attempts} "
+                               f"rounds; last: {last}")

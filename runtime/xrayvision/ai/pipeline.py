@@ -1,0 +1,224 @@
+"""The report pipeline (the seed's send_exam_to_openai, check_ai_report_and_update,
+translate_report, check_report, detailed_analysis_report).
+
+:meth:`Pipeline.process_exam` runs both model calls (report, then CHK) before writing, and
+stores the report and completes the exam in one transaction: a crash or a lost lease
+leaves the exam to be processed again, never half-done. A requeued exam (one that already
+has a report) goes through the REV prompt with its previous report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from xrayvision import metrics
+from xrayvision.ai.client import ChatResult, ModelClient
+from xrayvision.ai.parse import Check, Report, parse_check, parse_report
+from xrayvision.ai.prompts import Prompts
+from xrayvision.db import queue, repo
+from xrayvision.db.engine import Database
+from xrayvision.db.models import utcnow
+from xrayvision.db.repo import ExamRow
+from xrayvision.events import LocalBus
+from xrayvision.images import ImageStore
+
+log = logging.getLogger(__name__)
+
+SEX = {"M": "male", "F": "female", "O": "other"}
+
+
+class MissingImage(Exception):
+    """The exam's PNG is not in the image store."""
+
+
+@dataclass(frozen=True)
+class ExamContext:
+    region: str
+    projection: str
+    sex: str
+    age: int | None
+
+    def describe(self) -> str:
+        parts = [f"Region: {self.region or 'unknown'}",
+                 f"Projection: {self.projection or 'unknown'}",
+                 f"Patient sex: {SEX.get(self.sex, 'unknown')}"]
+        if self.age is not None:
+            parts.append(f"Patient age: {self.age} years")
+        return "\n".join(parts)
+
+
+def age_at(birth: dt.date | None, when: dt.datetime | None) -> int | None:
+    if birth is None:
+        return None
+    day = (when or utcnow()).date()
+    years = day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+    return years if 0 <= years < 130 else None
+
+
+def exam_context(row: ExamRow) -> ExamContext:
+    patient = row.patient
+    return ExamContext(
+        region=row.exam.region, projection=row.exam.projection,
+        sex=patient.sex if patient else "",
+        age=age_at(patient.birth_date if patient else None,
+                   row.exam.series_datetime or row.exam.created),
+    )
+
+
+def report_messages(prompts: Prompts, ctx: ExamContext, png: bytes,
+                    previous: str | None = None) -> list[dict]:
+    """The chat-completions messages for a report (pure): system REP; user USR with the
+    context, REV with the previous report on a second reading, and the PNG as a data URI."""
+    text = f"{prompts.usr}\n\n{ctx.describe()}"
+    if previous:
+        text += f"\n\n{prompts.rev}\n{previous}"
+    image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return [
+        {"role": "system", "content": prompts.rep},
+        {"role": "user", "content": [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": image}},
+        ]},
+    ]
+
+
+def check_messages(prompts: Prompts, report: str) -> list[dict]:
+    return [{"role": "system", "content": prompts.chk}, {"role": "user", "content": report}]
+
+
+class LRUCache:
+    """A bounded mapping; the least recently used entry goes first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, key: str) -> str | None:
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        return None
+
+    def put(self, key: str, value: str) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def clear(self) -> int:
+        count = len(self._data)
+        self._data.clear()
+        return count
+
+
+Enrich = Callable[[ExamRow], Awaitable[None]]
+Notify = Callable[[ExamRow, Check], Awaitable[None]]
+
+
+async def no_enrichment(row: ExamRow) -> None:
+    """The default enrichment hook (the FHIR issue supplies patient data here)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    uid: str
+    report: Report
+    check: Check
+    endpoint: str
+
+
+class Pipeline:
+    def __init__(self, client: ModelClient, db: Database, store: ImageStore, bus: LocalBus,
+                 prompts: Prompts, *, severity_threshold: int = 5,
+                 enrich: Enrich = no_enrichment, notify: Notify | None = None,
+                 translation_cache: int = 1024) -> None:
+        self.client = client
+        self.db = db
+        self.store = store
+        self.bus = bus
+        self.prompts = prompts
+        self.threshold = severity_threshold
+        self.enrich = enrich
+        self.notify = notify
+        self.translations = LRUCache(translation_cache)
+
+    async def check_report(self, text: str) -> Check:
+        """CHK: positive, severity, confidence, summary of any report text (-1 when the
+        answer has no usable JSON)."""
+        result = await self.client.chat(check_messages(self.prompts, text), call="check",
+                                        temperature=0.0, max_tokens=256)
+        return parse_check(result.text)
+
+    async def process_exam(self, uid: str, worker: str) -> Outcome:
+        """Reports on a claimed exam and completes it; raises ModelUnavailable (the caller
+        releases the exam), LeaseLost, MissingImage, ModelRejected."""
+        row = await self.db.read(repo.get_exam, uid)
+        if row is None:
+            raise queue.LeaseLost(f"exam {uid} vanished")
+        await self.enrich(row)
+        row = await self.db.read(repo.get_exam, uid) or row
+        png = await asyncio.to_thread(self.store.get, uid, "png")
+        if png is None:
+            raise MissingImage(f"no PNG stored for exam {uid}")
+        previous = row.ai.text if row.ai is not None and row.ai.text else None
+        result: ChatResult = await self.client.chat(
+            report_messages(self.prompts, exam_context(row), png, previous), call="report")
+        report = parse_report(result.text)
+        check = await self.check_report(report.text)
+
+        def store_and_complete(session: Session) -> None:
+            repo.save_ai_report(
+                session, uid, text=report.text, positive=check.positive,
+                severity=check.severity, confidence=check.confidence, summary=check.summary,
+                model=result.model, endpoint=result.endpoint, latency=round(result.seconds, 3),
+                reviewed=False,
+            )
+            queue.complete(session, uid, worker)
+
+        await self.db.write(store_and_complete)
+        metrics.SEVERITY.labels("ai", row.exam.region or "none", str(check.severity)).inc()
+        metrics.RECEIPT_TO_REPORT_SECONDS.observe(
+            max(0.0, (utcnow() - row.exam.created).total_seconds()))
+        await self.bus.publish("report.ready", uid=uid, severity=check.severity,
+                               positive=check.positive, region=row.exam.region)
+        log.info("exam reported", extra={"uid": uid, "severity": check.severity,
+                                         "endpoint": result.endpoint,
+                                         "seconds": round(result.seconds, 2)})
+        if self.notify is not None and check.severity >= self.threshold:
+            await self.notify(row, check)
+        return Outcome(uid, report, check, result.endpoint)
+
+    async def translate_report(self, text: str) -> str:
+        """TRN: Romanian to English, cached by the text's hash (bounded LRU)."""
+        key = hashlib.sha256(text.encode()).hexdigest()
+        cached = self.translations.get(key)
+        if cached is not None:
+            return cached
+        result = await self.client.chat(
+            [{"role": "system", "content": self.prompts.trn}, {"role": "user", "content": text}],
+            call="translate", temperature=0.0, max_tokens=2048)
+        translated = result.text.strip()
+        self.translations.put(key, translated)
+        return translated
+
+    async def detailed_analysis(self, text: str) -> dict[str, str]:
+        """ANA: overview -> detail -> critique -> assessment, each pass seeing the earlier
+        ones."""
+        passes: dict[str, str] = {}
+        for step in ("OVERVIEW", "DETAIL", "CRITIQUE", "ASSESSMENT"):
+            earlier = "\n\n".join(f"{k}:\n{v}" for k, v in passes.items())
+            user = f"Report:\n{text}\n\n{earlier}\n\nStep: {step}".replace("\n\n\n", "\n\n")
+            result = await self.client.chat(
+                [{"role": "system", "content": self.prompts.ana},
+                 {"role": "user", "content": user}], call="analyse", max_tokens=768)
+            passes[step.lower()] = result.text.strip()
+        return passes

@@ -1,0 +1,139 @@
+"""The relay loop (the seed's relay_to_openai_loop): claims exams and runs the pipeline
+with up to ``[relay] concurrency`` model calls in flight (vLLM batches them), wakes on
+``exam.queued`` events and on a periodic sweep, renews leases during long calls, and
+sleeps while no model endpoint is healthy, waking as soon as one recovers.
+
+Any number of relay processes can run: the queue's leases keep each exam with one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from xrayvision import metrics
+from xrayvision.ai.client import ModelUnavailable
+from xrayvision.ai.pipeline import Pipeline
+from xrayvision.db import queue, repo
+from xrayvision.db.engine import Database
+from xrayvision.db.models import utcnow
+from xrayvision.events import LocalBus
+
+log = logging.getLogger(__name__)
+WAKE_EVENTS = {"exam.queued", "exam.requeued", "bus.gap", "bus.reconnected"}
+
+
+class Relay:
+    def __init__(self, pipeline: Pipeline, db: Database, bus: LocalBus, worker: str, *,
+                 concurrency: int = 4, lease_seconds: float = 600, sweep_interval: float = 30,
+                 max_attempts: int = 3, retry_delay: float = 30) -> None:
+        self.pipeline = pipeline
+        self.db = db
+        self.bus = bus
+        self.worker = worker
+        self.concurrency = concurrency
+        self.lease = lease_seconds
+        self.sweep_interval = sweep_interval
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def _listen(self) -> None:
+        with self.bus.subscribe() as events:
+            async for event in events:
+                if event.type in WAKE_EVENTS:
+                    self._wake.set()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.db.write(queue.reclaim_expired, max_attempts=self.max_attempts)
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                log.warning("lease reclaim failed", exc_info=True)
+            self._wake.set()
+
+    async def run(self) -> None:
+        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._sweep())]
+        try:
+            await self._loop()
+        finally:
+            for task in helpers + list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*helpers, *self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.db.write(queue.release_worker, self.worker)
+
+    async def _loop(self) -> None:
+        client = self.pipeline.client
+        while True:
+            if client.active() is None:
+                await client.recovered.wait()
+            await self._slots.acquire()
+            try:
+                exam = await self.db.write(queue.claim, self.worker, self.lease)
+            except Exception:
+                self._slots.release()
+                raise
+            if exam is None:
+                self._slots.release()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
+                continue
+            task = asyncio.create_task(self._process(exam.uid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _renew(self, uid: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            await self.db.write(queue.renew, uid, self.worker, self.lease)
+
+    async def _process(self, uid: str) -> None:
+        renewing = asyncio.create_task(self._renew(uid))
+        try:
+            await self.pipeline.process_exam(uid, self.worker)
+            metrics.EXAMS_PROCESSED.labels("done").inc()
+        except ModelUnavailable as exc:
+            # Not the exam's fault: it waits in the queue, its attempts untouched.
+            log.warning("model unavailable; exam back in the queue",
+                        extra={"uid": uid, "reason": str(exc)})
+            await self._safe(queue.release, uid, self.worker)
+            metrics.EXAMS_PROCESSED.labels("released").inc()
+        except queue.LeaseLost:
+            log.warning("lease lost; another worker has the exam", extra={"uid": uid})
+        except Exception as exc:  # noqa: BLE001 - ModelRejected, MissingImage, bad data...
+            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            status = await self._safe(queue.fail, uid, self.worker, reason,
+                                      max_attempts=self.max_attempts,
+                                      base_delay=self.retry_delay)
+            metrics.EXAMS_PROCESSED.labels("error" if status == "error" else "retry").inc()
+            log.warning("exam failed", extra={"uid": uid, "reason": reason, "status": status})
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await renewing
+            self._slots.release()
+
+    async def _safe(self, fn, *args, **kwargs):
+        try:
+            return await self.db.write(fn, *args, **kwargs)
+        except queue.LeaseLost:
+            return None
+
+
+async def export_queue_metrics(db: Database, interval: float = 15.0) -> None:
+    """Queue depth by status and the oldest waiting exam's age, from the database; run
+    under a singleton lock so that sums across pods are right."""
+    while True:
+        counts = await db.read(repo.queue_counts)
+        for status, count in counts.items():
+            metrics.QUEUE_DEPTH.labels(status).set(count)
+        oldest = await db.read(repo.oldest_claimable)
+        metrics.QUEUE_OLDEST_SECONDS.set(
+            max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
+        await asyncio.sleep(interval)

@@ -1,0 +1,117 @@
+"""The model client against stub servers: routing, failover, failback, errors."""
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from support.model_stub import Stub
+from xrayvision import metrics
+from xrayvision.ai.client import Endpoint, ModelClient, ModelRejected, ModelUnavailable
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def stubs():
+    primary, secondary = await Stub().start(), await Stub().start()
+    yield primary, secondary
+    await primary.stop()
+    await secondary.stop()
+
+
+def client_for(session, primary, secondary, **kw):
+    eps = [Endpoint("primary", primary.url, "m1", "key-1", timeout=2),
+           Endpoint("secondary", secondary.url, "m2", timeout=2)]
+    return ModelClient(eps, session, backoff=0.01, **kw)
+
+
+async def test_primary_serves_and_request_shape(stubs):
+    primary, secondary = stubs
+    async with aiohttp.ClientSession() as session:
+        client = client_for(session, primary, secondary)
+        result = await client.chat(MSG, call="report", max_tokens=50)
+    assert result.endpoint == "primary" and result.model == "m1" and "FINDINGS" in result.text
+    body = primary.state.requests[0]
+    assert body["model"] == "m1" and body["messages"] == MSG and body["max_tokens"] == 50
+    assert not secondary.state.requests
+    assert result.usage["completion_tokens"] == 60
+
+
+@pytest.mark.parametrize("mode", ["500", "drop", "hang", "malformed"])
+async def test_failure_moves_to_the_secondary_at_once(stubs, mode):
+    primary, secondary = stubs
+    primary.state.mode = mode
+    before = metrics.MODEL_FAILOVERS.labels("primary")._value.get()
+    async with aiohttp.ClientSession() as session:
+        client = client_for(session, primary, secondary)
+        result = await client.chat(MSG, call="report")
+        assert result.endpoint == "secondary"
+        assert client.healthy == {"primary": False, "secondary": True}
+        assert client.active().name == "secondary"
+        # While the primary is marked down, requests go straight to the secondary.
+        await client.chat(MSG, call="check")
+        assert len(primary.state.requests) == 1
+    assert metrics.MODEL_FAILOVERS.labels("primary")._value.get() == before + 1
+
+
+async def test_failback_when_the_primary_recovers(stubs):
+    primary, secondary = stubs
+    async with aiohttp.ClientSession() as session:
+        client = client_for(session, primary, secondary)
+        primary.state.healthy = False
+        await client.check_all()
+        assert client.active().name == "secondary"
+        assert (await client.chat(MSG, call="report")).endpoint == "secondary"
+        primary.state.healthy = True
+        await client.check_all()
+        assert client.active().name == "primary"
+        assert (await client.chat(MSG, call="report")).endpoint == "primary"
+
+
+async def test_health_falls_back_to_v1_models(stubs):
+    primary, _ = stubs
+    from aiohttp import web
+
+    app = web.Application()
+    async def models(request):
+        return web.json_response({"data": []})
+
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    from support.pgserver import free_port
+
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = ModelClient([Endpoint("primary", f"http://127.0.0.1:{port}", "m")], session)
+            assert await client.probe(client.endpoints[0]) is True
+    finally:
+        await runner.cleanup()
+
+
+async def test_both_down_raises_unavailable_and_recovered_wakes(stubs):
+    primary, secondary = stubs
+    primary.state.mode = secondary.state.mode = "500"
+    primary.state.healthy = False  # its /health says so too
+    async with aiohttp.ClientSession() as session:
+        client = client_for(session, primary, secondary, max_attempts=2)
+        with pytest.raises(ModelUnavailable, match="after 2 rounds"):
+            await client.chat(MSG, call="report")
+        assert client.active() is None and not client.recovered.is_set()
+        assert len(primary.state.requests) == 2 and len(secondary.state.requests) == 2
+        secondary.state.mode = "ok"
+        waiter = asyncio.create_task(client.recovered.wait())
+        await client.check_all()
+        await asyncio.wait_for(waiter, 2)
+        assert client.active().name == "secondary"
+
+
+async def test_4xx_is_not_retried(stubs):
+    primary, secondary = stubs
+    async with aiohttp.ClientSession() as session:
+        client = ModelClient([Endpoint("primary", primary.url + "/nope", "m")], session)
+        with pytest.raises(ModelRejected, match="HTTP 404"):
+            await client.chat(MSG, call="report")
