@@ -216,3 +216,60 @@ async def test_concurrency_is_bounded(db, tmp_path, stubs):
     async with relay_on(db, store, eps(primary), concurrency=3):
         await until_counts(db, lambda c: c[DONE] == 12)
     assert primary.state.peak == 3
+
+
+async def test_long_calls_renew_the_lease(db, tmp_path, stubs):
+    primary, _ = stubs
+    primary.state.delay = 1.0  # each call outlives the 0.6 s lease
+    store = FilesystemStore(tmp_path)
+    uid = add_exams(db, store, 1)[0]
+    bus = LocalBus()
+    await bus.start()
+    async with aiohttp.ClientSession() as session:
+        client = ModelClient(eps(primary), session)
+        relay = Relay(Pipeline(client, db, store, bus, load_prompts(None)), db, bus, "w",
+                      lease_seconds=0.6, sweep_interval=0.1)  # the sweep reclaims expired
+        task = asyncio.create_task(relay.run())
+        try:
+            await until_counts(db, lambda c: c[DONE] == 1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    exam = (await db.read(repo.get_exam, uid)).exam
+    assert exam.attempts == 0, "never reclaimed while its worker was busy with it"
+    assert len([r for r in primary.state.requests
+                if isinstance(r["messages"][1]["content"], list)]) == 1
+
+
+async def test_translate_is_cached_and_analysis_has_four_passes(db, tmp_path, stubs):
+    primary, _ = stubs
+    primary.state.report = "Translated: no changes."
+    bus = LocalBus()
+    await bus.start()
+    async with aiohttp.ClientSession() as session:
+        pipeline = Pipeline(ModelClient(eps(primary), session), db, FilesystemStore(tmp_path),
+                            bus, load_prompts(None), translation_cache=2)
+        text = "Fără modificări patologice. Sinusuri costo-diafragmatice libere."
+        assert await pipeline.translate_report(text) == "Translated: no changes."
+        assert await pipeline.translate_report(text) == "Translated: no changes."
+        assert len(primary.state.requests) == 1, "the second translation came from the cache"
+        assert primary.state.requests[0]["messages"][1]["content"] == text
+        passes = await pipeline.detailed_analysis("FINDINGS: fracture")
+        assert list(passes) == ["overview", "detail", "critique", "assessment"]
+        steps = [r["messages"][1]["content"] for r in primary.state.requests[1:]]
+        assert [s.rsplit("Step: ", 1)[1] for s in steps] == [
+            "OVERVIEW", "DETAIL", "CRITIQUE", "ASSESSMENT"]
+        assert "overview:" in steps[3] and "critique:" in steps[3]  # later passes see earlier
+        assert pipeline.translations.clear() == 1
+
+
+async def test_queue_metrics_export(db):
+    from xrayvision.ai.relay import export_queue_metrics
+
+    db.write_sync(repo.add_exam, ExamInfo(uid="5.1", status=QUEUED))
+    task = asyncio.create_task(export_queue_metrics(db, interval=0.05))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert metrics.QUEUE_DEPTH.labels(QUEUED)._value.get() == 1
+    assert metrics.QUEUE_OLDEST_SECONDS._value.get() >= 0
