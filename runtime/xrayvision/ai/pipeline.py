@@ -140,7 +140,7 @@ class Pipeline:
     def __init__(self, client: ModelClient, db: Database, store: ImageStore, bus: LocalBus,
                  prompts: Prompts, *, severity_threshold: int = 5,
                  enrich: Enrich = no_enrichment, notify: Notify | None = None,
-                 translation_cache: int = 1024) -> None:
+                 translation_cache: int = 1024, max_tokens: int = 1024) -> None:
         self.client = client
         self.db = db
         self.store = store
@@ -150,6 +150,7 @@ class Pipeline:
         self.enrich = enrich
         self.notify = notify
         self.translations = LRUCache(translation_cache)
+        self.max_tokens = max_tokens
 
     async def check_report(self, text: str) -> Check:
         """CHK: positive, severity, confidence, summary of any report text (-1 when the
@@ -164,14 +165,16 @@ class Pipeline:
         row = await self.db.read(repo.get_exam, uid)
         if row is None:
             raise queue.LeaseLost(f"exam {uid} vanished")
-        await self.enrich(row)
-        row = await self.db.read(repo.get_exam, uid) or row
+        if self.enrich is not no_enrichment:
+            await self.enrich(row)
+            row = await self.db.read(repo.get_exam, uid) or row
         png = await asyncio.to_thread(self.store.get, uid, "png")
         if png is None:
             raise MissingImage(f"no PNG stored for exam {uid}")
         previous = row.ai.text if row.ai is not None and row.ai.text else None
         result: ChatResult = await self.client.chat(
-            report_messages(self.prompts, exam_context(row), png, previous), call="report")
+            report_messages(self.prompts, exam_context(row), png, previous), call="report",
+            max_tokens=self.max_tokens)
         report = parse_report(result.text)
         check = await self.check_report(report.text)
 

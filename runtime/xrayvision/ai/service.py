@@ -58,7 +58,7 @@ async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: Lo
 
         pipeline = Pipeline(client, db, store, bus, prompts,
                             severity_threshold=settings.processing.severity_threshold,
-                            notify=notifier)
+                            notify=notifier, max_tokens=settings.ai.max_tokens)
         relay = Relay(pipeline, db, bus, worker, concurrency=settings.relay.concurrency,
                       lease_seconds=settings.processing.lease_seconds,
                       sweep_interval=settings.relay.sweep_interval,

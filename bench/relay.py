@@ -1,0 +1,179 @@
+"""Relay benchmark: a stub model server with fixed latency L and capacity C (requests
+beyond C wait), 500 exams through `xrayvision serve --roles relay` on PostgreSQL.
+
+    .venv/bin/python bench/relay.py [--exams 500] [--latency 0.5] [--capacity 16]
+
+Each exam is two model calls (report, then CHK), so the limit is C / L calls per second,
+C / (2 L) exams per second. Run 1: one relay process with concurrency = C against that
+limit. Run 2: the stub not the bottleneck (capacity 1000), one and then two relay
+processes with concurrency C each: two should give about twice one. Relay CPU per exam
+is the relay processes' user + system time divided by the exams.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT / "tests")  # support.*; and bench/queue.py must not shadow `queue`
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from sqlalchemy import insert, text  # noqa: E402
+
+from support.pacs import wait_port  # noqa: E402
+from support.pgserver import PgServer, free_port  # noqa: E402
+from xrayvision.db.engine import Database, DatabaseOptions  # noqa: E402
+from xrayvision.db.migrate import upgrade  # noqa: E402
+from xrayvision.db.models import Exam, utcnow  # noqa: E402
+from xrayvision.images import FilesystemStore  # noqa: E402
+
+XRAYVISION = Path(sys.executable).parent / "xrayvision"
+STUB = ROOT / "tests" / "support" / "model_stub.py"
+
+
+def model_png() -> bytes:
+    """A 1024-pixel X-ray-like PNG, the size the relay sends (base64 cost is real)."""
+    rng = np.random.default_rng(7)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (1024, 850), dtype=np.uint8), (9, 9), 0)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def fill(db: Database, store: FilesystemStore, count: int) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(text("TRUNCATE ai_reports, rad_reports, exams CASCADE"))
+    if not count:
+        return
+    png = model_png()
+    now = utcnow()
+    defaults = {c.name: "" for c in Exam.__table__.columns if c.type.python_type is str}
+    rows = []
+    for i in range(count):
+        uid = f"1.2.826.{i}"
+        store.put(uid, "png", png)
+        rows.append({**defaults, "uid": uid, "status": "queued", "region": "chest",
+                     "priority": 0, "created": now, "updated": now, "attempts": 0,
+                     "lease_owner": None, "cnp": None})
+    with db.engine.begin() as conn:
+        conn.execute(insert(Exam), rows)
+        conn.execute(text("ANALYZE exams"))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: str,
+        relays: int, concurrency: int, count: int) -> tuple[float, float]:
+    """Starts the relays on an empty queue, waits until they are ready, then queues the
+    exams and times until all are done. Returns (exams per second, relay CPU ms per exam,
+    start-up excluded)."""
+    fill(db, store, 0)
+    procs, ports = [], []
+    for _ in range(relays):
+        port = free_port()
+        ports.append(port)
+        env = {"PATH": os.environ["PATH"], "XRAYVISION_DATABASE_URL": url,
+               "XRAYVISION_SERVER_DATA_DIR": str(folder), "XRAYVISION_AI_PRIMARY_URL": stub_url,
+               "XRAYVISION_RELAY_CONCURRENCY": str(concurrency),
+               "XRAYVISION_RELAY_SWEEP_INTERVAL": "1", "XRAYVISION_SERVER_LOG_LEVEL": "warning",
+               "XRAYVISION_WEB_PORT": str(port), "XRAYVISION_MAINTENANCE_BACKUP_KEEP": "0"}
+        procs.append(subprocess.Popen([str(XRAYVISION), "serve", "--roles", "relay"],
+                                      cwd=folder, env=env))
+    for port in ports:
+        wait_ready(port)
+    time.sleep(1.0)  # the relays' first claim finds nothing and waits for events
+    cpu_before = {p.pid: cpu_seconds(p.pid) for p in procs}
+    fill(db, store, count)
+    start = time.perf_counter()
+    with db.engine.begin() as conn:  # wake them as the ingest role would
+        conn.execute(text("SELECT pg_notify('xrayvision_events', :e)"),
+                     {"e": '{"type": "exam.queued", "data": {}, "origin": "bench"}'})
+    cpu = dict(cpu_before)
+    while True:
+        for p in procs:
+            cpu[p.pid] = cpu_seconds(p.pid)
+        with db.engine.connect() as conn:
+            done = conn.execute(text("SELECT count(*) FROM exams WHERE status = 'done'")).scalar()
+        if done >= count:
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.terminate()
+        p.wait(30)
+    used = sum(cpu[pid] - cpu_before[pid] for pid in cpu)
+    return count / elapsed, 1000 * used / count
+
+
+def wait_ready(port: int, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("relay did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--exams", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--capacity", type=int, default=16)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="xrv-bench-relay-"))
+    server = PgServer(fsync=True).start()
+    stubs = []
+    try:
+        url = server.create_database("bench").replace("postgresql://", "postgresql+psycopg://")
+        db = Database(DatabaseOptions(url=url))
+        upgrade(db.engine)
+        store = FilesystemStore(folder / "images")
+
+        def stub(capacity: int) -> str:
+            port = free_port()
+            stubs.append(subprocess.Popen([sys.executable, str(STUB), str(port),
+                                           str(args.latency), str(capacity)]))
+            wait_port(port)
+            return f"http://127.0.0.1:{port}"
+
+        c, latency = args.capacity, args.latency
+        limit = c / latency / 2
+        print(f"{args.exams} exams, 2 model calls each, stub latency {latency} s; PostgreSQL")
+        print(f"{'run':<44}{'exams/s':>9}{'limit':>8}{'of limit':>10}{'CPU ms/exam':>13}")
+        capped = stub(c)
+        rate, cpu = run(db, url, folder, store, capped, 1, c, args.exams)
+        print(f"{f'1 relay, concurrency {c}, stub capacity {c}':<44}{rate:>9.1f}{limit:>8.1f}"
+              f"{rate / limit:>10.2f}{cpu:>13.1f}", flush=True)
+        wide = stub(1000)
+        for relays in (1, 2):
+            rate, cpu = run(db, url, folder, store, wide, relays, c, args.exams)
+            ceiling = relays * c / latency / 2
+            label = f"{relays} relay(s), concurrency {c} each, capacity 1000"
+            print(f"{label:<44}{rate:>9.1f}{ceiling:>8.1f}{rate / ceiling:>10.2f}{cpu:>13.1f}",
+                  flush=True)
+        db.close()
+    finally:
+        for p in stubs:
+            p.terminate()
+        server.destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
