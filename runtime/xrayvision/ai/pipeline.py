@@ -17,6 +17,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -134,6 +135,7 @@ class Outcome:
     report: Report
     check: Check
     endpoint: str
+    following: Any = None  # what ``then`` returned (the relay's next claimed exam)
 
 
 class Pipeline:
@@ -159,9 +161,11 @@ class Pipeline:
                                         temperature=0.0, max_tokens=256)
         return parse_check(result.text)
 
-    async def process_exam(self, uid: str, worker: str) -> Outcome:
-        """Reports on a claimed exam and completes it; raises ModelUnavailable (the caller
-        releases the exam), LeaseLost, MissingImage, ModelRejected."""
+    async def process_exam(self, uid: str, worker: str,
+                           then: Callable[[Session], Any] | None = None) -> Outcome:
+        """Reports on a claimed exam and completes it; ``then(session)`` runs in the same
+        transaction (the relay claims its next exam there). Raises ModelUnavailable (the
+        caller releases the exam), ModelBadOutput, LeaseLost, MissingImage, ModelRejected."""
         row = await self.db.read(repo.get_exam, uid)
         if row is None:
             raise queue.LeaseLost(f"exam {uid} vanished")
@@ -178,7 +182,7 @@ class Pipeline:
         report = parse_report(result.text)
         check = await self.check_report(report.text)
 
-        def store_and_complete(session: Session) -> None:
+        def store_and_complete(session: Session) -> Any:
             repo.save_ai_report(
                 session, uid, text=report.text, positive=check.positive,
                 severity=check.severity, confidence=check.confidence, summary=check.summary,
@@ -186,8 +190,9 @@ class Pipeline:
                 reviewed=False,
             )
             queue.complete(session, uid, worker)
+            return then(session) if then is not None else None
 
-        await self.db.write(store_and_complete)
+        following = await self.db.write(store_and_complete)
         metrics.SEVERITY.labels("ai", row.exam.region or "none", str(check.severity)).inc()
         metrics.RECEIPT_TO_REPORT_SECONDS.observe(
             max(0.0, (utcnow() - row.exam.created).total_seconds()))
@@ -198,7 +203,7 @@ class Pipeline:
                                          "seconds": round(result.seconds, 2)})
         if self.notify is not None and check.severity >= self.threshold:
             await self.notify(row, check)
-        return Outcome(uid, report, check, result.endpoint)
+        return Outcome(uid, report, check, result.endpoint, following)
 
     async def translate_report(self, text: str) -> str:
         """TRN: Romanian to English, cached by the text's hash (bounded LRU)."""

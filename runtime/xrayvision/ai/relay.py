@@ -38,8 +38,6 @@ class Relay:
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task] = set()
 
     async def _listen(self) -> None:
         with self.bus.subscribe() as events:
@@ -58,46 +56,52 @@ class Relay:
 
     async def run(self) -> None:
         helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._sweep())]
+        slots = [asyncio.create_task(self._slot(), name=f"relay-slot-{i}")
+                 for i in range(self.concurrency)]
         try:
-            await self._loop()
+            await asyncio.gather(*slots)
         finally:
-            for task in helpers + list(self._tasks):
+            for task in helpers + slots:
                 task.cancel()
-            await asyncio.gather(*helpers, *self._tasks, return_exceptions=True)
+            await asyncio.gather(*helpers, *slots, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.db.write(queue.release_worker, self.worker)
 
-    async def _loop(self) -> None:
+    async def _slot(self) -> None:
+        """One model call in flight at a time. After an exam is done, the transaction that
+        completes it also claims this slot's next exam (one transaction per exam)."""
         client = self.pipeline.client
+        following = None
         while True:
             if client.active() is None:
+                if following is not None:  # claimed while finishing; give it back
+                    await self._safe(queue.release, following.uid, self.worker)
+                    following = None
                 await client.recovered.wait()
-            await self._slots.acquire()
-            try:
-                exam = await self.db.write(queue.claim, self.worker, self.lease)
-            except Exception:
-                self._slots.release()
-                raise
+            exam = following or await self.db.write(queue.claim, self.worker, self.lease)
+            following = None
             if exam is None:
-                self._slots.release()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
                 continue
-            task = asyncio.create_task(self._process(exam.uid))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            following = await self._process(exam.uid)
+
+    def _claim_next(self, session):
+        return queue.claim(session, self.worker, self.lease)
 
     async def _renew(self, uid: str) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
             await self.db.write(queue.renew, uid, self.worker, self.lease)
 
-    async def _process(self, uid: str) -> None:
+    async def _process(self, uid: str):
+        """Runs the pipeline on a claimed exam; returns the next claimed exam or None."""
         renewing = asyncio.create_task(self._renew(uid))
         try:
-            await self.pipeline.process_exam(uid, self.worker)
+            outcome = await self.pipeline.process_exam(uid, self.worker, then=self._claim_next)
             metrics.EXAMS_PROCESSED.labels("done").inc()
+            return outcome.following
         except ModelUnavailable as exc:
             # Not the exam's fault: it waits in the queue, its attempts untouched.
             log.warning("model unavailable; exam back in the queue",
@@ -117,7 +121,7 @@ class Relay:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await renewing
-            self._slots.release()
+        return None
 
     async def _safe(self, fn, *args, **kwargs):
         try:
