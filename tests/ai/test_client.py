@@ -115,3 +115,18 @@ async def test_4xx_is_not_retried(stubs):
         client = ModelClient([Endpoint("primary", primary.url + "/nope", "m")], session)
         with pytest.raises(ModelRejected, match="HTTP 404"):
             await client.chat(MSG, call="report")
+
+
+def test_encode_body_splices_data_uris_and_stays_valid_json():
+    import base64
+    import json
+    import os
+
+    from xrayvision.ai.client import encode_body
+
+    uri = "data:image/png;base64," + base64.b64encode(os.urandom(30000)).decode()
+    body = {"model": "m", "messages": [
+        {"role": "system", "content": "Rapoarte în română: ă â î ș ț \"quoted\""},
+        {"role": "user", "content": [{"type": "text", "text": "__xrayvision_blob_0__"},
+                                     {"type": "image_url", "image_url": {"url": uri}}]}]}
+    assert json.loads(encode_body(body)) == body

@@ -69,6 +69,33 @@ class ChatResult:
     usage: dict = field(default_factory=dict)
 
 
+def encode_body(body: dict) -> bytes:
+    """JSON for a chat request. Image data URIs (base64, which JSON never needs to
+    escape) are spliced in after encoding the rest: serialising a ~1 MB string would
+    otherwise cost more than the rest of the request (bench/README.md, "Relay")."""
+    blobs: list[str] = []
+    # Unique per call (a clock reading), so that no content can match it by chance.
+    marker = f"__xrayvision_blob_{time.perf_counter_ns()}_{{}}__"
+
+    def swap(value):
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        if isinstance(value, str) and len(value) > 4096 and value.startswith("data:") \
+                and ";base64," in value[:64]:
+            blobs.append(value)
+            return marker.format(len(blobs) - 1)
+        return value
+
+    text = json.dumps(swap(body), ensure_ascii=False)
+    encoded = text.encode()
+    for i, blob in enumerate(blobs):
+        encoded = encoded.replace(f'"{marker.format(i)}"'.encode(),
+                                  b'"' + blob.encode() + b'"', 1)
+    return encoded
+
+
 class _Failed(Exception):
     def __init__(self, outcome: str, detail: str) -> None:
         super().__init__(detail)
@@ -153,10 +180,11 @@ class ModelClient:
 
     async def _post(self, endpoint: Endpoint, payload: dict) -> tuple[str, dict]:
         timeout = aiohttp.ClientTimeout(total=endpoint.timeout)
-        body = {**payload, "model": endpoint.model}
+        body = encode_body({**payload, "model": endpoint.model})
+        headers = {**endpoint.headers(), "Content-Type": "application/json"}
         try:
-            async with self.session.post(endpoint.url + "/v1/chat/completions", json=body,
-                                         headers=endpoint.headers(), timeout=timeout) as resp:
+            async with self.session.post(endpoint.url + "/v1/chat/completions", data=body,
+                                         headers=headers, timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 500:
                     raise _Failed("error", f"HTTP {resp.status}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -306,18 +307,21 @@ _RAD_FIELDS = {c.key for c in RadReport.__table__.columns} - {"uid", "created", 
 
 def _upsert_report(session: Session, model: type, allowed: set[str], uid: str,
                    fields: dict) -> object:
+    """One INSERT ... ON CONFLICT DO UPDATE (both backends): a single round trip."""
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"unknown {model.__tablename__} fields: {', '.join(sorted(unknown))}")
-    report = session.get(model, uid)
-    if report is None:
-        report = model(uid=uid, **fields)
-        session.add(report)
+    now = utcnow()
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(model).values(uid=uid, created=now, updated=now, **fields)
+    if fields:
+        stmt = stmt.on_conflict_do_update(index_elements=[model.uid],
+                                          set_={**fields, "updated": now})
     else:
-        for key, value in fields.items():
-            setattr(report, key, value)
-    session.flush()
-    return report
+        stmt = stmt.on_conflict_do_nothing(index_elements=[model.uid])
+    report = session.scalars(stmt.returning(model),
+                             execution_options={"populate_existing": True}).first()
+    return report if report is not None else session.get(model, uid)
 
 
 def save_ai_report(session: Session, uid: str, **fields) -> AIReport:
