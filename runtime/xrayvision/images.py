@@ -75,19 +75,7 @@ class FilesystemStore:
         return self.root / _check_kind(kind) / shard / f"{uid}.{kind}"
 
     def put(self, uid: str, kind: str, data: bytes) -> None:
-        target = self.path(uid, kind)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._sync_dir(target.parent)
+        self._write(self.path(uid, kind), lambda out: out.write(data))
 
     def put_file(self, uid: str, kind: str, src: Path) -> None:
         target = self.path(uid, kind)
@@ -97,16 +85,24 @@ class FilesystemStore:
         try:
             os.replace(src, target)  # same filesystem: no copy at all
         except OSError:  # another filesystem (EXDEV): copy, then the same atomic rename
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
-                    shutil.copyfileobj(fh, out, 1024 * 1024)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with open(src, "rb") as fh:
+                self._write(target, lambda out: shutil.copyfileobj(fh, out, 1024 * 1024))
+            return
+        self._sync_dir(target.parent)
+
+    def _write(self, target: Path, fill) -> None:
+        """Writes through a fsynced temporary file renamed into place."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                fill(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         self._sync_dir(target.parent)
 
     @staticmethod

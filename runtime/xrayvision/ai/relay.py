@@ -19,6 +19,7 @@ from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
 from xrayvision.events import LocalBus
+from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
 WAKE_EVENTS = {"exam.queued", "exam.requeued", "bus.gap", "bus.reconnected"}
@@ -55,15 +56,10 @@ class Relay:
             self._wake.set()
 
     async def run(self) -> None:
-        helpers = [asyncio.create_task(self._listen()), asyncio.create_task(self._sweep())]
-        slots = [asyncio.create_task(self._slot(), name=f"relay-slot-{i}")
-                 for i in range(self.concurrency)]
         try:
-            await asyncio.gather(*slots)
+            await run_together(self._listen(), self._sweep(),
+                               *(self._slot() for _ in range(self.concurrency)))
         finally:
-            for task in helpers + slots:
-                task.cancel()
-            await asyncio.gather(*helpers, *slots, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.db.write(queue.release_worker, self.worker)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -19,6 +18,7 @@ from xrayvision.events import LocalBus
 from xrayvision.images import ImageStore
 from xrayvision.locks import SingletonLocks
 from xrayvision.notify import Notice, Notifier
+from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,8 @@ async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: Lo
                       retry_delay=settings.processing.retry_delay)
         log.info("relay started", extra={"endpoints": ",".join(e.name for e in client.endpoints),
                                          "concurrency": settings.relay.concurrency})
-        tasks = [
-            asyncio.create_task(client.health_loop(settings.ai.health_interval)),
-            asyncio.create_task(relay.run()),
-            asyncio.create_task(locks.run("queue-metrics", lambda: export_queue_metrics(db))),
-        ]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await run_together(
+            client.health_loop(settings.ai.health_interval),
+            relay.run(),
+            locks.run("queue-metrics", lambda: export_queue_metrics(db)),
+        )

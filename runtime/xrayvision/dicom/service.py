@@ -14,6 +14,7 @@ from xrayvision.dicom.worker import ConversionWorker
 from xrayvision.events import LocalBus
 from xrayvision.images import ImageStore
 from xrayvision.locks import LocalLocks, SingletonLocks
+from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,12 @@ async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: L
         "ae_title": settings.dicom.ae_title, "host": settings.dicom.host,
         "port": settings.dicom.port, "tls": settings.dicom.tls_cert is not None,
         "convert_workers": worker.workers})
-    tasks = [asyncio.create_task(worker.run(), name="convert")]
+    loops = [worker.run()]
     if settings.pacs.host:
         qr = QueryRetrieve(settings, ctx)
-        locks = locks or LocalLocks()
-        tasks.append(asyncio.create_task(locks.run("query-retrieve", qr.loop), name="qr"))
+        loops.append((locks or LocalLocks()).run("query-retrieve", qr.loop))
     try:
-        await asyncio.gather(*tasks)
+        await run_together(*loops)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(server.shutdown)
         log.info("DICOM SCP stopped")
