@@ -25,8 +25,6 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
 from support.pacs import wait_port  # noqa: E402
@@ -41,10 +39,13 @@ STUB = ROOT / "tests" / "support" / "model_stub.py"
 
 
 def model_png() -> bytes:
-    """A 1024-pixel X-ray-like PNG, the size the relay sends (base64 cost is real)."""
-    rng = np.random.default_rng(7)
-    img = cv2.GaussianBlur(rng.integers(0, 255, (1024, 850), dtype=np.uint8), (9, 9), 0)
-    return cv2.imencode(".png", img)[1].tobytes()
+    """What the relay really sends: a synthetic 2500x2000 14-bit DX converted by our own
+    pipeline to the model size (1024 px), as the ingest role would."""
+    from support.xrays import make_xray
+    from xrayvision.dicom.convert import ConvertOptions, convert_dataset
+
+    ds = make_xray(rows=2500, cols=2000, bits=14, window=(8000, 14000), seed=3)
+    return convert_dataset(ds, ConvertOptions(max_side=1024)).png
 
 
 def fill(db: Database, store: FilesystemStore, count: int) -> None:
@@ -154,7 +155,8 @@ def main() -> None:
 
         c, latency = args.capacity, args.latency
         limit = c / latency / 2
-        print(f"{args.exams} exams, 2 model calls each, stub latency {latency} s; PostgreSQL")
+        print(f"{args.exams} exams, 2 model calls each, stub latency {latency} s; PostgreSQL; "
+              f"PNG {len(model_png()) // 1024} KiB")
         print(f"{'run':<44}{'exams/s':>9}{'limit':>8}{'of limit':>10}{'CPU ms/exam':>13}")
         capped = stub(c)
         rate, cpu = run(db, url, folder, store, capped, 1, c, args.exams)

@@ -91,8 +91,8 @@ async def test_happy_path(db, tmp_path, stubs):
     store = FilesystemStore(tmp_path)
     notified = []
 
-    async def notify(row, check):
-        notified.append((row.exam.uid, check.severity))
+    async def notify(exam, check):
+        notified.append((exam.uid, check.severity))
 
     uid = add_exams(db, store, 1)[0]
     async with relay_on(db, store, eps(primary, secondary), notify=notify) as (_client, bus):
@@ -273,3 +273,23 @@ async def test_queue_metrics_export(db):
     await asyncio.gather(task, return_exceptions=True)
     assert metrics.QUEUE_DEPTH.labels(QUEUED)._value.get() == 1
     assert metrics.QUEUE_OLDEST_SECONDS._value.get() >= 0
+
+
+def test_notice_has_no_patient_name_unless_allowed(tmp_path):
+    import dataclasses
+    import datetime as dt
+
+    from xrayvision.ai.parse import Check
+    from xrayvision.ai.service import notice_for
+    from xrayvision.config import load_settings
+    from xrayvision.db.repo import ReportContext
+
+    exam = ReportContext("1.2", "chest", "PA", dt.datetime.now(dt.UTC), None, "180",
+                         "Popescu Ion", "M", None, "")
+    settings = load_settings(tmp_path, env={"XRAYVISION_NOTIFY_DASHBOARD_URL": "https://xr.h"})
+    notice = notice_for(settings, exam, Check(1, 9, 90, "pneumothorax"))
+    assert notice.patient_name == "" and "Popescu" not in notice.body()
+    assert notice.link == "https://xr.h/#/exam/1.2" and notice.severity == 9
+    allowed = dataclasses.replace(settings, notify=dataclasses.replace(
+        settings.notify, include_patient_name=True))
+    assert "Popescu Ion" in notice_for(allowed, exam, Check(1, 9, 90, "x")).body()

@@ -211,3 +211,15 @@ def test_exams_received_before_pages_by_uid(db):
     first = db.read_sync(repo.exams_received_before, cutoff, "", 2)
     rest = db.read_sync(repo.exams_received_before, cutoff, first[-1], 2)
     assert first + rest == ["12.1", "12.2", "12.3"]
+
+
+def test_report_context(db):
+    add(db, "13.1", ai={"text": "FINDINGS: old"})
+    add(db, "13.2", cnp="")
+    ctx = db.read_sync(repo.report_context, "13.1")
+    assert (ctx.uid, ctx.region, ctx.cnp, ctx.patient_name) == (
+        "13.1", "chest", "1900101123456", "Popescu Ion")
+    assert ctx.previous_report == "FINDINGS: old" and ctx.created.tzinfo is not None
+    bare = db.read_sync(repo.report_context, "13.2")
+    assert bare.patient_name == "" and bare.previous_report == "" and bare.cnp is None
+    assert db.read_sync(repo.report_context, "9.9") is None

@@ -28,7 +28,7 @@ from xrayvision.ai.prompts import Prompts
 from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
-from xrayvision.db.repo import ExamRow
+from xrayvision.db.repo import ReportContext
 from xrayvision.events import LocalBus
 from xrayvision.images import ImageStore
 
@@ -65,14 +65,9 @@ def age_at(birth: dt.date | None, when: dt.datetime | None) -> int | None:
     return years if 0 <= years < 130 else None
 
 
-def exam_context(row: ExamRow) -> ExamContext:
-    patient = row.patient
-    return ExamContext(
-        region=row.exam.region, projection=row.exam.projection,
-        sex=patient.sex if patient else "",
-        age=age_at(patient.birth_date if patient else None,
-                   row.exam.series_datetime or row.exam.created),
-    )
+def exam_context(exam: ReportContext) -> ExamContext:
+    return ExamContext(region=exam.region, projection=exam.projection, sex=exam.sex,
+                       age=age_at(exam.birth_date, exam.series_datetime or exam.created))
 
 
 def report_messages(prompts: Prompts, ctx: ExamContext, png: bytes,
@@ -121,11 +116,11 @@ class LRUCache:
         return count
 
 
-Enrich = Callable[[ExamRow], Awaitable[None]]
-Notify = Callable[[ExamRow, Check], Awaitable[None]]
+Enrich = Callable[[ReportContext], Awaitable[None]]
+Notify = Callable[[ReportContext, Check], Awaitable[None]]
 
 
-async def no_enrichment(row: ExamRow) -> None:
+async def no_enrichment(exam: ReportContext) -> None:
     """The default enrichment hook (the FHIR issue supplies patient data here)."""
 
 
@@ -162,23 +157,26 @@ class Pipeline:
         return parse_check(result.text)
 
     async def process_exam(self, uid: str, worker: str,
-                           then: Callable[[Session], Any] | None = None) -> Outcome:
+                           then: Callable[[Session], Any] | None = None,
+                           exam: ReportContext | None = None) -> Outcome:
         """Reports on a claimed exam and completes it; ``then(session)`` runs in the same
-        transaction (the relay claims its next exam there). Raises ModelUnavailable (the
-        caller releases the exam), ModelBadOutput, LeaseLost, MissingImage, ModelRejected."""
-        row = await self.db.read(repo.get_exam, uid)
-        if row is None:
+        transaction (the relay claims its next exam there), and ``exam`` may carry the
+        context already read. Raises ModelUnavailable (the caller releases the exam),
+        ModelBadOutput, LeaseLost, MissingImage, ModelRejected."""
+        if exam is None:
+            exam = await self.db.read(repo.report_context, uid)
+        if exam is None:
             raise queue.LeaseLost(f"exam {uid} vanished")
         if self.enrich is not no_enrichment:
-            await self.enrich(row)
-            row = await self.db.read(repo.get_exam, uid) or row
+            await self.enrich(exam)
+            exam = await self.db.read(repo.report_context, uid) or exam
         png = await asyncio.to_thread(self.store.get, uid, "png")
         if png is None:
             raise MissingImage(f"no PNG stored for exam {uid}")
-        previous = row.ai.text if row.ai is not None and row.ai.text else None
         result: ChatResult = await self.client.chat(
-            report_messages(self.prompts, exam_context(row), png, previous), call="report",
-            max_tokens=self.max_tokens)
+            report_messages(self.prompts, exam_context(exam), png,
+                            exam.previous_report or None),
+            call="report", max_tokens=self.max_tokens)
         report = parse_report(result.text)
         check = await self.check_report(report.text)
 
@@ -193,16 +191,16 @@ class Pipeline:
             return then(session) if then is not None else None
 
         following = await self.db.write(store_and_complete)
-        metrics.SEVERITY.labels("ai", row.exam.region or "none", str(check.severity)).inc()
+        metrics.SEVERITY.labels("ai", exam.region or "none", str(check.severity)).inc()
         metrics.RECEIPT_TO_REPORT_SECONDS.observe(
-            max(0.0, (utcnow() - row.exam.created).total_seconds()))
+            max(0.0, (utcnow() - exam.created).total_seconds()))
         await self.bus.publish("report.ready", uid=uid, severity=check.severity,
-                               positive=check.positive, region=row.exam.region)
+                               positive=check.positive, region=exam.region)
         log.info("exam reported", extra={"uid": uid, "severity": check.severity,
                                          "endpoint": result.endpoint,
                                          "seconds": round(result.seconds, 2)})
         if self.notify is not None and check.severity >= self.threshold:
-            await self.notify(row, check)
+            await self.notify(exam, check)
         return Outcome(uid, report, check, result.endpoint, following)
 
     async def translate_report(self, text: str) -> str:

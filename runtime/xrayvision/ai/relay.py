@@ -71,31 +71,34 @@ class Relay:
         while True:
             if client.active() is None:
                 if following is not None:  # claimed while finishing; give it back
-                    await self._safe(queue.release, following.uid, self.worker)
+                    await self._safe(queue.release, following[0], self.worker)
                     following = None
                 await client.recovered.wait()
-            exam = following or await self.db.write(queue.claim, self.worker, self.lease)
+            claimed = following or await self.db.write(self._claim_next)
             following = None
-            if exam is None:
+            if claimed is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
                 continue
-            following = await self._process(exam.uid)
+            following = await self._process(*claimed)
 
-    def _claim_next(self, session):
-        return queue.claim(session, self.worker, self.lease)
+    def _claim_next(self, session) -> tuple[str, repo.ReportContext | None] | None:
+        """Claims an exam and reads what the pipeline needs of it, in one transaction."""
+        exam = queue.claim(session, self.worker, self.lease)
+        return None if exam is None else (exam.uid, repo.report_context(session, exam.uid))
 
     async def _renew(self, uid: str) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
             await self.db.write(queue.renew, uid, self.worker, self.lease)
 
-    async def _process(self, uid: str):
-        """Runs the pipeline on a claimed exam; returns the next claimed exam or None."""
+    async def _process(self, uid: str, context: repo.ReportContext | None):
+        """Runs the pipeline on a claimed exam; returns the next claim or None."""
         renewing = asyncio.create_task(self._renew(uid))
         try:
-            outcome = await self.pipeline.process_exam(uid, self.worker, then=self._claim_next)
+            outcome = await self.pipeline.process_exam(uid, self.worker, then=self._claim_next,
+                                                       exam=context)
             metrics.EXAMS_PROCESSED.labels("done").inc()
             return outcome.following
         except ModelUnavailable as exc:

@@ -13,7 +13,7 @@ from xrayvision.ai.prompts import load_prompts
 from xrayvision.ai.relay import Relay, export_queue_metrics
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
-from xrayvision.db.repo import ExamRow
+from xrayvision.db.repo import ReportContext
 from xrayvision.events import LocalBus
 from xrayvision.images import ImageStore
 from xrayvision.locks import SingletonLocks
@@ -32,11 +32,10 @@ def endpoints(settings: Settings) -> list[Endpoint]:
     return found
 
 
-def notice_for(settings: Settings, row: ExamRow, check: Check) -> Notice:
-    name = row.patient.name if settings.notify.include_patient_name and row.patient else ""
-    return Notice(uid=row.exam.uid, region=row.exam.region, severity=check.severity,
-                  summary=check.summary,
-                  link=f"{settings.notify.dashboard_url}/#/exam/{row.exam.uid}",
+def notice_for(settings: Settings, exam: ReportContext, check: Check) -> Notice:
+    name = exam.patient_name if settings.notify.include_patient_name else ""
+    return Notice(uid=exam.uid, region=exam.region, severity=check.severity,
+                  summary=check.summary, link=f"{settings.notify.dashboard_url}/#/exam/{exam.uid}",
                   patient_name=name)
 
 
@@ -53,8 +52,8 @@ async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: Lo
         if settings.notify.ntfy_url:
             sender = Notifier(session, settings.notify.ntfy_url, settings.notify.ntfy_topic)
 
-            async def notifier(row: ExamRow, check: Check) -> None:
-                sender.send(notice_for(settings, row, check))
+            async def notifier(exam: ReportContext, check: Check) -> None:
+                sender.send(notice_for(settings, exam, check))
 
         pipeline = Pipeline(client, db, store, bus, prompts,
                             severity_threshold=settings.processing.severity_threshold,

@@ -306,32 +306,62 @@ _RAD_FIELDS = {c.key for c in RadReport.__table__.columns} - {"uid", "created", 
 
 
 def _upsert_report(session: Session, model: type, allowed: set[str], uid: str,
-                   fields: dict) -> object:
-    """One INSERT ... ON CONFLICT DO UPDATE (both backends): a single round trip."""
+                   fields: dict) -> None:
+    """One INSERT ... ON CONFLICT DO UPDATE on the table (both backends): a single round
+    trip and no ORM bookkeeping, since this sits on the relay's per-exam path."""
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"unknown {model.__tablename__} fields: {', '.join(sorted(unknown))}")
     now = utcnow()
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(model).values(uid=uid, created=now, updated=now, **fields)
+    stmt = insert(model.__table__).values(uid=uid, created=now, updated=now, **fields)
     if fields:
-        stmt = stmt.on_conflict_do_update(index_elements=[model.uid],
-                                          set_={**fields, "updated": now})
+        stmt = stmt.on_conflict_do_update(index_elements=["uid"], set_={**fields, "updated": now})
     else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=[model.uid])
-    report = session.scalars(stmt.returning(model),
-                             execution_options={"populate_existing": True}).first()
-    return report if report is not None else session.get(model, uid)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["uid"])
+    session.connection().execute(stmt)
 
 
-def save_ai_report(session: Session, uid: str, **fields) -> AIReport:
+def save_ai_report(session: Session, uid: str, **fields) -> None:
     """Creates or updates the exam's AI report with ``fields`` (columns of ai_reports)."""
-    return _upsert_report(session, AIReport, _AI_FIELDS, uid, fields)  # type: ignore[return-value]
+    _upsert_report(session, AIReport, _AI_FIELDS, uid, fields)
 
 
-def save_rad_report(session: Session, uid: str, **fields) -> RadReport:
+def save_rad_report(session: Session, uid: str, **fields) -> None:
     """Creates or updates the exam's radiologist report (columns of rad_reports)."""
-    return _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)  # type: ignore[return-value]
+    _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the AI pipeline needs of an exam, read in one Core query."""
+
+    uid: str
+    region: str
+    projection: str
+    created: dt.datetime
+    series_datetime: dt.datetime | None
+    cnp: str | None
+    patient_name: str
+    sex: str
+    birth_date: dt.date | None
+    previous_report: str
+
+
+def report_context(session: Session, uid: str) -> ReportContext | None:
+    """The exam, its patient and its previous AI report text; None for an unknown exam."""
+    e, p, a = Exam.__table__.c, Patient.__table__.c, AIReport.__table__.c
+    row = session.connection().execute(
+        select(e.uid, e.region, e.projection, e.created, e.series_datetime, e.cnp,
+               p.name, p.sex, p.birth_date, a.text)
+        .select_from(Exam.__table__.outerjoin(Patient.__table__, p.cnp == e.cnp)
+                     .outerjoin(AIReport.__table__, a.uid == e.uid))
+        .where(e.uid == uid)
+    ).first()
+    if row is None:
+        return None
+    return ReportContext(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or "",
+                         row[7] or "", row[8], row[9] or "")
 
 
 def get_ai_report(session: Session, uid: str) -> AIReport | None:
