@@ -142,3 +142,31 @@ async def test_publish_while_database_is_down_is_dropped_not_raised(own_pg):
         await bus.publish("exam.queued", uid="lost")  # logged and counted, no exception
     finally:
         await bus.close()
+
+
+async def test_publish_in_a_transaction_is_delivered_only_on_commit(pg_url):
+    from sqlalchemy.orm import Session
+
+    from xrayvision.db.engine import Database, DatabaseOptions
+
+    bus = PostgresBus(pg_url)
+    await bus.start()
+    await asyncio.wait_for(bus.listening.wait(), 10)
+    db = Database(DatabaseOptions(url=pg_url))
+    try:
+        sub = bus.subscribe()
+
+        def rolled_back(session: Session):
+            bus.publish_in(session, "report.ready", uid="never")
+            raise RuntimeError("abort the transaction")
+
+        with pytest.raises(RuntimeError):
+            db.write_sync(rolled_back)
+        db.write_sync(lambda session: bus.publish_in(session, "report.ready", uid="1.2"))
+        event = await next_event(sub)
+        assert event.data == {"uid": "1.2"} and event.origin == bus.origin
+        await asyncio.sleep(0.3)
+        assert sub.get_nowait() is None, "the rolled-back event never arrived"
+    finally:
+        db.close()
+        await bus.close()

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from xrayvision import metrics
 from xrayvision.db.engine import conninfo
@@ -127,6 +129,9 @@ class Subscription:
 class LocalBus:
     """In-process bus. Must be used from the event loop's thread (see publish_threadsafe)."""
 
+    # PostgresBus can send an event inside a database transaction (delivered at commit).
+    transactional = False
+
     def __init__(self, origin: str | None = None) -> None:
         self.origin = origin or process_id()
         self._subscriptions: set[Subscription] = set()
@@ -165,6 +170,8 @@ class LocalBus:
 
 class PostgresBus(LocalBus):
     """LISTEN/NOTIFY bus; reconnects by itself."""
+
+    transactional = True
 
     def __init__(self, url: str, origin: str | None = None, *,
                  reconnect_max: float = 10.0) -> None:
@@ -222,6 +229,14 @@ class PostgresBus(LocalBus):
                                    "retry_in": round(delay, 2)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._reconnect_max)
+
+    def publish_in(self, session: Session, type_: str, **data: Any) -> None:
+        """Sends the event as part of ``session``'s transaction: PostgreSQL delivers it at
+        commit, and never if the transaction rolls back (no extra round trip either)."""
+        payload = Event(type_, data, self.origin).encode()
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": CHANNEL, "payload": payload})
+        metrics.EVENTS_PUBLISHED.labels(type_).inc()
 
     async def publish(self, type_: str, **data: Any) -> None:
         payload = Event(type_, data, self.origin).encode()

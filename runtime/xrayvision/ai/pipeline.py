@@ -188,14 +188,18 @@ class Pipeline:
                 reviewed=False,
             )
             queue.complete(session, uid, worker)
+            if self.bus.transactional:
+                self.bus.publish_in(session, "report.ready", **event)
             return then(session) if then is not None else None
 
+        event = {"uid": uid, "severity": check.severity, "positive": check.positive,
+                 "region": exam.region}
         following = await self.db.write(store_and_complete)
+        if not self.bus.transactional:
+            await self.bus.publish("report.ready", **event)
         metrics.SEVERITY.labels("ai", exam.region or "none", str(check.severity)).inc()
         metrics.RECEIPT_TO_REPORT_SECONDS.observe(
             max(0.0, (utcnow() - exam.created).total_seconds()))
-        await self.bus.publish("report.ready", uid=uid, severity=check.severity,
-                               positive=check.positive, region=exam.region)
         log.info("exam reported", extra={"uid": uid, "severity": check.severity,
                                          "endpoint": result.endpoint,
                                          "seconds": round(result.seconds, 2)})
