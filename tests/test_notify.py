@@ -5,6 +5,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from support.http import serving
 from support.pgserver import free_port
 from xrayvision.notify import Notice, Notifier
 
@@ -18,18 +19,11 @@ async def test_notice_is_retried_and_carries_no_patient_name_by_default():
 
     app = web.Application()
     app.router.add_post("/xray", topic)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            notifier = Notifier(session, f"http://127.0.0.1:{port}", "xray", backoff=0.01)
-            notifier.send(Notice(uid="1.2.3", region="chest", severity=8,
-                                 summary="tension pneumothorax", link="http://dash/#/exam/1.2.3"))
-            await asyncio.wait_for(notifier.drain(), 5)
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, aiohttp.ClientSession() as session:
+        notifier = Notifier(session, url, "xray", backoff=0.01)
+        notifier.send(Notice(uid="1.2.3", region="chest", severity=8,
+                             summary="tension pneumothorax", link="http://dash/#/exam/1.2.3"))
+        await asyncio.wait_for(notifier.drain(), 5)
     assert len(received) == 2
     headers, body = received[-1]
     assert headers["Title"] == "X-ray severity 8: chest" and headers["Priority"] == "urgent"

@@ -5,19 +5,10 @@ import asyncio
 import aiohttp
 import pytest
 
-from support.model_stub import Stub
 from xrayvision import metrics
 from xrayvision.ai.client import Endpoint, ModelClient, ModelRejected, ModelUnavailable
 
 MSG = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-async def stubs():
-    primary, secondary = await Stub().start(), await Stub().start()
-    yield primary, secondary
-    await primary.stop()
-    await secondary.stop()
 
 
 def client_for(session, primary, secondary, **kw):
@@ -69,27 +60,19 @@ async def test_failback_when_the_primary_recovers(stubs):
         assert (await client.chat(MSG, call="report")).endpoint == "primary"
 
 
-async def test_health_falls_back_to_v1_models(stubs):
-    primary, _ = stubs
+async def test_health_falls_back_to_v1_models():
     from aiohttp import web
 
-    app = web.Application()
+    from support.http import serving
+
     async def models(request):
         return web.json_response({"data": []})
 
+    app = web.Application()
     app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    from support.pgserver import free_port
-
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            client = ModelClient([Endpoint("primary", f"http://127.0.0.1:{port}", "m")], session)
-            assert await client.probe(client.endpoints[0]) is True
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, aiohttp.ClientSession() as session:
+        client = ModelClient([Endpoint("primary", url, "m")], session)
+        assert await client.probe(client.endpoints[0]) is True
 
 
 async def test_both_down_raises_unavailable_and_recovered_wakes(stubs):

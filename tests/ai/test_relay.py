@@ -5,9 +5,7 @@ import base64
 import contextlib
 
 import aiohttp
-import pytest
 
-from support.model_stub import Stub
 from xrayvision import metrics
 from xrayvision.ai.client import Endpoint, ModelClient
 from xrayvision.ai.pipeline import ExamContext, Pipeline, report_messages
@@ -59,14 +57,6 @@ async def until_counts(db, predicate, wait=30.0):
             return counts
         await asyncio.sleep(0.05)
     raise AssertionError(f"queue never got there: {counts}")
-
-
-@pytest.fixture
-async def stubs():
-    primary, secondary = await Stub().start(), await Stub().start()
-    yield primary, secondary
-    await primary.stop()
-    await secondary.stop()
 
 
 def eps(primary, secondary=None):
