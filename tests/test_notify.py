@@ -5,7 +5,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from support.http import serving
+from support.httppeer import serving
 from support.pgserver import free_port
 from xrayvision.notify import Notice, Notifier
 

@@ -63,7 +63,7 @@ async def test_failback_when_the_primary_recovers(stubs):
 async def test_health_falls_back_to_v1_models():
     from aiohttp import web
 
-    from support.http import serving
+    from support.httppeer import serving
 
     async def models(request):
         return web.json_response({"data": []})
