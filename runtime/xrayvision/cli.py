@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 
 from xrayvision import __version__
-from xrayvision.config import ROLES, ConfigError, Settings, effective_settings, load_settings
+from xrayvision.config import (
+    ROLES,
+    ConfigError,
+    Settings,
+    effective_settings,
+    load_settings,
+    parse_roles,
+)
 from xrayvision.db.migrate import upgrade
 from xrayvision.logs import setup_logging
 from xrayvision.passwords import hash_password
@@ -61,10 +68,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _with_roles(settings: Settings, roles: str) -> Settings:
-    from xrayvision.config import _roles  # the same parser as [server] roles
-
     try:
-        parsed = _roles(roles)
+        parsed = parse_roles(roles)  # the same parser as [server] roles
     except ValueError as exc:
         raise ConfigError(f"invalid --roles {roles!r}: {exc}") from None
     return dataclasses.replace(settings, server=dataclasses.replace(settings.server, roles=parsed))

@@ -111,7 +111,7 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-def _roles(value: str) -> tuple[str, ...]:
+def parse_roles(value: str) -> tuple[str, ...]:
     roles = tuple(r.lower() for r in _list(value))
     if value.strip().lower() == "all":
         return ROLES
@@ -211,7 +211,7 @@ def _setting(default: Any, parse: Callable[[str], Any], doc: str, *, secret: boo
 
 @dataclass(frozen=True)
 class ServerSettings:
-    roles: tuple[str, ...] = _setting(ROLES, _roles, "roles this process runs")
+    roles: tuple[str, ...] = _setting(ROLES, parse_roles, "roles this process runs")
     data_dir: Path = _setting(Path("data"), _path, "folder for SQLite, images and backups")
     log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
     log_format: str = _setting("text", _choice("text", "json"), "log line format")

@@ -142,6 +142,11 @@ def _get(session: Session, uid: str, kind: str) -> bytes | None:
     return session.scalar(select(Image.data).where(Image.uid == uid, Image.kind == kind))
 
 
+def _exists(session: Session, uid: str, kind: str) -> bool:
+    return session.scalar(
+        select(Image.uid).where(Image.uid == uid, Image.kind == kind)) is not None
+
+
 def _delete(session: Session, uid: str, kind: str) -> bool:
     return bool(session.execute(delete(Image).where(Image.uid == uid, Image.kind == kind)).rowcount)
 
@@ -163,7 +168,7 @@ class DatabaseStore:
         return self.db.write_sync(_delete, validate_uid(uid), _check_kind(kind))
 
     def exists(self, uid: str, kind: str) -> bool:
-        return self.get(uid, kind) is not None
+        return self.db.read_sync(_exists, validate_uid(uid), _check_kind(kind))
 
 
 def make_store(backend: str, path: Path, db: Database) -> ImageStore:

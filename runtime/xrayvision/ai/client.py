@@ -217,8 +217,6 @@ class ModelClient:
             outcomes = []
             # The active endpoint first, then the other(s) at once when it fails.
             for endpoint in sorted(self.endpoints, key=lambda e: not self.healthy[e.name]):
-                if endpoint.name in tried:
-                    continue
                 tried.add(endpoint.name)
                 started = time.perf_counter()
                 try:

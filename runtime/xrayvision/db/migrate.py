@@ -5,6 +5,7 @@ The history lives in ``migrations/versions``; no ``alembic.ini`` is needed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,18 @@ class SchemaState:
         )
 
 
+@functools.cache
+def code_heads() -> tuple[str, ...]:
+    """The head revision(s) of the migrations shipped with this code (read once: the
+    files do not change while the process runs)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return tuple(ScriptDirectory.from_config(cfg).get_heads())
+
+
 def schema_state(engine: Engine) -> SchemaState:
     """Compares the database's Alembic revision with the code's head (blocking)."""
-    head = tuple(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
+    head = code_heads()
     with engine.connect() as conn:
         current = tuple(MigrationContext.configure(conn).get_current_heads())
     return SchemaState(current=current, head=head)

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 
@@ -81,10 +82,8 @@ def _window_values(ds: Dataset, index: int) -> Window | None:
     centers, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
     if centers is None or widths is None:
         return None
-    centers = list(centers) if isinstance(centers, list | tuple) or type(
-        centers).__name__ == "MultiValue" else [centers]
-    widths = list(widths) if isinstance(widths, list | tuple) or type(
-        widths).__name__ == "MultiValue" else [widths]
+    centers = list(centers) if isinstance(centers, list | tuple | MultiValue) else [centers]
+    widths = list(widths) if isinstance(widths, list | tuple | MultiValue) else [widths]
     if not centers or not widths:
         return None
     i = min(index, len(centers) - 1, len(widths) - 1)

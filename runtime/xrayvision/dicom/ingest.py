@@ -27,6 +27,7 @@ from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.db.repo import ExamInfo
+from xrayvision.dicom.convert import ConversionError, check_size
 from xrayvision.dicom.metadata import BadInstance, extract
 from xrayvision.images import ImageStore
 
@@ -82,11 +83,10 @@ def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
         samples = int(ds.get("SamplesPerPixel", 1))
     except (AttributeError, TypeError, ValueError) as exc:
         raise BadInstance(f"image attributes missing or unreadable: {exc}") from None
-    if rows <= 0 or cols <= 0 or frames <= 0:
-        raise BadInstance(f"image size {rows}x{cols}x{frames} is not an image")
-    if rows * cols * frames > max_pixels:
-        raise BadInstance(f"image of {rows}x{cols}x{frames} pixels exceeds the limit "
-                          f"of {max_pixels}")
+    try:
+        check_size(ds, max_pixels)
+    except ConversionError as exc:
+        raise BadInstance(str(exc)) from None
     if allocated not in (1, 8, 16, 32) or not 1 <= stored <= allocated or samples not in (1, 3):
         raise BadInstance(f"inconsistent pixel description: BitsAllocated {allocated}, "
                           f"BitsStored {stored}, SamplesPerPixel {samples}")

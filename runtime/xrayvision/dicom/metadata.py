@@ -8,6 +8,7 @@ import datetime as dt
 from collections.abc import Mapping
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, DT, TM
 
 from xrayvision.db.repo import ExamInfo, PatientInfo
@@ -23,7 +24,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
     value = ds.get(keyword, "")
     if value is None:
         return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if isinstance(value, list | tuple | MultiValue):
         value = "\\".join(str(v) for v in value)
     return str(value).strip()[:limit]
 
