@@ -68,3 +68,23 @@ def test_operation_waits_out_a_short_outage(own_pg):
         assert time.monotonic() - started < 30
     finally:
         db.close()
+
+
+async def test_cancelled_write_finishes_before_the_cancellation_ends(sqlite_db):
+    import asyncio
+
+    from xrayvision.db.models import QUEUED
+
+    sqlite_db.write_sync(repo.add_exam, ExamInfo(uid="4.1", status=QUEUED))
+
+    def slow_claim(session):
+        time.sleep(0.3)
+        return queue.claim(session, "w", 60)
+
+    task = asyncio.create_task(sqlite_db.write(slow_claim))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The claim committed before the cancellation returned, so a release now finds it.
+    assert sqlite_db.write_sync(queue.release_worker, "w") == 1

@@ -160,18 +160,24 @@ class Database:
     # -- asynchronous (event loop) -----------------------------------------------------------
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: self.read_sync(fn, *args, **kwargs))
+        return await self.run_in_pool(lambda: self.read_sync(fn, *args, **kwargs))
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, lambda: self.write_sync(fn, *args, **kwargs)
-        )
+        return await self.run_in_pool(lambda: self.write_sync(fn, *args, **kwargs))
 
     async def run_in_pool(self, fn: Callable[..., T], *args: Any) -> T:
-        """Runs any blocking callable on the DB pool (e.g. a schema check)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Runs any blocking callable on the DB pool.
+
+        Cancelling the caller cannot stop the thread, so the cancellation waits until the
+        call has finished: whatever runs after it (releasing this process's claims at
+        shutdown) then sees its effect, e.g. a claim that committed meanwhile.
+        """
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait({future})
+            raise
 
     def ping(self) -> None:
         """Raises when the database cannot be reached."""
