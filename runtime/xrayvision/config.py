@@ -296,6 +296,16 @@ class FhirSettings:
     password: str = _setting("", _str, "FHIR Basic password", secret=True)
     ca_bundle: Path | None = _setting(None, _optional_path, "CA bundle for FHIR TLS")
     poll_interval: float = _setting(300.0, _float(5), "seconds between FHIR polls")
+    identifier_system: str = _setting(
+        "", _str, "Patient.identifier system of the patient id (CNP); empty: any system")
+    lookback_days: int = _setting(14, _int(1, 3650), "poll done exams received this many days back")
+    match_window_days: int = _setting(
+        7, _int(0, 365), "a report issued this many days after an exam may match it by date")
+    concurrency: int = _setting(8, _int(1, 256), "patients fetched at once during a poll")
+    timeout: float = _setting(30.0, _float(1, 600), "seconds per FHIR request")
+    max_attempts: int = _setting(4, _int(1, 20), "tries per FHIR request on 429/5xx/connect errors")
+    enrich: bool = _setting(True, _bool, "fill in patient data from FHIR before the model call")
+    cache_seconds: float = _setting(3600.0, _float(0), "how long enrichment results are kept")
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,35 @@ QUEUE_OLDEST_SECONDS = Gauge("xrayvision_queue_oldest_seconds",
                              "Age of the oldest exam waiting for the model (singleton only)")
 NOTIFICATIONS = Counter("xrayvision_notifications_total", "ntfy notifications by outcome",
                         ["outcome"])
+
+FHIR_REQUESTS = Counter(
+    "xrayvision_fhir_requests_total",
+    "FHIR requests (each try) by resource type and outcome (ok, not_found, client_error, "
+    "server_error, throttled, timeout, connect_error, bad_response; unavailable: gave up)",
+    ["resource", "outcome"],
+)
+FHIR_REPORTS = Counter(
+    "xrayvision_fhir_reports_total",
+    "Radiologist reports handled by the poller by outcome (new, amended, unchanged, "
+    "unmatched, ambiguous)",
+    ["outcome"],
+)
+FHIR_AMBIGUOUS = Counter("xrayvision_fhir_matches_ambiguous_total",
+                         "DiagnosticReports that matched exams of more than one study (not linked)")
+FHIR_POLL_SECONDS = Histogram(
+    "xrayvision_fhir_poll_seconds", "Duration of one FHIR poll cycle",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+FHIR_POLL_LAST_SUCCESS = Gauge("xrayvision_fhir_poll_last_success_timestamp_seconds",
+                               "Time of the last FHIR poll cycle that finished without errors")
+FHIR_POLL_FAILURES = Counter("xrayvision_fhir_poll_failures_total",
+                             "FHIR poll cycles that failed (the poller backs off)")
+FHIR_ENRICHMENT = Counter(
+    "xrayvision_fhir_enrichment_total",
+    "Patient enrichment lookups by outcome (hit, cached, miss, error, skipped)", ["outcome"])
+AGREEMENT = Gauge(
+    "xrayvision_agreement_exams",
+    "Exams by AI/radiologist agreement class (TP, TN, FP, FN, not_assessed) at the severity "
+    "threshold, by region, over the FHIR lookback window",
+    ["region", "agreement"],
+)

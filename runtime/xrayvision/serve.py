@@ -27,6 +27,7 @@ from xrayvision.db.engine import Database, DatabaseOptions
 from xrayvision.db.migrate import schema_state, upgrade
 from xrayvision.dicom.service import run_ingest
 from xrayvision.events import LocalBus, make_bus, process_id
+from xrayvision.fhir.service import enrichment, run_fhir
 from xrayvision.images import ImageStore, make_store
 from xrayvision.locks import SingletonLocks, make_locks
 from xrayvision.maintenance import Maintenance
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # Roles whose work later issues build; until then the process says so and stays up.
 PENDING_ROLES = {
-    "fhir": "the FHIR poller is not built yet (FHIR issue)",
     "web": "the dashboard and REST API are not built yet (web issue); "
            "/healthz, /readyz and /metrics are served",
 }
@@ -102,7 +102,10 @@ def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
         "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus,
                                      runtime.locks),
         "relay": lambda: run_relay(runtime.settings, runtime.db, runtime.store, runtime.bus,
-                                   runtime.locks, runtime.worker_id),
+                                   runtime.locks, runtime.worker_id,
+                                   enrichment(runtime.settings, runtime.db)),
+        "fhir": lambda: run_fhir(runtime.settings, runtime.db, runtime.store, runtime.bus,
+                                 runtime.locks),
     }
     return {role: built.get(role, lambda r=role: pending_role(r))
             for role in runtime.settings.server.roles}

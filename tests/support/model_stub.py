@@ -4,6 +4,8 @@ Told per request what to do through ``mode``: ``ok`` (a report, or CHK JSON for 
 prompts), ``delay`` (answer after ``delay`` seconds), ``500``, ``drop`` (close the
 connection), ``hang`` (never answer), ``malformed`` (broken JSON), ``chk_nojson`` (CHK
 answered in prose). ``capacity`` bounds concurrent requests (more wait), like a GPU.
+Translation prompts are answered with ``[en] `` and the user's text; ``checks`` maps a
+piece of report text to the CHK answer for reports containing it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class StubState:
     report: str = REPORT
     check: dict = field(default_factory=lambda: dict(CHECK))
     capacity: int = 1000
+    checks: dict[str, dict] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
     in_flight: int = 0
     peak: int = 0
@@ -45,9 +48,18 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"data": [{"id": "google/medgemma-4b-it"}]})
 
 
-def _is_check(body: dict) -> bool:
+def _system(body: dict) -> str:
     system = body.get("messages", [{}])[0].get("content", "")
-    return isinstance(system, str) and "JSON" in system
+    return system if isinstance(system, str) else ""
+
+
+def _user_text(body: dict) -> str:
+    content = body.get("messages", [{}, {}])[-1].get("content", "")
+    return content if isinstance(content, str) else ""
+
+
+def _is_check(body: dict) -> bool:
+    return "JSON" in _system(body)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -73,8 +85,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if mode == "malformed":
         return web.Response(text='{"choices": [ {"message": ', content_type="application/json")
     if _is_check(body):
+        text = _user_text(body)
+        check = next((c for key, c in state.checks.items() if key in text), state.check)
         content = "The severity is moderate." if mode == "chk_nojson" else (
-            "Here you go:\n```json\n" + json.dumps(state.check) + "\n```")
+            "Here you go:\n```json\n" + json.dumps(check) + "\n```")
+    elif _system(body).startswith("You translate"):
+        content = "[en] " + _user_text(body)
     else:
         content = state.report
     return web.json_response({

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import aiohttp
 
 from xrayvision.ai.client import Endpoint, ModelClient
 from xrayvision.ai.parse import Check
-from xrayvision.ai.pipeline import Pipeline
+from xrayvision.ai.pipeline import Enrich, Pipeline, no_enrichment
 from xrayvision.ai.prompts import load_prompts
 from xrayvision.ai.relay import Relay, export_queue_metrics
 from xrayvision.config import Settings
@@ -40,7 +41,11 @@ def notice_for(settings: Settings, exam: ReportContext, check: Check) -> Notice:
 
 
 async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
-                    locks: SingletonLocks, worker: str) -> None:
+                    locks: SingletonLocks, worker: str,
+                    enrichment: Callable[[aiohttp.ClientSession], Enrich] | None = None
+                    ) -> None:
+    """``enrichment`` builds the pipeline's enrichment hook on the relay's HTTP session
+    (the FHIR patient lookup; composed by serve)."""
     prompts = load_prompts(settings.ai.prompts_dir)
     async with aiohttp.ClientSession() as session:
         async def on_health(health: dict[str, bool]) -> None:
@@ -57,7 +62,8 @@ async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: Lo
 
         pipeline = Pipeline(client, db, store, bus, prompts,
                             severity_threshold=settings.processing.severity_threshold,
-                            notify=notifier, max_tokens=settings.ai.max_tokens)
+                            notify=notifier, max_tokens=settings.ai.max_tokens,
+                            enrich=enrichment(session) if enrichment else no_enrichment)
         relay = Relay(pipeline, db, bus, worker, concurrency=settings.relay.concurrency,
                       lease_seconds=settings.processing.lease_seconds,
                       sweep_interval=settings.relay.sweep_interval,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -179,12 +180,16 @@ class RadReport(Base):
         ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True
     )
     fhir_id: Mapped[str] = mapped_column(String(128), default="")
+    fhir_version: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    fhir_status: Mapped[str] = mapped_column(String(16), default="", server_default="")
     text: Mapped[str] = mapped_column(Text, default="")
     text_en: Mapped[str] = mapped_column(Text, default="")
     radiologist: Mapped[str] = mapped_column(String(256), default="")
     positive: Mapped[int] = mapped_column(Integer, default=-1)
     severity: Mapped[int] = mapped_column(Integer, default=-1)
     summary: Mapped[str] = mapped_column(Text, default="")
+    # False until CHK and TRN have run on this version of the text (model down: retried).
+    checked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -12,13 +12,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from xrayvision.agreement import CLASSES as AGREEMENT_CLASSES
+from xrayvision.agreement import Confusion
 from xrayvision.db.models import (
     CLAIMABLE,
+    DONE,
     ERROR,
     IGNORE,
     NONE,
@@ -35,7 +38,6 @@ from xrayvision.db.models import (
 )
 
 MAX_PAGE_SIZE = 500
-AGREEMENT_CLASSES = ("TP", "TN", "FP", "FN")
 
 
 @dataclass(frozen=True)
@@ -486,3 +488,121 @@ def record_retrieval(session: Session, study_uid: str, *, done: bool, instances:
     row.error = error[:2000]
     row.updated = utcnow()
     return row
+
+
+# --- FHIR poller and enrichment ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PollExam:
+    """A done exam as the FHIR poller sees it, with its radiologist report's FHIR link."""
+
+    uid: str
+    cnp: str
+    study_uid: str
+    accession: str
+    region: str
+    when: dt.datetime  # series date/time, else receipt
+    rad_fhir_id: str = ""  # "" when no radiologist report yet
+    rad_version: str = ""
+    rad_checked: bool = False
+    has_report: bool = False
+
+
+def poll_exams(session: Session, since: dt.datetime) -> list[PollExam]:
+    """Done exams received at or after ``since`` that have a patient id, with the FHIR id,
+    version and check state of their radiologist report (one Core query)."""
+    e, r = Exam.__table__.c, RadReport.__table__.c
+    rows = session.connection().execute(
+        select(e.uid, e.cnp, e.study_uid, e.accession, e.region, e.series_datetime, e.created,
+               r.fhir_id, r.fhir_version, r.checked, r.uid)
+        .select_from(Exam.__table__.outerjoin(RadReport.__table__, r.uid == e.uid))
+        .where(e.status == DONE, e.created >= since, e.cnp.is_not(None), e.cnp != "")
+        .order_by(e.cnp, e.created)
+    )
+    return [PollExam(uid=row[0], cnp=row[1], study_uid=row[2], accession=row[3],
+                     region=row[4], when=row[5] or row[6], rad_fhir_id=row[7] or "",
+                     rad_version=row[8] or "", rad_checked=bool(row[9]),
+                     has_report=row[10] is not None)
+            for row in rows]
+
+
+def unchecked_rad_reports(session: Session, uids: Sequence[str]) -> dict[str, str]:
+    """uid -> text of those radiologist reports among ``uids`` still waiting for CHK/TRN."""
+    if not uids:
+        return {}
+    rows = session.execute(select(RadReport.uid, RadReport.text)
+                           .where(RadReport.uid.in_(list(uids)), RadReport.checked.is_(False)))
+    return {uid: text for uid, text in rows}
+
+
+def enrich_patient(session: Session, uid: str, info: PatientInfo) -> bool:
+    """Fills in the exam's patient from the hospital system: birth date and sex replace
+    what DICOM said (the HIS is authoritative), the name only when it was empty; an exam
+    without a patient id gets ``info.cnp``. Returns False when the exam is unknown."""
+    exam = session.get(Exam, uid)
+    if exam is None:
+        return False
+    cnp = exam.cnp or info.cnp
+    if not cnp:
+        return True
+    patient = session.get(Patient, cnp)
+    if patient is None:
+        upsert_patient(session, PatientInfo(cnp=cnp, name=info.name, birth_date=info.birth_date,
+                                            sex=info.sex))
+    else:
+        if info.birth_date:
+            patient.birth_date = info.birth_date
+        if info.sex:
+            patient.sex = info.sex
+        if info.name and not patient.name:
+            patient.name = info.name
+    if not exam.cnp:
+        exam.cnp = cnp
+    return True
+
+
+# --- agreement between AI and radiologist --------------------------------------------------
+
+AGREEMENT_GROUPS = ("all", "region", "radiologist", "day")
+
+
+def agreement_counts(session: Session, threshold: int, by: str = "all",
+                     since: dt.datetime | None = None,
+                     until: dt.datetime | None = None) -> dict[str, Confusion]:
+    """TP/TN/FP/FN and not-assessed counts of exams with both reports, at ``threshold``,
+    grouped ``by`` all (key ""), region, radiologist or day of receipt (UTC,
+    YYYY-MM-DD); :func:`xrayvision.agreement.roll_up` makes weeks and months of days."""
+    if by not in AGREEMENT_GROUPS:
+        raise ValueError(f"group must be one of {', '.join(AGREEMENT_GROUPS)}")
+    if by == "region":
+        key = Exam.region
+    elif by == "radiologist":
+        key = RadReport.radiologist
+    elif by == "day":
+        created = Exam.created
+        if session.bind.dialect.name == "postgresql":
+            created = func.timezone("UTC", Exam.created)
+        key = func.date(created)
+    else:
+        key = literal("")
+    not_assessed = or_(AIReport.severity < 0, RadReport.severity < 0)
+    sums = [func.sum(case((agreement_condition(k, threshold), 1), else_=0))
+            for k in AGREEMENT_CLASSES]
+    query = (
+        select(key, *sums, func.sum(case((not_assessed, 1), else_=0)))
+        .select_from(Exam)
+        .join(AIReport, AIReport.uid == Exam.uid)
+        .join(RadReport, RadReport.uid == Exam.uid)
+        .where(RadReport.checked.is_(True))
+        .group_by(key)
+    )
+    if since is not None:
+        query = query.where(Exam.created >= since)
+    if until is not None:
+        query = query.where(Exam.created < until)
+    result: dict[str, Confusion] = {}
+    for row in session.execute(query):
+        tp, tn, fp, fn, na = (int(v or 0) for v in row[1:])
+        result[str(row[0] or "")] = Confusion(tp=tp, tn=tn, fp=fp, fn=fn, not_assessed=na)
+    return result

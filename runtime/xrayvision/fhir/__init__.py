@@ -1,0 +1,1 @@
+"""FHIR R4: client, report parsing, report-to-exam matching, patient enrichment, poller."""

@@ -1,0 +1,133 @@
+"""Patient enrichment before the model call (the seed's update_patient_info_from_fhir).
+
+The AI pipeline calls :class:`PatientEnricher` with each exam's context; it looks the
+patient up in the hospital system by patient id (CNP), else by name and birth date, and
+writes birth date, sex and (for an exam without one) the patient id to the database, so
+the model's prompt carries the right age and sex.
+
+FHIR never holds up AI processing: each lookup has a time budget, a failure only logs a
+warning, and after one the enricher stops asking for ``pause`` seconds. Answers (also
+"no such patient") are cached for ``ttl`` seconds in a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from xrayvision import metrics
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.db.repo import ReportContext
+from xrayvision.fhir.client import FhirClient, FhirError
+from xrayvision.fhir.resources import PatientDetails, patient_of
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+class TTLCache:
+    """A bounded mapping whose entries expire ``ttl`` seconds after they were put."""
+
+    def __init__(self, size: int, ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.ttl = ttl
+        self.clock = clock
+        self._data: OrderedDict[object, tuple[float, object]] = OrderedDict()
+
+    def get(self, key: object) -> object:
+        """The value, or ``_MISSING`` when absent or expired."""
+        item = self._data.get(key)
+        if item is None:
+            return _MISSING
+        expires, value = item
+        if expires <= self.clock():
+            del self._data[key]
+            return _MISSING
+        self._data.move_to_end(key)
+        return value
+
+    def put(self, key: object, value: object) -> None:
+        self._data[key] = (self.clock() + self.ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def lookup_key(exam: ReportContext) -> tuple[str, ...] | None:
+    """What the patient is looked up by: ("id", cnp) or ("name", family, birth date);
+    None when the exam has neither."""
+    if exam.cnp:
+        return ("id", exam.cnp)
+    family = exam.patient_name.split("^", 1)[0].strip()
+    if family and exam.birth_date is not None:
+        return ("name", family, exam.birth_date.isoformat())
+    return None
+
+
+class PatientEnricher:
+    def __init__(self, client: FhirClient, db: Database, *, identifier_system: str = "",
+                 ttl: float = 3600.0, size: int = 4096, budget: float = 10.0,
+                 pause: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.db = db
+        self.identifier_system = identifier_system
+        self.cache = TTLCache(size, ttl, clock)
+        self.budget = budget
+        self.pause = pause
+        self.clock = clock
+        self._paused_until = 0.0
+
+    async def lookup(self, key: tuple[str, ...]) -> PatientDetails | None:
+        """The one patient the key names (None for none or several); raises FhirError or
+        TimeoutError."""
+        async with asyncio.timeout(self.budget):
+            if key[0] == "id":
+                found = await self.client.find_patients(identifier=key[1],
+                                                        system=self.identifier_system)
+            else:
+                found = await self.client.find_patients(name=key[1], birth_date=key[2])
+        if len(found) != 1:
+            return None
+        return patient_of(found[0], self.identifier_system)
+
+    async def __call__(self, exam: ReportContext) -> None:
+        key = lookup_key(exam)
+        if key is None:
+            metrics.FHIR_ENRICHMENT.labels("skipped").inc()
+            return
+        details = self.cache.get(key)
+        if details is not _MISSING:
+            metrics.FHIR_ENRICHMENT.labels("cached").inc()
+        else:
+            if self.clock() < self._paused_until:
+                metrics.FHIR_ENRICHMENT.labels("skipped").inc()
+                return
+            try:
+                details = await self.lookup(key)
+            except (FhirError, TimeoutError) as exc:
+                self._paused_until = self.clock() + self.pause
+                metrics.FHIR_ENRICHMENT.labels("error").inc()
+                log.warning("patient enrichment failed; processing goes on without it",
+                            extra={"uid": exam.uid, "error": str(exc) or type(exc).__name__,
+                                   "pause_seconds": self.pause})
+                return
+            self.cache.put(key, details)
+            metrics.FHIR_ENRICHMENT.labels("hit" if details is not None else "miss").inc()
+        if details is None:
+            return
+        assert isinstance(details, PatientDetails)
+        info = repo.PatientInfo(cnp=details.cnp, name=details.name,
+                                birth_date=details.birth_date, sex=details.sex)
+        if (info.birth_date == exam.birth_date and (not info.sex or info.sex == exam.sex)
+                and exam.cnp):
+            return  # nothing new: spare the write
+        await self.db.write(repo.enrich_patient, exam.uid, info)

@@ -1,0 +1,82 @@
+"""Which exams a radiologist's DiagnosticReport belongs to (pure: no I/O).
+
+An exam is one image (SOP instance); a report covers a study, so a match links every
+exam of one study (same study instance UID, else same accession number). The first rule
+that applies decides:
+
+1. **Identifiers on the report**: an accession number (identifier type ``ACSN``) or a
+   study instance UID (system ``urn:dicom:uid``) equal to the exam's.
+2. **The ServiceRequests it is based on**: their accession numbers / study UIDs, as in 1.
+3. **Date window and region**, only when neither the report nor its requests carry such
+   identifiers: exams of the patient taken at most ``window`` before the report's time
+   (and not more than an hour after it, for clock skew), in the region the report's code
+   names (any region when the code names none), not already linked to another report.
+
+A report whose identifiers (1 or 2) name no exam of ours is not matched by date: it is
+about another study. When the exams found belong to more than one study, the match is
+**ambiguous** and nothing is linked; the caller logs and counts it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from xrayvision.db.repo import PollExam
+from xrayvision.fhir.resources import FhirReport, Identifiers
+
+CLOCK_SKEW = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Match:
+    rule: str  # identifier, service_request, date_region, none, ambiguous
+    uids: tuple[str, ...] = ()
+
+    @property
+    def linked(self) -> bool:
+        return self.rule not in ("none", "ambiguous")
+
+
+def study_key(exam: PollExam) -> str:
+    return exam.study_uid or exam.accession or exam.uid
+
+
+def _by_identifiers(ids: Identifiers, exams: Iterable[PollExam]) -> list[PollExam]:
+    return [e for e in exams
+            if (e.accession and e.accession in ids.accessions)
+            or (e.study_uid and e.study_uid in ids.study_uids)]
+
+
+def _decide(rule: str, found: list[PollExam]) -> Match:
+    studies = {study_key(e) for e in found}
+    if not studies:
+        return Match("none")
+    uids = tuple(sorted(e.uid for e in found))
+    return Match(rule if len(studies) == 1 else "ambiguous", uids)
+
+
+def match_report(report: FhirReport, exams: list[PollExam],
+                 requests: Mapping[str, Identifiers], *, window: dt.timedelta,
+                 region: str = "") -> Match:
+    """The exams ``report`` belongs to among one patient's ``exams``; ``requests`` maps
+    ``ServiceRequest/<id>`` to its identifiers; ``region`` is the region the report's
+    code names ("" when none)."""
+    if report.identifiers:
+        return _decide("identifier", _by_identifiers(report.identifiers, exams))
+    from_requests = Identifiers()
+    for ref in report.based_on:
+        from_requests = from_requests | requests.get(ref, Identifiers())
+    if from_requests:
+        return _decide("service_request", _by_identifiers(from_requests, exams))
+    if report.when is None:
+        return Match("none")
+    found = [
+        e for e in exams
+        if e.when is not None
+        and e.when - CLOCK_SKEW <= report.when <= e.when + window
+        and (not region or e.region == region)
+        and (not e.rad_fhir_id or e.rad_fhir_id == report.fhir_id)
+    ]
+    return _decide("date_region", found)

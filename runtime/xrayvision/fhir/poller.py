@@ -1,0 +1,359 @@
+"""The FHIR poller (the seed's fhir_loop): radiologists' reports for finished exams.
+
+One cycle:
+
+1. Reads the ``done`` exams received in the last ``lookback_days`` that have a patient id.
+2. For every patient with at least one such exam still without a radiologist report:
+   **one** search, ``DiagnosticReport?patient.identifier=<cnp>`` with the ServiceRequests
+   the reports are based on included (at most ``concurrency`` patients at once).
+3. Once per cycle, the reports updated since the last good cycle (amendments to reports
+   already stored, for patients step 2 did not ask about).
+4. Each report is matched to exams (:mod:`xrayvision.fhir.match`); when several reports
+   match one exam the latest wins. A report new to an exam, or a new version of it
+   (amended, corrected), is checked by the model (CHK: severity, positive, summary) and
+   translated (TRN, Romanian to English), then stored for each exam of the study in one
+   transaction that also publishes ``rad_report.ready``. A model that is down leaves the
+   report stored with ``checked = false``; later cycles check it then.
+5. Agreement counts by region go to the metrics.
+
+A cycle whose FHIR requests fail stops asking (the rest waits for the next cycle) and the
+next cycle comes later and later (back-off) until one succeeds. Re-running a cycle
+changes nothing: reports are keyed by exam and FHIR version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from xrayvision import metrics
+from xrayvision.agreement import CLASSES
+from xrayvision.ai.client import ModelError
+from xrayvision.ai.parse import Check
+from xrayvision.config import Settings
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.db.models import utcnow
+from xrayvision.db.repo import PollExam
+from xrayvision.dicom.regions import identify_region
+from xrayvision.events import LocalBus
+from xrayvision.fhir.client import FhirClient, FhirError, FhirHTTPError, SearchResult
+from xrayvision.fhir.match import match_report
+from xrayvision.fhir.resources import FhirReport, identifiers_of, patient_of, report_of
+
+log = logging.getLogger(__name__)
+
+LAST_POLL_KEY = "fhir.last_poll"
+# Reports updated this long before the last cycle's start are asked for again, for
+# clock differences between us and the FHIR server.
+OVERLAP = dt.timedelta(minutes=5)
+EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+class ReportChecker(Protocol):
+    """What the poller needs of the AI pipeline."""
+
+    async def check_report(self, text: str) -> Check: ...
+
+    async def translate_report(self, text: str) -> str: ...
+
+
+@dataclass
+class PollStats:
+    patients: int = 0
+    requests: int = 0
+    new: int = 0
+    amended: int = 0
+    unchanged: int = 0
+    unmatched: int = 0
+    ambiguous: int = 0
+    rechecked: int = 0
+    unchecked: int = 0  # stored without a model check (model down)
+    failed_patients: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class _Result:
+    severity: int = -1
+    positive: int = -1
+    summary: str = ""
+    text_en: str = ""
+    checked: bool = False
+
+
+class FhirDown(Exception):
+    """The FHIR server stopped answering during a cycle."""
+
+
+class Poller:
+    def __init__(self, client: FhirClient, db: Database, checker: ReportChecker,
+                 bus: LocalBus, settings: Settings, *,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.client = client
+        self.db = db
+        self.checker = checker
+        self.bus = bus
+        self.fhir = settings.fhir
+        self.regions = settings.regions
+        self.threshold = settings.processing.severity_threshold
+        self.clock = clock
+        self.window = dt.timedelta(days=self.fhir.match_window_days)
+
+    # --- the loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Polls every ``poll_interval`` seconds; after failed cycles waits longer, doubling
+        up to an hour (or the interval, when that is longer)."""
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                stats = await self.poll_once()
+                failed = not stats.ok
+            except FhirError as exc:  # failed before any patient was asked
+                log.warning("FHIR poll failed", extra={"error": str(exc)})
+                failed = True
+            except Exception:
+                log.exception("FHIR poll failed unexpectedly")
+                failed = True
+            metrics.FHIR_POLL_SECONDS.observe(time.monotonic() - started)
+            interval = self.fhir.poll_interval
+            if failed:
+                failures += 1
+                metrics.FHIR_POLL_FAILURES.inc()
+                delay = min(interval * 2 ** failures, max(interval, 3600.0))
+                log.warning("FHIR poller backing off",
+                            extra={"failures": failures, "retry_in": round(delay)})
+            else:
+                failures = 0
+                delay = interval
+            await asyncio.sleep(delay)
+
+    async def poll_once(self) -> PollStats:
+        """One cycle (see the module docstring); returns what it did."""
+        started = self.clock()
+        requests_before = self.client.requests
+        stats = PollStats()
+        exams = await self.db.read(repo.poll_exams, started - dt.timedelta(
+            days=self.fhir.lookback_days))
+        by_patient: dict[str, list[PollExam]] = defaultdict(list)
+        for exam in exams:
+            by_patient[exam.cnp].append(exam)
+        pending = sorted(cnp for cnp, items in by_patient.items()
+                         if any(not e.has_report for e in items))
+        handled: set[str] = set()
+
+        last = await self.db.read(repo.get_state, LAST_POLL_KEY)
+        if last:
+            try:
+                await self._amendments(dt.datetime.fromisoformat(last) - OVERLAP, by_patient,
+                                       set(pending), handled, stats)
+            except FhirError as exc:
+                stats.errors.append(f"amended reports: {exc}")
+
+        down = asyncio.Event()
+        limit = asyncio.Semaphore(self.fhir.concurrency)
+
+        async def one(cnp: str) -> None:
+            async with limit:
+                if down.is_set():
+                    return
+                try:
+                    result = await self.client.diagnostic_reports(
+                        identifier=cnp, system=self.fhir.identifier_system)
+                except FhirHTTPError as exc:
+                    stats.failed_patients += 1
+                    log.warning("FHIR reports search refused for a patient",
+                                extra={"status": exc.status, "error": str(exc)})
+                    return
+                except FhirError as exc:
+                    stats.failed_patients += 1
+                    stats.errors.append(str(exc))
+                    down.set()
+                    return
+                stats.patients += 1
+                await self._apply(by_patient[cnp], result, stats)
+                handled.update(e.uid for e in by_patient[cnp])
+
+        await asyncio.gather(*(one(cnp) for cnp in pending))
+        await self._recheck([e for e in exams if e.has_report and not e.rad_checked
+                             and e.uid not in handled], stats)
+        await self._export_agreement(started)
+        stats.requests = self.client.requests - requests_before
+        if stats.ok:
+            await self.db.write(repo.set_state, LAST_POLL_KEY, started.isoformat())
+            metrics.FHIR_POLL_LAST_SUCCESS.set(time.time())
+        log.info("FHIR poll finished",
+                 extra={"patients": stats.patients, "requests": stats.requests,
+                        "new": stats.new, "amended": stats.amended,
+                        "unmatched": stats.unmatched, "ambiguous": stats.ambiguous,
+                        "errors": len(stats.errors)})
+        return stats
+
+    async def _amendments(self, since: dt.datetime, by_patient: Mapping[str, list[PollExam]],
+                          pending: set[str], handled: set[str], stats: PollStats) -> None:
+        """Reports updated since the last cycle, for patients not searched this cycle."""
+        result = await self.client.diagnostic_reports(
+            since=since.isoformat().replace("+00:00", "Z"))
+        cnp_of = {}
+        for resource in result.included:
+            if resource.get("resourceType") == "Patient":
+                cnp_of[f"Patient/{resource.get('id')}"] = patient_of(
+                    resource, self.fhir.identifier_system).cnp
+        grouped: dict[str, list[dict]] = defaultdict(list)
+        for resource in result.matches:
+            cnp = cnp_of.get(str((resource.get("subject") or {}).get("reference") or ""))
+            if cnp and cnp in by_patient and cnp not in pending:
+                grouped[cnp].append(resource)
+        for cnp, resources in grouped.items():
+            await self._apply(by_patient[cnp],
+                              SearchResult(resources, result.included, result.pages), stats)
+            handled.update(e.uid for e in by_patient[cnp])
+
+    # --- one patient's reports -------------------------------------------------------
+
+    def _choose(self, exams: list[PollExam], result: SearchResult,
+                stats: PollStats) -> dict[str, FhirReport]:
+        """exam uid -> the report it gets (the latest of those matching it)."""
+        requests = {f"ServiceRequest/{r.get('id')}": identifiers_of(r)
+                    for r in result.included if r.get("resourceType") == "ServiceRequest"}
+        chosen: dict[str, FhirReport] = {}
+        for resource in result.matches:
+            report = report_of(resource)
+            if report.notes:
+                log.info("report attachments skipped or re-decoded",
+                         extra={"fhir_id": report.fhir_id, "notes": "; ".join(report.notes)})
+            region = identify_region(self.regions, [report.description])
+            match = match_report(report, exams, requests, window=self.window, region=region)
+            if match.rule == "ambiguous":
+                stats.ambiguous += 1
+                metrics.FHIR_AMBIGUOUS.inc()
+                metrics.FHIR_REPORTS.labels("ambiguous").inc()
+                log.warning("report matches exams of several studies; not linked",
+                            extra={"fhir_id": report.fhir_id, "exams": len(match.uids)})
+                continue
+            if not match.linked:
+                stats.unmatched += 1
+                metrics.FHIR_REPORTS.labels("unmatched").inc()
+                continue
+            for uid in match.uids:
+                held = chosen.get(uid)
+                if held is None or _later(report, held):
+                    chosen[uid] = report
+        return chosen
+
+    async def _apply(self, exams: list[PollExam], result: SearchResult,
+                     stats: PollStats) -> None:
+        chosen = self._choose(exams, result, stats)
+        by_uid = {e.uid: e for e in exams}
+        changes: list[tuple[PollExam, FhirReport]] = []
+        for uid, report in chosen.items():
+            exam = by_uid[uid]
+            if exam.rad_fhir_id == report.fhir_id and exam.rad_version == report.version:
+                stats.unchanged += 1
+                metrics.FHIR_REPORTS.labels("unchanged").inc()
+            else:
+                changes.append((exam, report))
+        if not changes:
+            return
+        texts = {report.text for _, report in changes}
+        results = dict(zip(texts, await asyncio.gather(*(self._check(t) for t in texts)),
+                           strict=True))
+
+        def store(session: Session) -> None:
+            for exam, report in changes:
+                res = results[report.text]
+                repo.save_rad_report(
+                    session, exam.uid, fhir_id=report.fhir_id, fhir_version=report.version,
+                    fhir_status=report.status, text=report.text, radiologist=report.radiologist,
+                    severity=res.severity, positive=res.positive, summary=res.summary,
+                    text_en=res.text_en, checked=res.checked)
+                if self.bus.transactional:
+                    self.bus.publish_in(session, "rad_report.ready", **_event(exam, res))
+
+        await self.db.write(store)
+        for exam, report in changes:
+            res = results[report.text]
+            amended = exam.has_report
+            stats.amended += amended
+            stats.new += not amended
+            stats.unchecked += not res.checked
+            metrics.FHIR_REPORTS.labels("amended" if amended else "new").inc()
+            if res.checked:
+                metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
+            if not self.bus.transactional:
+                await self.bus.publish("rad_report.ready", **_event(exam, res))
+
+    async def _check(self, text: str) -> _Result:
+        """CHK and TRN of a report text; an unchecked result when the model fails."""
+        if not text.strip():
+            return _Result(checked=True)
+        try:
+            check, text_en = await asyncio.gather(self.checker.check_report(text),
+                                                  self.checker.translate_report(text))
+        except ModelError as exc:
+            log.warning("radiologist report stored unchecked; the model failed",
+                        extra={"error": str(exc)})
+            return _Result()
+        return _Result(check.severity, check.positive, check.summary, text_en, True)
+
+    async def _recheck(self, exams: list[PollExam], stats: PollStats) -> None:
+        """CHK/TRN for stored reports that the model could not check before."""
+        if not exams:
+            return
+        texts = await self.db.read(repo.unchecked_rad_reports, [e.uid for e in exams])
+        by_uid = {e.uid: e for e in exams}
+        for uid, text in texts.items():
+            res = await self._check(text)
+            if not res.checked:
+                stats.unchecked += 1
+                return  # the model is down: the rest waits for the next cycle
+            exam = by_uid[uid]
+
+            def store(session: Session, uid: str = uid, res: _Result = res,
+                      exam: PollExam = exam) -> None:
+                repo.save_rad_report(session, uid, severity=res.severity,
+                                     positive=res.positive, summary=res.summary,
+                                     text_en=res.text_en, checked=True)
+                if self.bus.transactional:
+                    self.bus.publish_in(session, "rad_report.ready", **_event(exam, res))
+
+            await self.db.write(store)
+            stats.rechecked += 1
+            metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
+            if not self.bus.transactional:
+                await self.bus.publish("rad_report.ready", **_event(exam, res))
+
+    async def _export_agreement(self, now: dt.datetime) -> None:
+        counts = await self.db.read(repo.agreement_counts, self.threshold, "region",
+                                    now - dt.timedelta(days=self.fhir.lookback_days))
+        metrics.AGREEMENT.clear()
+        for region, confusion in counts.items():
+            label = region or "none"
+            for name, value in zip(CLASSES, (confusion.tp, confusion.tn, confusion.fp,
+                                             confusion.fn), strict=True):
+                metrics.AGREEMENT.labels(label, name).set(value)
+            metrics.AGREEMENT.labels(label, "not_assessed").set(confusion.not_assessed)
+
+
+def _later(a: FhirReport, b: FhirReport) -> bool:
+    """Whether report ``a`` supersedes ``b`` (later time; ties broken by FHIR id)."""
+    return (a.when or EARLIEST, a.fhir_id) > (b.when or EARLIEST, b.fhir_id)
+
+
+def _event(exam: PollExam, res: _Result) -> dict:
+    return {"uid": exam.uid, "severity": res.severity, "positive": res.positive,
+            "region": exam.region, "amended": exam.has_report}

@@ -1,0 +1,271 @@
+"""Reading FHIR R4 resources into what XRayVision needs (pure: no I/O).
+
+Report text comes from ``DiagnosticReport.presentedForm`` attachments with inline
+``data``: ``text/plain`` as is, ``text/html`` reduced to text; other content types, and
+attachments only by ``url``, are skipped with a note. The charset is the content type's,
+else UTF-8; bytes that are not valid in it are read as windows-1250 (Central European,
+common in Romanian hospital systems) with a note, so no report is lost to its encoding.
+``conclusion`` follows the attachments when they do not already contain it. The
+radiologist is the first ``resultsInterpreter`` display, else the first ``performer``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import html
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+
+ACCESSION_TYPE = "ACSN"  # v2-0203 identifier type of an accession number
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+SEX = {"male": "M", "female": "F", "other": "O"}
+FALLBACK_CHARSET = "windows-1250"
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    """Accession numbers and study instance UIDs named by a report or a request."""
+
+    accessions: frozenset[str] = frozenset()
+    study_uids: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.accessions or self.study_uids)
+
+    def __or__(self, other: Identifiers) -> Identifiers:
+        return Identifiers(self.accessions | other.accessions, self.study_uids | other.study_uids)
+
+
+@dataclass(frozen=True)
+class FhirReport:
+    fhir_id: str
+    version: str  # meta.versionId, else meta.lastUpdated
+    status: str  # final, amended, corrected
+    text: str
+    radiologist: str
+    when: dt.datetime | None  # effective[x] (start), else issued
+    identifiers: Identifiers
+    based_on: tuple[str, ...]  # "ServiceRequest/<id>" references
+    subject: str  # "Patient/<id>"
+    description: str  # code text and codings: what region rules read
+    notes: tuple[str, ...] = ()  # attachments skipped or decoded with a fallback
+
+
+@dataclass(frozen=True)
+class PatientDetails:
+    fhir_id: str
+    cnp: str  # the identifier in the configured system ("" when absent)
+    name: str  # DICOM style FAMILY^GIVEN
+    birth_date: dt.date | None
+    sex: str  # M, F, O or ""
+
+
+def parse_datetime(value: object) -> dt.datetime | None:
+    """A FHIR date, dateTime or instant as an aware UTC datetime (dates at midnight UTC;
+    a dateTime without zone is taken as UTC); None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        if len(text) == 4:
+            parsed = dt.datetime(int(text), 1, 1)
+        elif len(text) == 7:
+            parsed = dt.datetime(int(text[:4]), int(text[5:7]), 1)
+        else:
+            parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def parse_date(value: object) -> dt.date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return dt.date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _codes(concept: object) -> set[str]:
+    if not isinstance(concept, dict):
+        return set()
+    return {str(c.get("code", "")) for c in concept.get("coding") or [] if isinstance(c, dict)}
+
+
+def identifiers_of(resource: dict, accession_system: str = "") -> Identifiers:
+    """Accession numbers (identifier type ACSN, or the given system) and study instance
+    UIDs (system ``urn:dicom:uid``, value ``urn:oid:<uid>``)."""
+    accessions: set[str] = set()
+    uids: set[str] = set()
+    for ident in resource.get("identifier") or []:
+        if not isinstance(ident, dict) or not ident.get("value"):
+            continue
+        value = str(ident["value"]).strip()
+        system = str(ident.get("system") or "")
+        if system == DICOM_UID_SYSTEM:
+            uids.add(value.removeprefix("urn:oid:"))
+        elif ACCESSION_TYPE in _codes(ident.get("type")) or (
+            accession_system and system == accession_system
+        ):
+            accessions.add(value)
+    return Identifiers(frozenset(accessions), frozenset(uids))
+
+
+class _TextExtractor(HTMLParser):
+    BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table",
+              "ul", "ol", "section", "article", "header", "footer", "pre", "blockquote"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    """Visible text of an HTML fragment: tags dropped, blocks on their own lines, entities
+    decoded, runs of blank space collapsed."""
+    parser = _TextExtractor()
+    parser.feed(markup)
+    parser.close()
+    text = html.unescape("".join(parser.parts))
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _content_type(value: str) -> tuple[str, str]:
+    """(mime type, charset) of a content type; charset "" when not given."""
+    mime, _, rest = (value or "").partition(";")
+    charset = ""
+    for param in rest.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = val.strip().strip('"').lower()
+    return mime.strip().lower(), charset
+
+
+def decode_text(data: bytes, charset: str) -> tuple[str, str]:
+    """(text, note): ``data`` in ``charset`` (UTF-8 when empty), else windows-1250 with
+    a note saying so. A byte-order mark is dropped."""
+    name = charset or "utf-8"
+    try:
+        return data.decode(name).removeprefix("\ufeff"), ""
+    except (UnicodeDecodeError, LookupError):
+        return (data.decode(FALLBACK_CHARSET, errors="replace"),
+                f"not valid {name}; read as {FALLBACK_CHARSET}")
+
+
+def attachment_text(attachment: dict) -> tuple[str, str]:
+    """(text, note) of one presentedForm attachment; text "" when skipped (note says why)."""
+    mime, charset = _content_type(str(attachment.get("contentType") or ""))
+    label = mime or "no content type"
+    if "data" not in attachment:
+        return "", f"{label} attachment without inline data skipped"
+    if mime not in ("text/plain", "text/html", ""):
+        return "", f"{label} attachment skipped"
+    try:
+        raw = base64.b64decode(str(attachment["data"]), validate=True)
+    except (binascii.Error, ValueError):
+        return "", f"{label} attachment with invalid base64 skipped"
+    text, note = decode_text(raw, charset)
+    if mime == "text/html":
+        text = html_to_text(text)
+    return text.strip(), note
+
+
+def _display(refs: object) -> str:
+    for ref in refs or []:
+        if isinstance(ref, dict) and str(ref.get("display") or "").strip():
+            return str(ref["display"]).strip()
+    return ""
+
+
+def report_of(resource: dict, accession_system: str = "") -> FhirReport:
+    """A DiagnosticReport resource read into a :class:`FhirReport`."""
+    texts: list[str] = []
+    notes: list[str] = []
+    for attachment in resource.get("presentedForm") or []:
+        if not isinstance(attachment, dict):
+            continue
+        text, note = attachment_text(attachment)
+        if text:
+            texts.append(text)
+        if note:
+            notes.append(note)
+    body = "\n\n".join(texts)
+    conclusion = str(resource.get("conclusion") or "").strip()
+    if conclusion and conclusion not in body:
+        body = f"{body}\n\n{conclusion}" if body else conclusion
+    period = resource.get("effectivePeriod") or {}
+    when = (parse_datetime(resource.get("effectiveDateTime"))
+            or parse_datetime(period.get("start") if isinstance(period, dict) else None)
+            or parse_datetime(resource.get("issued")))
+    code = resource.get("code") or {}
+    description = " ".join(
+        [str(code.get("text") or "")]
+        + [str(c.get("display") or "") for c in code.get("coding") or [] if isinstance(c, dict)]
+    ).strip()
+    meta = resource.get("meta") or {}
+    return FhirReport(
+        fhir_id=str(resource.get("id") or ""),
+        version=str(meta.get("versionId") or meta.get("lastUpdated") or ""),
+        status=str(resource.get("status") or ""),
+        text=body,
+        radiologist=_display(resource.get("resultsInterpreter")) or _display(
+            resource.get("performer")),
+        when=when,
+        identifiers=identifiers_of(resource, accession_system),
+        based_on=tuple(str(r["reference"]) for r in resource.get("basedOn") or []
+                       if isinstance(r, dict) and str(r.get("reference", "")).startswith(
+                           "ServiceRequest/")),
+        subject=str((resource.get("subject") or {}).get("reference") or ""),
+        description=description,
+        notes=tuple(notes),
+    )
+
+
+def patient_of(resource: dict, identifier_system: str = "") -> PatientDetails:
+    """A Patient resource: the identifier in ``identifier_system`` (the first one when no
+    system is configured), name, birth date and sex."""
+    cnp = ""
+    for ident in resource.get("identifier") or []:
+        if not isinstance(ident, dict) or not ident.get("value"):
+            continue
+        if not identifier_system or ident.get("system") == identifier_system:
+            cnp = str(ident["value"]).strip()
+            break
+    name = ""
+    for entry in resource.get("name") or []:
+        if isinstance(entry, dict):
+            given = " ".join(str(g) for g in entry.get("given") or [])
+            name = "^".join(p for p in (str(entry.get("family") or ""), given) if p)
+            if name:
+                break
+    return PatientDetails(
+        fhir_id=str(resource.get("id") or ""),
+        cnp=cnp,
+        name=name,
+        birth_date=parse_date(resource.get("birthDate")),
+        sex=SEX.get(str(resource.get("gender") or ""), ""),
+    )
