@@ -233,15 +233,14 @@ async def test_long_calls_renew_the_lease(db, tmp_path, stubs):
 
 async def test_translate_is_cached_and_analysis_has_four_passes(db, tmp_path, stubs):
     primary, _ = stubs
-    primary.state.report = "Translated: no changes."
     bus = LocalBus()
     await bus.start()
     async with aiohttp.ClientSession() as session:
         pipeline = Pipeline(ModelClient(eps(primary), session), db, FilesystemStore(tmp_path),
                             bus, load_prompts(None), translation_cache=2)
         text = "Fără modificări patologice. Sinusuri costo-diafragmatice libere."
-        assert await pipeline.translate_report(text) == "Translated: no changes."
-        assert await pipeline.translate_report(text) == "Translated: no changes."
+        assert await pipeline.translate_report(text) == "[en] " + text
+        assert await pipeline.translate_report(text) == "[en] " + text
         assert len(primary.state.requests) == 1, "the second translation came from the cache"
         assert primary.state.requests[0]["messages"][1]["content"] == text
         passes = await pipeline.detailed_analysis("FINDINGS: fracture")

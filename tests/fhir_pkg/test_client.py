@@ -8,13 +8,13 @@ import json
 import pytest
 from aiohttp import web
 
+from fhir_pkg.conftest import fhir_server
 from support.fhirpeer import (
     diagnostic_report,
     patient,
     service_request,
 )
 from support.httppeer import serving
-from fhir_pkg.conftest import fhir_server
 from xrayvision import metrics
 from xrayvision.fhir.client import (
     FhirBadResponse,

@@ -27,7 +27,7 @@ from xrayvision.fhir.resources import PatientDetails, patient_of
 
 log = logging.getLogger(__name__)
 
-_MISSING = object()
+MISSING = object()
 
 
 class TTLCache:
@@ -41,14 +41,14 @@ class TTLCache:
         self._data: OrderedDict[object, tuple[float, object]] = OrderedDict()
 
     def get(self, key: object) -> object:
-        """The value, or ``_MISSING`` when absent or expired."""
+        """The value, or ``MISSING`` when absent or expired."""
         item = self._data.get(key)
         if item is None:
-            return _MISSING
+            return MISSING
         expires, value = item
         if expires <= self.clock():
             del self._data[key]
-            return _MISSING
+            return MISSING
         self._data.move_to_end(key)
         return value
 
@@ -105,7 +105,7 @@ class PatientEnricher:
             metrics.FHIR_ENRICHMENT.labels("skipped").inc()
             return
         details = self.cache.get(key)
-        if details is not _MISSING:
+        if details is not MISSING:
             metrics.FHIR_ENRICHMENT.labels("cached").inc()
         else:
             if self.clock() < self._paused_until:

@@ -28,7 +28,7 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,7 +101,8 @@ class FhirDown(Exception):
 class Poller:
     def __init__(self, client: FhirClient, db: Database, checker: ReportChecker,
                  bus: LocalBus, settings: Settings, *,
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 clock: Callable[[], dt.datetime] = utcnow,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.client = client
         self.db = db
         self.checker = checker
@@ -110,6 +111,7 @@ class Poller:
         self.regions = settings.regions
         self.threshold = settings.processing.severity_threshold
         self.clock = clock
+        self._sleep = sleep
         self.window = dt.timedelta(days=self.fhir.match_window_days)
 
     # --- the loop --------------------------------------------------------------------
@@ -140,7 +142,7 @@ class Poller:
             else:
                 failures = 0
                 delay = interval
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     async def poll_once(self) -> PollStats:
         """One cycle (see the module docstring); returns what it did."""
@@ -185,8 +187,7 @@ class Poller:
                     down.set()
                     return
                 stats.patients += 1
-                await self._apply(by_patient[cnp], result, stats)
-                handled.update(e.uid for e in by_patient[cnp])
+                handled.update(await self._apply(by_patient[cnp], result, stats))
 
         await asyncio.gather(*(one(cnp) for cnp in pending))
         await self._recheck([e for e in exams if e.has_report and not e.rad_checked
@@ -219,9 +220,8 @@ class Poller:
             if cnp and cnp in by_patient and cnp not in pending:
                 grouped[cnp].append(resource)
         for cnp, resources in grouped.items():
-            await self._apply(by_patient[cnp],
-                              SearchResult(resources, result.included, result.pages), stats)
-            handled.update(e.uid for e in by_patient[cnp])
+            handled.update(await self._apply(
+                by_patient[cnp], SearchResult(resources, result.included, result.pages), stats))
 
     # --- one patient's reports -------------------------------------------------------
 
@@ -256,7 +256,8 @@ class Poller:
         return chosen
 
     async def _apply(self, exams: list[PollExam], result: SearchResult,
-                     stats: PollStats) -> None:
+                     stats: PollStats) -> set[str]:
+        """Stores what is new in one patient's reports; returns the uids it stored."""
         chosen = self._choose(exams, result, stats)
         by_uid = {e.uid: e for e in exams}
         changes: list[tuple[PollExam, FhirReport]] = []
@@ -268,7 +269,7 @@ class Poller:
             else:
                 changes.append((exam, report))
         if not changes:
-            return
+            return set()
         texts = {report.text for _, report in changes}
         results = dict(zip(texts, await asyncio.gather(*(self._check(t) for t in texts)),
                            strict=True))
@@ -296,6 +297,7 @@ class Poller:
                 metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
             if not self.bus.transactional:
                 await self.bus.publish("rad_report.ready", **_event(exam, res))
+        return {exam.uid for exam, _ in changes}
 
     async def _check(self, text: str) -> _Result:
         """CHK and TRN of a report text; an unchecked result when the model fails."""

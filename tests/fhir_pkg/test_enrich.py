@@ -1,0 +1,112 @@
+"""Patient enrichment before the model call, against sekmet-fhir."""
+
+import datetime as dt
+import time
+
+from fhir_pkg.conftest import fhir_server
+from support.fhirpeer import patient
+from support.pgserver import free_port
+from xrayvision.db import repo
+from xrayvision.db.models import QUEUED
+from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.fhir.client import FhirClient
+from xrayvision.fhir.enrich import MISSING, PatientEnricher, TTLCache, lookup_key
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def add(db, uid, cnp=None, name="", birth=None):
+    db.write_sync(repo.add_exam, ExamInfo(uid=uid, region="chest", status=QUEUED),
+                  PatientInfo(cnp=cnp, name=name, birth_date=birth) if cnp else None)
+
+
+async def test_birth_date_and_sex_come_from_the_his_and_are_cached(db, sekmet, http, tag):
+    cnp = f"1{tag}"
+    sekmet.put(patient(f"p-{tag}", cnp, "Enrich", "Ion", "1961-04-12", "male"))
+    add(db, f"{tag}.1", cnp)
+    add(db, f"{tag}.2", cnp)
+    client = FhirClient(fhir_server(sekmet.url), http)
+    enricher = PatientEnricher(client, db, identifier_system="urn:ro:cnp")
+    ctx = await db.read(repo.report_context, f"{tag}.1")
+    assert ctx.birth_date is None and ctx.sex == ""
+    await enricher(ctx)
+    ctx = await db.read(repo.report_context, f"{tag}.1")
+    assert (ctx.birth_date, ctx.sex) == (dt.date(1961, 4, 12), "M")
+    assert ctx.patient_name == "Enrich^Ion"  # was empty: filled in
+    sent = client.requests
+    await enricher(await db.read(repo.report_context, f"{tag}.2"))
+    assert client.requests == sent  # same patient: from the cache
+
+
+async def test_exam_without_patient_id_is_found_by_name_and_birth_date(db, sekmet, http, tag):
+    sekmet.put(patient(f"p-{tag}", f"2{tag}", f"Nume{tag}", "Ana", "1985-07-01", "female"))
+    add(db, f"{tag}.1")
+    db.write_sync(repo.upsert_patient, PatientInfo(cnp="tmp"))  # unrelated row
+    enricher = PatientEnricher(FhirClient(fhir_server(sekmet.url), http), db,
+                               identifier_system="urn:ro:cnp")
+    ctx = repo.ReportContext(uid=f"{tag}.1", region="chest", projection="", created=None,
+                             series_datetime=None, cnp=None, patient_name=f"Nume{tag}^Ana",
+                             sex="", birth_date=dt.date(1985, 7, 1), previous_report="")
+    await enricher(ctx)
+    ctx = await db.read(repo.report_context, f"{tag}.1")
+    assert (ctx.cnp, ctx.sex, ctx.birth_date) == (f"2{tag}", "F", dt.date(1985, 7, 1))
+
+
+async def test_unknown_patient_is_cached_as_a_miss(db, sekmet, http, tag):
+    add(db, f"{tag}.1", f"none-{tag}")
+    client = FhirClient(fhir_server(sekmet.url), http)
+    enricher = PatientEnricher(client, db, identifier_system="urn:ro:cnp")
+    ctx = await db.read(repo.report_context, f"{tag}.1")
+    await enricher(ctx)
+    await enricher(ctx)
+    assert client.requests == 1
+    assert (await db.read(repo.report_context, f"{tag}.1")).sex == ""
+
+
+async def test_fhir_down_never_blocks_and_pauses_lookups(db, http, tag):
+    add(db, f"{tag}.1", f"3{tag}")
+    clock = Clock()
+    client = FhirClient(fhir_server(f"http://127.0.0.1:{free_port()}/fhir", max_attempts=5),
+                        http, backoff=5.0)
+    enricher = PatientEnricher(client, db, budget=0.5, pause=60, clock=clock)
+    ctx = await db.read(repo.report_context, f"{tag}.1")
+    started = time.monotonic()
+    await enricher(ctx)  # retries with 5 s back-off would take long: the budget cuts it
+    assert time.monotonic() - started < 2.0
+    tries = client.requests
+    await enricher(ctx)
+    assert client.requests == tries  # paused after the failure
+    clock.now += 61
+    await enricher(ctx)
+    assert client.requests > tries
+
+
+def test_ttl_cache_expires_and_is_bounded():
+    clock = Clock()
+    cache = TTLCache(size=2, ttl=10, clock=clock)
+    cache.put("a", 1)
+    cache.put("b", None)
+    assert cache.get("a") == 1 and cache.get("b") is None
+    cache.put("c", 3)  # "a" was used longer ago than "b": it goes
+    assert len(cache) == 2 and cache.get("a") is MISSING
+    assert cache.get("b") is None and cache.get("c") == 3  # a cached miss is None
+    clock.now += 11
+    assert cache.get("c") is MISSING and len(cache) == 1
+
+
+def test_lookup_key():
+    base = dict(uid="u", region="", projection="", created=None, series_datetime=None,
+                sex="", previous_report="")
+    assert lookup_key(repo.ReportContext(cnp="5", patient_name="", birth_date=None,
+                                         **base)) == ("id", "5")
+    assert lookup_key(repo.ReportContext(cnp=None, patient_name="POP^ION",
+                                         birth_date=dt.date(1990, 1, 2), **base)) == (
+        "name", "POP", "1990-01-02")
+    assert lookup_key(repo.ReportContext(cnp=None, patient_name="POP", birth_date=None,
+                                         **base)) is None

@@ -1,0 +1,234 @@
+"""The poller end to end: the database (SQLite and PostgreSQL), a real FHIR server
+(sekmet-fhir), the real pipeline's CHK and TRN against the stub model server."""
+
+import contextlib
+import dataclasses
+import datetime as dt
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from fhir_pkg.conftest import fhir_server
+from support.fhirpeer import diagnostic_report, patient, service_request
+from support.httppeer import serving
+from support.model_stub import Stub
+from xrayvision.ai.client import Endpoint, ModelClient
+from xrayvision.ai.pipeline import Pipeline
+from xrayvision.ai.prompts import load_prompts
+from xrayvision.config import FhirSettings, Settings
+from xrayvision.db import repo
+from xrayvision.db.models import DONE
+from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.events import LocalBus
+from xrayvision.fhir.client import FhirClient
+from xrayvision.fhir.poller import LAST_POLL_KEY, Poller
+from xrayvision.images import FilesystemStore
+
+DAY1 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+RO = "Opacitate în baza dreaptă, sinusuri libere. ă â î ș ț"
+
+
+def add_exam(db, uid, cnp, *, study="", accession="", region="chest", when=DAY1):
+    db.write_sync(repo.add_exam,
+                  ExamInfo(uid=uid, study_uid=study, accession=accession, region=region,
+                           series_datetime=when, status=DONE),
+                  PatientInfo(cnp=cnp))
+
+
+@contextlib.asynccontextmanager
+async def poller_for(db, tmp_path, fhir_url, *, stub=None, **fhir_overrides):
+    own_stub = stub is None
+    stub = stub or await Stub().start()
+    bus = LocalBus()
+    await bus.start()
+    settings = dataclasses.replace(
+        Settings(), fhir=FhirSettings(url=fhir_url, identifier_system="urn:ro:cnp",
+                                      **fhir_overrides))
+    async with aiohttp.ClientSession() as session:
+        model = ModelClient([Endpoint("primary", stub.url, "m")], session, backoff=0.01,
+                            max_attempts=1)
+        pipeline = Pipeline(model, db, FilesystemStore(tmp_path / "img"), bus,
+                            load_prompts(None))
+        client = FhirClient(fhir_server(fhir_url, timeout=10, max_attempts=2), session,
+                            backoff=0.01)
+        try:
+            with bus.subscribe() as events:
+                yield Poller(client, db, pipeline, bus, settings), stub, events
+        finally:
+            if own_stub:
+                await stub.stop()
+
+
+def drain(events):
+    found = []
+    while (event := events.get_nowait()) is not None:
+        found.append(event)
+    return found
+
+
+async def test_reports_are_matched_checked_translated_and_stored_once(db, tmp_path, sekmet,
+                                                                      tag):
+    cnp, pid = f"1{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"S1-{tag}", accession=f"A1-{tag}")  # PA
+    add_exam(db, f"{tag}.2", cnp, study=f"S1-{tag}", accession=f"A1-{tag}")  # lateral
+    add_exam(db, f"{tag}.3", cnp, study=f"S2-{tag}", region="leg",
+             when=DAY1 + dt.timedelta(days=1))
+    add_exam(db, f"{tag}.4", cnp, study=f"S3-{tag}", accession=f"A3-{tag}")
+    sekmet.put(patient(pid, cnp, "Popescu", "Ion", "1980-01-01", "male"))
+    sekmet.put(service_request(f"s3-{tag}", pid, accession=f"A3-{tag}"))
+    sekmet.put(diagnostic_report(f"r1-{tag}", pid, RO, accession=f"A1-{tag}",
+                                 radiologist="Dr. Ionescu"))
+    sekmet.put(diagnostic_report(f"r2-{tag}", pid, "Genunchi: artroză ușoară", code="Rx genunchi",
+                                 when="2026-11-21T15:00:00Z", radiologist="Dr. Pop"))
+    sekmet.put(diagnostic_report(f"r3-{tag}", pid, "Fractură costală", based_on=f"s3-{tag}"))
+    stub = await Stub().start()
+    stub.state.checks = {"artroză": {"positive": 0, "severity": 2, "confidence": 70,
+                                     "summary": "mild arthrosis"}}
+    try:
+        async with poller_for(db, tmp_path, sekmet.url, stub=stub) as (poller, _, events):
+            stats = await poller.poll_once()
+            assert (stats.patients, stats.new, stats.ambiguous, stats.errors) == (1, 4, 0, [])
+            assert stats.requests == 1  # one search for the patient, nothing per exam
+            model_calls = len(stub.state.requests)
+            assert model_calls == 6  # CHK + TRN for each of the three reports
+
+            for uid in (f"{tag}.1", f"{tag}.2"):
+                rad = await db.read(repo.get_rad_report, uid)
+                assert rad.text == RO  # Romanian diacritics unchanged
+                assert rad.text_en == "[en] " + RO
+                assert (rad.fhir_id, rad.radiologist, rad.severity, rad.positive) == (
+                    f"r1-{tag}", "Dr. Ionescu", 6, 1)
+                assert rad.checked and rad.fhir_status == "final" and rad.fhir_version == "1"
+            knee = await db.read(repo.get_rad_report, f"{tag}.3")
+            assert (knee.fhir_id, knee.severity, knee.summary) == (f"r2-{tag}", 2,
+                                                                   "mild arthrosis")
+            assert (await db.read(repo.get_rad_report, f"{tag}.4")).fhir_id == f"r3-{tag}"
+            ready = [e for e in drain(events) if e.type == "rad_report.ready"]
+            assert sorted(e.data["uid"] for e in ready) == [f"{tag}.{i}" for i in (1, 2, 3, 4)]
+
+            again = await poller.poll_once()
+            assert (again.patients, again.new, again.amended) == (0, 0, 0)
+            assert len(stub.state.requests) == model_calls
+            assert await db.read(repo.get_state, LAST_POLL_KEY)
+    finally:
+        await stub.stop()
+
+
+async def test_amended_report_replaces_the_final_one(db, tmp_path, sekmet, tag):
+    cnp, pid = f"2{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"S-{tag}", accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Amend", "Ana", "1970-01-01", "female"))
+    sekmet.put(diagnostic_report(f"r-{tag}", pid, "Fără modificări", accession=f"A-{tag}"))
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, stub, events):
+        assert (await poller.poll_once()).new == 1
+        sekmet.put(diagnostic_report(f"r-{tag}", pid, "Addendum: nodul 8 mm lob superior drept",
+                                     status="amended", accession=f"A-{tag}"))
+        drain(events)
+        stats = await poller.poll_once()
+        assert (stats.amended, stats.new, stats.patients) == (1, 0, 0)  # via the update search
+        rad = await db.read(repo.get_rad_report, f"{tag}.1")
+        assert rad.text == "Addendum: nodul 8 mm lob superior drept"
+        assert rad.text_en == "[en] Addendum: nodul 8 mm lob superior drept"
+        assert (rad.fhir_status, rad.fhir_version) == ("amended", "2")
+        assert [e.data["amended"] for e in drain(events)] == [True]
+        assert await db.read(repo.count_exams) >= 1
+        rows = await db.read(repo.list_exams, repo.ExamFilter(search=cnp))
+        assert rows.total == 1 and rows.rows[0].rad.fhir_id == f"r-{tag}"
+
+
+async def test_ambiguous_match_is_not_linked(db, tmp_path, sekmet, tag):
+    cnp, pid = f"3{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"S1-{tag}")
+    add_exam(db, f"{tag}.2", cnp, study=f"S2-{tag}", when=DAY1 + dt.timedelta(hours=2))
+    sekmet.put(patient(pid, cnp, "Amb", "Ion", "1980-01-01", "male"))
+    sekmet.put(diagnostic_report(f"r-{tag}", pid, "Ceva", when="2026-11-20T12:00:00Z"))
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, stub, _):
+        stats = await poller.poll_once()
+    assert (stats.ambiguous, stats.new) == (1, 0)
+    assert await db.read(repo.get_rad_report, f"{tag}.1") is None
+    assert await db.read(repo.get_rad_report, f"{tag}.2") is None
+    assert stub.state.requests == []
+
+
+async def test_model_down_stores_unchecked_then_checks_later(db, tmp_path, sekmet, tag):
+    cnp, pid = f"4{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Down", "Ion", "1980-01-01", "male"))
+    sekmet.put(diagnostic_report(f"r-{tag}", pid, "Pneumonie", accession=f"A-{tag}"))
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, stub, _):
+        stub.state.mode = "500"
+        stats = await poller.poll_once()
+        assert (stats.new, stats.unchecked) == (1, 1)
+        rad = await db.read(repo.get_rad_report, f"{tag}.1")
+        assert rad.text == "Pneumonie" and not rad.checked and rad.severity == -1
+        stub.state.mode = "ok"
+        await poller.checker.client.check_all()  # what the role's health loop does
+        stats = await poller.poll_once()
+        assert (stats.rechecked, stats.new, stats.patients) == (1, 0, 0)
+        rad = await db.read(repo.get_rad_report, f"{tag}.1")
+        assert rad.checked and rad.severity == 6 and rad.text_en == "[en] Pneumonie"
+
+
+async def test_fhir_failure_mid_paging_stores_nothing_twice_and_is_reported(db, tmp_path, tag):
+    """Page 1 answers, page 2 fails: the patient's reports wait for the next cycle, the
+    last-poll mark does not move, and a later good cycle stores each report once."""
+    add_exam(db, f"{tag}.1", "777", accession="ACC7")
+    state = {"fail": True, "url": ""}
+    report = diagnostic_report("r7", "p7", "Normal", accession="ACC7")
+
+    async def handle(request):
+        if request.query.get("page") == "2":
+            if state["fail"]:
+                return web.json_response({"resourceType": "OperationOutcome", "issue": []},
+                                         status=503)
+            return web.json_response({"resourceType": "Bundle", "type": "searchset",
+                                      "entry": [{"resource": report}]})
+        return web.json_response({
+            "resourceType": "Bundle", "type": "searchset",
+            "link": [{"relation": "next", "url": state["url"] + "/fhir/x?page=2"}],
+            "entry": [{"resource": report}]})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    async with serving(app) as url:
+        state["url"] = url
+        async with poller_for(db, tmp_path, url + "/fhir") as (poller, stub, _):
+            stats = await poller.poll_once()
+            assert not stats.ok and stats.new == 0 and stats.failed_patients == 1
+            assert await db.read(repo.get_state, LAST_POLL_KEY) is None
+            state["fail"] = False
+            stats = await poller.poll_once()
+            assert stats.ok and stats.new == 1
+            assert (await db.read(repo.get_rad_report, f"{tag}.1")).fhir_id == "r7"
+            assert len(stub.state.requests) == 2
+
+
+async def test_fhir_down_fails_the_cycle_after_one_patient(db, tmp_path, tag):
+    from support.pgserver import free_port
+    for i in range(5):
+        add_exam(db, f"{tag}.{i}", f"9{i}{tag}")
+    url = f"http://127.0.0.1:{free_port()}/fhir"
+    async with poller_for(db, tmp_path, url, concurrency=1) as (poller, _, _):
+        stats = await poller.poll_once()
+    assert not stats.ok and stats.failed_patients == 1  # the rest is not asked
+    assert stats.requests == 2  # one patient, two tries
+
+
+async def test_run_backs_off_after_failures(db, tmp_path):
+    from support.pgserver import free_port
+
+    delays = []
+
+    async def fake_sleep(seconds):
+        delays.append(seconds)
+        if len(delays) == 3:
+            raise RuntimeError("stop")
+
+    add_exam(db, "9.9.1", "999")
+    url = f"http://127.0.0.1:{free_port()}/fhir"
+    async with poller_for(db, tmp_path, url, poll_interval=10) as (poller, _, _):
+        poller._sleep = fake_sleep
+        with pytest.raises(RuntimeError, match="stop"):
+            await poller.run()
+    assert delays == [20, 40, 80]
