@@ -44,10 +44,14 @@ def b64(text: str, encoding: str = "utf-8") -> str:
 
 
 class Sekmet:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None,
+                 public_url: str | None = None) -> None:
+        """``public_url``: the base URL clients use, when they reach the server through
+        something else (a latency proxy); the server's links point there."""
         self.workdir = workdir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/fhir"
+        self.public_url = public_url or self.url
         self.proc: subprocess.Popen | None = None
         self._auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
@@ -55,12 +59,13 @@ class Sekmet:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "settings.yaml"
         config.write_text(
-            f"base_url: {self.url}\nhost: 127.0.0.1\nport: {self.port}\n"
+            f"base_url: {self.public_url}\nhost: 127.0.0.1\nport: {self.port}\n"
             f"data_dir: {self.workdir / 'data'}\n"
             f"server_auth:\n  types: [basic]\n  users: {{{USER}: {PASSWORD}}}\n"
             "simulator:\n  enabled: false\nlog_inbound: false\n"
         )
-        env = {**os.environ, "SEKMET_BASE_URL": self.url, "SEKMET_CONFIG": str(config)}
+        env = {**os.environ, "SEKMET_BASE_URL": self.public_url,
+               "SEKMET_CONFIG": str(config)}
         self.log = open(self.workdir / "sekmet.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sekmet_binary(), "serve", "-c", str(config)],
                                      cwd=self.workdir, env=env, stdout=self.log,

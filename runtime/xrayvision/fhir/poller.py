@@ -149,8 +149,8 @@ class Poller:
         started = self.clock()
         requests_before = self.client.requests
         stats = PollStats()
-        exams = await self.db.read(repo.poll_exams, started - dt.timedelta(
-            days=self.fhir.lookback_days))
+        oldest = started - dt.timedelta(days=self.fhir.lookback_days)
+        exams = await self.db.read(repo.poll_exams, oldest)
         by_patient: dict[str, list[PollExam]] = defaultdict(list)
         for exam in exams:
             by_patient[exam.cnp].append(exam)
@@ -160,9 +160,10 @@ class Poller:
 
         last = await self.db.read(repo.get_state, LAST_POLL_KEY)
         if last:
+            # After a long outage, updates older than the lookback cannot concern our exams.
+            since = max(dt.datetime.fromisoformat(last) - OVERLAP, oldest)
             try:
-                await self._amendments(dt.datetime.fromisoformat(last) - OVERLAP, by_patient,
-                                       set(pending), handled, stats)
+                await self._amendments(since, by_patient, set(pending), handled, stats)
             except FhirError as exc:
                 stats.errors.append(f"amended reports: {exc}")
 
