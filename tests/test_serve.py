@@ -85,7 +85,8 @@ def test_make_run_smoke(tmp_path):
     finally:
         out = stop(proc, group=True)
     assert "database migrated" in out and "DICOM SCP listening" in out
-    assert "role not built yet" in out and "exams wait in the queue" in out
+    assert "web role ready" in out and "exams wait in the queue" in out
+    assert "created user 'admin' with password" in out  # no [users]: printed once
     assert "stopped" in out.splitlines()[-1]
 
 

@@ -156,3 +156,17 @@ AGREEMENT = Gauge(
     "threshold, by region, over the FHIR lookback window",
     ["region", "agreement"],
 )
+
+HTTP_REQUEST_SECONDS = Histogram(
+    "xrayvision_http_request_seconds",
+    "HTTP request duration by route template, method and status",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WS_CLIENTS = Gauge("xrayvision_websocket_clients", "Connected dashboard WebSocket clients")
+WS_DROPPED = Counter("xrayvision_websocket_dropped_total",
+                     "WebSocket clients dropped because they could not keep up")
+AUTH_FAILURES = Counter("xrayvision_auth_failures_total",
+                        "Failed HTTP authentications by reason (missing, malformed, wrong)",
+                        ["reason"])
+RATE_LIMITED = Counter("xrayvision_rate_limited_total", "Requests refused with 429")

@@ -33,14 +33,9 @@ from xrayvision.locks import SingletonLocks, make_locks
 from xrayvision.maintenance import Maintenance
 from xrayvision.web.app import init_app
 from xrayvision.web.health import Readiness
+from xrayvision.web.service import run_web
 
 log = logging.getLogger(__name__)
-
-# Roles whose work later issues build; until then the process says so and stays up.
-PENDING_ROLES = {
-    "web": "the dashboard and REST API are not built yet (web issue); "
-           "/healthz, /readyz and /metrics are served",
-}
 
 
 class StartupError(Exception):
@@ -57,6 +52,7 @@ class Runtime:
     locks: SingletonLocks
     store: ImageStore
     worker_id: str
+    app: web.Application
 
 
 def database_options(settings: Settings) -> DatabaseOptions:
@@ -91,13 +87,8 @@ async def connect_with_backoff(db: Database, readiness: Readiness,
             delay = min(delay * 2, max_delay)
 
 
-async def pending_role(role: str) -> None:
-    log.warning("role not built yet", extra={"role": role, "detail": PENDING_ROLES[role]})
-    await asyncio.Event().wait()
-
-
 def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
-    """The coroutine each selected role runs; later issues replace the pending ones."""
+    """The coroutine each selected role runs."""
     built: dict[str, Callable[[], Awaitable[None]]] = {
         "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus,
                                      runtime.locks),
@@ -106,9 +97,10 @@ def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
                                    enrichment(runtime.settings, runtime.db)),
         "fhir": lambda: run_fhir(runtime.settings, runtime.db, runtime.store, runtime.bus,
                                  runtime.locks),
+        "web": lambda: run_web(runtime.settings, runtime.db, runtime.store, runtime.bus,
+                               runtime.app),
     }
-    return {role: built.get(role, lambda r=role: pending_role(r))
-            for role in runtime.settings.server.roles}
+    return {role: built[role] for role in runtime.settings.server.roles}
 
 
 async def serve(settings: Settings, *, migrate: bool = False,
@@ -158,7 +150,7 @@ async def serve(settings: Settings, *, migrate: bool = False,
         runtime = Runtime(
             settings=settings, db=db, bus=bus, locks=make_locks(db.url),
             store=make_store(settings.images.backend, settings.images_path, db),
-            worker_id=process_id(),
+            worker_id=process_id(), app=runner.app,
         )
         maintenance = Maintenance(settings, db, runtime.store)
         tasks.append(asyncio.create_task(

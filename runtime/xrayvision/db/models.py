@@ -162,6 +162,11 @@ class AIReport(Base):
     endpoint: Mapped[str] = mapped_column(String(32), default="")  # primary / secondary
     latency: Mapped[float] = mapped_column(Float, default=0.0)  # seconds
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A radiologist's verdict on this report: 1 correct, 0 incorrect, -1 not reviewed.
+    review_correct: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
+    review_note: Mapped[str] = mapped_column(Text, default="", server_default="")
+    reviewed_by: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -169,6 +174,7 @@ class AIReport(Base):
         CheckConstraint("positive BETWEEN -1 AND 1", name="positive"),
         CheckConstraint("severity BETWEEN -1 AND 10", name="severity"),
         CheckConstraint("confidence BETWEEN -1 AND 100", name="confidence"),
+        CheckConstraint("review_correct BETWEEN -1 AND 1", name="review_correct"),
         Index("ix_ai_reports_severity", "severity"),
     )
 

@@ -606,3 +606,25 @@ def agreement_counts(session: Session, threshold: int, by: str = "all",
         tp, tn, fp, fn, na = (int(v or 0) for v in row[1:])
         result[str(row[0] or "")] = Confusion(tp=tp, tn=tn, fp=fp, fn=fn, not_assessed=na)
     return result
+
+
+# --- reviews -------------------------------------------------------------------------------
+
+
+def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
+                     username: str) -> bool:
+    """Records a radiologist's verdict on the exam's AI report; False when the exam has no
+    AI report."""
+    result = session.execute(
+        update(AIReport).where(AIReport.uid == uid).values(
+            reviewed=True, review_correct=1 if correct else 0, review_note=note[:4000],
+            reviewed_by=username[:128], reviewed_at=utcnow(), updated=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)
+
+
+def insert_state(session: Session, key: str, value: str) -> None:
+    """Adds a state row; raises IntegrityError when the key exists (first writer wins)."""
+    session.add(State(key=key, value=value, updated=utcnow()))
+    session.flush()

@@ -1,19 +1,64 @@
-"""The aiohttp application: the composition root of everything served over HTTP."""
+"""The aiohttp application: the composition root of everything served over HTTP.
+
+Every process serves ``/healthz``, ``/readyz`` and ``/metrics``. With the ``web`` role the
+REST API (``/api``), the WebSocket (``/ws``) and the dashboard (``/``, ``/static``) join;
+their services (database, bus, model client) are filled in by the role once the database
+is up (:mod:`xrayvision.web.service`), and ``/api`` answers 503 until then.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from aiohttp import web
 
 from xrayvision.config import Settings
+from xrayvision.web import middleware
+from xrayvision.web.api import setup_api_routes
+from xrayvision.web.auth import Authenticator
+from xrayvision.web.context import AUTH, LIMITER, MAX_BODY, SERVICES, SETTINGS, Services
 from xrayvision.web.health import METRICS_AUTH, READINESS, USERS, Readiness, setup_health_routes
+from xrayvision.web.ratelimit import SlidingWindow
+
+
+def static_dir() -> Path:
+    """``static/`` of the source checkout (an editable install), else ``./static`` (the
+    container image copies it next to the working directory)."""
+    checkout = Path(__file__).resolve().parents[3] / "static"
+    if (checkout / "index.html").is_file():
+        return checkout
+    return Path.cwd() / "static"
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(static_dir() / "index.html",
+                            headers={"Cache-Control": "no-cache"})
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    hub = request.app[SERVICES].hub
+    if hub is None:
+        raise web.HTTPServiceUnavailable(text="starting: live updates are not ready yet")
+    return await hub.handle(request)
 
 
 def init_app(settings: Settings, readiness: Readiness) -> web.Application:
-    """Builds the app. Every process serves health, readiness and metrics; the dashboard
-    and the REST API join here when the web role is built (see the web issue)."""
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[middleware.observe, middleware.json_errors, middleware.rate_limit,
+                     middleware.authenticate],
+    )
     app[READINESS] = readiness
     app[USERS] = settings.users
     app[METRICS_AUTH] = settings.web.metrics_auth
+    app[SETTINGS] = settings
+    app[SERVICES] = Services()
+    app[AUTH] = Authenticator(settings.users)
+    app[LIMITER] = SlidingWindow(settings.web.rate_limit, 60.0)
     setup_health_routes(app)
+    if "web" in settings.server.roles:
+        setup_api_routes(app)
+        app.router.add_get("/ws", websocket)
+        app.router.add_get("/", index)
+        app.router.add_static("/static/", static_dir(), append_version=False)
     return app

@@ -1,0 +1,89 @@
+"""Aggregate reads for the dashboard's statistics, each ``fn(session, ...)``.
+
+Severity histograms, throughput per day and review counts; the agreement figures come
+from :func:`xrayvision.db.repo.agreement_counts`. All days are UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from xrayvision.db.models import DONE, AIReport, Exam, RadReport
+
+
+def _day(session: Session, column):
+    if session.bind.dialect.name == "postgresql":
+        column = func.timezone("UTC", column)
+    return func.date(column)
+
+
+def _window(query, since: dt.datetime | None, until: dt.datetime | None):
+    if since is not None:
+        query = query.where(Exam.created >= since)
+    if until is not None:
+        query = query.where(Exam.created < until)
+    return query
+
+
+def severity_histogram(session: Session, source: str, since: dt.datetime | None = None,
+                       until: dt.datetime | None = None) -> dict[int, int]:
+    """Reports by severity (-1..10, zeros included) of ``source`` ai or rad."""
+    model = AIReport if source == "ai" else RadReport
+    query = select(model.severity, func.count()).join(Exam, Exam.uid == model.uid)
+    if model is RadReport:
+        query = query.where(RadReport.checked.is_(True))
+    counts = dict.fromkeys(range(-1, 11), 0)
+    for severity, n in session.execute(_window(query, since, until).group_by(model.severity)):
+        counts[int(severity)] = n
+    return counts
+
+
+def review_counts(session: Session, since: dt.datetime | None = None,
+                  until: dt.datetime | None = None) -> dict[str, int]:
+    """AI reports reviewed correct, incorrect, and not reviewed."""
+    query = (select(AIReport.review_correct, func.count())
+             .join(Exam, Exam.uid == AIReport.uid).group_by(AIReport.review_correct))
+    names = {1: "correct", 0: "incorrect", -1: "not_reviewed"}
+    counts = dict.fromkeys(names.values(), 0)
+    for verdict, n in session.execute(_window(query, since, until)):
+        counts[names.get(int(verdict), "not_reviewed")] += n
+    return counts
+
+
+def throughput(session: Session, since: dt.datetime | None = None,
+               until: dt.datetime | None = None) -> dict[str, dict[str, int]]:
+    """Per UTC day (YYYY-MM-DD): exams received, and of those reported (done)."""
+    day = _day(session, Exam.created)
+    query = select(day, Exam.status == DONE, func.count()).group_by(day, Exam.status == DONE)
+    result: dict[str, dict[str, int]] = {}
+    for key, done, n in session.execute(_window(query, since, until)):
+        row = result.setdefault(str(key), {"received": 0, "reported": 0})
+        row["received"] += n
+        if done:
+            row["reported"] += n
+    return dict(sorted(result.items()))
+
+
+def counts_by(session: Session, column: str, since: dt.datetime | None = None,
+              until: dt.datetime | None = None) -> dict[str, int]:
+    """Exams by ``region`` or (radiologist reports by) ``radiologist``."""
+    if column == "region":
+        query = select(Exam.region, func.count()).group_by(Exam.region)
+    elif column == "radiologist":
+        query = (select(RadReport.radiologist, func.count())
+                 .join(Exam, Exam.uid == RadReport.uid).group_by(RadReport.radiologist))
+    else:
+        raise ValueError("column must be region or radiologist")
+    return {str(k or ""): n for k, n in session.execute(_window(query, since, until))}
+
+
+def model_latency(session: Session, since: dt.datetime | None = None,
+                  until: dt.datetime | None = None) -> dict[str, dict[str, float]]:
+    """Average model latency (seconds) and report count per endpoint."""
+    query = (select(AIReport.endpoint, func.avg(AIReport.latency), func.count())
+             .join(Exam, Exam.uid == AIReport.uid).group_by(AIReport.endpoint))
+    return {str(e or ""): {"avg_seconds": round(float(avg or 0.0), 3), "reports": n}
+            for e, avg, n in session.execute(_window(query, since, until))}

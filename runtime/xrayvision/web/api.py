@@ -1,0 +1,480 @@
+"""REST handlers under ``/api`` (the seed's), one function per route; ``setup_api_routes``
+registers them. Contract: ``web/openapi.json`` (served at ``/api/spec``; a test keeps the
+two equal)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from xrayvision import __version__
+from xrayvision.agreement import PERIODS, Confusion, roll_up
+from xrayvision.ai.client import ModelError, ModelUnavailable
+from xrayvision.db import queue, repo, stats
+from xrayvision.db.engine import Database
+from xrayvision.db.models import STATUSES
+from xrayvision.db.repo import AGREEMENT_CLASSES, ExamFilter, ExamRow
+from xrayvision.images import InvalidUID, validate_uid
+from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
+from xrayvision.web.context import CLIENT_IP, IDENTITY, SERVICES, SETTINGS, Services
+
+MAX_TEXT = 20000
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def bad_request(detail: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=detail)
+
+
+def require(request: web.Request, permission: str) -> None:
+    identity = request[IDENTITY]
+    if not allowed(identity.role, permission):
+        raise web.HTTPForbidden(
+            text=f"role {identity.role!r} may not do this (needs the {permission!r} right)")
+
+
+def services(request: web.Request) -> Services:
+    found = request.app[SERVICES]
+    if found.db is None:
+        raise web.HTTPServiceUnavailable(text="starting: the database is not connected yet")
+    return found
+
+
+def database(request: web.Request) -> Database:
+    db = services(request).db
+    assert db is not None
+    return db
+
+
+def _int(query, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer from {lo} to {hi}") from None
+    if not lo <= value <= hi:
+        raise bad_request(f"{name} must be an integer from {lo} to {hi}")
+    return value
+
+
+def _bool(query, name: str) -> bool | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise bad_request(f"{name} must be true or false")
+
+
+def _datetime(query, name: str) -> dt.datetime | None:
+    raw = query.get(name)
+    if not raw:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(f"{name} must be an ISO 8601 date or date-time") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _window(request: web.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
+    return _datetime(request.query, "since"), _datetime(request.query, "until")
+
+
+async def json_body(request: web.Request) -> dict:
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="send the body as application/json")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad_request("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def _text_field(body: dict, name: str = "text") -> str:
+    text = body.get(name)
+    if not isinstance(text, str) or not text.strip():
+        raise bad_request(f"{name} must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise bad_request(f"{name} is longer than {MAX_TEXT} characters")
+    return text
+
+
+def _uid_field(body: dict) -> str:
+    uid = body.get("uid")
+    try:
+        return validate_uid(uid) if isinstance(uid, str) else validate_uid("")
+    except InvalidUID:
+        raise bad_request("uid must be a DICOM UID (digits and dots, at most 64)") from None
+
+
+def _iso(value: dt.datetime | dt.date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def exam_json(row: ExamRow, *, full: bool = False) -> dict[str, Any]:
+    e, p, a, r = row
+    out: dict[str, Any] = {
+        "uid": e.uid, "study_uid": e.study_uid, "accession": e.accession,
+        "status": e.status, "region": e.region, "projection": e.projection,
+        "modality": e.modality, "priority": e.priority, "created": _iso(e.created),
+        "series_datetime": _iso(e.series_datetime),
+        "patient": {"cnp": p.cnp, "name": p.name, "sex": p.sex,
+                    "birth_date": _iso(p.birth_date)} if p is not None else None,
+        "ai": None, "rad": None,
+    }
+    if a is not None:
+        out["ai"] = {"severity": a.severity, "positive": a.positive,
+                     "confidence": a.confidence, "summary": a.summary,
+                     "reviewed": a.reviewed, "review_correct": a.review_correct}
+        if full:
+            out["ai"].update(text=a.text, model=a.model, endpoint=a.endpoint,
+                             latency=a.latency, review_note=a.review_note,
+                             reviewed_by=a.reviewed_by, reviewed_at=_iso(a.reviewed_at),
+                             updated=_iso(a.updated))
+    if r is not None:
+        out["rad"] = {"severity": r.severity, "positive": r.positive, "summary": r.summary,
+                      "radiologist": r.radiologist, "checked": r.checked}
+        if full:
+            out["rad"].update(text=r.text, text_en=r.text_en, fhir_id=r.fhir_id,
+                              fhir_status=r.fhir_status, updated=_iso(r.updated))
+    if full:
+        out.update(body_part=e.body_part, protocol=e.protocol,
+                   study_description=e.study_description,
+                   series_description=e.series_description, error=e.error,
+                   attempts=e.attempts, calling_aet=e.calling_aet, updated=_iso(e.updated))
+    return out
+
+
+# --- exams and images ----------------------------------------------------------------------
+
+
+async def list_exams(request: web.Request) -> web.Response:
+    require(request, READ)
+    q = request.query
+    settings = request.app[SETTINGS]
+    statuses = tuple(s for s in q.get("status", "").split(",") if s)
+    if any(s not in STATUSES for s in statuses):
+        raise bad_request(f"status must be among {', '.join(STATUSES)}")
+    agreement = q.get("agreement", "").upper()
+    if agreement and agreement not in AGREEMENT_CLASSES:
+        raise bad_request(f"agreement must be one of {', '.join(AGREEMENT_CLASSES)}")
+    since, until = _window(request)
+    f = ExamFilter(
+        statuses=statuses, region=q.get("region", ""),
+        severity_min=_int(q, "severity_min", None, -1, 10),
+        severity_max=_int(q, "severity_max", None, -1, 10),
+        positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
+        since=since, until=until, search=q.get("search", "")[:128], agreement=agreement,
+        threshold=settings.processing.severity_threshold,
+    )
+    page = _int(q, "page", 1, 1, 1_000_000)
+    size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
+    result = await database(request).read(repo.list_exams, f, page, size)
+    return web.json_response({"exams": [exam_json(r) for r in result.rows],
+                              "total": result.total, "page": result.page,
+                              "size": result.size, "pages": result.pages})
+
+
+def _path_uid(request: web.Request) -> str:
+    try:
+        return validate_uid(request.match_info["uid"])
+    except InvalidUID:
+        raise web.HTTPNotFound(text="no exam with that uid (not a DICOM UID)") from None
+
+
+async def get_exam(request: web.Request) -> web.Response:
+    require(request, READ)
+    uid = _path_uid(request)
+    row = await database(request).read(repo.get_exam, uid)
+    if row is None:
+        raise web.HTTPNotFound(text=f"no exam {uid}")
+    return web.json_response(exam_json(row, full=True))
+
+
+async def get_image(request: web.Request) -> web.Response:
+    require(request, READ)
+    uid = _path_uid(request)
+    store = services(request).store
+    assert store is not None
+    etag = f'"{uid}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    png = await asyncio.to_thread(store.get, uid, "png")
+    if png is None:
+        raise web.HTTPNotFound(text=f"no image for exam {uid}")
+    # An exam's PNG never changes; private: it is patient data.
+    return web.Response(body=png, content_type="image/png",
+                        headers={"Cache-Control": "private, max-age=86400", "ETag": etag})
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def _agreement(counts: dict[str, Confusion]) -> dict[str, dict]:
+    return {key: value.as_dict() for key, value in counts.items()}
+
+
+async def stats_global(request: web.Request) -> web.Response:
+    require(request, READ)
+    db = database(request)
+    since, until = _window(request)
+    threshold = request.app[SETTINGS].processing.severity_threshold
+
+    def read(session):
+        overall = repo.agreement_counts(session, threshold, "all", since, until)
+        return {
+            "threshold": threshold,
+            "statuses": repo.queue_counts(session),
+            "severity": {"ai": stats.severity_histogram(session, "ai", since, until),
+                         "rad": stats.severity_histogram(session, "rad", since, until)},
+            "agreement": overall.get("", Confusion()).as_dict(),
+            "reviews": stats.review_counts(session, since, until),
+            "model": stats.model_latency(session, since, until),
+        }
+
+    return web.json_response(await db.read(read))
+
+
+async def stats_regional(request: web.Request) -> web.Response:
+    require(request, READ)
+    since, until = _window(request)
+    threshold = request.app[SETTINGS].processing.severity_threshold
+
+    def read(session):
+        counts = stats.counts_by(session, "region", since, until)
+        agreement = repo.agreement_counts(session, threshold, "region", since, until)
+        return {"threshold": threshold, "regions": [
+            {"region": region, "exams": n,
+             "agreement": agreement.get(region, Confusion()).as_dict()}
+            for region, n in sorted(counts.items())]}
+
+    return web.json_response(await database(request).read(read))
+
+
+async def stats_radiologists(request: web.Request) -> web.Response:
+    require(request, READ)
+    since, until = _window(request)
+    threshold = request.app[SETTINGS].processing.severity_threshold
+
+    def read(session):
+        counts = stats.counts_by(session, "radiologist", since, until)
+        agreement = repo.agreement_counts(session, threshold, "radiologist", since, until)
+        return {"threshold": threshold, "radiologists": [
+            {"radiologist": name, "reports": n,
+             "agreement": agreement.get(name, Confusion()).as_dict()}
+            for name, n in sorted(counts.items())]}
+
+    return web.json_response(await database(request).read(read))
+
+
+async def stats_timeline(request: web.Request) -> web.Response:
+    require(request, READ)
+    period = request.query.get("period", "day")
+    if period not in PERIODS:
+        raise bad_request(f"period must be one of {', '.join(PERIODS)}")
+    since, until = _window(request)
+    threshold = request.app[SETTINGS].processing.severity_threshold
+
+    def read(session):
+        return (stats.throughput(session, since, until),
+                repo.agreement_counts(session, threshold, "day", since, until))
+
+    days, agreement = await database(request).read(read)
+    periods: dict[str, dict] = {}
+    for day, row in days.items():
+        key = roll_up({day: Confusion()}, period).popitem()[0]
+        slot = periods.setdefault(key, {"received": 0, "reported": 0})
+        slot["received"] += row["received"]
+        slot["reported"] += row["reported"]
+    rolled = roll_up(agreement, period)
+    return web.json_response({"period": period, "threshold": threshold, "timeline": [
+        {"start": key, **periods.get(key, {"received": 0, "reported": 0}),
+         "agreement": rolled.get(key, Confusion()).as_dict()}
+        for key in sorted(set(periods) | set(rolled))]})
+
+
+async def stats_insights(request: web.Request) -> web.Response:
+    """A few derived findings for the dashboard: where the AI misses most, how often
+    reviewers agree with it, how fast each endpoint answers."""
+    require(request, READ)
+    since, until = _window(request)
+    threshold = request.app[SETTINGS].processing.severity_threshold
+
+    def read(session):
+        return (repo.agreement_counts(session, threshold, "region", since, until),
+                stats.review_counts(session, since, until),
+                stats.model_latency(session, since, until))
+
+    regions, reviews, model = await database(request).read(read)
+    misses = sorted(
+        ({"region": k, "false_negatives": v.fn, "sensitivity": v.sensitivity}
+         for k, v in regions.items() if v.fn), key=lambda x: -x["false_negatives"])
+    reviewed = reviews["correct"] + reviews["incorrect"]
+    return web.json_response({
+        "threshold": threshold,
+        "most_missed_regions": misses[:5],
+        "review_agreement": reviews["correct"] / reviewed if reviewed else None,
+        "reviews": reviews,
+        "model": model,
+    })
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+async def _model_call(coro):
+    try:
+        return await coro
+    except ModelUnavailable:
+        raise web.HTTPServiceUnavailable(
+            text="no model endpoint is healthy; try again when one recovers") from None
+    except ModelError as exc:
+        raise web.HTTPBadGateway(text=f"the model failed: {exc}") from None
+
+
+def _pipeline(request: web.Request):
+    pipeline = services(request).pipeline
+    if pipeline is None:
+        raise web.HTTPServiceUnavailable(text="no model endpoint is configured")
+    return pipeline
+
+
+async def check(request: web.Request) -> web.Response:
+    require(request, CHECK)
+    text = _text_field(await json_body(request))
+    result = await _model_call(_pipeline(request).check_report(text))
+    return web.json_response({"positive": result.positive, "severity": result.severity,
+                              "confidence": result.confidence, "summary": result.summary})
+
+
+async def analyse(request: web.Request) -> web.Response:
+    require(request, CHECK)
+    text = _text_field(await json_body(request))
+    passes = await _model_call(_pipeline(request).detailed_analysis(text))
+    return web.json_response(passes)
+
+
+async def rad_review(request: web.Request) -> web.Response:
+    require(request, REVIEW)
+    body = await json_body(request)
+    uid = _uid_field(body)
+    correct = body.get("correct")
+    if not isinstance(correct, bool):
+        raise bad_request("correct must be true or false")
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > 4000:
+        raise bad_request("note must be a string of at most 4000 characters")
+    identity = request[IDENTITY]
+    found = services(request)
+
+    def write(session):
+        if not repo.review_ai_report(session, uid, correct=correct, note=note,
+                                     username=identity.username):
+            return False
+        repo.audit(session, "review", username=identity.username, target=uid,
+                   remote=request[CLIENT_IP], detail="correct" if correct else "incorrect")
+        if found.bus is not None and found.bus.transactional:
+            found.bus.publish_in(session, "exam.reviewed", uid=uid, correct=correct)
+        return True
+
+    assert found.db is not None
+    if not await found.db.write(write):
+        raise web.HTTPNotFound(text=f"exam {uid} has no AI report to review")
+    if found.bus is not None and not found.bus.transactional:
+        await found.bus.publish("exam.reviewed", uid=uid, correct=correct)
+    return web.json_response({"uid": uid, "correct": correct})
+
+
+async def requeue(request: web.Request) -> web.Response:
+    require(request, REQUEUE)
+    uid = _uid_field(await json_body(request))
+    identity = request[IDENTITY]
+    found = services(request)
+
+    def write(session):
+        if repo.get_exam(session, uid) is None:
+            return "missing"
+        if not queue.requeue(session, uid):
+            return "busy"
+        repo.audit(session, "requeue", username=identity.username, target=uid,
+                   remote=request[CLIENT_IP])
+        if found.bus is not None and found.bus.transactional:
+            found.bus.publish_in(session, "exam.requeued", uid=uid)
+        return "ok"
+
+    assert found.db is not None
+    outcome = await found.db.write(write)
+    if outcome == "missing":
+        raise web.HTTPNotFound(text=f"no exam {uid}")
+    if outcome == "busy":
+        raise web.HTTPConflict(text=f"exam {uid} is being processed now; try again later")
+    if found.bus is not None and not found.bus.transactional:
+        await found.bus.publish("exam.requeued", uid=uid)
+    return web.json_response({"uid": uid, "status": "requeue"})
+
+
+async def config(request: web.Request) -> web.Response:
+    require(request, READ)
+    settings = request.app[SETTINGS]
+    identity = request[IDENTITY]
+    await database(request).write(repo.audit, "config.read", username=identity.username,
+                                  remote=request[CLIENT_IP])
+    return web.json_response({
+        "version": __version__,
+        "user": identity.username,
+        "role": identity.role,
+        "can": {"review": allowed(identity.role, REVIEW),
+                "check": allowed(identity.role, CHECK),
+                "requeue": allowed(identity.role, REQUEUE),
+                "admin": allowed(identity.role, ADMIN)},
+        "severity_threshold": settings.processing.severity_threshold,
+        "page_size": settings.processing.page_size,
+        "regions": sorted(settings.regions),
+        "statuses": list(STATUSES),
+        "roles": list(settings.server.roles),
+    })
+
+
+def load_spec() -> dict:
+    return json.loads(resources.files("xrayvision.web").joinpath("openapi.json").read_text())
+
+
+async def spec(request: web.Request) -> web.Response:
+    require(request, READ)
+    return web.json_response(request.app[SPEC])
+
+
+SPEC = web.AppKey("spec", dict)
+
+
+def setup_api_routes(app: web.Application) -> None:
+    app[SPEC] = load_spec()
+    r = app.router
+    r.add_get("/api/exams", list_exams)
+    r.add_get("/api/exams/{uid}", get_exam)
+    r.add_get("/api/images/{uid}", get_image)
+    r.add_get("/api/stats/global", stats_global)
+    r.add_get("/api/stats/regional", stats_regional)
+    r.add_get("/api/stats/radiologists", stats_radiologists)
+    r.add_get("/api/stats/insights", stats_insights)
+    r.add_get("/api/stats/timeline", stats_timeline)
+    r.add_post("/api/check", check)
+    r.add_post("/api/analyse", analyse)
+    r.add_post("/api/rad_review", rad_review)
+    r.add_post("/api/requeue", requeue)
+    r.add_get("/api/config", config)
+    r.add_get("/api/spec", spec)

@@ -1,0 +1,135 @@
+"""``/ws``: live dashboard updates from every pod, through the event bus.
+
+On connect a client gets ``{"type": "dashboard", ...}`` (queue sizes, model endpoint
+health, processing state), then every bus event as ``{"type": <event type>, ...data}``
+plus a fresh ``dashboard`` after events that change queue sizes (at most once a second).
+Each client has a bounded outbox; a client that lets it fill up is closed (1008, "too
+slow") instead of slowing the others. aiohttp's heartbeat pings find dead peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import WSCloseCode, web
+
+from xrayvision import metrics
+from xrayvision.events import GAP, RECONNECTED, Event, LocalBus
+
+log = logging.getLogger(__name__)
+
+# Events after which queue sizes may have changed (a missed one: the bus says gap).
+QUEUE_EVENTS = {"exam.queued", "exam.updated", "report.ready", "exam.requeued", GAP,
+                RECONNECTED}
+
+
+@dataclass(eq=False)
+class Client:
+    ws: web.WebSocketResponse
+    outbox: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(256))
+
+
+class Hub:
+    """Fans bus events out to the connected clients."""
+
+    def __init__(self, bus: LocalBus, state: Callable[[], Awaitable[dict]], *,
+                 outbox: int = 256, heartbeat: float = 30.0,
+                 dashboard_interval: float = 1.0) -> None:
+        self.bus = bus
+        self.state = state
+        self.outbox = outbox
+        self.heartbeat = heartbeat
+        self.dashboard_interval = dashboard_interval
+        self.clients: set[Client] = set()
+        self.health: dict[str, bool] = {}
+        self._dashboard_due = asyncio.Event()
+
+    def _offer(self, client: Client, text: str) -> None:
+        try:
+            client.outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            metrics.WS_DROPPED.inc()
+            self.clients.discard(client)
+            asyncio.get_running_loop().create_task(
+                client.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too slow"))
+
+    def broadcast(self, message: dict) -> None:
+        text = json.dumps(message, separators=(",", ":"), default=str)
+        for client in list(self.clients):
+            self._offer(client, text)
+
+    async def dashboard(self) -> dict:
+        state = await self.state()
+        return {"type": "dashboard", **state, "endpoints": dict(self.health)}
+
+    async def run(self) -> None:
+        """Forwards bus events until cancelled."""
+        with self.bus.subscribe(maxsize=10000) as events:
+            ticker = asyncio.create_task(self._dashboards())
+            try:
+                async for event in events:
+                    self._forward(event)
+            finally:
+                ticker.cancel()
+
+    def _forward(self, event: Event) -> None:
+        if event.type == "endpoint.health":
+            self.health = {k: bool(v) for k, v in event.data.items()}
+        if event.type not in (GAP, RECONNECTED):
+            self.broadcast({"type": event.type, **event.data})
+        if event.type in QUEUE_EVENTS:
+            self._dashboard_due.set()
+
+    async def _dashboards(self) -> None:
+        while True:
+            await self._dashboard_due.wait()
+            self._dashboard_due.clear()
+            if self.clients:
+                try:
+                    self.broadcast(await self.dashboard())
+                except Exception:  # noqa: BLE001 - the next event tries again
+                    log.warning("dashboard state unavailable", exc_info=True)
+            await asyncio.sleep(self.dashboard_interval)
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=4096)
+        await ws.prepare(request)
+        client = Client(ws, asyncio.Queue(self.outbox))
+        self.clients.add(client)
+        metrics.WS_CLIENTS.set(len(self.clients))
+        sender = asyncio.create_task(self._send(client))
+        try:
+            client.outbox.put_nowait(json.dumps(await self.dashboard(), default=str))
+            async for _ in ws:  # clients only listen; reading keeps pings answered
+                pass
+        finally:
+            self.clients.discard(client)
+            metrics.WS_CLIENTS.set(len(self.clients))
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        return ws
+
+    async def _send(self, client: Client) -> None:
+        try:
+            while True:
+                text = await client.outbox.get()
+                started = time.monotonic()
+                await client.ws.send_str(text)
+                if time.monotonic() - started > 10:
+                    raise ConnectionError("send too slow")
+        except (ConnectionError, RuntimeError):
+            self.clients.discard(client)
+            await client.ws.close()
+
+    async def close_all(self) -> None:
+        for client in list(self.clients):
+            await client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        self.clients.clear()
+        metrics.WS_CLIENTS.set(0)

@@ -1,0 +1,154 @@
+"""Middlewares, outermost first: metrics and security headers, JSON errors, rate limit,
+authentication of ``/api/*`` and ``/ws`` (``/metrics`` checks its own, see health.py).
+
+Every error a client sees is JSON ``{"error": <short name>, "detail": <what to do>}``
+with the matching status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from xrayvision import metrics
+from xrayvision.db import repo
+from xrayvision.web.auth import Authenticator, Identity, parse_basic
+from xrayvision.web.context import (
+    AUTH,
+    CLIENT_IP,
+    IDENTITY,
+    LIMITER,
+    MAX_BODY,
+    SERVICES,
+    SETTINGS,
+)
+from xrayvision.web.ratelimit import client_address, retry_after_header
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+OPEN_PATHS = {"/healthz", "/readyz"}
+
+
+def error(status: int, name: str, detail: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": name, "detail": detail}, status=status, headers=headers)
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info.route is not None else None
+    if resource is None or getattr(info, "http_exception", None) is not None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request metrics (by route template) and security headers on every answer."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers.update(SECURITY_HEADERS)
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers.update(SECURITY_HEADERS)
+        raise
+    finally:
+        metrics.HTTP_REQUEST_SECONDS.labels(_route_name(request), request.method,
+                                            str(status)).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, "too_large", f"request body over the limit of {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else (
+            exc.reason)
+        response = error(exc.status, exc.reason.lower().replace(" ", "_"), detail)
+        for key in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if key in exc.headers:
+                response.headers[key] = exc.headers[key]
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request failed", extra={"path": request.path})
+        return error(500, "internal_error", "the server failed on this request; see its log")
+
+
+@web.middleware
+async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    peer = request.remote or ""
+    ip = client_address(peer, request.headers.get("X-Forwarded-For", ""),
+                        settings.web.trusted_proxies)
+    request[CLIENT_IP] = ip
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    wait = request.app[LIMITER].hit(ip)
+    if wait:
+        metrics.RATE_LIMITED.inc()
+        return error(429, "rate_limited",
+                     f"more than {settings.web.rate_limit} requests a minute; slow down",
+                     {"Retry-After": retry_after_header(wait)})
+    return await handler(request)
+
+
+def _needs_auth(request: web.Request) -> bool:
+    return request.path.startswith("/api/") or request.path == "/ws"
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _needs_auth(request):
+        return await handler(request)
+    auth: Authenticator = request.app[AUTH]
+    ip = request[CLIENT_IP]
+    credentials = parse_basic(request.headers.get("Authorization", ""))
+    challenge = {"WWW-Authenticate": 'Basic realm="xrayvision", charset="UTF-8"'}
+    if credentials is None:
+        reason = "missing" if "Authorization" not in request.headers else "malformed"
+        metrics.AUTH_FAILURES.labels(reason).inc()
+        return error(401, "unauthorized", "HTTP Basic credentials are required", challenge)
+    identity, fresh = await auth.verify(*credentials)
+    services = request.app[SERVICES]
+    if identity is None:
+        metrics.AUTH_FAILURES.labels("wrong").inc()
+        await asyncio.sleep(auth.failure_delay(ip))
+        if services.db is not None:
+            await services.db.write(repo.audit, "login.failed", username=credentials[0][:128],
+                                    remote=ip)
+        return error(401, "unauthorized", "wrong username or password", challenge)
+    auth.succeeded(ip)
+    if fresh and services.db is not None:
+        await services.db.write(repo.audit, "login", username=identity.username, remote=ip)
+    request[IDENTITY] = identity
+    return await handler(request)
+
+
+def identity_of(request: web.Request) -> Identity:
+    return request[IDENTITY]

@@ -1,0 +1,84 @@
+"""Per-client sliding-window rate limit and the client address behind trusted proxies.
+
+The window keeps each address's request times of the last ``window`` seconds; memory is
+bounded: at most ``max_clients`` addresses (the least recently seen goes first) and
+addresses idle for a whole window are evicted as requests come in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+
+
+class SlidingWindow:
+    def __init__(self, limit: int, window: float = 60.0, *, max_clients: int = 10000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self.clock = clock
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+    def hit(self, client: str) -> float:
+        """Counts a request; returns 0 when allowed, else the seconds until one is."""
+        if self.limit <= 0:
+            return 0.0
+        now = self.clock()
+        horizon = now - self.window
+        times = self._hits.pop(client, None) or deque()
+        while times and times[0] <= horizon:
+            times.popleft()
+        self._hits[client] = times
+        self._evict(horizon)
+        if len(times) >= self.limit:
+            return max(0.001, times[0] + self.window - now)
+        times.append(now)
+        return 0.0
+
+    def _evict(self, horizon: float) -> None:
+        while len(self._hits) > self.max_clients:
+            self._hits.popitem(last=False)
+        # Oldest-seen first: stop at the first address still active.
+        while self._hits:
+            client, times = next(iter(self._hits.items()))
+            if times and times[-1] > horizon:
+                break
+            if not times and len(self._hits) == 1:
+                break
+            self._hits.popitem(last=False)
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+def client_address(peer: str, forwarded_for: str,
+                   trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then the
+    right-most ``X-Forwarded-For`` entry that is not itself a trusted proxy."""
+    trusted = tuple(trusted)
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted)
+
+    if not peer or not trusted or not is_trusted(peer) or not forwarded_for:
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a garbled header: trust none of it
+        if not is_trusted(hop):
+            return hop
+    return peer

@@ -1,0 +1,339 @@
+// XRayVision dashboard: a hash-routed page over /api and /ws. Every text from users,
+// the model or the hospital system goes into the page through textContent, never HTML.
+
+const state = { config: null, page: 1, filters: {}, ws: null, retry: 1000 };
+const view = () => document.getElementById("view");
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (!response.ok) {
+    const detail = body && body.detail ? body.detail : response.statusText;
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return body;
+}
+
+function post(path, payload) {
+  return api(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                     body: JSON.stringify(payload) });
+}
+
+function badge(value, label) {
+  const span = el("span", { class: "badge", title: label }, value < 0 ? "–" : value);
+  if (label.startsWith("severity") && value >= 0) {
+    span.classList.add(value >= state.config.severity_threshold ? "sev-high" : "sev-low");
+  }
+  return span;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+// --- banner and live updates ---------------------------------------------------------
+
+function showDashboard(msg) {
+  const endpoints = $("endpoints");
+  endpoints.replaceChildren();
+  const names = Object.keys(msg.endpoints || {});
+  const active = names.find((n) => msg.endpoints[n]);
+  for (const name of names) {
+    const pill = el("span", { class: "pill " + (msg.endpoints[name] ? "on" : "off") },
+                    `${name} ${msg.endpoints[name] ? "up" : "down"}`);
+    if (name === active && name !== names[0]) pill.classList.add("warn");
+    endpoints.append(pill);
+  }
+  if (names.length && active && active !== names[0]) {
+    endpoints.append(el("span", { class: "pill warn" }, `failover: ${active} active`));
+  }
+  const q = msg.queue || {};
+  $("queue").textContent = `queued ${(q.queued || 0) + (q.requeue || 0)} · processing ` +
+    `${q.processing || 0} · done ${q.done || 0} · errors ${q.error || 0}`;
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+  state.ws = ws;
+  ws.onopen = () => { state.retry = 1000; $("live").textContent = "live"; $("live").className = "pill on"; };
+  ws.onclose = () => {
+    $("live").textContent = "offline"; $("live").className = "pill off";
+    setTimeout(connect, state.retry);
+    state.retry = Math.min(state.retry * 2, 30000);
+  };
+  ws.onmessage = (event) => {
+    const msg = JSON.parse(event.data);
+    if (msg.type === "dashboard") showDashboard(msg);
+    else onEvent(msg);
+  };
+}
+
+function onEvent(msg) {
+  const route = currentRoute();
+  if (route.name === "exams") {
+    if (msg.type === "exam.queued" && state.page === 1) loadExams(msg.uid);
+    else if (msg.uid && document.querySelector(`tr[data-uid="${CSS.escape(msg.uid)}"]`)) loadExams(msg.uid);
+  } else if (route.name === "exam" && msg.uid === route.arg) {
+    loadExam(route.arg);
+  }
+}
+
+// --- exam list -----------------------------------------------------------------------
+
+function renderExams() {
+  view().replaceChildren($("tpl-exams").content.cloneNode(true));
+  const form = $("filters");
+  for (const s of state.config.statuses) form.status.append(el("option", { value: s }, s));
+  for (const r of state.config.regions) form.region.append(el("option", { value: r }, r));
+  for (const [k, v] of Object.entries(state.filters)) if (form[k]) form[k].value = v;
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    state.filters = Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== ""));
+    state.page = 1;
+    loadExams();
+  };
+  $("prev").onclick = () => { if (state.page > 1) { state.page -= 1; loadExams(); } };
+  $("next").onclick = () => { state.page += 1; loadExams(); };
+  loadExams();
+}
+
+async function loadExams(flashUid) {
+  const params = new URLSearchParams({ ...state.filters, page: state.page });
+  let data;
+  try {
+    data = await api(`/api/exams?${params}`);
+  } catch (err) {
+    $("exam-rows")?.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "error" }, err.message)));
+    return;
+  }
+  const rows = $("exam-rows");
+  if (!rows) return;
+  if (state.page > data.pages) state.page = data.pages;
+  rows.replaceChildren(...data.exams.map((e) => {
+    const tr = el("tr", { dataset: { uid: e.uid } },
+      el("td", {}, when(e.created)),
+      el("td", {}, e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : ""),
+      el("td", {}, e.region),
+      el("td", {}, e.status),
+      el("td", {}, e.ai ? badge(e.ai.severity, "severity (AI)") : ""),
+      el("td", {}, e.rad ? badge(e.rad.severity, "severity (radiologist)") : ""),
+      el("td", {}, e.ai ? e.ai.summary : ""));
+    if (e.uid === flashUid) tr.classList.add("flash");
+    tr.onclick = () => { location.hash = `#/exam/${e.uid}`; };
+    return tr;
+  }));
+  $("page-info").textContent = `page ${data.page} of ${data.pages} · ${data.total} exams`;
+}
+
+// --- one exam ------------------------------------------------------------------------
+
+function setupViewer() {
+  const box = $("image-box"), img = $("xray");
+  const t = { scale: 1, x: 0, y: 0 };
+  const apply = () => {
+    img.style.transform = `translate(${t.x}px, ${t.y}px) scale(${t.scale})`;
+    img.style.filter = `brightness(${$("brightness").value}%) contrast(${$("contrast").value}%)`;
+  };
+  const fit = () => {
+    if (!img.naturalWidth) return;
+    t.scale = Math.min(box.clientWidth / img.naturalWidth, box.clientHeight / img.naturalHeight);
+    t.x = (box.clientWidth - img.naturalWidth * t.scale) / 2; t.y = 0; apply();
+  };
+  const zoom = (factor, cx = box.clientWidth / 2, cy = box.clientHeight / 2) => {
+    t.x = cx - (cx - t.x) * factor; t.y = cy - (cy - t.y) * factor; t.scale *= factor; apply();
+  };
+  img.onload = fit;
+  box.onwheel = (e) => { e.preventDefault(); zoom(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.offsetX, e.offsetY); };
+  let drag = null;
+  box.onpointerdown = (e) => { drag = { x: e.clientX - t.x, y: e.clientY - t.y }; box.setPointerCapture(e.pointerId); };
+  box.onpointermove = (e) => { if (drag) { t.x = e.clientX - drag.x; t.y = e.clientY - drag.y; apply(); } };
+  box.onpointerup = () => { drag = null; };
+  $("zoom-in").onclick = () => zoom(1.25);
+  $("zoom-out").onclick = () => zoom(0.8);
+  $("reset").onclick = () => { $("brightness").value = 100; $("contrast").value = 100; fit(); };
+  $("brightness").oninput = apply;
+  $("contrast").oninput = apply;
+}
+
+function renderExam(uid) {
+  view().replaceChildren($("tpl-exam").content.cloneNode(true));
+  setupViewer();
+  $("xray").src = `/api/images/${encodeURIComponent(uid)}`;
+  const form = $("review");
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    try {
+      await post("/api/rad_review", { uid, correct: data.get("correct") === "true", note: data.get("note") || "" });
+      $("review-result").textContent = "saved";
+      loadExam(uid);
+    } catch (err) { $("review-result").textContent = err.message; }
+  };
+  $("requeue").onclick = async () => {
+    try { await post("/api/requeue", { uid }); $("requeue-result").textContent = "requeued"; loadExam(uid); }
+    catch (err) { $("requeue-result").textContent = err.message; }
+  };
+  loadExam(uid);
+}
+
+async function loadExam(uid) {
+  let e;
+  try { e = await api(`/api/exams/${encodeURIComponent(uid)}`); }
+  catch (err) { $("exam-title").textContent = err.message; return; }
+  if (!$("exam-title")) return;
+  const who = e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : "unknown patient";
+  $("exam-title").textContent = `${e.region || "unknown region"} ${e.projection || ""} · ${who} · ${when(e.created)} · ${e.status}`;
+  const ai = e.ai, rad = e.rad;
+  $("ai-badges").replaceChildren(...(ai ? [badge(ai.severity, "severity (AI)"), badge(ai.confidence, "confidence %")] : []));
+  $("ai-text").textContent = ai ? ai.text : (e.error || "no AI report yet");
+  $("ai-summary").textContent = ai ? ai.summary : "";
+  $("rad-badges").replaceChildren(...(rad ? [badge(rad.severity, "severity (radiologist)")] : []));
+  $("rad-name").textContent = rad ? rad.radiologist : "";
+  $("rad-text").textContent = rad ? rad.text : "no radiologist report yet";
+  $("rad-en").textContent = rad ? rad.text_en : "";
+  $("review").hidden = !(ai && state.config.can.review);
+  $("review-state").textContent = ai && ai.reviewed
+    ? `reviewed ${ai.review_correct === 1 ? "correct" : "incorrect"} by ${ai.reviewed_by}: ${ai.review_note}` : "";
+  $("requeue").hidden = !state.config.can.requeue;
+}
+
+// --- statistics ----------------------------------------------------------------------
+
+function bars(container, labels, series) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 400 220");
+  const max = Math.max(1, ...series.flatMap((s) => s.values));
+  const slot = 380 / Math.max(1, labels.length), width = slot / (series.length + 1);
+  labels.forEach((label, i) => {
+    series.forEach((s, k) => {
+      const h = (s.values[i] / max) * 180;
+      const rect = document.createElementNS(ns, "rect");
+      rect.setAttribute("x", 10 + i * slot + k * width);
+      rect.setAttribute("y", 195 - h);
+      rect.setAttribute("width", width * 0.9);
+      rect.setAttribute("height", h);
+      rect.setAttribute("class", s.cls);
+      const title = document.createElementNS(ns, "title");
+      title.textContent = `${s.name} ${label}: ${s.values[i]}`;
+      rect.append(title);
+      svg.append(rect);
+    });
+    if (labels.length <= 31) {
+      const text = document.createElementNS(ns, "text");
+      text.setAttribute("x", 10 + i * slot);
+      text.setAttribute("y", 212);
+      text.textContent = label;
+      svg.append(text);
+    }
+  });
+  container.replaceChildren(svg, el("p", { class: "muted" }, series.map((s) => s.name).join(" · ")));
+}
+
+function pct(v) { return v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)}%`; }
+
+function agreementRow(name, count, a) {
+  return el("tr", {}, el("td", {}, name || "(none)"), el("td", {}, count), el("td", {}, a.tp),
+    el("td", {}, a.tn), el("td", {}, a.fp), el("td", {}, a.fn), el("td", {}, a.not_assessed),
+    el("td", {}, pct(a.sensitivity)), el("td", {}, pct(a.specificity)));
+}
+
+function agreementTable(table, label, rows) {
+  const head = el("tr", {}, ...[label, "n", "TP", "TN", "FP", "FN", "n/a", "sens.", "spec."].map((h) => el("th", {}, h)));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+}
+
+async function renderStats() {
+  view().replaceChildren($("tpl-stats").content.cloneNode(true));
+  try {
+    const [g, regional, rads, timeline] = await Promise.all([
+      api("/api/stats/global"), api("/api/stats/regional"), api("/api/stats/radiologists"),
+      api("/api/stats/timeline?period=day")]);
+    const sev = [...Array(12).keys()].map((i) => String(i - 1));
+    bars($("chart-severity"), sev, [
+      { name: "AI", cls: "ai", values: sev.map((s) => g.severity.ai[s] || 0) },
+      { name: "radiologist", cls: "rad", values: sev.map((s) => g.severity.rad[s] || 0) }]);
+    const a = g.agreement;
+    $("matrix").replaceChildren(
+      el("tr", {}, el("th", {}, ""), el("th", {}, "radiologist +"), el("th", {}, "radiologist −")),
+      el("tr", {}, el("th", {}, "AI +"), el("td", {}, a.tp), el("td", {}, a.fp)),
+      el("tr", {}, el("th", {}, "AI −"), el("td", {}, a.fn), el("td", {}, a.tn)));
+    $("ratios").replaceChildren(...[["threshold", g.threshold], ["sensitivity", pct(a.sensitivity)],
+      ["specificity", pct(a.specificity)], ["PPV", pct(a.ppv)], ["NPV", pct(a.npv)],
+      ["F1", pct(a.f1)], ["not assessed", a.not_assessed]].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    const days = timeline.timeline.slice(-31);
+    bars($("chart-throughput"), days.map((d) => d.start.slice(5)), [
+      { name: "received", cls: "received", values: days.map((d) => d.received) },
+      { name: "reported", cls: "reported", values: days.map((d) => d.reported) }]);
+    agreementTable($("per-region"), "region", regional.regions.map((r) => agreementRow(r.region, r.exams, r.agreement)));
+    agreementTable($("per-radiologist"), "radiologist", rads.radiologists.map((r) => agreementRow(r.radiologist, r.reports, r.agreement)));
+  } catch (err) {
+    view().append(el("p", { class: "error" }, err.message));
+  }
+}
+
+// --- ad-hoc check --------------------------------------------------------------------
+
+function renderCheck() {
+  view().replaceChildren($("tpl-check").content.cloneNode(true));
+  const form = $("check-form");
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const mode = e.submitter ? e.submitter.value : "check";
+    const out = $("check-result");
+    out.replaceChildren(el("p", { class: "muted" }, "asking the model…"));
+    try {
+      const result = await post(`/api/${mode}`, { text: form.text.value });
+      out.replaceChildren(...Object.entries(result).flatMap(([k, v]) => [el("h4", {}, k), el("pre", {}, v)]));
+    } catch (err) { out.replaceChildren(el("p", { class: "error" }, err.message)); }
+  };
+}
+
+// --- routing -------------------------------------------------------------------------
+
+function currentRoute() {
+  const [, name = "exams", arg] = location.hash.split("/");
+  return { name: name || "exams", arg: arg ? decodeURIComponent(arg) : undefined };
+}
+
+function route() {
+  const r = currentRoute();
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    a.classList.toggle("active", a.dataset.nav === r.name || (r.name === "exam" && a.dataset.nav === "exams"));
+  }
+  if (r.name === "exam" && r.arg) renderExam(r.arg);
+  else if (r.name === "stats") renderStats();
+  else if (r.name === "check") renderCheck();
+  else renderExams();
+}
+
+async function start() {
+  try {
+    state.config = await api("/api/config");
+  } catch (err) {
+    view().replaceChildren(el("p", { class: "error" }, `cannot load the configuration: ${err.message}`));
+    return;
+  }
+  $("user").textContent = `${state.config.user} (${state.config.role})`;
+  if (!state.config.can.check) document.querySelector('[data-nav="check"]').hidden = true;
+  window.addEventListener("hashchange", route);
+  route();
+  connect();
+}
+
+start();

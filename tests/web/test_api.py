@@ -1,0 +1,304 @@
+"""The REST API against the real app on SQLite and PostgreSQL."""
+
+import asyncio
+import datetime as dt
+
+import pytest
+from sqlalchemy import select, update
+
+from web.conftest import basic
+from xrayvision.db import queue, repo
+from xrayvision.db.models import DONE, PROCESSING, QUEUED, AuditLog, Exam
+from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.web.api import load_spec
+
+PNG = b"\x89PNG\r\n\x1a\n image"
+
+# (method, path, body, permission): every route of the API.
+ROUTES = [
+    ("GET", "/api/exams", None, "read"),
+    ("GET", "/api/exams/1.2.3.1", None, "read"),
+    ("GET", "/api/images/1.2.3.1", None, "read"),
+    ("GET", "/api/stats/global", None, "read"),
+    ("GET", "/api/stats/regional", None, "read"),
+    ("GET", "/api/stats/radiologists", None, "read"),
+    ("GET", "/api/stats/insights", None, "read"),
+    ("GET", "/api/stats/timeline", None, "read"),
+    ("POST", "/api/check", {"text": "Pneumonie"}, "check"),
+    ("POST", "/api/analyse", {"text": "Pneumonie"}, "check"),
+    ("POST", "/api/rad_review", {"uid": "1.2.3.1", "correct": True, "note": "ok"}, "review"),
+    ("POST", "/api/requeue", {"uid": "1.2.3.2"}, "requeue"),
+    ("GET", "/api/config", None, "read"),
+    ("GET", "/api/spec", None, "read"),
+]
+RIGHTS = {"admin": {"read", "check", "review", "requeue"},
+          "rad": {"read", "check", "review", "requeue"},
+          "viewer": {"read"}}
+
+
+def seed(db, store=None):
+    """Two patients, four exams: done with both reports, done with AI only, queued, error."""
+    t0 = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+    rows = [("1.2.3.1", DONE, "chest", "111", "Popescu^Ion", 7, 8, "Dr. A"),
+            ("1.2.3.2", DONE, "leg", "111", "Popescu^Ion", 2, None, None),
+            ("1.2.3.3", QUEUED, "chest", "222", "Ionescu^Ana", None, None, None),
+            ("1.2.3.4", "error", "chest", "222", "Ionescu^Ana", None, None, None)]
+    for i, (uid, status, region, cnp, name, ai, rad, radiologist) in enumerate(rows):
+        db.write_sync(repo.add_exam, ExamInfo(uid=uid, region=region, status=status),
+                      PatientInfo(cnp=cnp, name=name))
+        db.write_sync(lambda s, uid=uid, i=i: s.execute(
+            update(Exam).where(Exam.uid == uid).values(created=t0 + dt.timedelta(days=i))))
+        if ai is not None:
+            db.write_sync(repo.save_ai_report, uid, text="FINDINGS: x\nIMPRESSION: y",
+                          severity=ai, positive=int(ai >= 5), summary=f"summary {uid}",
+                          endpoint="primary", latency=1.5)
+        if rad is not None:
+            db.write_sync(repo.save_rad_report, uid, text="Pneumonie bazală", severity=rad,
+                          radiologist=radiologist, text_en="Basal pneumonia", checked=True)
+        if store is not None:
+            store.put(uid, "png", PNG)
+
+
+@pytest.mark.parametrize("method,path,body,permission", ROUTES)
+async def test_auth_matrix(api, method, path, body, permission):
+    client, services = api
+    seed(services.db, services.store)
+    resp = await client.request(method, path, json=body)
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Basic")
+    assert (await resp.json())["error"] == "unauthorized"
+    resp = await client.request(method, path, json=body, headers=basic("viewer", "nope"))
+    assert resp.status == 401
+    for user, rights in RIGHTS.items():
+        resp = await client.request(method, path, json=body, headers=basic(user))
+        if permission in rights:
+            assert resp.status == 200, (user, path, await resp.text())
+        else:
+            assert resp.status == 403, (user, path)
+            assert "may not" in (await resp.json())["detail"]
+
+
+async def test_open_routes_need_no_auth(api):
+    client, _ = api
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/metrics")).status == 200
+
+
+async def test_exam_list_filters_and_paging(api):
+    client, services = api
+    seed(services.db)
+    h = basic("viewer")
+
+    async def uids(query):
+        resp = await client.get(f"/api/exams?{query}", headers=h)
+        assert resp.status == 200, await resp.text()
+        return [e["uid"] for e in (await resp.json())["exams"]]
+
+    assert await uids("") == ["1.2.3.4", "1.2.3.3", "1.2.3.2", "1.2.3.1"]
+    assert await uids("status=done") == ["1.2.3.2", "1.2.3.1"]
+    assert await uids("status=queued,error") == ["1.2.3.4", "1.2.3.3"]
+    assert await uids("region=leg") == ["1.2.3.2"]
+    assert await uids("severity_min=5") == ["1.2.3.1"]
+    assert await uids("severity_max=4&severity_min=0") == ["1.2.3.2"]
+    assert await uids("positive=1") == ["1.2.3.1"]
+    assert await uids("reviewed=false") == ["1.2.3.2", "1.2.3.1"]
+    assert await uids("search=Ionescu") == ["1.2.3.4", "1.2.3.3"]
+    assert await uids("search=11") == ["1.2.3.2", "1.2.3.1"]
+    assert await uids("agreement=TP") == ["1.2.3.1"]
+    assert await uids("since=2026-11-21&until=2026-11-23") == ["1.2.3.3", "1.2.3.2"]
+    page = await (await client.get("/api/exams?size=3&page=2", headers=h)).json()
+    assert [e["uid"] for e in page["exams"]] == ["1.2.3.1"]
+    assert (page["total"], page["pages"], page["size"]) == (4, 2, 3)
+
+
+@pytest.mark.parametrize("query,detail", [
+    ("status=bogus", "status must be among"), ("size=0", "size must be"),
+    ("size=501", "size must be"), ("page=x", "page must be"), ("positive=2", "positive"),
+    ("reviewed=maybe", "reviewed must be"), ("since=yesterday", "since must be"),
+    ("agreement=XX", "agreement must be"),
+])
+async def test_bad_queries_are_400_with_a_reason(api, query, detail):
+    client, _ = api
+    resp = await client.get(f"/api/exams?{query}", headers=basic("viewer"))
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "bad_request" and detail in body["detail"]
+
+
+async def test_exam_detail_and_image(api):
+    client, services = api
+    seed(services.db, services.store)
+    h = basic("viewer")
+    exam = await (await client.get("/api/exams/1.2.3.1", headers=h)).json()
+    assert exam["ai"]["text"].startswith("FINDINGS") and exam["ai"]["severity"] == 7
+    assert exam["rad"]["text"] == "Pneumonie bazală" and exam["rad"]["text_en"] == "Basal pneumonia"
+    assert exam["patient"] == {"cnp": "111", "name": "Popescu^Ion", "sex": "",
+                               "birth_date": None}
+    assert (await client.get("/api/exams/9.9.9", headers=h)).status == 404
+    assert (await client.get("/api/exams/not-a-uid", headers=h)).status == 404
+    resp = await client.get("/api/images/1.2.3.1", headers=h)
+    assert resp.status == 200 and await resp.read() == PNG
+    assert resp.headers["Content-Type"] == "image/png"
+    assert resp.headers["Cache-Control"] == "private, max-age=86400"
+    etag = resp.headers["ETag"]
+    again = await client.get("/api/images/1.2.3.1", headers={**h, "If-None-Match": etag})
+    assert again.status == 304
+    assert (await client.get("/api/images/9.9.9", headers=h)).status == 404
+
+
+async def test_statistics(api):
+    client, services = api
+    seed(services.db)
+    h = basic("viewer")
+    g = await (await client.get("/api/stats/global", headers=h)).json()
+    assert g["statuses"]["done"] == 2 and g["statuses"]["queued"] == 1
+    assert g["severity"]["ai"]["7"] == 1 and g["severity"]["rad"]["8"] == 1
+    assert g["agreement"]["tp"] == 1 and g["agreement"]["sensitivity"] == 1.0
+    assert g["model"]["primary"] == {"avg_seconds": 1.5, "reports": 2}
+    regional = await (await client.get("/api/stats/regional", headers=h)).json()
+    assert {r["region"]: r["exams"] for r in regional["regions"]} == {"chest": 3, "leg": 1}
+    rads = await (await client.get("/api/stats/radiologists", headers=h)).json()
+    assert rads["radiologists"][0]["radiologist"] == "Dr. A"
+    timeline = await (await client.get("/api/stats/timeline?period=week", headers=h)).json()
+    # Received Fri 20th to Mon 23rd: the Monday starts the next week.
+    assert [(t["start"], t["received"], t["reported"], t["agreement"]["tp"])
+            for t in timeline["timeline"]] == [("2026-11-16", 3, 2, 1), ("2026-11-23", 1, 0, 0)]
+    resp = await client.get("/api/stats/timeline?period=year", headers=h)
+    assert resp.status == 400
+    insights = await (await client.get("/api/stats/insights", headers=h)).json()
+    assert insights["reviews"]["not_reviewed"] == 2
+
+
+async def test_check_and_analyse_use_the_model(api, stub):
+    client, _ = api
+    h = basic("rad")
+    resp = await client.post("/api/check", json={"text": "Pneumonie bazală dreaptă"}, headers=h)
+    assert await resp.json() == {"positive": 1, "severity": 6, "confidence": 85,
+                                 "summary": "right lower lobe pneumonia"}
+    passes = await (await client.post("/api/analyse", json={"text": "x"}, headers=h)).json()
+    assert list(passes) == ["overview", "detail", "critique", "assessment"]
+    stub.state.mode = "500"
+    resp = await client.post("/api/check", json={"text": "x"}, headers=h)
+    assert resp.status == 503 and "no model endpoint" in (await resp.json())["detail"]
+
+
+@pytest.mark.parametrize("body,status,detail", [
+    ("not json", 400, "not valid JSON"), ([1, 2], 400, "JSON object"),
+    ({"text": ""}, 400, "non-empty"), ({"text": 5}, 400, "non-empty"),
+    ({"text": "x" * 20001}, 400, "longer than"),
+])
+async def test_bad_bodies(api, body, status, detail):
+    client, _ = api
+    kwargs = {"data": body, "headers": {**basic("rad"), "Content-Type": "application/json"}} \
+        if isinstance(body, str) else {"json": body, "headers": basic("rad")}
+    resp = await client.post("/api/check", **kwargs)
+    assert resp.status == status
+    assert detail in (await resp.json())["detail"]
+
+
+async def test_body_limit_media_type_and_unknown_routes(api):
+    client, _ = api
+    h = basic("rad")
+    resp = await client.post("/api/check", data=b"x" * 300_000,
+                             headers={**h, "Content-Type": "application/json"})
+    assert resp.status == 413 and (await resp.json())["error"] == "too_large"
+    resp = await client.post("/api/check", data="text=x", headers={
+        **h, "Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 415
+    resp = await client.get("/api/nothing", headers=h)
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+    resp = await client.delete("/api/exams", headers=h)
+    assert resp.status == 405 and "GET" in resp.headers["Allow"]
+
+
+async def test_review_is_stored_audited_and_announced(api):
+    client, services = api
+    seed(services.db)
+    with services.bus.subscribe() as events:
+        resp = await client.post("/api/rad_review", headers=basic("rad"),
+                                 json={"uid": "1.2.3.1", "correct": False,
+                                       "note": "<b>missed</b> effusion"})
+        assert resp.status == 200
+        event = await asyncio.wait_for(events.get(), 2)
+    assert (event.type, event.data) == ("exam.reviewed", {"uid": "1.2.3.1", "correct": False})
+    ai = services.db.read_sync(repo.get_ai_report, "1.2.3.1")
+    assert (ai.reviewed, ai.review_correct, ai.review_note, ai.reviewed_by) == (
+        True, 0, "<b>missed</b> effusion", "rad")
+    audits = services.db.read_sync(lambda s: s.scalars(
+        select(AuditLog.action).where(AuditLog.target == "1.2.3.1")).all())
+    assert audits == ["review"]
+    resp = await client.post("/api/rad_review", headers=basic("rad"),
+                             json={"uid": "1.2.3.3", "correct": True})
+    assert resp.status == 404  # queued: no AI report yet
+    resp = await client.post("/api/rad_review", headers=basic("rad"),
+                             json={"uid": "1.2.3.1", "correct": "yes"})
+    assert resp.status == 400
+
+
+async def test_requeue(api):
+    client, services = api
+    seed(services.db)
+    h = basic("rad")
+    resp = await client.post("/api/requeue", json={"uid": "1.2.3.2"}, headers=h)
+    assert resp.status == 200
+    assert services.db.read_sync(repo.get_exam, "1.2.3.2").exam.status == "requeue"
+    assert (await client.post("/api/requeue", json={"uid": "9.9"}, headers=h)).status == 404
+    assert (await client.post("/api/requeue", json={"uid": "x/y"}, headers=h)).status == 400
+    services.db.write_sync(queue.claim, "someone", 600)
+    busy = services.db.read_sync(repo.list_exams, repo.ExamFilter(statuses=(PROCESSING,)))
+    uid = busy.rows[0].exam.uid
+    resp = await client.post("/api/requeue", json={"uid": uid}, headers=h)
+    assert resp.status == 409
+
+
+async def test_config_has_no_secrets_and_is_audited(api):
+    client, services = api
+    resp = await client.get("/api/config", headers=basic("viewer"))
+    config = await resp.json()
+    assert (config["user"], config["role"]) == ("viewer", "viewer")
+    assert config["can"] == {"review": False, "check": False, "requeue": False, "admin": False}
+    text = await resp.text()
+    assert "scrypt" not in text and "password" not in text
+    actions = services.db.read_sync(lambda s: s.scalars(select(AuditLog.action)).all())
+    assert actions.count("config.read") == 1 and actions.count("login") == 1
+
+
+async def test_logins_are_audited_and_failures_slowed(api):
+    client, services = api
+    started = asyncio.get_running_loop().time()
+    for _ in range(4):
+        assert (await client.get("/api/config", headers=basic("viewer", "bad"))).status == 401
+    # 0.05 + 0.1 + 0.2 + 0.4 seconds of delay for the same address
+    assert asyncio.get_running_loop().time() - started >= 0.7
+    assert (await client.get("/api/config", headers=basic("viewer"))).status == 200
+    assert (await client.get("/api/config", headers=basic("viewer"))).status == 200
+    actions = services.db.read_sync(lambda s: s.scalars(
+        select(AuditLog.action).order_by(AuditLog.id)).all())
+    assert actions.count("login.failed") == 4
+    assert actions.count("login") == 1  # verified once, then remembered
+
+
+async def test_security_headers(api):
+    client, _ = api
+    for path in ("/", "/api/config", "/healthz", "/static/app.js"):
+        resp = await client.get(path, headers=basic("viewer"))
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "frame-ancestors 'none'" in csp
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Referrer-Policy"] == "no-referrer"
+
+
+async def test_spec_lists_exactly_the_routes(api):
+    client, _ = api
+    spec = await (await client.get("/api/spec", headers=basic("viewer"))).json()
+    assert spec == load_spec()
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    served = {(r.method, r.resource.canonical) for r in client.app.router.routes()
+              if r.resource.canonical.startswith("/api/") and r.method != "HEAD"}
+    assert documented == served
+
+
+def test_spec_validates():
+    from openapi_spec_validator import validate
+
+    validate(load_spec())
