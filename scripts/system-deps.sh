@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a target needs when they are missing.
 #   scripts/system-deps.sh run    Python venv support
-#   scripts/system-deps.sh test   + PostgreSQL server, DCMTK, Orthanc
+#   scripts/system-deps.sh test   + PostgreSQL server, DCMTK, Orthanc, Chromium (browser tests)
 # As root it uses apt-get; otherwise it says what to install and fails.
 set -euo pipefail
 target=${1:-run}
@@ -19,6 +19,7 @@ if [ "$target" = test ]; then
   command -v psql >/dev/null || missing+=(postgresql-client)
   command -v storescu >/dev/null || missing+=(dcmtk)
   command -v Orthanc >/dev/null || missing+=(orthanc)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -43,12 +44,12 @@ async def web_services(app, db, store, bus, model_url=None):
     """What the web role fills in, with a model client for /api/check when given."""
     async with aiohttp.ClientSession() as session:
         services = app[SERVICES]
+        hub = Hub(bus, lambda: dashboard_state(db), dashboard_interval=0.05)
         if model_url:
             model = ModelClient([Endpoint("primary", model_url, "m")], session, max_attempts=1)
             services.pipeline = Pipeline(model, db, store, bus, load_prompts(None))
-        hub = Hub(bus, lambda: dashboard_state(db), dashboard_interval=0.05)
+            hub.health = dict(model.healthy)
         services.db, services.bus, services.store, services.hub = db, bus, store, hub
-        import asyncio
         task = asyncio.create_task(hub.run())
         try:
             yield services
