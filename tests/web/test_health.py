@@ -24,7 +24,8 @@ async def test_readiness_follows_the_schema(aiohttp_client, tmp_path, db):
     from xrayvision.db.migrate import schema_state
 
     readiness = Readiness(db=db, ttl=0)
-    client = await aiohttp_client(init_app(load_settings(tmp_path, env={}), readiness))
+    settings = load_settings(tmp_path, env={"XRAYVISION_SERVER_ROLES": "relay"})
+    client = await aiohttp_client(init_app(settings, readiness))
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
     assert schema_state(db.engine).head[0] in (await resp.json())["detail"]
@@ -44,3 +45,16 @@ async def test_metrics_open_by_default_and_protected_when_configured(aiohttp_cli
     assert (await client.get("/metrics", headers=basic("prom", "wrong"))).status == 401
     assert (await client.get("/metrics", headers={"Authorization": "Basic !!"})).status == 401
     assert (await client.get("/metrics", headers=basic("prom", "scrape"))).status == 200
+
+
+async def test_a_web_process_is_ready_only_once_the_role_is_attached(aiohttp_client, tmp_path,
+                                                                     sqlite_db):
+    from xrayvision.web.context import SERVICES
+
+    readiness = Readiness(db=sqlite_db, ttl=0)
+    app = init_app(load_settings(tmp_path, env={"XRAYVISION_SERVER_ROLES": "web"}), readiness)
+    client = await aiohttp_client(app)
+    resp = await client.get("/readyz")
+    assert resp.status == 503 and "web role" in (await resp.json())["detail"]
+    app[SERVICES].hub = object()
+    assert (await client.get("/readyz")).status == 200

@@ -13,8 +13,8 @@ from xrayvision.events import LocalBus
 from xrayvision.web.live import Client, Hub
 
 
-async def receive(ws, timeout=2.0):
-    msg = await asyncio.wait_for(ws.receive(), timeout)
+async def receive(ws):
+    msg = await asyncio.wait_for(ws.receive(), 2.0)
     assert msg.type == aiohttp.WSMsgType.TEXT, msg
     return json.loads(msg.data)
 

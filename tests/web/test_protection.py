@@ -2,7 +2,7 @@
 
 import ipaddress
 
-from web.conftest import basic, web_settings
+from web.conftest import basic, web_services, web_settings
 from xrayvision.db import repo
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
@@ -12,8 +12,6 @@ from xrayvision.web.auth import BOOTSTRAP_KEY, Authenticator, parse_basic
 from xrayvision.web.health import Readiness
 from xrayvision.web.ratelimit import SlidingWindow, client_address
 from xrayvision.web.service import bootstrap_admin
-
-from web.conftest import web_services
 
 
 class Clock:

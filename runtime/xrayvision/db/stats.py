@@ -57,12 +57,12 @@ def throughput(session: Session, since: dt.datetime | None = None,
                until: dt.datetime | None = None) -> dict[str, dict[str, int]]:
     """Per UTC day (YYYY-MM-DD): exams received, and of those reported (done)."""
     day = _day(session, Exam.created)
-    query = select(day, Exam.status == DONE, func.count()).group_by(day, Exam.status == DONE)
+    query = select(day, Exam.status, func.count()).group_by(day, Exam.status)
     result: dict[str, dict[str, int]] = {}
-    for key, done, n in session.execute(_window(query, since, until)):
+    for key, status, n in session.execute(_window(query, since, until)):
         row = result.setdefault(str(key), {"received": 0, "reported": 0})
         row["received"] += n
-        if done:
+        if status == DONE:
             row["reported"] += n
     return dict(sorted(result.items()))
 

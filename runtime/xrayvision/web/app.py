@@ -17,7 +17,14 @@ from xrayvision.web import middleware
 from xrayvision.web.api import setup_api_routes
 from xrayvision.web.auth import Authenticator
 from xrayvision.web.context import AUTH, LIMITER, MAX_BODY, SERVICES, SETTINGS, Services
-from xrayvision.web.health import METRICS_AUTH, READINESS, USERS, Readiness, setup_health_routes
+from xrayvision.web.health import (
+    METRICS_AUTH,
+    READINESS,
+    USERS,
+    WEB_ROLE,
+    Readiness,
+    setup_health_routes,
+)
 from xrayvision.web.ratelimit import SlidingWindow
 
 
@@ -56,7 +63,8 @@ def init_app(settings: Settings, readiness: Readiness) -> web.Application:
     app[AUTH] = Authenticator(settings.users)
     app[LIMITER] = SlidingWindow(settings.web.rate_limit, 60.0)
     setup_health_routes(app)
-    if "web" in settings.server.roles:
+    app[WEB_ROLE] = "web" in settings.server.roles
+    if app[WEB_ROLE]:
         setup_api_routes(app)
         app.router.add_get("/ws", websocket)
         app.router.add_get("/", index)

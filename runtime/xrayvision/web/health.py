@@ -17,6 +17,7 @@ from xrayvision.config import User
 from xrayvision.db.engine import Database
 from xrayvision.db.migrate import schema_state
 from xrayvision.passwords import verify_password
+from xrayvision.web.context import SERVICES
 
 
 @dataclass
@@ -59,8 +60,13 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+WEB_ROLE = web.AppKey("web_role", bool)
+
+
 async def readyz(request: web.Request) -> web.Response:
     ready, reason = await request.app[READINESS].check()
+    if ready and request.app.get(WEB_ROLE) and request.app[SERVICES].hub is None:
+        ready, reason = False, "starting: the web role is not attached yet"
     return web.json_response(
         {"status": "ready" if ready else "not ready", "detail": reason},
         status=200 if ready else 503,

@@ -32,7 +32,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table('ai_reports') as batch:
-        batch.drop_constraint('ck_ai_reports_review_correct', type_='check')
+        batch.drop_constraint(op.f('ck_ai_reports_review_correct'), type_='check')
         batch.drop_column('reviewed_at')
         batch.drop_column('reviewed_by')
         batch.drop_column('review_note')

@@ -1,0 +1,111 @@
+"""The dashboard in headless Chromium (Debian's, driven by Playwright), against a real web
+process on PostgreSQL; another process inserts an exam and publishes it, as ingest does.
+Screenshots go to build/screenshots/ (test artefacts)."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from conftest import ROOT
+from support.webproc import web_process
+from web.conftest import PASSWORDS, USERS
+from xrayvision.db import repo
+from xrayvision.db.models import DONE
+from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.images import FilesystemStore
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]
+XSS = "<img src=x onerror=alert(1)>"
+SHOTS = ROOT / "build" / "screenshots"
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00"
+       b"\x00:~\x9bU\x00\x00\x00\nIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00"
+       b"\x00\x00IEND\xaeB`\x82")
+
+INSERT = """
+import asyncio, sys
+from xrayvision.db.engine import Database, DatabaseOptions
+from xrayvision.db import repo
+from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.images import FilesystemStore
+from xrayvision.events import make_bus
+
+async def main(url, uid):
+    db = Database(DatabaseOptions(url=url))
+    bus = make_bus(db.url)
+    await bus.start()
+    await db.write(repo.add_exam, ExamInfo(uid=uid, region="chest", status="queued"),
+                   PatientInfo(cnp="333", name="Nou^Pacient"))
+    await bus.publish("exam.queued", uid=uid, region="chest")
+    await bus.close()
+    db.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def dashboard(tmp_path, pg_db, pg_url):
+    FilesystemStore(tmp_path / "data" / "images").put("1.2.840.1", "png", PNG)
+    pg_db.write_sync(repo.add_exam, ExamInfo(uid="1.2.840.1", region="chest", status=DONE),
+                     PatientInfo(cnp="111", name="Popescu^Ion"))
+    pg_db.write_sync(repo.save_ai_report, "1.2.840.1", text=f"FINDINGS: {XSS}",
+                     summary=XSS, severity=7, confidence=80)
+    users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
+    with web_process(tmp_path, pg_url, users) as url:
+        yield url
+
+
+def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    errors, dialogs = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        context = browser.new_context(http_credentials={"username": "rad",
+                                                        "password": PASSWORDS["rad"]},
+                                      viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(dashboard + "/")
+        page.wait_for_selector('tr[data-uid="1.2.840.1"]')
+        page.wait_for_selector("#live.on")
+        assert XSS in page.inner_text('tr[data-uid="1.2.840.1"]')
+        page.screenshot(path=str(SHOTS / "exams.png"))
+
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", INSERT, pg_url, "1.2.840.2"], check=True)
+        inserted = time.monotonic()
+        page.wait_for_selector('tr[data-uid="1.2.840.2"]', timeout=2000)
+        shown = time.monotonic()
+        assert shown - inserted <= 2.0, (
+            f"took {shown - inserted:.2f} s (insert {inserted - started:.2f} s)")
+
+        page.click('tr[data-uid="1.2.840.1"]')
+        page.wait_for_selector("#ai-text")
+        page.wait_for_function("document.getElementById('ai-text').textContent.length > 0")
+        assert page.inner_text("#ai-text") == f"FINDINGS: {XSS}"
+        assert page.locator("#ai-text img").count() == 0
+        page.wait_for_function("document.getElementById('xray').naturalWidth > 0")
+        page.screenshot(path=str(SHOTS / "exam.png"))
+
+        page.check('#review input[value="false"]')
+        page.fill("#review textarea", "missed effusion")
+        page.click("#review button[type=submit]")
+        page.wait_for_selector("#review-result:has-text('saved')")
+        page.wait_for_selector("#review-state:has-text('incorrect')")
+
+        page.goto(dashboard + "/#/stats")
+        page.wait_for_selector("#chart-severity svg")
+        page.screenshot(path=str(SHOTS / "stats.png"))
+        browser.close()
+    ai = pg_db.read_sync(repo.get_ai_report, "1.2.840.1")
+    assert (ai.review_correct, ai.review_note, ai.reviewed_by) == (0, "missed effusion", "rad")
+    assert dialogs == [], "an alert ran: report text was rendered as HTML"
+    assert errors == []

@@ -1,0 +1,56 @@
+"""schemathesis against a real web process: generated requests for every operation of
+the OpenAPI document (a bounded number each) get no 5xx, only documented statuses and
+content types, and bodies that match the documented schemas."""
+
+import subprocess
+import sys
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from support.pacs import wait_port
+from support.pgserver import free_port
+from support.webproc import web_process
+from web.conftest import USERS, basic
+from xrayvision.db.engine import Database, DatabaseOptions
+from xrayvision.db.migrate import upgrade
+from xrayvision.web.api import load_spec
+
+schema = schemathesis.openapi.from_dict(load_spec())
+STUB = __import__("pathlib").Path(__file__).parents[1] / "support" / "model_stub.py"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    url = f"sqlite:///{tmp / 'fuzz.db'}"
+    db = Database(DatabaseOptions(url=url))
+    upgrade(db.engine)
+    db.close()
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, str(STUB), str(port)])
+    try:
+        wait_port(port)
+        users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
+        with web_process(tmp, url, users, XRAYVISION_WEB_RATE_LIMIT="0",
+                         XRAYVISION_AI_PRIMARY_URL=f"http://127.0.0.1:{port}") as base:
+            yield base
+    finally:
+        stub.terminate()
+        stub.wait()
+
+
+@schema.parametrize()
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_operation_conforms(case, server):
+    case.call_and_validate(
+        base_url=server, headers=basic("admin"),
+        checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                response_schema_conformance])
