@@ -1,0 +1,222 @@
+"""API benchmark: N exams bulk-loaded into PostgreSQL and into SQLite, a real
+`xrayvision serve --roles web` process on each, and:
+
+- 200 requests each (one client, one at a time) of the first page of ``/api/exams`` with
+  no filter and with two filters, an exam detail, ``/api/stats/global``: p50 and p99;
+- W WebSocket clients connected at once; an event (a requeue through the API) must reach
+  all of them: p50/p99 over all deliveries of E events.
+
+    .venv/bin/python bench/api.py [--exams 1000000] [--requests 200] [--ws-clients 500]
+                                  [--events 20] [--backends postgresql,sqlite]
+
+Data: one patient per 10 exams; 90% done with an AI report, 60% of those with a checked
+radiologist report; regions chest/leg/spine/hand/skull; receipt times over the last year.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT / "tests")  # support.*; and bench/queue.py must not shadow `queue`
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import datetime as dt  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import aiohttp  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from support.pgserver import PgServer  # noqa: E402
+from support.webproc import web_process  # noqa: E402
+from web.conftest import USERS, basic  # noqa: E402
+from xrayvision.db.engine import Database, DatabaseOptions  # noqa: E402
+from xrayvision.db.migrate import upgrade  # noqa: E402
+
+REGIONS = ("chest", "chest", "chest", "leg", "spine", "hand", "skull")
+EXAM_COLUMNS = ("uid", "study_uid", "series_uid", "accession", "cnp", "modality", "region",
+                "projection", "protocol", "body_part", "study_description",
+                "series_description", "series_datetime", "calling_aet", "priority", "status",
+                "error", "attempts", "created", "updated")
+
+
+def rows(count: int, seed: int = 7):
+    """(patients, exams, ai reports, radiologist reports) as tuples, deterministic."""
+    rnd = random.Random(seed)
+    now = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    patients = [(f"{1000000000000 + i}", f"Pacient^{i}", "M" if i % 2 else "F", now, now)
+                for i in range(max(1, count // 10))]
+    exams, ai, rad = [], [], []
+    for i in range(count):
+        uid = f"1.2.826.0.1.3680043.10.{i}"
+        created = now - dt.timedelta(seconds=rnd.randrange(365 * 86400))
+        done = rnd.random() < 0.9
+        region = rnd.choice(REGIONS)
+        exams.append((uid, f"{uid}.1", f"{uid}.2", f"A{i}", patients[i % len(patients)][0],
+                      "DX", region, "PA", "", "", "", "", created, "", 0,
+                      "done" if done else rnd.choice(("queued", "error", "ignore")), "", 0,
+                      created, created))
+        if done:
+            severity = rnd.randrange(0, 11)
+            ai.append((uid, "FINDINGS: ...\nIMPRESSION: ...", int(severity >= 5), severity,
+                       rnd.randrange(50, 100), "summary", "medgemma", "primary", 2.5, False,
+                       -1, "", "", created, created))
+            if rnd.random() < 0.6:
+                rad_severity = max(0, min(10, severity + rnd.randrange(-3, 4)))
+                rad.append((uid, f"DR{i}", "1", "final", "Raport ...", "Report ...",
+                            f"Dr. {i % 20}", int(rad_severity >= 5), rad_severity, "summary",
+                            True, created, created))
+    return patients, exams, ai, rad
+
+
+AI_COLUMNS = ("uid", "text", "positive", "severity", "confidence", "summary", "model",
+              "endpoint", "latency", "reviewed", "review_correct", "review_note",
+              "reviewed_by", "created", "updated")
+RAD_COLUMNS = ("uid", "fhir_id", "fhir_version", "fhir_status", "text", "text_en",
+               "radiologist", "positive", "severity", "summary", "checked", "created",
+               "updated")
+PATIENT_COLUMNS = ("cnp", "name", "sex", "created", "updated")
+
+
+def load_postgresql(db: Database, data) -> None:
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        for table, columns, values in zip(
+                ("patients", "exams", "ai_reports", "rad_reports"),
+                (PATIENT_COLUMNS, EXAM_COLUMNS, AI_COLUMNS, RAD_COLUMNS), data, strict=True):
+            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in values:
+                    copy.write_row(row)
+        raw.commit()
+        cur.execute("ANALYZE")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def load_sqlite(db: Database, data) -> None:
+    def naive(row):
+        return tuple(v.replace(tzinfo=None) if isinstance(v, dt.datetime) else v for v in row)
+
+    with db.engine.begin() as conn:
+        for table, columns, values in zip(
+                ("patients", "exams", "ai_reports", "rad_reports"),
+                (PATIENT_COLUMNS, EXAM_COLUMNS, AI_COLUMNS, RAD_COLUMNS), data, strict=True):
+            placeholders = ", ".join("?" for _ in columns)
+            conn.exec_driver_sql(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
+                [naive(r) for r in values])
+        conn.execute(text("ANALYZE"))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def time_requests(base: str, path: str, n: int) -> list[float]:
+    timings = []
+    async with aiohttp.ClientSession(headers=basic("admin")) as http:
+        async with http.get(base + path) as resp:  # warm the login cache
+            assert resp.status == 200, (path, resp.status, await resp.text())
+        for _ in range(n):
+            started = time.perf_counter()
+            async with http.get(base + path) as resp:
+                await resp.read()
+                assert resp.status == 200, (path, resp.status)
+            timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+async def websocket_fanout(base: str, clients: int, events: int, uid: str) -> list[float]:
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, headers=basic("admin")) as http:
+        sockets = []
+        for _ in range(clients):
+            ws = await http.ws_connect(base.replace("http", "ws") + "/ws", max_msg_size=0)
+            await ws.receive()  # the dashboard state
+            sockets.append(ws)
+        for _ in range(events):
+            sent = time.perf_counter()
+
+            async def wait(ws, sent=sent):
+                while True:
+                    msg = await asyncio.wait_for(ws.receive(), 10)
+                    if '"exam.requeued"' in msg.data:
+                        return (time.perf_counter() - sent) * 1000
+
+            waiting = [asyncio.create_task(wait(ws)) for ws in sockets]
+            async with http.post(base + "/api/requeue", json={"uid": uid}) as resp:
+                assert resp.status == 200, await resp.text()
+            latencies.extend(await asyncio.gather(*waiting))
+            await asyncio.sleep(0.2)
+        for ws in sockets:
+            await ws.close()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exams", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--ws-clients", type=int, default=500)
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--backends", default="postgresql,sqlite")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="xrv-bench-api-"))
+    started = time.monotonic()
+    data = rows(args.exams)
+    print(f"generated {args.exams} exams in {time.monotonic() - started:.0f} s", flush=True)
+    users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
+    probe_uid = data[1][len(data[1]) // 2][0]
+    paths = [("exams, no filter", "/api/exams"),
+             ("exams, 2 filters", "/api/exams?status=done&region=spine"),
+             ("exam detail", f"/api/exams/{probe_uid}"),
+             ("stats/global", "/api/stats/global")]
+    table = []
+    pg: PgServer | None = None
+    try:
+        for backend in args.backends.split(","):
+            if backend == "postgresql":
+                pg = PgServer(fsync=True).start()
+                url = pg.create_database("bench").replace("postgresql://",
+                                                          "postgresql+psycopg://")
+            else:
+                url = f"sqlite:///{tmp / 'bench.db'}"
+            db = Database(DatabaseOptions(url=url))
+            upgrade(db.engine)
+            started = time.monotonic()
+            (load_postgresql if backend == "postgresql" else load_sqlite)(db, data)
+            print(f"{backend}: loaded in {time.monotonic() - started:.0f} s", flush=True)
+            db.close()
+            with web_process(tmp / backend, url, users, XRAYVISION_WEB_RATE_LIMIT="0") as base:
+                for label, path in paths:
+                    t = asyncio.run(time_requests(base, path, args.requests))
+                    table.append((backend, label, len(t), statistics.median(t), pct(t, 0.99)))
+                if args.ws_clients:
+                    t = asyncio.run(websocket_fanout(base, args.ws_clients, args.events,
+                                                     probe_uid))
+                    table.append((backend, f"ws event to {args.ws_clients} clients", len(t),
+                                  statistics.median(t), pct(t, 0.99)))
+            if pg is not None:
+                pg.stop()
+                pg = None
+        print(f"{'backend':<11}{'what':<28}{'samples':>8}{'p50 ms':>9}{'p99 ms':>9}")
+        for backend, label, n, p50, p99 in table:
+            print(f"{backend:<11}{label:<28}{n:>8}{p50:>9.1f}{p99:>9.1f}")
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
