@@ -315,6 +315,10 @@ class WebSettings:
     trusted_proxies: tuple = _setting((), _networks, "CIDRs whose X-Forwarded-For is trusted")
     rate_limit: int = _setting(600, _int(0), "requests per minute per IP; 0: off")
     metrics_auth: bool = _setting(False, _bool, "require auth on /metrics")
+    count_cache: float = _setting(5.0, _float(0, 3600),
+                                  "seconds an exam-list total is reused; 0: always counted")
+    stats_cache: float = _setting(15.0, _float(0, 3600),
+                                  "seconds a statistics answer is reused; 0: always computed")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def basic(user: str, password: str | None = None) -> dict:
 
 
 def web_settings(tmp_path, **web):
+    """Caches off unless asked for: tests read right after they write."""
+    web = {"count_cache": 0.0, "stats_cache": 0.0, **web}
     settings = load_settings(tmp_path, env={"XRAYVISION_SERVER_ROLES": "web"})
     return dataclasses.replace(settings, users=USERS,
                                web=dataclasses.replace(settings.web, **web))

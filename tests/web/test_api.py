@@ -302,3 +302,48 @@ def test_spec_validates():
     from openapi_spec_validator import validate
 
     validate(load_spec())
+
+
+async def test_totals_and_statistics_are_reused_for_their_ttl(aiohttp_client, tmp_path, db):
+    from web.conftest import web_services, web_settings
+    from xrayvision.events import LocalBus
+    from xrayvision.images import FilesystemStore
+    from xrayvision.web.app import init_app
+    from xrayvision.web.health import Readiness
+
+    app = init_app(web_settings(tmp_path, count_cache=60.0, stats_cache=60.0), Readiness())
+    async with web_services(app, db, FilesystemStore(tmp_path), LocalBus()):
+        client = await aiohttp_client(app)
+        h = basic("viewer")
+        seed(db)
+        first = await (await client.get("/api/exams", headers=h)).json()
+        stats = await (await client.get("/api/stats/global", headers=h)).json()
+        db.write_sync(repo.add_exam, ExamInfo(uid="1.2.3.9", status=QUEUED))
+        again = await (await client.get("/api/exams", headers=h)).json()
+        assert len(again["exams"]) == 5  # the page itself is always fresh
+        assert again["total"] == first["total"] == 4  # the total is reused
+        assert await (await client.get("/api/stats/global", headers=h)).json() == stats
+        other = await (await client.get("/api/exams?status=queued", headers=h)).json()
+        assert other["total"] == 2  # another filter: counted now
+
+
+async def test_cache_single_flight_and_errors():
+    from xrayvision.web.cache import TTLCache
+
+    calls = []
+
+    async def compute():
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return len(calls)
+
+    cache = TTLCache(10)
+    assert await asyncio.gather(*(cache.get("k", compute) for _ in range(5))) == [1] * 5
+    assert len(calls) == 1
+
+    async def fail():
+        raise RuntimeError("db down")
+
+    with pytest.raises(RuntimeError):
+        await cache.get("e", fail)
+    assert await cache.get("e", compute) == 2  # a failure is not cached

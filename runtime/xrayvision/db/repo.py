@@ -271,23 +271,25 @@ def _conditions(f: ExamFilter) -> list:
     return conds
 
 
-def list_exams(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
-               size: int = 50) -> Page:
-    """One page of exams (newest first) matching ``f``, with the total count.
-
-    ``size`` is capped at MAX_PAGE_SIZE; ``page`` starts at 1. Raises ValueError for an
-    unknown status or agreement class.
-    """
+def exam_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
+              size: int = 50) -> list[ExamRow]:
+    """One page of exams (newest first) matching ``f``; ``size`` is capped at
+    MAX_PAGE_SIZE, ``page`` starts at 1. Raises ValueError for an unknown status or
+    agreement class."""
     page = max(1, page)
     size = max(1, min(size, MAX_PAGE_SIZE))
-    conds = _conditions(f)
     rows = session.execute(
         _row_select()
-        .where(*conds)
+        .where(*_conditions(f))
         .order_by(Exam.created.desc(), Exam.uid.desc())
         .offset((page - 1) * size)
         .limit(size)
     ).all()
+    return [ExamRow(*r) for r in rows]
+
+
+def count_matching(session: Session, f: ExamFilter = ExamFilter()) -> int:
+    """How many exams match ``f`` (joins only the tables the filter needs)."""
     count = select(func.count()).select_from(Exam)
     if any(c is not None for c in (f.severity_min, f.severity_max, f.positive, f.reviewed)) or (
         f.agreement
@@ -297,8 +299,15 @@ def list_exams(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
         count = count.outerjoin(RadReport, RadReport.uid == Exam.uid)
     if f.search:
         count = count.outerjoin(Patient, Patient.cnp == Exam.cnp)
-    total = session.scalar(count.where(*conds)) or 0
-    return Page(rows=[ExamRow(*r) for r in rows], total=total, page=page, size=size)
+    return session.scalar(count.where(*_conditions(f))) or 0
+
+
+def list_exams(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
+               size: int = 50) -> Page:
+    """:func:`exam_page` with :func:`count_matching` in one transaction."""
+    size = max(1, min(size, MAX_PAGE_SIZE))
+    return Page(rows=exam_page(session, f, page, size), total=count_matching(session, f),
+                page=max(1, page), size=size)
 
 
 # --- reports -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from xrayvision.db.models import STATUSES
 from xrayvision.db.repo import AGREEMENT_CLASSES, ExamFilter, ExamRow
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
+from xrayvision.web.cache import TTLCache
 from xrayvision.web.context import CLIENT_IP, IDENTITY, SERVICES, SETTINGS, Services
 
 MAX_TEXT = 20000
@@ -183,7 +184,10 @@ async def list_exams(request: web.Request) -> web.Response:
     )
     page = _int(q, "page", 1, 1, 1_000_000)
     size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
-    result = await database(request).read(repo.list_exams, f, page, size)
+    db = database(request)
+    rows = await db.read(repo.exam_page, f, page, size)
+    total = await request.app[TOTALS].get(f, lambda: db.read(repo.count_matching, f))
+    result = repo.Page(rows=rows, total=total, page=page, size=size)
     return web.json_response({"exams": [exam_json(r) for r in result.rows],
                               "total": result.total, "page": result.page,
                               "size": result.size, "pages": result.pages})
@@ -224,13 +228,15 @@ async def get_image(request: web.Request) -> web.Response:
 # --- statistics ----------------------------------------------------------------------------
 
 
-def _agreement(counts: dict[str, Confusion]) -> dict[str, dict]:
-    return {key: value.as_dict() for key, value in counts.items()}
+async def cached(request: web.Request, read):
+    """``read(session)`` through the statistics cache, keyed by path and query."""
+    db = database(request)
+    key = (request.path, request.query_string)
+    return await request.app[STATS].get(key, lambda: db.read(read))
 
 
 async def stats_global(request: web.Request) -> web.Response:
     require(request, READ)
-    db = database(request)
     since, until = _window(request)
     threshold = request.app[SETTINGS].processing.severity_threshold
 
@@ -246,7 +252,7 @@ async def stats_global(request: web.Request) -> web.Response:
             "model": stats.model_latency(session, since, until),
         }
 
-    return web.json_response(await db.read(read))
+    return web.json_response(await cached(request, read))
 
 
 async def stats_regional(request: web.Request) -> web.Response:
@@ -262,7 +268,7 @@ async def stats_regional(request: web.Request) -> web.Response:
              "agreement": agreement.get(region, Confusion()).as_dict()}
             for region, n in sorted(counts.items())]}
 
-    return web.json_response(await database(request).read(read))
+    return web.json_response(await cached(request, read))
 
 
 async def stats_radiologists(request: web.Request) -> web.Response:
@@ -278,7 +284,7 @@ async def stats_radiologists(request: web.Request) -> web.Response:
              "agreement": agreement.get(name, Confusion()).as_dict()}
             for name, n in sorted(counts.items())]}
 
-    return web.json_response(await database(request).read(read))
+    return web.json_response(await cached(request, read))
 
 
 async def stats_timeline(request: web.Request) -> web.Response:
@@ -293,7 +299,7 @@ async def stats_timeline(request: web.Request) -> web.Response:
         return (stats.throughput(session, since, until),
                 repo.agreement_counts(session, threshold, "day", since, until))
 
-    days, agreement = await database(request).read(read)
+    days, agreement = await cached(request, read)
     periods: dict[str, dict] = {}
     for day, row in days.items():
         key = roll_up({day: Confusion()}, period).popitem()[0]
@@ -319,7 +325,7 @@ async def stats_insights(request: web.Request) -> web.Response:
                 stats.review_counts(session, since, until),
                 stats.model_latency(session, since, until))
 
-    regions, reviews, model = await database(request).read(read)
+    regions, reviews, model = await cached(request, read)
     misses = sorted(
         ({"region": k, "false_negatives": v.fn, "sensitivity": v.sensitivity}
          for k, v in regions.items() if v.fn), key=lambda x: -x["false_negatives"])
@@ -459,10 +465,15 @@ async def spec(request: web.Request) -> web.Response:
 
 
 SPEC = web.AppKey("spec", dict)
+TOTALS = web.AppKey("totals", TTLCache)
+STATS = web.AppKey("stats", TTLCache)
 
 
 def setup_api_routes(app: web.Application) -> None:
+    settings = app[SETTINGS]
     app[SPEC] = load_spec()
+    app[TOTALS] = TTLCache(settings.web.count_cache, size=512)
+    app[STATS] = TTLCache(settings.web.stats_cache, size=256)
     r = app.router
     r.add_get("/api/exams", list_exams)
     r.add_get("/api/exams/{uid}", get_exam)
