@@ -1,0 +1,227 @@
+"""Pure builders: spec fields and defaults -> objects; CRD schemas and CEL rules;
+examples valid."""
+
+import copy
+
+import pytest
+
+from operator_pkg.crds import examples, validate, with_server_fields
+from xrayvision_operator.build import (
+    CONFIG_HASH,
+    MANAGER,
+    Resolved,
+    SpecError,
+    build_model_endpoint,
+    build_xrayvision,
+    served_model,
+    vllm_url,
+)
+
+MINIMAL = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
+           "metadata": {"name": "triage"},
+           "spec": {"image": "xrv:1", "database": {"secretRef": {"name": "db"}},
+                    "model": {"primary": {"url": "http://m:8000", "model": "mg"}}}}
+RESOLVED = Resolved(primary_url="http://m:8000", primary_model="mg",
+                    database_secret=("db", "url"))
+
+
+def build(spec_changes=None, resolved=RESOLVED):
+    xrv = copy.deepcopy(MINIMAL)
+    xrv["spec"].update(spec_changes or {})
+    return {(o["kind"], o["metadata"]["name"]): o
+            for o in build_xrayvision(with_server_fields(xrv), resolved)}
+
+
+def test_minimal_spec_builds_with_defaults():
+    objs = build()
+    kinds = sorted(k for k, _ in objs)
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Job",
+                     "Service", "Service"]  # no fhir section: no fhir Deployment
+    config = objs[("ConfigMap", "triage-config")]["data"]
+    assert config["XRAYVISION_AI_PRIMARY_URL"] == "http://m:8000"
+    assert config["XRAYVISION_DICOM_AE_TITLE"] == "XRAYVISION"
+    assert config["XRAYVISION_DICOM_PORT"] == "11112"
+    assert config["XRAYVISION_PROCESSING_SEVERITY_THRESHOLD"] == "5"
+    assert config["XRAYVISION_IMAGES_BACKEND"] == "database"
+    dicom = objs[("Service", "triage-dicom")]["spec"]
+    assert dicom["type"] == "LoadBalancer" and dicom["ports"][0]["port"] == 11112
+    for obj in objs.values():
+        meta = obj["metadata"]
+        assert meta["namespace"] == "radiology"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == MANAGER
+        assert meta["labels"]["app.kubernetes.io/instance"] == "triage"
+        assert meta["ownerReferences"][0]["uid"] == "uid-triage"
+        assert meta["ownerReferences"][0]["controller"] is True
+
+
+def test_deployments_are_hardened_and_probed():
+    relay = build()[("Deployment", "triage-relay")]
+    pod = relay["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["serve", "--roles", "relay"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["env"] == [{"name": "XRAYVISION_DATABASE_URL", "valueFrom": {
+        "secretKeyRef": {"name": "db", "key": "url"}}}]
+    assert relay["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": "triage", "app.kubernetes.io/component": "relay"}
+
+
+def test_secrets_are_referenced_never_copied():
+    objs = build({"fhir": {"url": "https://his/fhir", "credentialsSecret": {"name": "his"}},
+                  "web": {"usersSecret": {"name": "users"}}})
+    text = repr(objs[("ConfigMap", "triage-config")])
+    assert "his" not in text.replace("https://his/fhir", "")
+    fhir = objs[("Deployment", "triage-fhir")]["spec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in fhir["env"]}
+    assert refs["XRAYVISION_FHIR_PASSWORD"] == {"name": "his", "key": "password"}
+    web = objs[("Deployment", "triage-web")]["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "users"}, "prefix": "XRAYVISION_USERS_"} in web["envFrom"]
+
+
+def test_config_change_rolls_the_pods():
+    before = build()[("Deployment", "triage-relay")]
+    after = build({"severityThreshold": 7})[("Deployment", "triage-relay")]
+    hashes = [d["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH]
+              for d in (before, after)]
+    assert hashes[0] != hashes[1]
+    same = build()[("Deployment", "triage-relay")]
+    assert same["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH] == hashes[0]
+
+
+def test_every_optional_field():
+    objs = build({
+        "storage": {"images": {"type": "pvc", "size": "100Gi", "storageClassName": "fast",
+                               "accessMode": "ReadWriteMany"}},
+        "dicom": {"aeTitle": "XRV", "port": 104, "serviceType": "LoadBalancer",
+                  "loadBalancerSourceRanges": ["10.0.0.0/8"], "externalTrafficPolicy": "Local",
+                  "annotations": {"lb/internal": "true"}, "allowedCallingAETitles": ["PACS"],
+                  "pacs": {"host": "pacs", "port": 4242, "aeTitle": "ORTHANC"}},
+        "web": {"host": "xrv.example", "ingressClassName": "nginx", "tlsSecretName": "tls",
+                "annotations": {"a": "b"}},
+        "notifications": {"ntfy": {"url": "https://ntfy.example"}},
+        "prompts": {"configMapName": "my-prompts"},
+        "components": {"web": {"replicas": 3, "nodeSelector": {"zone": "a"},
+                               "resources": {"limits": {"memory": "2Gi"}}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    }, resolved=Resolved(primary_url="http://m", secondary_url="http://s",
+                         secondary_model="s-model", database_secret=("db", "url"),
+                         service_monitors=True))
+    config = objs[("ConfigMap", "triage-config")]["data"]
+    assert config["XRAYVISION_AI_SECONDARY_URL"] == "http://s"
+    assert config["XRAYVISION_DICOM_ALLOWED_CALLING_AETS"] == "PACS"
+    assert config["XRAYVISION_PACS_HOST"] == "pacs"
+    assert config["XRAYVISION_IMAGES_BACKEND"] == "filesystem"
+    assert config["XRAYVISION_NOTIFY_DASHBOARD_URL"] == "https://xrv.example"
+    assert config["XRAYVISION_AI_PROMPTS_DIR"] == "/etc/xrayvision/prompts"
+    pvc = objs[("PersistentVolumeClaim", "triage-images")]["spec"]
+    assert pvc["storageClassName"] == "fast" and pvc["accessModes"] == ["ReadWriteMany"]
+    svc = objs[("Service", "triage-dicom")]
+    assert svc["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+    assert svc["metadata"]["annotations"] == {"lb/internal": "true"}
+    ing = objs[("Ingress", "triage")]
+    assert ing["spec"]["tls"] == [{"hosts": ["xrv.example"], "secretName": "tls"}]
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]
+    assert ing["metadata"]["annotations"]["a"] == "b"
+    web = objs[("Deployment", "triage-web")]
+    assert web["spec"]["replicas"] == 3
+    assert web["spec"]["template"]["spec"]["nodeSelector"] == {"zone": "a"}
+    assert objs[("PodDisruptionBudget", "triage-web")]["spec"]["maxUnavailable"] == 1
+    assert objs[("ServiceMonitor", "triage")]["metadata"]["labels"]["release"] == "prom"
+
+
+def test_service_monitor_only_when_the_crd_exists():
+    objs = build({"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert not any(kind == "ServiceMonitor" for kind, _ in objs)
+
+
+@pytest.mark.parametrize("resolved,message", [
+    (Resolved(primary_url="http://m"), "no database"),
+    (Resolved(database_secret=("db", "url")), "resolves to no URL"),
+])
+def test_unbuildable_specs_say_why(resolved, message):
+    with pytest.raises(SpecError, match=message):
+        build(resolved=resolved)
+
+
+def test_managed_vllm_endpoint():
+    mep = with_server_fields({"apiVersion": "xrayvision.io/v1alpha1", "kind": "ModelEndpoint",
+                              "metadata": {"name": "medgemma"},
+                              "spec": {"vllm": {"hfTokenSecret": {"name": "hf", "key": "t"},
+                                                "gpus": 2, "extraArgs": ["--enforce-eager"],
+                                                "runtimeClassName": "nvidia"}}})
+    objs = {o["kind"]: o for o in build_model_endpoint(mep)}
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"][:4] == ["--model", "google/medgemma-4b-it", "--served-model-name",
+                             "google/medgemma-4b-it"]
+    assert "--enforce-eager" in c["args"] and "8192" in c["args"] and "0.9" in c["args"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}} \
+        in c["env"]
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 1800
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert objs["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert vllm_url(mep) == "http://medgemma-vllm.radiology.svc:8000"
+    assert served_model(mep) == "google/medgemma-4b-it"
+    url_mep = with_server_fields({"apiVersion": "xrayvision.io/v1alpha1",
+                                  "kind": "ModelEndpoint", "metadata": {"name": "ext"},
+                                  "spec": {"url": "http://gpu:8000", "model": "m"}})
+    assert build_model_endpoint(url_mep) == [] and served_model(url_mep) == "m"
+
+
+# --- schemas and CEL rules ---------------------------------------------------------------
+
+
+def test_examples_are_valid():
+    found = [d for d in examples() if d["kind"] in ("XRayVision", "ModelEndpoint")]
+    assert len(found) == 4
+    for doc in found:
+        assert validate(doc["kind"], doc) == [], doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("kind,spec,message", [
+    ("ModelEndpoint", {"url": "http://a", "vllm": {}}, "exactly one of spec.url"),
+    ("ModelEndpoint", {}, "exactly one of spec.url"),
+    ("XRayVision", {"image": "x", "model": {"primary": {"url": "http://a",
+                                                        "modelEndpoint": "m"}}},
+     "exactly one of modelEndpoint or url"),
+    ("XRayVision", {"image": "x", "model": {"primary": {"url": "http://a"}},
+                    "web": {"tlsSecretName": "t"}}, "tlsSecretName needs spec.web.host"),
+    ("XRayVision", {"image": "x", "model": {"primary": {"url": "http://a"}},
+                    "dicom": {"serviceType": "ClusterIP",
+                              "loadBalancerSourceRanges": ["10.0.0.0/8"]}},
+     "applies only to serviceType LoadBalancer"),
+    ("XRayVision", {"image": "x", "model": {"primary": {"url": "http://a"}},
+                    "storage": {"images": {"type": "pvc"}}}, "size is required"),
+    ("XRayVision", {"image": "x", "model": {"primary": {"url": "http://a"}},
+                    "storage": {"images": {"type": "pvc", "size": "1Gi",
+                                           "accessMode": "ReadWriteOnce"}},
+                    "components": {"ingest": {"replicas": 2}}}, "at most one ingest replica"),
+])
+def test_every_cel_rule_rejects_its_invalid_case(kind, spec, message):
+    doc = {"apiVersion": "xrayvision.io/v1alpha1", "kind": kind,
+           "metadata": {"name": "x"}, "spec": spec}
+    assert any(message in e for e in validate(kind, doc))
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"model": {"primary": {"url": "http://a"}}}, "'image' is a required property"),
+    ({"image": "x", "model": {"primary": {"url": "ftp://a"}}}, "does not match"),
+    ({"image": "x", "model": {"primary": {"url": "http://a"}}, "severityThreshold": 11},
+     "greater than the maximum"),
+    ({"image": "x", "model": {"primary": {"url": "http://a"}},
+      "dicom": {"aeTitle": "A" * 17}}, "is too long"),
+    ({"image": "x", "model": {"primary": {"url": "http://a"}},
+      "dicom": {"serviceType": "Magic"}}, "is not one of"),
+])
+def test_schema_bounds(spec, message):
+    doc = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
+           "metadata": {"name": "x"}, "spec": spec}
+    assert any(message in e for e in validate("XRayVision", doc))

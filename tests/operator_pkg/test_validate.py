@@ -1,0 +1,118 @@
+"""Every built object (for every example and for a spec with every field set) validated
+by ``kubernetes-validate --strict`` for the oldest supported Kubernetes (1.30) and the
+newest the package knows; CRDs, examples and built objects through
+``kubectl apply --dry-run=client``."""
+
+import asyncio
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from operator_pkg.crds import CRDS, EXAMPLES, examples, with_server_fields
+from operator_pkg.test_build import RESOLVED
+from support.httppeer import serving
+from support.kubeapi import kubeconfig, make_app
+from xrayvision_operator.build import (
+    Resolved,
+    build_model_endpoint,
+    build_xrayvision,
+    served_model,
+    vllm_url,
+)
+
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+KUBECTL = Path(sys.executable).with_name("kubectl")
+# Kinds from optional CRDs (Prometheus operator) that kubernetes-validate has no schema of.
+CUSTOM = {"ServiceMonitor"}
+
+FULL = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
+        "metadata": {"name": "full"},
+        "spec": {
+            "image": "xrv:1", "database": {"secretRef": {"name": "db", "key": "url"}},
+            "storage": {"images": {"type": "pvc", "size": "10Gi", "storageClassName": "fast",
+                                   "accessMode": "ReadWriteMany"}},
+            "dicom": {"aeTitle": "XRV", "port": 104, "serviceType": "LoadBalancer",
+                      "loadBalancerSourceRanges": ["10.0.0.0/8"],
+                      "externalTrafficPolicy": "Local", "annotations": {"a": "b"},
+                      "allowedCallingAETitles": ["PACS"],
+                      "pacs": {"host": "pacs", "port": 4242, "aeTitle": "ORTHANC"}},
+            "model": {"primary": {"url": "http://m:8000", "model": "mg"},
+                      "secondary": {"url": "http://s:8000"}, "concurrency": 8,
+                      "timeoutSeconds": 120},
+            "fhir": {"url": "https://his/fhir", "credentialsSecret": {"name": "his"},
+                     "intervalSeconds": 60},
+            "web": {"host": "x.example", "ingressClassName": "nginx", "tlsSecretName": "tls",
+                    "annotations": {"c": "d"}, "usersSecret": {"name": "users"}},
+            "notifications": {"ntfy": {"url": "https://ntfy.example", "topic": "t"}},
+            "severityThreshold": 6, "regions": {"configMapName": "regions"},
+            "prompts": {"configMapName": "prompts"},
+            "components": {c: {"replicas": 2, "resources": {"limits": {"memory": "1Gi"}},
+                               "nodeSelector": {"k": "v"},
+                               "tolerations": [{"key": "k", "operator": "Exists"}],
+                               "affinity": {"nodeAffinity": {}}}
+                           for c in ("ingest", "relay", "fhir", "web")},
+            "metrics": {"serviceMonitor": {"enabled": True, "labels": {"r": "p"}}},
+        }}
+
+
+def built_objects() -> list[dict]:
+    docs = [with_server_fields(d) for d in examples()]
+    meps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ModelEndpoint"}
+    objects = []
+    for doc in docs:
+        if doc["kind"] == "ModelEndpoint":
+            objects += build_model_endpoint(doc)
+        elif doc["kind"] == "XRayVision":
+            model = doc["spec"]["model"]
+            urls = []
+            for ref in (model.get("primary"), model.get("secondary")):
+                if not ref:
+                    urls.append(("", ""))
+                elif "modelEndpoint" in ref:
+                    mep = meps[ref["modelEndpoint"]]
+                    urls.append((mep["spec"].get("url") or vllm_url(mep), served_model(mep)))
+                else:
+                    urls.append((ref["url"], ref.get("model", "")))
+            objects += build_xrayvision(doc, Resolved(
+                primary_url=urls[0][0], primary_model=urls[0][1], secondary_url=urls[1][0],
+                secondary_model=urls[1][1], database_secret=("xrayvision-db", "url"),
+                service_monitors=True))
+    objects += build_xrayvision(with_server_fields(FULL),
+                                Resolved(**{**RESOLVED.__dict__, "service_monitors": True}))
+    return objects
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_built_objects_are_valid_kubernetes(version):
+    objects = built_objects()
+    assert len({o["kind"] for o in objects}) >= 8
+    for obj in objects:
+        if obj["kind"] in CUSTOM:
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+async def test_kubectl_dry_run_over_crds_examples_and_objects(tmp_path):
+    """kubectl needs API discovery even for a client-side dry run: a discovery stub
+    (tests/support/kubeapi.py) stands in for the API server. Schema validation is
+    kubernetes-validate's job above (the stub serves no OpenAPI), hence --validate=false:
+    this checks that kubectl parses, maps and plans every document."""
+    built = tmp_path / "built.yaml"
+    objects = built_objects()
+    built.write_text(yaml.safe_dump_all(objects))
+    config = tmp_path / "kubeconfig"
+    async with serving(make_app()) as server:
+        config.write_text(kubeconfig(server))
+        for path in [*CRDS.values(), *sorted(EXAMPLES.glob("*.yaml")), built]:
+            proc = await asyncio.create_subprocess_exec(
+                str(KUBECTL), "--kubeconfig", str(config), "apply", "--dry-run=client",
+                "--validate=false", "-o", "name", "-f", str(path),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, (path.name, err.decode())
+            names = out.decode().split()
+            if path == built:
+                assert len(names) == len(objects)
