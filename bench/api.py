@@ -135,32 +135,43 @@ async def time_requests(base: str, path: str, n: int) -> list[float]:
     return timings
 
 
-async def websocket_fanout(base: str, clients: int, events: int, uid: str) -> list[float]:
+async def websocket_fanout(base: str, clients: int, events: int, uid: str) -> tuple[list, int]:
+    """Latencies (ms) from sending the requeue to each client's receipt of its event, and
+    how many clients were lost. Every socket is read all along (pongs answered)."""
     latencies: list[float] = []
+    lost = 0
+    state = {"sent": 0.0, "n": 0}
+    received: dict[int, set[int]] = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=basic("admin")) as http:
-        sockets = []
-        for _ in range(clients):
-            ws = await http.ws_connect(base.replace("http", "ws") + "/ws", max_msg_size=0)
-            await ws.receive()  # the dashboard state
+
+        async def reader(i: int, ws) -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT and '"exam.requeued"' in msg.data:
+                    latencies.append((time.perf_counter() - state["sent"]) * 1000)
+                    received.setdefault(state["n"], set()).add(i)
+
+        sockets, readers = [], []
+        for i in range(clients):
+            ws = await http.ws_connect(base.replace("http", "ws") + "/ws")
             sockets.append(ws)
-        for _ in range(events):
-            sent = time.perf_counter()
-
-            async def wait(ws, sent=sent):
-                while True:
-                    msg = await asyncio.wait_for(ws.receive(), 10)
-                    if '"exam.requeued"' in msg.data:
-                        return (time.perf_counter() - sent) * 1000
-
-            waiting = [asyncio.create_task(wait(ws)) for ws in sockets]
+            readers.append(asyncio.create_task(reader(i, ws)))
+        await asyncio.sleep(1.0)
+        for n in range(events):
+            state["sent"], state["n"] = time.perf_counter(), n
             async with http.post(base + "/api/requeue", json={"uid": uid}) as resp:
                 assert resp.status == 200, await resp.text()
-            latencies.extend(await asyncio.gather(*waiting))
+            deadline = time.monotonic() + 10
+            while (len(received.get(n, ())) < clients  # noqa: ASYNC110 - a bounded poll
+                   and time.monotonic() < deadline):
+                await asyncio.sleep(0.01)
+            lost += clients - len(received.get(n, ()))
             await asyncio.sleep(0.2)
         for ws in sockets:
             await ws.close()
-    return latencies
+        for task in readers:
+            task.cancel()
+    return latencies, lost
 
 
 def main() -> None:
@@ -201,11 +212,13 @@ def main() -> None:
                 for label, path in paths:
                     t = asyncio.run(time_requests(base, path, args.requests))
                     table.append((backend, label, len(t), statistics.median(t), pct(t, 0.99)))
+                    print(table[-1], flush=True)
                 if args.ws_clients:
-                    t = asyncio.run(websocket_fanout(base, args.ws_clients, args.events,
-                                                     probe_uid))
+                    t, lost = asyncio.run(websocket_fanout(base, args.ws_clients, args.events,
+                                                           probe_uid))
                     table.append((backend, f"ws event to {args.ws_clients} clients", len(t),
                                   statistics.median(t), pct(t, 0.99)))
+                    print(table[-1], f"missed deliveries: {lost}", flush=True)
             if pg is not None:
                 pg.stop()
                 pg = None

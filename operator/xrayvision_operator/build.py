@@ -476,3 +476,25 @@ def build_model_endpoint(mep: Obj) -> list[Obj]:
          "spec": {"type": "ClusterIP", "selector": selector(instance, "model"),
                   "ports": [{"name": "http", "port": 8000, "targetPort": "http"}]}},
     ]
+
+
+# --- diff ---------------------------------------------------------------------------------
+
+
+def covers(live: Any, desired: Any) -> bool:
+    """Whether ``live`` already has every field ``desired`` sets, with the same value
+    (lists element by element); fields only the server or others set are ignored."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            key in live and covers(live[key], value) for key, value in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(covers(a, b) for a, b in zip(live, desired, strict=True)))
+    return live == desired
+
+
+def diff(desired: list[Obj], live: dict[tuple[str, str, str], Obj]) -> list[Obj]:
+    """The desired objects that need an apply: absent, or with a field that differs."""
+    return [obj for obj in desired
+            if not covers(live.get((obj["apiVersion"], obj["kind"],
+                                    obj["metadata"]["name"])), obj)]

@@ -1,16 +1,45 @@
-"""``xrayvision-operator``: the kopf operator's entry point."""
+"""``xrayvision-operator``: runs the kopf operator.
+
+    xrayvision-operator [--namespace NS ...] [--metrics-port 9090] [--probe-port 8081]
+
+Without ``--namespace`` it watches the whole cluster (the ClusterRole in
+``deploy/rbac.yaml``); with it, only those namespaces (the namespaced Role).
+"""
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import logging
+
+import kopf
+from prometheus_client import start_http_server
+
+from xrayvision_operator.apply import KubeApplier, load_config, probe_models
+from xrayvision_operator.handlers import register
 
 
-def main() -> int:
-    # The reconciliation logic is the operator issue's work; until it lands, say so
-    # plainly instead of pretending to reconcile anything.
-    print(
-        "xrayvision-operator: the operator is not built yet (see the operator issue); "
-        "nothing is reconciled",
-        file=sys.stderr,
-    )
-    return 2
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xrayvision-operator", description=__doc__)
+    parser.add_argument("--namespace", action="append", default=[],
+                        help="watch only this namespace (repeatable); default: all")
+    parser.add_argument("--metrics-port", type=int, default=9090)
+    parser.add_argument("--probe-port", type=int, default=8081)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    load_config()
+    start_http_server(args.metrics_port)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_) -> None:
+        settings.posting.level = logging.WARNING
+        settings.execution.max_workers = 8
+
+    register(registry, KubeApplier(), probe_models)
+    asyncio.run(kopf.operator(
+        registry=registry, clusterwide=not args.namespace, namespaces=args.namespace,
+        standalone=True,  # one replica (Recreate); no peering CRDs needed
+        liveness_endpoint=f"http://0.0.0.0:{args.probe_port}/healthz"))
+    return 0

@@ -54,6 +54,9 @@ class Applier(Protocol):
 
     def event(self, obj: Obj, reason: str, message: str, warning: bool = False) -> None: ...
 
+    def patch_status(self, obj: Obj, status: dict) -> None:
+        """Writes ``status`` through the status subresource."""
+
 
 def _key(obj: Obj) -> tuple[str, str, str]:
     return obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
@@ -125,7 +128,7 @@ def reconcile_xrayvision(xrv: Obj, applier: Applier) -> dict[str, Any]:
         message = str(exc)
         if (previous.get("conditions") or [{}])[-1].get("message") != message:
             applier.event(xrv, "InvalidSpec", message, warning=True)
-        log.warning("invalid XRayVision spec", extra={"name": meta["name"], "error": message})
+        log.warning("invalid XRayVision spec", extra={"resource": meta["name"], "error": message})
         status = xrayvision_status(generation, {}, "", "", {}, error=message)
         return {**previous, **status}
     job = next(o for o in desired if o["kind"] == "Job")
@@ -135,13 +138,14 @@ def reconcile_xrayvision(xrv: Obj, applier: Applier) -> dict[str, Any]:
     for obj in desired:
         if obj is job:
             continue
+        live = applier.get(obj["apiVersion"], obj["kind"], meta["namespace"],
+                           obj["metadata"]["name"])
         if obj["kind"] == "Deployment" and not migrated:
-            live = applier.get("apps/v1", "Deployment", meta["namespace"],
-                               obj["metadata"]["name"])
             if live is not None:
                 continue  # keep the running version until the schema is migrated
             obj = {**obj, "spec": {**obj["spec"], "replicas": 0}}  # created, not started
-        applier.apply(obj)
+        if not build.covers(live, obj):  # unchanged objects cost no write
+            applier.apply(obj)
     wanted = {_key(o) for o in desired}
     for api_version, kind in PRUNABLE:
         for live in applier.owned(xrv, api_version, kind):

@@ -225,3 +225,19 @@ def test_schema_bounds(spec, message):
     doc = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
            "metadata": {"name": "x"}, "spec": spec}
     assert any(message in e for e in validate("XRayVision", doc))
+
+
+def test_covers_and_diff():
+    from xrayvision_operator.build import covers, diff
+
+    desired = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+               "data": {"a": "1"}}
+    live = {**desired, "metadata": {"name": "c", "resourceVersion": "9"},
+            "data": {"a": "1", "extra": "x"}}
+    assert covers(live, desired)
+    assert not covers({**live, "data": {"a": "2"}}, desired)
+    assert not covers(None, desired)
+    assert covers({"l": [{"a": 1, "b": 2}]}, {"l": [{"a": 1}]})
+    assert not covers({"l": [{"a": 1}, {"a": 2}]}, {"l": [{"a": 1}]})
+    assert diff([desired], {("v1", "ConfigMap", "c"): live}) == []
+    assert diff([desired], {}) == [desired]

@@ -21,6 +21,7 @@ from aiohttp import WSCloseCode, web
 
 from xrayvision import metrics
 from xrayvision.events import GAP, RECONNECTED, Event, LocalBus
+from xrayvision.web.cache import TTLCache
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,12 @@ class Hub:
 
     def __init__(self, bus: LocalBus, state: Callable[[], Awaitable[dict]], *,
                  outbox: int = 256, heartbeat: float = 30.0,
-                 dashboard_interval: float = 1.0) -> None:
+                 dashboard_interval: float = 1.0, state_ttl: float = 1.0) -> None:
         self.bus = bus
         self.state = state
+        # Queue sizes are a GROUP BY over all exams: many clients connecting at once
+        # share one computation per state_ttl seconds.
+        self._state_cache = TTLCache(state_ttl, size=1)
         self.outbox = outbox
         self.heartbeat = heartbeat
         self.dashboard_interval = dashboard_interval
@@ -65,7 +69,7 @@ class Hub:
             self._offer(client, text)
 
     async def dashboard(self) -> dict:
-        state = await self.state()
+        state = await self._state_cache.get("state", self.state)
         return {"type": "dashboard", **state, "endpoints": dict(self.health)}
 
     async def run(self) -> None:
@@ -92,6 +96,7 @@ class Hub:
             self._dashboard_due.clear()
             if self.clients:
                 try:
+                    self._state_cache.clear()  # after a queue event: fresh sizes
                     self.broadcast(await self.dashboard())
                 except Exception:  # noqa: BLE001 - the next event tries again
                     log.warning("dashboard state unavailable", exc_info=True)

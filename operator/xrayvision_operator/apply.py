@@ -1,0 +1,123 @@
+"""The one place that talks to the Kubernetes API: :class:`KubeApplier` implements
+:class:`xrayvision_operator.reconcile.Applier` with the official client's dynamic client.
+
+Server-side apply with field manager ``xrayvision-operator`` and forced conflicts: the
+operator owns the fields it sets, so a hand edit of them is undone at the next
+reconcile (drift repair) while fields it does not set stay as others set them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import urllib.request
+
+from kubernetes import client, config, dynamic
+from kubernetes.client.exceptions import ApiException
+
+from xrayvision_operator.build import MANAGER, Obj
+
+log = logging.getLogger(__name__)
+
+
+def load_config() -> None:
+    """In-cluster configuration, else the local kubeconfig."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+class KubeApplier:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or client.ApiClient()
+        self.dynamic = dynamic.DynamicClient(self.api)
+
+    def _resource(self, api_version: str, kind: str):
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def apply(self, obj: Obj) -> Obj:
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        result = resource.server_side_apply(
+            body=obj, name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"), field_manager=MANAGER,
+            force_conflicts=True)
+        return result.to_dict()
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._resource(api_version, kind).get(name=name,
+                                                         namespace=namespace).to_dict()
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        except dynamic.exceptions.ResourceNotFoundError:
+            return None  # the kind itself is not served (optional CRD absent)
+
+    def owned(self, owner: Obj, api_version: str, kind: str) -> list[Obj]:
+        try:
+            resource = self._resource(api_version, kind)
+        except dynamic.exceptions.ResourceNotFoundError:
+            return []
+        selector = (f"app.kubernetes.io/instance={owner['metadata']['name']},"
+                    f"app.kubernetes.io/managed-by={MANAGER}")
+        items = resource.get(namespace=owner["metadata"]["namespace"],
+                             label_selector=selector).to_dict().get("items", [])
+        uid = owner["metadata"]["uid"]
+        return [i for i in items
+                if any(r.get("uid") == uid for r in i["metadata"].get("ownerReferences", []))]
+
+    def delete(self, obj: Obj) -> None:
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).delete(
+                name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"),
+                body={"propagationPolicy": "Background"})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def crd_exists(self, name: str) -> bool:
+        return self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "",
+                        name) is not None
+
+    def list(self, api_version: str, kind: str, namespace: str) -> list[Obj]:
+        return self._resource(api_version, kind).get(namespace=namespace).to_dict().get(
+            "items", [])
+
+    def annotate(self, obj: Obj, annotations: dict[str, str]) -> None:
+        self._resource(obj["apiVersion"], obj["kind"]).patch(
+            name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
+            body={"metadata": {"annotations": annotations}},
+            content_type="application/merge-patch+json")
+
+    def patch_status(self, obj: Obj, status: dict) -> None:
+        self._resource(obj["apiVersion"], obj["kind"]).status.patch(
+            name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
+            body={"status": status}, content_type="application/merge-patch+json")
+
+    def event(self, obj: Obj, reason: str, message: str, warning: bool = False) -> None:
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC).isoformat()
+        body = {"apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                                   "name": meta["name"], "namespace": meta["namespace"],
+                                   "uid": meta["uid"]},
+                "reason": reason, "message": message[:1024],
+                "type": "Warning" if warning else "Normal", "firstTimestamp": now,
+                "lastTimestamp": now, "source": {"component": MANAGER}}
+        try:
+            self._resource("v1", "Event").create(body=body, namespace=meta["namespace"])
+        except ApiException:
+            log.warning("could not record an event", exc_info=True)
+
+
+def probe_models(url: str, timeout: float = 5.0) -> bool:
+    """True when ``GET <url>/v1/models`` answers 200."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/v1/models",  # noqa: S310 - http(s) by CRD pattern
+                                    timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
