@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 import kopf
 from prometheus_client import start_http_server
@@ -28,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
-    load_config()
-    start_http_server(args.metrics_port)
+    try:
+        load_config()
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no cluster to talk to"
+        print(f"xrayvision-operator: no Kubernetes configuration: {exc}. Run it in a pod "
+              "with a ServiceAccount, or set KUBECONFIG.", file=sys.stderr)
+        return 2
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)

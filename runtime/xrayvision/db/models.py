@@ -127,6 +127,8 @@ class Exam(Base):
         ),
         Index("ix_exams_status_created", "status", "created"),
         Index("ix_exams_region_created", "region", "created"),
+        # Counting a region's exams in some statuses (the list's total) from the index.
+        Index("ix_exams_region_status", "region", "status"),
         Index("ix_exams_created", "created"),
         Index("ix_exams_cnp", "cnp"),
         Index("ix_exams_study_uid", "study_uid"),
