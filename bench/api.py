@@ -4,7 +4,9 @@
 - 200 requests each (one client, one at a time) of the first page of ``/api/exams`` with
   no filter and with two filters, an exam detail, ``/api/stats/global``: p50 and p99;
 - W WebSocket clients connected at once; an event (a requeue through the API) must reach
-  all of them: p50/p99 over all deliveries of E events.
+  all of them: p50/p99 over all deliveries of E events;
+- the same requests (fewer) against a process with the list-total and statistics caches
+  off (``[web] count_cache = 0``, ``stats_cache = 0``): the cost of a cache miss.
 
     .venv/bin/python bench/api.py [--exams 1000000] [--requests 200] [--ws-clients 500]
                                   [--events 20] [--backends postgresql,sqlite]
@@ -183,6 +185,8 @@ def main() -> None:
     parser.add_argument("--ws-clients", type=int, default=500)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument("--cold-requests", type=int, default=20,
+                        help="requests with the total and statistics caches off")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="xrv-bench-api-"))
     started = time.monotonic()
@@ -224,6 +228,19 @@ def main() -> None:
                     table.append((backend, f"ws event to {args.ws_clients} clients", len(t),
                                   statistics.median(t), pct(t, 0.99)))
                     print(table[-1], f"missed deliveries: {lost}", flush=True)
+            if args.cold_requests:
+                with web_process(tmp / f"{backend}-cold", url, users,
+                                 XRAYVISION_WEB_RATE_LIMIT="0",
+                                 XRAYVISION_MAINTENANCE_ERROR_RETENTION_DAYS="0",
+                                 XRAYVISION_WEB_COUNT_CACHE="0",
+                                 XRAYVISION_WEB_STATS_CACHE="0") as base:
+                    for label, path in paths:
+                        if label == "exam detail":
+                            continue
+                        t = asyncio.run(time_requests(base, path, args.cold_requests))
+                        table.append((backend, f"{label}, no cache", len(t),
+                                      statistics.median(t), pct(t, 0.99)))
+                        print(table[-1], flush=True)
             if pg is not None:
                 pg.stop()
                 pg = None

@@ -218,6 +218,10 @@ def deployment(xrv: Obj, component: str, resolved: Resolved, confighash: str) ->
     if users and component == "web":
         container["envFrom"].append({"secretRef": {"name": users["name"]},
                                      "prefix": "XRAYVISION_USERS_"})
+    regions = (spec.get("regions") or {}).get("configMapName")
+    if regions:  # keys are region names, values their keywords ([regions] of the runtime)
+        container["envFrom"].append({"configMapRef": {"name": regions},
+                                     "prefix": "XRAYVISION_REGIONS_"})
     pod_spec: Obj = {
         "containers": [container],
         "volumes": volumes,
@@ -274,6 +278,38 @@ def http_service(xrv: Obj, component: str) -> Obj:
         "spec": {"type": "ClusterIP", "selector": selector(name, component),
                  "ports": [{"name": "http", "port": 80, "targetPort": "http",
                             "protocol": "TCP"}]},
+    }
+
+
+def metrics_service(xrv: Obj) -> Obj:
+    """Every pod of the installation on its http port, for Prometheus (/metrics)."""
+    name = xrv["metadata"]["name"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata(xrv, f"{name}-metrics", "metrics"),
+        "spec": {"type": "ClusterIP", "clusterIP": "None",
+                 "selector": {"app.kubernetes.io/instance": name,
+                              "app.kubernetes.io/managed-by": MANAGER},
+                 "ports": [{"name": "http", "port": WEB_PORT, "targetPort": "http",
+                            "protocol": "TCP"}]},
+    }
+
+
+def network_policy(xrv: Obj) -> Obj | None:
+    """When enabled: pods of the installation accept DICOM and HTTP only (from anywhere
+    the Services expose them to) and nothing else."""
+    if not ((_spec(xrv).get("networkPolicy") or {}).get("enabled")):
+        return None
+    name = xrv["metadata"]["name"]
+    port = (_spec(xrv).get("dicom") or {}).get("port", 11112)
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(xrv, name, "network"),
+        "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": name,
+                                                 "app.kubernetes.io/managed-by": MANAGER}},
+                 "policyTypes": ["Ingress"],
+                 "ingress": [{"ports": [{"protocol": "TCP", "port": WEB_PORT},
+                                        {"protocol": "TCP", "port": port}]}]},
     }
 
 
@@ -364,7 +400,7 @@ def service_monitor(xrv: Obj, resolved: Resolved) -> Obj | None:
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
             "metadata": meta,
             "spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": name,
-                                                  "app.kubernetes.io/managed-by": MANAGER}},
+                                                  "app.kubernetes.io/component": "metrics"}},
                      "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}}
 
 
@@ -381,8 +417,9 @@ def build_xrayvision(xrv: Obj, resolved: Resolved) -> list[Obj]:
     config = config_map(xrv, resolved)
     confighash = config_hash(config)
     objects: list[Obj] = [config, migration_job(xrv, resolved, confighash),
-                          dicom_service(xrv), http_service(xrv, "web")]
-    for optional in (images_pvc(xrv), ingress(xrv), service_monitor(xrv, resolved)):
+                          dicom_service(xrv), http_service(xrv, "web"), metrics_service(xrv)]
+    for optional in (images_pvc(xrv), ingress(xrv), service_monitor(xrv, resolved),
+                     network_policy(xrv)):
         if optional is not None:
             objects.append(optional)
     components = list(COMPONENTS) if spec.get("fhir") else [c for c in COMPONENTS

@@ -27,6 +27,7 @@ MODEL_REVISION = "xrayvision.io/model-revision"
 PRUNABLE = (("v1", "ConfigMap"), ("v1", "Service"), ("v1", "PersistentVolumeClaim"),
             ("apps/v1", "Deployment"), ("batch/v1", "Job"),
             ("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "Ingress"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
             ("monitoring.coreos.com/v1", "ServiceMonitor"),
             ("postgresql.cnpg.io/v1", "Cluster"))
 

@@ -36,7 +36,10 @@ def test_minimal_spec_builds_with_defaults():
     objs = build()
     kinds = sorted(k for k, _ in objs)
     assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Job",
-                     "Service", "Service"]  # no fhir section: no fhir Deployment
+                     "Service", "Service", "Service"]  # no fhir section: no fhir Deployment
+    metrics = objs[("Service", "triage-metrics")]
+    assert metrics["spec"]["selector"] == {"app.kubernetes.io/instance": "triage",
+                                           "app.kubernetes.io/managed-by": MANAGER}
     config = objs[("ConfigMap", "triage-config")]["data"]
     assert config["XRAYVISION_AI_PRIMARY_URL"] == "http://m:8000"
     assert config["XRAYVISION_DICOM_AE_TITLE"] == "XRAYVISION"
@@ -105,6 +108,8 @@ def test_every_optional_field():
                 "annotations": {"a": "b"}},
         "notifications": {"ntfy": {"url": "https://ntfy.example"}},
         "prompts": {"configMapName": "my-prompts"},
+        "regions": {"configMapName": "my-regions"},
+        "networkPolicy": {"enabled": True},
         "components": {"web": {"replicas": 3, "nodeSelector": {"zone": "a"},
                                "resources": {"limits": {"memory": "2Gi"}}}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -133,6 +138,13 @@ def test_every_optional_field():
     assert web["spec"]["template"]["spec"]["nodeSelector"] == {"zone": "a"}
     assert objs[("PodDisruptionBudget", "triage-web")]["spec"]["maxUnavailable"] == 1
     assert objs[("ServiceMonitor", "triage")]["metadata"]["labels"]["release"] == "prom"
+    assert objs[("ServiceMonitor", "triage")]["spec"]["selector"]["matchLabels"][
+        "app.kubernetes.io/component"] == "metrics"
+    relay = objs[("Deployment", "triage-relay")]["spec"]["template"]["spec"]["containers"][0]
+    assert {"configMapRef": {"name": "my-regions"}, "prefix": "XRAYVISION_REGIONS_"} in \
+        relay["envFrom"]
+    policy = objs[("NetworkPolicy", "triage")]["spec"]
+    assert [p["port"] for p in policy["ingress"][0]["ports"]] == [8080, 104]
 
 
 def test_service_monitor_only_when_the_crd_exists():

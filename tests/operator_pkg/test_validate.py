@@ -55,6 +55,7 @@ FULL = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
                                "affinity": {"nodeAffinity": {}}}
                            for c in ("ingest", "relay", "fhir", "web")},
             "metrics": {"serviceMonitor": {"enabled": True, "labels": {"r": "p"}}},
+            "networkPolicy": {"enabled": True},
         }}
 
 
