@@ -46,6 +46,7 @@ class Resolved:
     secondary_model: str = ""
     database_secret: tuple[str, str] | None = None  # (name, key)
     service_monitors: bool = False
+    keda: bool = False
 
 
 def labels(name: str, component: str) -> dict[str, str]:
@@ -295,6 +296,40 @@ def metrics_service(xrv: Obj) -> Obj:
     }
 
 
+def autoscaled(xrv: Obj, resolved: Resolved) -> bool:
+    return bool(((_spec(xrv).get("autoscaling") or {}).get("enabled")) and resolved.keda)
+
+
+def scaled_object(xrv: Obj, resolved: Resolved) -> Obj | None:
+    """KEDA ScaledObject for the relay: one replica per ``queuedPerReplica`` waiting
+    exams, and more while the oldest waits longer than ``maxWaitSeconds``."""
+    if not autoscaled(xrv, resolved):
+        return None
+    auto = _spec(xrv)["autoscaling"]
+    name, ns = xrv["metadata"]["name"], xrv["metadata"]["namespace"]
+    scope = f'namespace="{ns}",service="{name}-metrics"'
+    address = auto.get("prometheusAddress", "http://prometheus-operated.monitoring.svc:9090")
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": metadata(xrv, f"{name}-relay", "relay"),
+        "spec": {
+            "scaleTargetRef": {"name": f"{name}-relay"},
+            "minReplicaCount": auto.get("minReplicas", 1),
+            "maxReplicaCount": auto.get("maxReplicas", 4),
+            "triggers": [
+                {"type": "prometheus", "metadata": {
+                    "serverAddress": address,
+                    "query": f'max(xrayvision_queue_depth{{status=~"queued|requeue",{scope}}})',
+                    "threshold": str(auto.get("queuedPerReplica", 20))}},
+                {"type": "prometheus", "metadata": {
+                    "serverAddress": address,
+                    "query": f"max(xrayvision_queue_oldest_seconds{{{scope}}})",
+                    "threshold": str(auto.get("maxWaitSeconds", 300))}},
+            ],
+        },
+    }
+
+
 def network_policy(xrv: Obj) -> Obj | None:
     """When enabled: pods of the installation accept DICOM and HTTP only (from anywhere
     the Services expose them to) and nothing else."""
@@ -419,13 +454,16 @@ def build_xrayvision(xrv: Obj, resolved: Resolved) -> list[Obj]:
     objects: list[Obj] = [config, migration_job(xrv, resolved, confighash),
                           dicom_service(xrv), http_service(xrv, "web"), metrics_service(xrv)]
     for optional in (images_pvc(xrv), ingress(xrv), service_monitor(xrv, resolved),
-                     network_policy(xrv)):
+                     network_policy(xrv), scaled_object(xrv, resolved)):
         if optional is not None:
             objects.append(optional)
     components = list(COMPONENTS) if spec.get("fhir") else [c for c in COMPONENTS
                                                             if c != "fhir"]
     for component in components:
-        objects.append(deployment(xrv, component, resolved, confighash))
+        built = deployment(xrv, component, resolved, confighash)
+        if component == "relay" and autoscaled(xrv, resolved):
+            del built["spec"]["replicas"]  # KEDA's HPA sets it; applying one would fight it
+        objects.append(built)
         budget = pdb(xrv, component)
         if budget is not None:
             objects.append(budget)

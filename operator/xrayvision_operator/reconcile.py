@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 CNPG_CRD = "clusters.postgresql.cnpg.io"
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+KEDA_CRD = "scaledobjects.keda.sh"
 MODEL_REVISION = "xrayvision.io/model-revision"
 # Kinds the operator creates for an XRayVision; owned objects of these kinds that are no
 # longer desired are deleted.
@@ -28,7 +29,7 @@ PRUNABLE = (("v1", "ConfigMap"), ("v1", "Service"), ("v1", "PersistentVolumeClai
             ("apps/v1", "Deployment"), ("batch/v1", "Job"),
             ("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "Ingress"),
             ("networking.k8s.io/v1", "NetworkPolicy"),
-            ("monitoring.coreos.com/v1", "ServiceMonitor"),
+            ("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject"),
             ("postgresql.cnpg.io/v1", "Cluster"))
 
 
@@ -102,7 +103,8 @@ def resolve(xrv: Obj, applier: Applier) -> tuple[Resolved, list[Obj]]:
     return Resolved(primary_url=primary[0], primary_model=primary[1],
                     secondary_url=secondary[0], secondary_model=secondary[1],
                     database_secret=database,
-                    service_monitors=applier.crd_exists(SERVICE_MONITOR_CRD)), extra
+                    service_monitors=applier.crd_exists(SERVICE_MONITOR_CRD),
+                    keda=applier.crd_exists(KEDA_CRD)), extra
 
 
 def cnpg_cluster(xrv: Obj) -> Obj:

@@ -216,6 +216,9 @@ def test_examples_are_valid():
                     "storage": {"images": {"type": "pvc", "size": "1Gi",
                                            "accessMode": "ReadWriteOnce"}},
                     "components": {"ingest": {"replicas": 2}}}, "at most one ingest replica"),
+    ("XRayVision", {"image": "x", "model": {"primary": {"url": "http://a"}},
+                    "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+     "must not exceed maxReplicas"),
 ])
 def test_every_cel_rule_rejects_its_invalid_case(kind, spec, message):
     doc = {"apiVersion": "xrayvision.io/v1alpha1", "kind": kind,
@@ -253,3 +256,20 @@ def test_covers_and_diff():
     assert not covers({"l": [{"a": 1}, {"a": 2}]}, {"l": [{"a": 1}]})
     assert diff([desired], {("v1", "ConfigMap", "c"): live}) == []
     assert diff([desired], {}) == [desired]
+
+
+def test_relay_autoscaling_with_keda():
+    spec = {"autoscaling": {"enabled": True, "maxReplicas": 6, "queuedPerReplica": 10}}
+    without = build(spec)
+    assert not any(kind == "ScaledObject" for kind, _ in without)  # no KEDA CRDs
+    assert without[("Deployment", "triage-relay")]["spec"]["replicas"] == 1
+    objs = build(spec, resolved=Resolved(**{**RESOLVED.__dict__, "keda": True}))
+    scaled = objs[("ScaledObject", "triage-relay")]["spec"]
+    assert scaled["scaleTargetRef"] == {"name": "triage-relay"}
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 6)
+    depth, age = scaled["triggers"]
+    assert "xrayvision_queue_depth" in depth["metadata"]["query"]
+    assert depth["metadata"]["threshold"] == "10"
+    assert age["metadata"]["threshold"] == "300"
+    assert "replicas" not in objs[("Deployment", "triage-relay")]["spec"]
+    assert objs[("Deployment", "triage-web")]["spec"]["replicas"] == 1

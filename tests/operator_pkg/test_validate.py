@@ -25,8 +25,9 @@ from xrayvision_operator.build import (
 
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 KUBECTL = Path(sys.executable).with_name("kubectl")
+RBAC = CRDS["XRayVision"].parents[1] / "deploy" / "rbac.yaml"
 # Kinds from optional CRDs (Prometheus operator) that kubernetes-validate has no schema of.
-CUSTOM = {"ServiceMonitor"}
+CUSTOM = {"ServiceMonitor", "ScaledObject"}
 
 FULL = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
         "metadata": {"name": "full"},
@@ -56,6 +57,7 @@ FULL = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
                            for c in ("ingest", "relay", "fhir", "web")},
             "metrics": {"serviceMonitor": {"enabled": True, "labels": {"r": "p"}}},
             "networkPolicy": {"enabled": True},
+            "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5},
         }}
 
 
@@ -82,7 +84,8 @@ def built_objects() -> list[dict]:
                 secondary_model=urls[1][1], database_secret=("xrayvision-db", "url"),
                 service_monitors=True))
     objects += build_xrayvision(with_server_fields(FULL),
-                                Resolved(**{**RESOLVED.__dict__, "service_monitors": True}))
+                                Resolved(**{**RESOLVED.__dict__, "service_monitors": True,
+                                            "keda": True}))
     return objects
 
 
@@ -107,7 +110,7 @@ async def test_kubectl_dry_run_over_crds_examples_and_objects(tmp_path):
     config = tmp_path / "kubeconfig"
     async with serving(make_app()) as server:
         config.write_text(kubeconfig(server))
-        for path in [*CRDS.values(), *sorted(EXAMPLES.glob("*.yaml")), built]:
+        for path in [*CRDS.values(), *sorted(EXAMPLES.glob("*.yaml")), RBAC, built]:
             proc = await asyncio.create_subprocess_exec(
                 str(KUBECTL), "--kubeconfig", str(config), "apply", "--dry-run=client",
                 "--validate=false", "-o", "name", "-f", str(path),
@@ -117,3 +120,26 @@ async def test_kubectl_dry_run_over_crds_examples_and_objects(tmp_path):
             names = out.decode().split()
             if path == built:
                 assert len(names) == len(objects)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_rbac_is_valid_kubernetes(version):
+    docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_rbac_covers_every_kind_the_operator_writes():
+    rules = [r for d in yaml.safe_load_all(RBAC.read_text()) if d and d["kind"] == "ClusterRole"
+             for r in d["rules"]]
+    granted = {(g, res) for r in rules if "create" in r["verbs"] or "patch" in r["verbs"]
+               for g in r["apiGroups"] for res in r["resources"]}
+    plurals = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
+               "Job": "jobs", "PersistentVolumeClaim": "persistentvolumeclaims",
+               "PodDisruptionBudget": "poddisruptionbudgets", "Ingress": "ingresses",
+               "NetworkPolicy": "networkpolicies", "ServiceMonitor": "servicemonitors",
+               "ScaledObject": "scaledobjects"}
+    for obj in built_objects():
+        group = obj["apiVersion"].rpartition("/")[0]
+        assert (group, plurals[obj["kind"]]) in granted, obj["kind"]

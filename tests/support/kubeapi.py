@@ -26,6 +26,7 @@ RESOURCES = {
                                ("modelendpoints", "ModelEndpoint", True)],
     "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True),
                                  ("prometheusrules", "PrometheusRule", True)],
+    "keda.sh/v1alpha1": [("scaledobjects", "ScaledObject", True)],
 }
 
 

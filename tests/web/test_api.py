@@ -347,3 +347,28 @@ async def test_cache_single_flight_and_errors():
     with pytest.raises(RuntimeError):
         await cache.get("e", fail)
     assert await cache.get("e", compute) == 2  # a failure is not cached
+
+
+async def test_stale_statistics_are_answered_while_one_refresh_runs():
+    from xrayvision.web.cache import TTLCache
+
+    now = [0.0]
+    calls = []
+    release = asyncio.Event()
+
+    async def compute():
+        calls.append(now[0])
+        if len(calls) > 1:
+            await release.wait()
+        return len(calls)
+
+    cache = TTLCache(10, clock=lambda: now[0], stale_while_revalidate=True)
+    assert await cache.get("k", compute) == 1
+    now[0] = 11  # expired
+    assert await asyncio.gather(*(cache.get("k", compute) for _ in range(5))) == [1] * 5
+    await asyncio.sleep(0)
+    assert len(calls) == 2  # one background refresh, nobody waited for it
+    release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert await cache.get("k", compute) == 2

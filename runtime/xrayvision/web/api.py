@@ -473,7 +473,7 @@ def setup_api_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[SPEC] = load_spec()
     app[TOTALS] = TTLCache(settings.web.count_cache, size=512)
-    app[STATS] = TTLCache(settings.web.stats_cache, size=256)
+    app[STATS] = TTLCache(settings.web.stats_cache, size=256, stale_while_revalidate=True)
     r = app.router
     r.add_get("/api/exams", list_exams)
     r.add_get("/api/exams/{uid}", get_exam)

@@ -1,20 +1,30 @@
 """A small async TTL cache with single flight: concurrent misses of one key share one
 computation. The API keeps expensive aggregates (list totals, statistics) here for a few
-seconds; a dashboard that is updated live does not need them exact to the second."""
+seconds; a dashboard that is updated live does not need them exact to the second.
+
+With ``stale_while_revalidate`` an expired value is still answered at once while one
+background computation refreshes it, so only the very first request of a key waits (the
+statistics over a million exams take seconds to compute)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 class TTLCache:
     def __init__(self, ttl: float, size: int = 256,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 stale_while_revalidate: bool = False) -> None:
         self.ttl = ttl
+        self.stale_while_revalidate = stale_while_revalidate
+        self._refreshing: set[asyncio.Task] = set()
         self.size = size
         self.clock = clock
         self._values: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
@@ -27,11 +37,22 @@ class TTLCache:
         if item is not None and item[0] > self.clock():
             self._values.move_to_end(key)
             return item[1]
+        if item is not None and self.stale_while_revalidate:
+            if key not in self._pending:
+                self._pending[key] = asyncio.get_running_loop().create_future()
+                task = asyncio.create_task(self._refresh(key, compute))
+                self._refreshing.add(task)
+                task.add_done_callback(self._refreshing.discard)
+            return item[1]
         pending = self._pending.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
+        self._pending[key] = asyncio.get_running_loop().create_future()
+        return await self._compute(key, compute)
+
+    async def _compute(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """Runs ``compute`` for the future already registered in ``_pending[key]``."""
+        future = self._pending[key]
         try:
             value = await compute()
         except BaseException as exc:
@@ -47,6 +68,13 @@ class TTLCache:
             return value
         finally:
             del self._pending[key]
+
+    async def _refresh(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await self._compute(key, compute)
+        except Exception:  # noqa: BLE001 - the stale value stays; the next request retries
+            log.warning("background refresh failed; the previous answer stays",
+                        exc_info=True)
 
     def clear(self) -> None:
         self._values.clear()
