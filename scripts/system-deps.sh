@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a target needs when they are missing.
 #   scripts/system-deps.sh run    Python venv support
-#   scripts/system-deps.sh test   + PostgreSQL server, DCMTK, Orthanc, Chromium (browser tests)
+#   scripts/system-deps.sh test   + PostgreSQL server, DCMTK, Orthanc, Chromium (browser tests),
+#                                   Prometheus (promtool; a real server for scrape tests)
 # As root it uses apt-get; otherwise it says what to install and fails.
 set -euo pipefail
 target=${1:-run}
@@ -20,6 +21,7 @@ if [ "$target" = test ]; then
   command -v storescu >/dev/null || missing+=(dcmtk)
   command -v Orthanc >/dev/null || missing+=(orthanc)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v promtool >/dev/null || missing+=(prometheus)
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
