@@ -255,36 +255,28 @@ async def stats_global(request: web.Request) -> web.Response:
     return web.json_response(await cached(request, read))
 
 
-async def stats_regional(request: web.Request) -> web.Response:
+async def _grouped(request: web.Request, group: str, listing: str, count: str) -> web.Response:
+    """Counts and agreement per ``group`` (region or radiologist)."""
     require(request, READ)
     since, until = _window(request)
     threshold = request.app[SETTINGS].processing.severity_threshold
 
     def read(session):
-        counts = stats.counts_by(session, "region", since, until)
-        agreement = repo.agreement_counts(session, threshold, "region", since, until)
-        return {"threshold": threshold, "regions": [
-            {"region": region, "exams": n,
-             "agreement": agreement.get(region, Confusion()).as_dict()}
-            for region, n in sorted(counts.items())]}
+        counts = stats.counts_by(session, group, since, until)
+        agreement = repo.agreement_counts(session, threshold, group, since, until)
+        return {"threshold": threshold, listing: [
+            {group: key, count: n, "agreement": agreement.get(key, Confusion()).as_dict()}
+            for key, n in sorted(counts.items())]}
 
     return web.json_response(await cached(request, read))
+
+
+async def stats_regional(request: web.Request) -> web.Response:
+    return await _grouped(request, "region", "regions", "exams")
 
 
 async def stats_radiologists(request: web.Request) -> web.Response:
-    require(request, READ)
-    since, until = _window(request)
-    threshold = request.app[SETTINGS].processing.severity_threshold
-
-    def read(session):
-        counts = stats.counts_by(session, "radiologist", since, until)
-        agreement = repo.agreement_counts(session, threshold, "radiologist", since, until)
-        return {"threshold": threshold, "radiologists": [
-            {"radiologist": name, "reports": n,
-             "agreement": agreement.get(name, Confusion()).as_dict()}
-            for name, n in sorted(counts.items())]}
-
-    return web.json_response(await cached(request, read))
+    return await _grouped(request, "radiologist", "radiologists", "reports")
 
 
 async def stats_timeline(request: web.Request) -> web.Response:
