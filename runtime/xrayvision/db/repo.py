@@ -8,12 +8,13 @@ models have no lazy relationships).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from sqlalchemy import and_, case, delete, func, literal, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,6 +31,7 @@ from xrayvision.db.models import (
     STATUSES,
     AIReport,
     AuditLog,
+    Base,
     Exam,
     Patient,
     RadReport,
@@ -337,6 +339,21 @@ _AI_FIELDS = {c.key for c in AIReport.__table__.columns} - {"uid", "created", "u
 _RAD_FIELDS = {c.key for c in RadReport.__table__.columns} - {"uid", "created", "updated"}
 
 
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...]):
+    """INSERT ... ON CONFLICT (uid) DO UPDATE for one set of fields, built once: building
+    a statement costs more CPU than running it on the relay's per-exam path."""
+    table = Base.metadata.tables[table_name]
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    columns = ("uid", "created", "updated", *fields)
+    stmt = insert(table).values({c: bindparam(c, type_=table.c[c].type) for c in columns})
+    if fields:
+        return stmt.on_conflict_do_update(
+            index_elements=["uid"],
+            set_={**{f: stmt.excluded[f] for f in fields}, "updated": stmt.excluded.updated})
+    return stmt.on_conflict_do_nothing(index_elements=["uid"])
+
+
 def _upsert_report(session: Session, model: type, allowed: set[str], uid: str,
                    fields: dict) -> None:
     """One INSERT ... ON CONFLICT DO UPDATE on the table (both backends): a single round
@@ -345,13 +362,9 @@ def _upsert_report(session: Session, model: type, allowed: set[str], uid: str,
     if unknown:
         raise ValueError(f"unknown {model.__tablename__} fields: {', '.join(sorted(unknown))}")
     now = utcnow()
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(model.__table__).values(uid=uid, created=now, updated=now, **fields)
-    if fields:
-        stmt = stmt.on_conflict_do_update(index_elements=["uid"], set_={**fields, "updated": now})
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["uid"])
-    session.connection().execute(stmt)
+    names = tuple(sorted(fields))
+    stmt = _upsert_statement(session.bind.dialect.name, model.__tablename__, names)
+    session.connection().execute(stmt, {"uid": uid, "created": now, "updated": now, **fields})
 
 
 def save_ai_report(session: Session, uid: str, **fields) -> None:
@@ -380,16 +393,24 @@ class ReportContext:
     previous_report: str
 
 
-def report_context(session: Session, uid: str) -> ReportContext | None:
-    """The exam, its patient and its previous AI report text; None for an unknown exam."""
+def _report_context_statement():
     e, p, a = Exam.__table__.c, Patient.__table__.c, AIReport.__table__.c
-    row = session.connection().execute(
+    return (
         select(e.uid, e.region, e.projection, e.created, e.series_datetime, e.cnp,
                p.name, p.sex, p.birth_date, a.text)
         .select_from(Exam.__table__.outerjoin(Patient.__table__, p.cnp == e.cnp)
                      .outerjoin(AIReport.__table__, a.uid == e.uid))
-        .where(e.uid == uid)
-    ).first()
+        .where(e.uid == bindparam("uid"))
+    )
+
+
+# Built once (module import): it runs for every exam the relay processes.
+_REPORT_CONTEXT = _report_context_statement()
+
+
+def report_context(session: Session, uid: str) -> ReportContext | None:
+    """The exam, its patient and its previous AI report text; None for an unknown exam."""
+    row = session.connection().execute(_REPORT_CONTEXT, {"uid": uid}).first()
     if row is None:
         return None
     return ReportContext(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or "",
