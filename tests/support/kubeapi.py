@@ -1,7 +1,10 @@
-"""A stand-in for the Kubernetes API server's discovery (the real one cannot run here),
-enough for ``kubectl apply --dry-run=client``: it lists the API groups and resources the
-project uses, and answers 404 for every object, so kubectl maps kinds and plans creates.
-Nothing is stored."""
+"""A stand-in for the Kubernetes API server (the real one cannot run here): discovery of
+the API groups and resources the project uses, enough for ``kubectl apply
+--dry-run=client``; and, for the operator's KubeApplier, a small in-memory object store:
+GET (404 when absent), LIST with a label selector, server-side-apply PATCH (the whole
+object replaces the stored one; field manager and force recorded), merge PATCH of
+metadata and of the status subresource, DELETE, and POST of Events. Requests are recorded
+in ``app[CALLS]``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from aiohttp import web
 RESOURCES = {
     "v1": [("configmaps", "ConfigMap", True), ("services", "Service", True),
            ("secrets", "Secret", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
-           ("namespaces", "Namespace", False), ("serviceaccounts", "ServiceAccount", True)],
+           ("namespaces", "Namespace", False), ("serviceaccounts", "ServiceAccount", True),
+           ("events", "Event", True)],
     "apps/v1": [("deployments", "Deployment", True)],
     "batch/v1": [("jobs", "Job", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
@@ -31,11 +35,17 @@ RESOURCES = {
 
 
 def _resource_list(group_version: str) -> dict:
+    verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+    resources = []
+    for plural, kind, namespaced in RESOURCES[group_version]:
+        resources.append({"name": plural, "singularName": "", "namespaced": namespaced,
+                          "kind": kind, "verbs": verbs})
+        if group_version == "xrayvision.io/v1alpha1":  # custom resources: status subresource
+            resources.append({"name": f"{plural}/status", "singularName": "",
+                              "namespaced": namespaced, "kind": kind,
+                              "verbs": ["get", "patch", "update"]})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-            "resources": [{"name": plural, "singularName": "", "namespaced": namespaced,
-                           "kind": kind, "verbs": ["create", "delete", "get", "list", "patch",
-                                                   "update", "watch"]}
-                          for plural, kind, namespaced in RESOURCES[group_version]]}
+            "resources": resources}
 
 
 async def api(request: web.Request) -> web.Response:
@@ -58,21 +68,95 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0"})
 
 
+STORE = web.AppKey("store", dict)
+CALLS = web.AppKey("calls", list)
+NOT_FOUND = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+             "code": 404, "message": "not found"}
+
+
+def _split(path: list[str]) -> tuple[str, str | None, str, str | None, str | None] | None:
+    """(group/version, namespace, plural, name, subresource) of an object path."""
+    if path[0] == "api":
+        gv, rest = path[1], path[2:]
+    elif path[0] == "apis" and len(path) >= 4:
+        gv, rest = f"{path[1]}/{path[2]}", path[3:]
+    else:
+        return None
+    namespace = None
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
+        namespace, rest = rest[1], rest[2:]
+    if not rest:
+        return None
+    return gv, namespace, rest[0], rest[1] if len(rest) > 1 else None, \
+        rest[2] if len(rest) > 2 else None
+
+
+def _matches(obj: dict, selector: str) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for term in filter(None, selector.split(",")):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value:
+            return False
+    return True
+
+
 async def anything(request: web.Request) -> web.Response:
     path = request.path.strip("/").split("/")
-    if path[0] == "api" and len(path) == 2:
+    if request.method == "GET" and path[0] == "api" and len(path) == 2:
         return web.json_response(_resource_list(path[1]))
-    if path[0] == "apis" and len(path) == 3:
+    if request.method == "GET" and path[0] == "apis" and len(path) == 3:
         gv = f"{path[1]}/{path[2]}"
         if gv in RESOURCES:
             return web.json_response(_resource_list(gv))
-    return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                              "reason": "NotFound", "code": 404, "message": "not found"},
-                             status=404)
+    parts = _split(path)
+    if parts is None:
+        return web.json_response(NOT_FOUND, status=404)
+    gv, namespace, plural, name, sub = parts
+    store: dict = request.app[STORE]
+    body = await request.json() if request.can_read_body else None
+    request.app[CALLS].append((request.method, gv, namespace, plural, name, sub,
+                               request.headers.get("Content-Type", ""),
+                               dict(request.query), body))
+    key = (gv, namespace or "", plural, name)
+    if name is None:
+        if request.method == "POST":  # events
+            return web.json_response(body, status=201)
+        items = [o for (g, ns, pl, _), o in store.items()
+                 if g == gv and pl == plural and (namespace is None or ns == namespace)
+                 and _matches(o, request.query.get("labelSelector", ""))]
+        kind = next((k for p, k, _ in RESOURCES.get(gv, []) if p == plural), "")
+        return web.json_response({"kind": f"{kind}List", "apiVersion": gv,
+                                  "metadata": {"resourceVersion": "1"}, "items": items})
+    if request.method == "GET":
+        obj = store.get(key)
+        return web.json_response(obj) if obj else web.json_response(NOT_FOUND, status=404)
+    if request.method == "DELETE":
+        obj = store.pop(key, None)
+        return web.json_response(obj) if obj else web.json_response(NOT_FOUND, status=404)
+    if request.method == "PATCH":
+        content = request.headers.get("Content-Type", "")
+        if content.startswith("application/apply-patch"):
+            stored = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+            if key in store and "status" in store[key]:
+                stored["status"] = store[key]["status"]
+            store[key] = stored
+            return web.json_response(stored)
+        if key not in store:
+            return web.json_response(NOT_FOUND, status=404)
+        if sub == "status":
+            store[key]["status"] = {**store[key].get("status", {}), **body["status"]}
+        else:
+            meta = store[key]["metadata"]
+            for field, value in body.get("metadata", {}).items():
+                meta[field] = {**(meta.get(field) or {}), **value}
+        return web.json_response(store[key])
+    return web.json_response(NOT_FOUND, status=404)
 
 
 def make_app() -> web.Application:
     app = web.Application()
+    app[STORE] = {}
+    app[CALLS] = []
     app.router.add_get("/api", api)
     app.router.add_get("/apis", apis)
     app.router.add_get("/version", version)
