@@ -18,7 +18,7 @@ GROUP, VERSION = "xrayvision.io", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 MANAGER = "xrayvision-operator"
 COMPONENTS = ("ingest", "relay", "fhir", "web")
-WEB_PORT, METRICS_PORT = 8080, 8080
+WEB_PORT = 8080  # http: dashboard/API, probes and /metrics of every role
 CONFIG_HASH = "xrayvision.io/config-hash"
 # Ingress annotations that keep dashboard WebSockets open for common controllers.
 WEBSOCKET_ANNOTATIONS = {

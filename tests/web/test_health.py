@@ -58,3 +58,15 @@ async def test_a_web_process_is_ready_only_once_the_role_is_attached(aiohttp_cli
     assert resp.status == 503 and "web role" in (await resp.json())["detail"]
     app[SERVICES].hub = object()
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_metrics_credentials_are_the_api_users_including_the_first_start_admin(
+        aiohttp_client, tmp_path):
+    from xrayvision.web.context import AUTH
+
+    settings = load_settings(tmp_path, env={"XRAYVISION_WEB_METRICS_AUTH": "yes"})
+    app = init_app(settings, Readiness())  # no [users]: the web role adds the bootstrap admin
+    app[AUTH].users = {"admin": User(role="admin", password_hash=hash_password("pw", n=2**10))}
+    client = await aiohttp_client(app)
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers=basic("admin", "pw"))).status == 200

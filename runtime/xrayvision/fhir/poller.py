@@ -242,7 +242,6 @@ class Poller:
             if match.rule == "ambiguous":
                 stats.ambiguous += 1
                 metrics.FHIR_AMBIGUOUS.inc()
-                metrics.FHIR_REPORTS.labels("ambiguous").inc()
                 log.warning("report matches exams of several studies; not linked",
                             extra={"fhir_id": report.fhir_id, "exams": len(match.uids)})
                 continue

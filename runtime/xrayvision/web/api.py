@@ -115,9 +115,8 @@ def _text_field(body: dict, name: str = "text") -> str:
 
 
 def _uid_field(body: dict) -> str:
-    uid = body.get("uid")
     try:
-        return validate_uid(uid) if isinstance(uid, str) else validate_uid("")
+        return validate_uid(body.get("uid"))
     except InvalidUID:
         raise bad_request("uid must be a DICOM UID (digits and dots, at most 64)") from None
 

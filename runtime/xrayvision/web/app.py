@@ -17,14 +17,7 @@ from xrayvision.web import middleware
 from xrayvision.web.api import setup_api_routes
 from xrayvision.web.auth import Authenticator
 from xrayvision.web.context import AUTH, LIMITER, MAX_BODY, SERVICES, SETTINGS, Services
-from xrayvision.web.health import (
-    METRICS_AUTH,
-    READINESS,
-    USERS,
-    WEB_ROLE,
-    Readiness,
-    setup_health_routes,
-)
+from xrayvision.web.health import READINESS, WEB_ROLE, Readiness, setup_health_routes
 from xrayvision.web.ratelimit import SlidingWindow
 
 
@@ -56,8 +49,6 @@ def init_app(settings: Settings, readiness: Readiness) -> web.Application:
                      middleware.authenticate],
     )
     app[READINESS] = readiness
-    app[USERS] = settings.users
-    app[METRICS_AUTH] = settings.web.metrics_auth
     app[SETTINGS] = settings
     app[SERVICES] = Services()
     app[AUTH] = Authenticator(settings.users)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from xrayvision import metrics
-from xrayvision.config import User
 from xrayvision.db.engine import Database
 from xrayvision.db.migrate import schema_state
-from xrayvision.passwords import verify_password
 from xrayvision.web.context import SERVICES
 
 
@@ -52,8 +47,6 @@ class Readiness:
 
 
 READINESS = web.AppKey("readiness", Readiness)
-USERS = web.AppKey("users", Mapping)
-METRICS_AUTH = web.AppKey("metrics_auth", bool)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -73,26 +66,9 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-def _basic_user(request: web.Request, users: Mapping[str, User]) -> bool:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Basic "):
-        return False
-    try:
-        name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    user = users.get(name)
-    return user is not None and verify_password(password, user.password_hash)
-
-
 async def metrics_view(request: web.Request) -> web.Response:
-    if request.app[METRICS_AUTH]:
-        ok = await asyncio.to_thread(_basic_user, request, request.app[USERS])
-        if not ok:
-            return web.json_response(
-                {"error": "unauthorized", "detail": "/metrics needs HTTP Basic credentials"},
-                status=401, headers={"WWW-Authenticate": 'Basic realm="xrayvision"'},
-            )
+    """Prometheus text; credentials, when ``[web] metrics_auth`` asks for them, are checked
+    by the authentication middleware like those of /api."""
     body = await asyncio.to_thread(generate_latest, REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,5 +1,5 @@
 """Middlewares, outermost first: metrics and security headers, JSON errors, rate limit,
-authentication of ``/api/*`` and ``/ws`` (``/metrics`` checks its own, see health.py).
+authentication of ``/api/*``, ``/ws`` and, with ``[web] metrics_auth``, ``/metrics``.
 
 Every error a client sees is JSON ``{"error": <short name>, "detail": <what to do>}``
 with the matching status.
@@ -16,7 +16,7 @@ from aiohttp import web
 
 from xrayvision import metrics
 from xrayvision.db import repo
-from xrayvision.web.auth import Authenticator, Identity, parse_basic
+from xrayvision.web.auth import Authenticator, parse_basic
 from xrayvision.web.context import (
     AUTH,
     CLIENT_IP,
@@ -119,7 +119,10 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def _needs_auth(request: web.Request) -> bool:
-    return request.path.startswith("/api/") or request.path == "/ws"
+    path = request.path
+    if path.startswith("/api/") or path == "/ws":
+        return True
+    return path == "/metrics" and request.app[SETTINGS].web.metrics_auth
 
 
 @web.middleware
@@ -148,7 +151,3 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         await services.db.write(repo.audit, "login", username=identity.username, remote=ip)
     request[IDENTITY] = identity
     return await handler(request)
-
-
-def identity_of(request: web.Request) -> Identity:
-    return request[IDENTITY]

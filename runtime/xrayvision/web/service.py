@@ -46,8 +46,7 @@ async def bootstrap_admin(db: Database) -> tuple[str, str | None]:
 
 
 async def dashboard_state(db: Database) -> dict:
-    counts = await db.read(repo.queue_counts)
-    return {"queue": counts, "processing": counts.get("processing", 0)}
+    return {"queue": await db.read(repo.queue_counts)}
 
 
 async def run_web(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
