@@ -233,7 +233,8 @@ class ImagesSettings:
     backend: str = _setting("filesystem", _choice("filesystem", "database"), "image store")
     path: Path | None = _setting(None, _optional_path, "image folder; empty: data_dir/images")
     max_side: int = _setting(1024, _int(64, 16384), "longest side of the PNG sent to the model")
-    png_compression: int = _setting(3, _int(0, 9), "PNG zlib level (OpenCV)")
+    png_compression: int = _setting(1, _int(0, 9),
+                                    "PNG deflate level: 0-3 ISA-L (fast), 4-9 zlib (smaller)")
     retention_days: int = _setting(0, _int(0), "delete images of exams older than this; 0 keeps")
     window_index: int = _setting(0, _int(0, 100), "which of several DICOM windows to use")
 

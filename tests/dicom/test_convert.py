@@ -1,12 +1,14 @@
 import subprocess
 
 import cv2
+import imagecodecs
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from support.xrays import SECONDARY_CAPTURE, make_xray, write
+from xrayvision.dicom import convert
 from xrayvision.dicom.convert import (
     ConversionError,
     ConvertOptions,
@@ -15,6 +17,7 @@ from xrayvision.dicom.convert import (
     apply_window,
     chosen_window,
     convert_bytes,
+    encode_png,
     fit,
     to_display,
 )
@@ -160,3 +163,27 @@ def test_bad_images_raise_conversion_error(tmp_path, mutate, message):
 def test_not_dicom_at_all():
     with pytest.raises(ConversionError):
         convert_bytes(b"\x00" * 10)
+
+
+@pytest.mark.parametrize("level", range(10))
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (257, 301)])
+def test_png_round_trips_at_every_level(level, shape):
+    img = np.random.default_rng(level).integers(0, 256, shape, dtype=np.uint8)
+    png = encode_png(img, level)
+    # OpenCV's and imagecodecs' libpng both check the chunk CRCs and the zlib stream.
+    assert np.array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+                          .reshape(shape), img)
+    assert np.array_equal(imagecodecs.png_decode(png).reshape(shape), img)
+
+
+def test_png_fast_levels_split_large_data_over_several_idat_chunks(monkeypatch):
+    monkeypatch.setattr(convert, "_IDAT_MAX", 1000)
+    img = to_display(make_xray(bits=12))
+    png = encode_png(img, 1)
+    assert png.count(b"IDAT") > 5
+    assert np.array_equal(imagecodecs.png_decode(png), img)
+
+
+def test_png_of_a_non_contiguous_view():
+    img = np.arange(60 * 40, dtype=np.uint32).reshape(60, 40).astype(np.uint8)[::2, ::3]
+    assert np.array_equal(imagecodecs.png_decode(encode_png(img, 1)), img)

@@ -64,7 +64,7 @@ def _pixel_length(ds: Dataset) -> int | None:
     unknown (undefined length: encapsulated)."""
     if "PixelData" not in ds:
         return None
-    elem = ds.get_item(0x7FE00010)
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)  # never read the pixels here
     if getattr(elem, "value", None) is None and hasattr(elem, "length"):
         return None if elem.length == 0xFFFFFFFF else int(elem.length)
     value = ds.PixelData

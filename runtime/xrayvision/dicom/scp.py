@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import threading
 
 from pydicom.uid import (
     JPEG2000,
@@ -20,7 +21,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from xrayvision.config import Settings
 from xrayvision.dicom import handlers
@@ -76,6 +77,43 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
+class BufferedAssociationSocket(AssociationSocket):
+    """pynetdicom's socket, reading a PDU with as few system calls as the network allows.
+
+    The base class reads in 4 KiB ``recv`` calls appended to a growing bytearray: an 18 MB
+    X-ray is about 4,500 calls and copies, which made receiving, not the network, the
+    limit of one association (bench/README.md, "Ingest"). Here each call fills what is
+    left of one preallocated buffer. Same contract: returns fewer bytes only when the peer
+    closed the connection.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        received = 0
+        while received < nr_bytes:
+            count = sock.recv_into(view[received:], nr_bytes - received)
+            if not count:
+                del view
+                del buffer[received:]
+                break
+            received += count
+        return buffer
+
+
+class BufferedRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with :class:`BufferedAssociationSocket`."""
+
+    def _create_association(self):
+        assoc = super()._create_association()
+        # The base class builds the socket wrapper (which queues the connection event,
+        # so it cannot be built twice); the subclass only replaces ``recv`` and adds no
+        # state, so the instance changes class in place.
+        assoc.dul.socket.__class__ = BufferedAssociationSocket
+        return assoc
+
+
 def start_scp(settings: Settings, ctx: IngestContext) -> ThreadedAssociationServer:
     """Starts listening (non-blocking); stop it with ``server.shutdown()``."""
     # Received datasets are streamed to a temporary file as they arrive, and that file is
@@ -90,5 +128,12 @@ def start_scp(settings: Settings, ctx: IngestContext) -> ThreadedAssociationServ
         (evt.EVT_ABORTED, handlers.handle_aborted),
         (evt.EVT_REJECTED, handlers.handle_rejected, [ctx]),
     ]
-    return ae.start_server((settings.dicom.host, settings.dicom.port), block=False,
-                           evt_handlers=bound, ssl_context=tls_context(settings))
+    server = ae.make_server((settings.dicom.host, settings.dicom.port), evt_handlers=bound,
+                            ssl_context=tls_context(settings),
+                            server_class=ThreadedAssociationServer,
+                            request_handler=BufferedRequestHandler)
+    # What ae.start_server(block=False) does, with our request handler
+    # (server.shutdown() takes the server off the AE's list again).
+    threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
+    ae._servers.append(server)
+    return server
