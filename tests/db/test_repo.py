@@ -32,6 +32,20 @@ def test_add_exam_is_idempotent_per_sop_instance_uid(db):
     assert row.exam.region == "chest" and row.patient.name == "Popescu Ion"
 
 
+def test_insert_received_creates_once_and_a_duplicate_changes_nothing(db):
+    exam = ExamInfo(uid="1.9.1", region="chest", modality="DX")
+    first = PatientInfo(cnp="3", name="Ana", birth_date=dt.date(1980, 5, 1))
+    assert db.write_sync(repo.insert_received, exam, first) is True
+    again = PatientInfo(cnp="3", name="Someone Else", sex="F")
+    assert db.write_sync(repo.insert_received, exam, again) is False
+    row = db.read_sync(repo.get_exam, "1.9.1")
+    assert (row.exam.status, row.exam.cnp) == ("none", "3")
+    assert (row.patient.name, row.patient.birth_date, row.patient.sex) == (
+        "Ana", dt.date(1980, 5, 1), "")
+    assert db.read_sync(repo.exam_exists, "1.9.1") is True
+    assert db.read_sync(repo.exam_exists, "1.9.2") is False
+
+
 def test_get_exam_unknown_is_none(db):
     assert db.read_sync(repo.get_exam, "9.9") is None
 

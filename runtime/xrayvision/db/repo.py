@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from xrayvision.agreement import CLASSES as AGREEMENT_CLASSES
@@ -109,59 +108,86 @@ class Page:
 # --- patients and exams ------------------------------------------------------------------
 
 
+# Ingest records every received instance with these before it may acknowledge it, so
+# they are Core statements built once per dialect (building costs more CPU than running).
+
+
+def _dialect_insert(session: Session):
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+
+
+@functools.lru_cache(maxsize=4)
+def _patient_upsert(insert):
+    table = Patient.__table__
+    stmt = insert(table).values({c: bindparam(c, type_=table.c[c].type)
+                                 for c in ("cnp", "name", "birth_date", "sex", "created",
+                                           "updated")})
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(index_elements=["cnp"], set_={
+        "name": case((new.name != "", new.name), else_=table.c.name),
+        "birth_date": func.coalesce(new.birth_date, table.c.birth_date),
+        "sex": case((new.sex != "", new.sex), else_=table.c.sex),
+        "updated": new.updated,
+    })
+
+
+_EXAM_INSERT_COLUMNS = (*ExamInfo.__dataclass_fields__, "cnp", "created", "updated")
+
+
+@functools.lru_cache(maxsize=4)
+def _exam_insert(insert):
+    table = Exam.__table__
+    return insert(table).values(
+        {c: bindparam(c, type_=table.c[c].type) for c in _EXAM_INSERT_COLUMNS}
+    ).on_conflict_do_nothing(index_elements=["uid"]).returning(table.c.uid)
+
+
+_EXAM_EXISTS = select(literal(1)).where(Exam.__table__.c.uid == bindparam("uid"))
+
+
+def exam_exists(session: Session, uid: str) -> bool:
+    return session.connection().execute(_EXAM_EXISTS, {"uid": uid}).first() is not None
+
+
+def _upsert_patient_row(session: Session, info: PatientInfo) -> None:
+    now = utcnow()
+    session.connection().execute(_patient_upsert(_dialect_insert(session)), {
+        "cnp": info.cnp, "name": info.name, "birth_date": info.birth_date, "sex": info.sex,
+        "created": now, "updated": now})
+
+
 def upsert_patient(session: Session, info: PatientInfo) -> Patient:
     """Creates the patient or fills in what was missing; known fields are not blanked."""
-    patient = session.get(Patient, info.cnp)
-    if patient is None:
-        patient = Patient(cnp=info.cnp, name=info.name, birth_date=info.birth_date, sex=info.sex)
-        session.add(patient)
-        try:
-            with session.begin_nested():
-                session.flush()
-        except IntegrityError:  # created meanwhile by another transaction
-            patient = session.get(Patient, info.cnp, populate_existing=True)
-            assert patient is not None
-        else:
-            return patient
-    if info.name:
-        patient.name = info.name
-    if info.birth_date:
-        patient.birth_date = info.birth_date
-    if info.sex:
-        patient.sex = info.sex
+    _upsert_patient_row(session, info)
+    patient = session.get(Patient, info.cnp, populate_existing=True)
+    assert patient is not None
     return patient
+
+
+def insert_received(session: Session, info: ExamInfo,
+                    patient: PatientInfo | None = None) -> bool:
+    """Inserts the exam (and creates or completes its patient); returns False, changing
+    nothing, when an exam with this SOP Instance UID exists: duplicates never make a
+    second exam, also when two transactions insert the same one at once."""
+    if exam_exists(session, info.uid):
+        return False
+    cnp = patient.cnp if patient is not None and patient.cnp else None
+    if cnp:
+        _upsert_patient_row(session, patient)
+    now = utcnow()
+    values = {f: getattr(info, f) for f in ExamInfo.__dataclass_fields__}
+    inserted = session.connection().execute(_exam_insert(_dialect_insert(session)), {
+        **values, "cnp": cnp, "created": now, "updated": now}).first()
+    return inserted is not None
 
 
 def add_exam(session: Session, info: ExamInfo,
              patient: PatientInfo | None = None) -> tuple[Exam, bool]:
-    """Inserts the exam (and its patient); returns (exam, created).
-
-    A second call with the same SOP Instance UID returns the existing exam and
-    ``created=False``: duplicates never make a second exam.
-    """
-    existing = session.get(Exam, info.uid)
-    if existing is not None:
-        return existing, False
-    if patient is not None and patient.cnp:
-        upsert_patient(session, patient)
-    now = utcnow()
-    exam = Exam(
-        **{f: getattr(info, f) for f in ExamInfo.__dataclass_fields__},
-        cnp=patient.cnp if patient is not None and patient.cnp else None,
-        created=now,
-        updated=now,
-    )
-    session.add(exam)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        session.expunge(exam)
-        existing = session.get(Exam, info.uid, populate_existing=True)
-        if existing is None:
-            raise
-        return existing, False
-    return exam, True
+    """:func:`insert_received`, returning (exam, created) with the exam as an ORM object."""
+    created = insert_received(session, info, patient)
+    exam = session.get(Exam, info.uid, populate_existing=True)
+    assert exam is not None
+    return exam, created
 
 
 def get_exam(session: Session, uid: str) -> ExamRow | None:

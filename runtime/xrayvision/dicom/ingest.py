@@ -99,10 +99,6 @@ def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
                               f"pixels of {allocated} bits need {expected}")
 
 
-def _exists(session, uid: str) -> bool:
-    return repo.count_exams(session, [uid]) > 0
-
-
 def _record(settings: Settings, db: Database, ds: Dataset, calling_aet: str,
             sop_class: str | None, store_it) -> Recorded:
     declared = str(ds.get("SOPClassUID", ""))
@@ -115,10 +111,10 @@ def _record(settings: Settings, db: Database, ds: Dataset, calling_aet: str,
         priority=settings.priority_for(calling_aet),
     )
     check_pixel_header(ds, settings.dicom.max_pixels)
-    if db.read_sync(_exists, exam.uid):
+    if db.read_sync(repo.exam_exists, exam.uid):  # do not touch what is stored already
         return Recorded(Outcome.DUPLICATE, exam)
     store_it(exam.uid)
-    _, created = db.write_sync(repo.add_exam, exam, patient)
+    created = db.write_sync(repo.insert_received, exam, patient)
     return Recorded(Outcome.STORED if created else Outcome.DUPLICATE, exam)
 
 
