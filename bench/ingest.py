@@ -8,7 +8,9 @@ senders into our SCP: associations refused, instances stored once, peak RSS.
 
 "ack ms" is the mean time from a C-STORE request to its durable record, read from our
 own `xrayvision_dicom_store_seconds` histogram; it must not grow with conversion time
-(JPEG-lossless images take longer to convert than raw ones).
+(JPEG-lossless images take longer to convert than raw ones). "pynetdicom" is the
+ceiling of the library we receive with: the same AE set-up (our socket, datasets
+streamed to a file) with a C-STORE handler that records nothing and converts nothing.
 """
 
 from __future__ import annotations
@@ -115,6 +117,37 @@ class Ours:
         self.proc.wait(60)
 
 
+class PynetdicomSink:
+    """pynetdicom receiving as our SCP does, with a handler that only answers success."""
+
+    aet = "XRAYVISION"
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, __file__, "--sink", str(self.port)],
+                                     env=ENV, cwd=folder.parent)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def run_sink(port: int) -> None:
+    from pynetdicom import _config, evt
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    from xrayvision.config import load_settings
+    from xrayvision.dicom.scp import BufferedRequestHandler, make_ae
+
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    ae = make_ae(load_settings(Path.cwd(), env={}))
+    server = ae.make_server(("127.0.0.1", port), server_class=ThreadedAssociationServer,
+                            evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
+                            request_handler=BufferedRequestHandler)
+    server.serve_forever()
+
+
 class StoreScp:
     aet = "STORESCP"
 
@@ -134,7 +167,7 @@ class StoreScp:
 def one_association(sets: dict[str, list[Path]], tmp: Path) -> None:
     print("one association, storescu -> peer (images/s; ack ms = mean C-STORE to durable "
           "record, ours only)")
-    print(f"{'set':<8}{'ours':>8}{'ack ms':>8}{'storescp':>10}{'orthanc':>9}"
+    print(f"{'set':<8}{'ours':>8}{'ack ms':>8}{'pynetdicom':>12}{'storescp':>10}{'orthanc':>9}"
           f"{'ours/orthanc':>14}{'converted after':>17}")
     for name, files in sets.items():
         compressed = name != "raw"
@@ -144,13 +177,17 @@ def one_association(sets: dict[str, list[Path]], tmp: Path) -> None:
         convert_s = ours.wait_converted()
         assert ours.exams() == len(files)
         ours.stop()
+        sink = PynetdicomSink(tmp / f"sink-{name}")
+        sink_rate = len(files) / send(sink.port, sink.aet, files, compressed)
+        sink.stop()
         scp = StoreScp(tmp / f"scp-{name}")
         scp_rate = len(files) / send(scp.port, scp.aet, files, compressed)
         scp.stop()
         orthanc = Orthanc(tmp / f"orthanc-{name}", {}).start()
         orthanc_rate = len(files) / send(orthanc.port, orthanc.aet, files, compressed)
         orthanc.stop()
-        print(f"{name:<8}{ours_rate:>8.1f}{ack:>8.1f}{scp_rate:>10.1f}{orthanc_rate:>9.1f}"
+        print(f"{name:<8}{ours_rate:>8.1f}{ack:>8.1f}{sink_rate:>12.1f}{scp_rate:>10.1f}"
+              f"{orthanc_rate:>9.1f}"
               f"{ours_rate / orthanc_rate:>14.2f}{convert_s:>15.1f} s", flush=True)
 
 
@@ -180,9 +217,14 @@ def parallel_senders(files: list[Path], tmp: Path, senders: int = 4) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("dataset", type=Path)
+    parser.add_argument("dataset", type=Path, nargs="?")
     parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # PynetdicomSink's process
     args = parser.parse_args()
+    if args.sink:
+        return run_sink(args.sink)
+    if args.dataset is None:
+        parser.error("the dataset folder is required")
     sets = {}
     for name in ("raw", "jpegll"):
         files = sorted((args.dataset / name).glob("*.dcm"))
