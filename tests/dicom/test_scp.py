@@ -4,6 +4,7 @@ import asyncio
 import socket
 import subprocess
 import threading
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -176,6 +177,24 @@ def test_recv_returns_what_arrived_when_the_peer_closes():
     peer.close()
     assert sock.recv(10) == bytearray(b"abc")
     assert sock.recv(10) == bytearray()
+
+
+def test_recv_grows_past_the_preallocation_only_as_data_arrives():
+    sock, peer = buffered_pair()
+    payload = bytes(range(256)) * 3 * (BufferedAssociationSocket.PREALLOCATE // 256) + b"tail"
+    sender = threading.Thread(target=peer.sendall, args=(payload,))
+    sender.start()
+    assert bytes(sock.recv(len(payload))) == payload
+    sender.join()
+    # A peer announcing a 2 GiB PDU and sending 10 bytes costs no 2 GiB.
+    peer.sendall(b"0123456789")
+    peer.close()
+    tracemalloc.start()
+    try:
+        assert sock.recv(2**31) == bytearray(b"0123456789")
+        assert tracemalloc.get_traced_memory()[1] < 4 * BufferedAssociationSocket.PREALLOCATE
+    finally:
+        tracemalloc.stop()
 
 
 def test_associations_on_our_scp_use_the_buffered_socket(tmp_path):
