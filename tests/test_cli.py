@@ -60,3 +60,22 @@ def test_migrate_gives_up_on_an_unreachable_database(tmp_path):
     result = run("migrate", "--timeout", "1", cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "database unreachable; giving up" in result.stderr
+
+
+def test_tmpdir_is_created_before_use(tmp_path):
+    from xrayvision.cli import ensure_tmpdir
+
+    ensure_tmpdir({"TMPDIR": str(tmp_path / "images" / ".incoming")})
+    assert (tmp_path / "images" / ".incoming").is_dir()
+    (tmp_path / "file").write_text("")
+    ensure_tmpdir({"TMPDIR": str(tmp_path / "file" / "sub")})  # unusable: left to tempfile
+    ensure_tmpdir({})
+
+
+def test_serve_creates_its_tmpdir(tmp_path):
+    import os
+
+    tmpdir = tmp_path / "images" / ".incoming"
+    done = run("check-config", cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmpdir)})
+    assert done.returncode == 0, done.stderr
+    assert tmpdir.is_dir()

@@ -159,6 +159,11 @@ def _secret_env(xrv: Obj, resolved: Resolved) -> list[Obj]:
     return env
 
 
+# pynetdicom streams each received dataset into a file in the temporary folder, and ingest
+# then moves it into the image store: a rename on the same mount, but a full copy and
+# fsync from the /tmp emptyDir, another mount. So ingest's TMPDIR is on the images mount.
+INGEST_TMPDIR = "/var/lib/xrayvision/images/.incoming"
+
 SECURITY_CONTEXT = {
     "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
@@ -192,6 +197,9 @@ def deployment(xrv: Obj, component: str, resolved: Resolved, confighash: str) ->
     name = xrv["metadata"]["name"]
     comp = ((spec.get("components") or {}).get(component)) or {}
     volumes, mounts = _pod_volumes(xrv, component)
+    env = _secret_env(xrv, resolved)
+    if component == "ingest":
+        env.append({"name": "TMPDIR", "value": INGEST_TMPDIR})
     ports = [{"name": "http", "containerPort": WEB_PORT}]
     if component == "ingest":
         ports.append({"name": "dicom",
@@ -202,7 +210,7 @@ def deployment(xrv: Obj, component: str, resolved: Resolved, confighash: str) ->
         "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
         "args": ["serve", "--roles", component],
         "envFrom": [{"configMapRef": {"name": f"{name}-config"}}],
-        "env": _secret_env(xrv, resolved),
+        "env": env,
         "ports": ports,
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
                           "periodSeconds": 10, "failureThreshold": 6},

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import getpass
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -152,7 +154,18 @@ async def _import(settings: Settings, paths: list[Path]) -> int:
     return 1 if summary.failed else 0
 
 
+def ensure_tmpdir(environ=os.environ) -> None:
+    """Creates the folder TMPDIR names before anything asks tempfile for it (tempfile
+    quietly falls back to /tmp when it is missing). The operator puts ingest's on the
+    image volume, so that received files are renamed into the store, not copied."""
+    tmpdir = environ.get("TMPDIR")
+    if tmpdir:
+        with contextlib.suppress(OSError):  # unusable: tempfile's fallback applies
+            Path(tmpdir).mkdir(parents=True, exist_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    ensure_tmpdir()
     args = _parser().parse_args(argv)
     if args.command == "hash-password":
         return cmd_hash_password(args.stdin)

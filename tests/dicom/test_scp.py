@@ -1,9 +1,12 @@
 """DCMTK storescu/echoscu against the running SCP."""
 
 import asyncio
+import os
 import socket
 import subprocess
+import tempfile
 import threading
+import time
 import tracemalloc
 
 import cv2
@@ -17,6 +20,7 @@ from support.xrays import CT, make_xray, write
 from xrayvision.db import repo
 from xrayvision.db.models import ERROR, IGNORE, QUEUED, Exam
 from xrayvision.dicom.scp import BufferedAssociationSocket, start_scp
+from xrayvision.images import FilesystemStore
 
 from .conftest import ingest_settings, running_ingest
 
@@ -213,3 +217,30 @@ def test_associations_on_our_scp_use_the_buffered_socket(tmp_path):
             assoc.release()
     finally:
         server.shutdown()
+
+
+async def test_received_files_are_renamed_from_a_tmpdir_on_the_store(tmp_path, db, monkeypatch):
+    """As the operator runs ingest (TMPDIR on the image volume): pynetdicom's streamed
+    copy is renamed into the store, leftovers of a dead process are removed at start, and
+    conversion (a spawned pool, whatever the temporary folder) still works."""
+    staging = tmp_path / "images" / ".incoming"
+    staging.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    leftover, recent, other = staging / "tmpold.dcm", staging / "tmpnew.dcm", staging / "x.txt"
+    for path in (leftover, recent, other):
+        path.write_bytes(b"partial")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    written = []  # files the store wrote itself (a copy), as opposed to moved in
+    original_write = FilesystemStore._write
+    monkeypatch.setattr(FilesystemStore, "_write", lambda self, target, fill: (
+        written.append(target.suffix), original_write(self, target, fill))[1])
+    async with running_ingest(ingest_settings(tmp_path), db, tmp_path) as ingest:
+        assert ingest.store.root == tmp_path / "images"
+        assert sorted(p.name for p in staging.iterdir()) == ["tmpnew.dcm", "x.txt"]
+        [path] = sample_files(tmp_path / "in")[:1]
+        result = await ingest.storescu(path)
+        assert result.returncode == 0, result.stderr
+        assert (await ingest.converted())["queued"] == 1
+        assert sorted(p.name for p in staging.iterdir()) == ["tmpnew.dcm", "x.txt"]
+    assert written == [".png"]  # the DICOM was renamed into the store, not copied

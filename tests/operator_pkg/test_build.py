@@ -273,3 +273,18 @@ def test_relay_autoscaling_with_keda():
     assert age["metadata"]["threshold"] == "300"
     assert "replicas" not in objs[("Deployment", "triage-relay")]["spec"]
     assert objs[("Deployment", "triage-web")]["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("images", [None, {"type": "pvc", "size": "10Gi"}])
+def test_ingest_streams_received_files_onto_the_images_mount(images):
+    objs = build({"storage": {"images": images}} if images else {})
+    ingest = objs[("Deployment", "triage-ingest")]["spec"]["template"]["spec"]["containers"][0]
+    tmpdir = {e["name"]: e.get("value") for e in ingest["env"]}["TMPDIR"]
+    # The deepest mount holding TMPDIR must be the one holding the image store, so that
+    # a received file is renamed into the store (another mount would mean a copy).
+    mounts = sorted((m["mountPath"] for m in ingest["volumeMounts"]), key=len, reverse=True)
+    store = "/var/lib/xrayvision/images"
+    assert next(m for m in mounts if tmpdir.startswith(m + "/")) == next(
+        m for m in mounts if store == m or store.startswith(m + "/"))
+    relay = objs[("Deployment", "triage-relay")]["spec"]["template"]["spec"]["containers"][0]
+    assert "TMPDIR" not in {e["name"] for e in relay["env"]}

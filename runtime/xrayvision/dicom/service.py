@@ -4,25 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
+from pathlib import Path
 
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
 from xrayvision.dicom.handlers import IngestContext
+from xrayvision.dicom.ingest import remove_stale_transfers
 from xrayvision.dicom.retrieve import QueryRetrieve
 from xrayvision.dicom.scp import start_scp
 from xrayvision.dicom.worker import ConversionWorker
 from xrayvision.events import LocalBus
-from xrayvision.images import ImageStore
+from xrayvision.images import FilesystemStore, ImageStore
 from xrayvision.locks import LocalLocks, SingletonLocks
 from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
+
+# A transfer in progress keeps writing its file; one untouched this long is a leftover.
+STALE_TRANSFER_SECONDS = 3600.0
+
+
+def remove_leftovers(store: ImageStore) -> int:
+    """With the temporary folder on the image volume (the operator sets ingest's TMPDIR
+    there, so received files are renamed into the store), files of transfers a dead
+    process left would stay for good: they are removed. Returns how many."""
+    staging = Path(tempfile.gettempdir()).resolve()
+    if isinstance(store, FilesystemStore) and staging.is_relative_to(store.root.resolve()):
+        return remove_stale_transfers(staging, STALE_TRANSFER_SECONDS)
+    return 0
 
 
 async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
                      locks: SingletonLocks | None = None) -> None:
     """Listens for DICOM and converts what arrives, until cancelled; with ``[pacs] host``
     set, also queries and retrieves from the PACS (one process per installation)."""
+    removed = await asyncio.to_thread(remove_leftovers, store)
+    if removed:
+        log.info("unfinished transfers removed", extra={"files": removed})
     worker = ConversionWorker(settings, db, store, bus)
     ctx = IngestContext(settings, db, store, on_stored=worker.submit_threadsafe)
     server = await asyncio.to_thread(start_scp, settings, ctx)

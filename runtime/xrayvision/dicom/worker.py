@@ -60,10 +60,13 @@ def _lower_priority() -> None:
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver: the parent has threads (DICOM associations, DB pool); forking it could
-    # copy a held lock into the child.
+    # Not fork: the parent has threads (DICOM associations, DB pool), and forking it could
+    # copy a held lock into the child. Not forkserver either: its AF_UNIX socket goes in
+    # the temporary folder, which for ingest may be the image volume (a network
+    # filesystem, a long path) - see xrayvision.dicom.service. Workers live as long as
+    # the pool, so spawn's slower start is paid once.
     return ProcessPoolExecutor(max_workers=workers, initializer=_lower_priority,
-                               mp_context=multiprocessing.get_context("forkserver"))
+                               mp_context=multiprocessing.get_context("spawn"))
 
 
 def _timed_convert(source: bytes | str, opts: ConvertOptions):
