@@ -68,8 +68,8 @@ def test_tmpdir_is_created_before_use(tmp_path):
     ensure_tmpdir({"TMPDIR": str(tmp_path / "images" / ".incoming")})
     assert (tmp_path / "images" / ".incoming").is_dir()
     (tmp_path / "file").write_text("")
-    ensure_tmpdir({"TMPDIR": str(tmp_path / "file" / "sub")})  # unusable: left to tempfile
-    ensure_tmpdir({})
+    ensure_tmpdir({"TMPDIR": str(tmp_path / "file" / "sub")})  # unusable: no error raised
+    assert (tmp_path / "file").is_file()  # left to tempfile's fallback, nothing replaced
 
 
 def test_serve_creates_its_tmpdir(tmp_path):

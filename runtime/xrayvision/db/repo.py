@@ -166,9 +166,10 @@ def upsert_patient(session: Session, info: PatientInfo) -> Patient:
 
 def insert_received(session: Session, info: ExamInfo,
                     patient: PatientInfo | None = None) -> bool:
-    """Inserts the exam (and creates or completes its patient); returns False, changing
-    nothing, when an exam with this SOP Instance UID exists: duplicates never make a
-    second exam, also when two transactions insert the same one at once."""
+    """Inserts the exam (and creates or completes its patient); returns False when an
+    exam with this SOP Instance UID exists, and then changes nothing. Duplicates never
+    make a second exam, also when two transactions insert the same one at once (the
+    later one may then have completed the patient's fields before it found the exam)."""
     if exam_exists(session, info.uid):
         return False
     cnp = patient.cnp if patient is not None and patient.cnp else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 
+import imagecodecs
 from pydicom import uid
 from pydicom.pixels.decoders.base import DecodeRunner, get_decoder
 
@@ -27,26 +28,16 @@ _JPEG_LS = (uid.JPEGLSLossless, uid.JPEGLSNearLossless)
 DECODER_DEPENDENCIES = {syntax: ("imagecodecs>=2024.1",) for syntax in _JPEG_LOSSLESS + _JPEG_LS}
 
 
-def _imagecodecs():
-    try:
-        import imagecodecs
-    except ImportError:
-        return None
-    return imagecodecs
-
-
 def is_available(syntax: str) -> bool:
-    """pydicom's plugin contract: True when this plugin can decode ``syntax`` here."""
-    codecs = _imagecodecs()
-    if codecs is None or syntax not in DECODER_DEPENDENCIES:
-        return False
-    return bool(codecs.JPEG8.available if syntax in _JPEG_LOSSLESS else codecs.JPEGLS.available)
+    """pydicom's plugin contract: True when this plugin can decode ``syntax`` here
+    (imagecodecs is a dependency; its wheel may still lack a codec)."""
+    if syntax in _JPEG_LOSSLESS:
+        return bool(imagecodecs.JPEG8.available)
+    return syntax in _JPEG_LS and bool(imagecodecs.JPEGLS.available)
 
 
 def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
     """pydicom's plugin contract: one encoded frame in, its pixels as bytes out."""
-    import imagecodecs
-
     # Colour frames come back colour-converted or interleaved differently from what
     # pydicom expects of this syntax: those are left to pydicom's own plugins.
     if runner.samples_per_pixel != 1:
