@@ -138,7 +138,8 @@ def run_sink(port: int) -> None:
     from pynetdicom.transport import ThreadedAssociationServer
 
     from xrayvision.config import load_settings
-    from xrayvision.dicom.scp import BufferedRequestHandler, make_ae
+    from xrayvision.dicom.scp import make_ae
+    from xrayvision.dicom.transport import BufferedRequestHandler
 
     _config.STORE_RECV_CHUNKED_DATASET = True
     ae = make_ae(load_settings(Path.cwd(), env={}))

@@ -58,8 +58,12 @@ class Ingest:
         raise AssertionError(f"conversion did not finish: {counts}")
 
 
-async def _wait_port(port: int) -> None:
-    for _ in range(100):
+async def _wait_port(port: int, task: asyncio.Task, wait: float = 60) -> None:
+    """Until the SCP listens (it starts once the conversion processes are up)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while asyncio.get_running_loop().time() < deadline:
+        if task.done():  # failed to start: its exception, not a time-out
+            task.result()
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         await asyncio.sleep(0.05)
@@ -73,7 +77,7 @@ async def running_ingest(settings: Settings, db: Database, tmp_path: Path):
     await bus.start()
     task = asyncio.create_task(run_ingest(settings, db, store, bus))
     try:
-        await _wait_port(settings.dicom.port)
+        await _wait_port(settings.dicom.port, task)
         yield Ingest(settings, db, store, bus, settings.dicom.port)
     finally:
         task.cancel()

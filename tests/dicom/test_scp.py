@@ -2,24 +2,17 @@
 
 import asyncio
 import os
-import socket
 import subprocess
 import tempfile
-import threading
 import time
-import tracemalloc
 
 import cv2
 import numpy as np
 from pydicom import dcmread
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
 
 from support.xrays import CT, make_xray, write
 from xrayvision.db import repo
 from xrayvision.db.models import ERROR, IGNORE, QUEUED, Exam
-from xrayvision.dicom.scp import BufferedAssociationSocket, start_scp
 from xrayvision.images import FilesystemStore
 
 from .conftest import ingest_settings, running_ingest
@@ -152,71 +145,6 @@ async def test_calling_and_called_ae_rules(tmp_path, db):
         assert ok.returncode == 0, ok.stderr
         await ingest.converted()
         assert await ingest.db.read(repo.count_exams) == 1
-
-
-# --- the SCP's socket: whole PDUs with few system calls, pynetdicom's contract ----------
-
-
-def buffered_pair():
-    ours, peer = socket.socketpair()
-    return BufferedAssociationSocket(Association(AE(), "acceptor"), client_socket=ours), peer
-
-
-def test_recv_returns_exactly_the_bytes_asked_for_across_many_sends():
-    sock, peer = buffered_pair()
-    payload = bytes(range(256)) * 4096  # 1 MiB, more than one socket buffer
-    sender = threading.Thread(target=lambda: [peer.sendall(payload[i:i + 1000])
-                                              for i in range(0, len(payload), 1000)])
-    sender.start()
-    first = sock.recv(6)
-    rest = sock.recv(len(payload) - 6)
-    sender.join()
-    assert isinstance(rest, bytearray)
-    assert bytes(first + rest) == payload
-
-
-def test_recv_returns_what_arrived_when_the_peer_closes():
-    sock, peer = buffered_pair()
-    peer.sendall(b"abc")
-    peer.close()
-    assert sock.recv(10) == bytearray(b"abc")
-    assert sock.recv(10) == bytearray()
-
-
-def test_recv_grows_past_the_preallocation_only_as_data_arrives():
-    sock, peer = buffered_pair()
-    payload = bytes(range(256)) * 3 * (BufferedAssociationSocket.PREALLOCATE // 256) + b"tail"
-    sender = threading.Thread(target=peer.sendall, args=(payload,))
-    sender.start()
-    assert bytes(sock.recv(len(payload))) == payload
-    sender.join()
-    # A peer announcing a 2 GiB PDU and sending 10 bytes costs no 2 GiB.
-    peer.sendall(b"0123456789")
-    peer.close()
-    tracemalloc.start()
-    try:
-        assert sock.recv(2**31) == bytearray(b"0123456789")
-        assert tracemalloc.get_traced_memory()[1] < 4 * BufferedAssociationSocket.PREALLOCATE
-    finally:
-        tracemalloc.stop()
-
-
-def test_associations_on_our_scp_use_the_buffered_socket(tmp_path):
-    settings = ingest_settings(tmp_path)
-    server = start_scp(settings, ctx=None)  # no C-STORE here: the context is not used
-    try:
-        scu = AE()
-        scu.add_requested_context(Verification)
-        assoc = scu.associate("127.0.0.1", settings.dicom.port, ae_title="XRAYVISION")
-        assert assoc.is_established
-        try:
-            [accepted] = server.active_associations
-            assert type(accepted.dul.socket) is BufferedAssociationSocket
-            assert assoc.send_c_echo().Status == 0x0000
-        finally:
-            assoc.release()
-    finally:
-        server.shutdown()
 
 
 async def test_received_files_are_renamed_from_a_tmpdir_on_the_store(tmp_path, db, monkeypatch):

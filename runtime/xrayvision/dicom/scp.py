@@ -21,12 +21,13 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from xrayvision.config import Settings
 from xrayvision.dicom import handlers
 from xrayvision.dicom.handlers import IngestContext
 from xrayvision.dicom.ingest import storage_classes
+from xrayvision.dicom.transport import BufferedRequestHandler
 
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
@@ -75,48 +76,6 @@ def make_ae(settings: Settings) -> AE:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     return ae
-
-
-class BufferedAssociationSocket(AssociationSocket):
-    """pynetdicom's socket, reading a PDU with as few system calls as the network allows.
-
-    The base class reads in 4 KiB ``recv`` calls appended to a growing bytearray: an 18 MB
-    X-ray is about 4,500 calls and copies. Sampled with py-spy while 40 such X-rays
-    arrived, that loop was 193 of the receiving thread's 463 busy samples; reading into
-    one buffer, 96 of 483. Here each call fills what is left of that buffer.
-    The buffer is allocated for at most :data:`PREALLOCATE` bytes and grows only as data
-    arrives, so a length announced by a peer costs no memory the peer has not sent. Same
-    contract as the base class: fewer bytes only when the peer closed the connection.
-    """
-
-    PREALLOCATE = 1 << 20
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = self.socket
-        buffer = bytearray(min(nr_bytes, self.PREALLOCATE))
-        received = 0
-        while received < nr_bytes:
-            if received == len(buffer):  # full: double it, never past what was announced
-                buffer += bytes(min(len(buffer), nr_bytes - received))
-            with memoryview(buffer) as view:
-                count = sock.recv_into(view[received:])
-            if not count:
-                del buffer[received:]
-                break
-            received += count
-        return buffer
-
-
-class BufferedRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with :class:`BufferedAssociationSocket`."""
-
-    def _create_association(self):
-        assoc = super()._create_association()
-        # The base class builds the socket wrapper (which queues the connection event,
-        # so it cannot be built twice); the subclass only replaces ``recv`` and adds no
-        # state, so the instance changes class in place.
-        assoc.dul.socket.__class__ = BufferedAssociationSocket
-        return assoc
 
 
 def start_scp(settings: Settings, ctx: IngestContext) -> ThreadedAssociationServer:

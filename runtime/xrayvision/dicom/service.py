@@ -44,7 +44,12 @@ async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: L
         log.info("unfinished transfers removed", extra={"files": removed})
     worker = ConversionWorker(settings, db, store, bus)
     ctx = IngestContext(settings, db, store, on_stored=worker.submit_threadsafe)
-    server = await asyncio.to_thread(start_scp, settings, ctx)
+    try:
+        await worker.start()  # so that the SCP, once listening, converts without delay
+        server = await asyncio.to_thread(start_scp, settings, ctx)
+    except BaseException:
+        worker.close()
+        raise
     log.info("DICOM SCP listening", extra={
         "ae_title": settings.dicom.ae_title, "host": settings.dicom.host,
         "port": settings.dicom.port, "tls": settings.dicom.tls_cert is not None,

@@ -69,6 +69,10 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
                                mp_context=multiprocessing.get_context("spawn"))
 
 
+def _ready() -> int:
+    return os.getpid()
+
+
 def _timed_convert(source: bytes | str, opts: ConvertOptions):
     started = time.perf_counter()
     convert = convert_file if isinstance(source, str) else convert_bytes
@@ -101,9 +105,21 @@ class ConversionWorker:
             self._pending.add(uid)
             self._queue.put_nowait(uid)
 
+    async def start(self) -> None:
+        """Starts the conversion processes and waits until they answer. A spawned process
+        imports the application for about 2 s of CPU: started on the first instance,
+        that would compete with the receiving of the next ones (and delay the first
+        conversion). Optional: :meth:`run` starts the pool itself when needed."""
+        if self._pool is None:
+            self._pool = make_pool(self.workers)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready)
+                               for _ in range(self.workers)))
+
     async def run(self) -> None:
         """Converts until cancelled (then the pool is shut down)."""
-        self._pool = make_pool(self.workers)
+        if self._pool is None:
+            self._pool = make_pool(self.workers)
         consumers = [asyncio.create_task(self._consume()) for _ in range(self.workers)]
         try:
             while True:
@@ -114,7 +130,14 @@ class ConversionWorker:
             for task in consumers:
                 task.cancel()
             await asyncio.gather(*consumers, return_exceptions=True)
+            self.close()
+
+    def close(self) -> None:
+        """Shuts the conversion processes down (pending conversions are dropped: those
+        exams stay in ``none`` and the next start's sweep converts them)."""
+        if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def drain(self) -> None:
         """Waits until everything submitted so far is converted (for import and tests)."""
