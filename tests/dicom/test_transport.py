@@ -1,22 +1,28 @@
 """The SCP's receive path: whole PDUs with few system calls and no copies of P-DATA
 values, under pynetdicom's contracts (checked against pynetdicom's own DUL)."""
 
+import io
 import socket
 import struct
+import subprocess
 import threading
+import time
 import tracemalloc
+import types
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
+from support.xrays import make_xray, write
 from xrayvision.dicom.scp import start_scp
 from xrayvision.dicom.transport import BufferedAssociationSocket, BufferedDUL
 
-from .conftest import ingest_settings
+from .conftest import ingest_settings, running_ingest
 
 # --- the socket ------------------------------------------------------------------------
 
@@ -184,3 +190,137 @@ def test_associations_on_our_scp_use_the_buffered_dul_and_socket(tmp_path):
             assoc.release()
     finally:
         server.shutdown()
+
+
+# --- a streamed C-STORE data set: middle fragments written as they are read ----------------
+
+
+def streaming_dul(tmp_path):
+    """A DUL in the middle of receiving a C-STORE data set into ``tmp_path / "stream"``:
+    established, its DIMSE message streaming to that file (as pynetdicom sets it up)."""
+    dul, peer = dul_pair(BufferedDUL)
+    dul.state_machine.current_state = "Sta6"
+    stream = open(tmp_path / "stream", "wb")  # noqa: SIM115 - the DUL's to write, as pynetdicom's
+    dul.assoc.dimse.message = types.SimpleNamespace(_data_set_file=stream)
+    return dul, peer, stream
+
+
+def test_middle_fragments_go_to_the_file_and_the_last_one_to_pynetdicom(tmp_path):
+    dul, peer, stream = streaming_dul(tmp_path)
+    first, second = bytes(range(256)) * 700, b"\x5a" * 300_000  # the second > the buffer
+    sender = threading.Thread(target=peer.sendall, args=(
+        p_data_tf((1, b"\x00" + first)) + p_data_tf((1, b"\x00" + second)),))
+    sender.start()
+    time.sleep(0.2)  # both PDUs arrive (the socket's buffers hold most of them)
+    dul._read_pdu_data()  # both in one call: the second was waiting when the first was read
+    sender.join()
+    assert dul.event_queue.empty() and dul._recv_pdu.empty()
+    stream.flush()
+    assert (tmp_path / "stream").read_bytes() == first + second
+    peer.sendall(p_data_tf((1, b"\x02" + b"last")))  # the last fragment: pynetdicom's path
+    dul._read_pdu_data()
+    assert dul.event_queue.get_nowait() == "Evt10"
+    assert pdv_list(dul._recv_pdu.get_nowait()) == [(1, b"\x02last")]
+    assert (tmp_path / "stream").read_bytes() == first + second
+
+
+def test_other_p_data_take_pynetdicom_s_path_while_streaming(tmp_path):
+    dul, peer, stream = streaming_dul(tmp_path)
+    cases = {
+        "two PDVs": p_data_tf((1, b"\x00" + b"a" * 100), (1, b"\x00" + b"b" * 100)),
+        "command fragment": p_data_tf((1, b"\x01" + b"c" * 100)),
+        "last data set fragment": p_data_tf((1, b"\x02" + b"d" * 100)),
+    }
+    for name, wire in cases.items():
+        peer.sendall(wire)
+        dul._read_pdu_data()
+        assert dul.event_queue.get_nowait() == "Evt10", name
+        assert pdv_list(dul._recv_pdu.get_nowait()) == pdv_list(read_one(BufferedDUL, wire)[1])
+    stream.flush()
+    assert (tmp_path / "stream").read_bytes() == b""
+
+
+def test_streaming_stops_for_a_user_handler_a_queued_event_or_another_state(tmp_path):
+    dul, _, stream = streaming_dul(tmp_path)
+    assert dul._streaming_file() is stream
+    dul.event_queue.put("Evt10")  # a PDU read before this one is not processed yet
+    assert dul._streaming_file() is None
+    dul.event_queue.get_nowait()
+    dul.state_machine.current_state = "Sta7"  # release requested
+    assert dul._streaming_file() is None
+    dul.state_machine.current_state = "Sta6"
+    dul.assoc.bind(evt.EVT_PDU_RECV, lambda event: None)  # the user sees every PDU
+    assert dul._streaming_file() is None
+    dul.assoc.unbind(evt.EVT_PDU_RECV, dul.assoc.get_handlers(evt.EVT_PDU_RECV)[-1][0])
+    assert dul._streaming_file() is stream
+    stream.close()
+    assert dul._streaming_file() is None
+
+
+def test_connection_closed_in_a_streamed_fragment_is_evt17(tmp_path):
+    dul, peer, _ = streaming_dul(tmp_path)
+    peer.sendall(p_data_tf((1, b"\x00" + b"x" * 10_000))[:5000])
+    peer.close()
+    dul._read_pdu_data()
+    assert dul.event_queue.get_nowait() == "Evt17"
+    assert dul._recv_pdu.empty()
+
+
+def raw_and_jpeg_lossless(folder):
+    raw = write(make_xray(rows=1500, cols=1200, bits=16, seed=7), folder / "raw.dcm")
+    jpeg = folder / "jpegll.dcm"
+    source = write(make_xray(rows=1200, cols=1000, bits=12, seed=8), folder / "src.dcm")
+    subprocess.run(["dcmcjpeg", "+e1", str(source), str(jpeg)], check=True)
+    return raw, jpeg
+
+
+async def test_storescu_data_sets_arrive_unchanged_through_the_fragment_path(
+        tmp_path, db, monkeypatch):
+    streamed = []
+    original = BufferedDUL._stream_fragment
+    monkeypatch.setattr(BufferedDUL, "_stream_fragment",
+                        lambda self, *args: streamed.append(args[1]) or original(self, *args))
+    raw, jpeg = raw_and_jpeg_lossless(tmp_path)
+    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_KEEP_DICOM="true")
+    async with running_ingest(settings, db, tmp_path) as ingest:
+        assert (await ingest.storescu(raw)).returncode == 0
+        assert (await ingest.storescu(jpeg, args=("-xs", "--max-send-pdu", "16384"))
+                ).returncode == 0
+        await ingest.converted()
+        for path in (raw, jpeg):
+            sent = dcmread(path)
+            stored = dcmread(io.BytesIO(ingest.store.get(sent.SOPInstanceUID, "dcm")))
+            assert stored.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+            assert stored == sent  # every element, pixels included
+    assert len(streamed) > 30  # most of both data sets took the fragment path
+
+
+# --- waiting for the peer instead of sleeping ---------------------------------------------
+
+
+def test_wait_readable_returns_when_data_arrives_and_waits_otherwise():
+    sock, peer = buffered_pair()
+    started = time.monotonic()
+    sock.wait_readable(0.05)
+    assert time.monotonic() - started >= 0.045
+    threading.Timer(0.05, peer.sendall, args=(b"x",)).start()
+    started = time.monotonic()
+    sock.wait_readable(5)
+    assert time.monotonic() - started < 2
+    sock.close()  # no connection: waits the time (a caller polling in a loop must not spin)
+    started = time.monotonic()
+    sock.wait_readable(0.05)
+    assert time.monotonic() - started >= 0.045
+
+
+def test_the_reactor_waits_briefly_while_busy_longer_when_quiet_and_not_with_work():
+    dul, _ = dul_pair(BufferedDUL)
+    waits = []
+    dul.socket.wait_readable = waits.append
+    dul._last_pdu = time.monotonic()
+    dul._is_transport_event()
+    dul._last_pdu = time.monotonic() - 2 * BufferedDUL.QUIET_AFTER
+    dul._is_transport_event()
+    dul.event_queue.put("Evt18")
+    dul._is_transport_event()
+    assert waits == [BufferedDUL.IDLE_WAIT, BufferedDUL.QUIET_WAIT]

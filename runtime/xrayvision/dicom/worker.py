@@ -50,7 +50,7 @@ def pool_size(settings: Settings) -> int:
     return settings.dicom.convert_workers or max(1, (os.cpu_count() or 1) - 1)
 
 
-CONVERT_NICENESS = 10
+CONVERT_NICENESS = 19
 
 
 def _lower_priority() -> None:
