@@ -250,6 +250,9 @@ class DicomSettings:
     require_called_aet: bool = _setting(True, _bool, "reject associations to another AE title")
     extra_sop_classes: tuple[str, ...] = _setting((), _uids, "storage SOP classes beyond CR/DX/SC")
     convert_workers: int = _setting(0, _int(0, 64), "conversion processes; 0: cores - 1")
+    convert_defer: float = _setting(
+        5.0, _float(0, 3600),
+        "seconds an instance's conversion may wait while more keep arriving; 0: none")
     keep_dicom: bool = _setting(False, _bool, "keep the received DICOM after conversion")
     max_pixels: int = _setting(120_000_000, _int(1), "rows x columns x frames accepted")
     tls_cert: Path | None = _setting(None, _optional_path, "server certificate (PEM): DICOM TLS")

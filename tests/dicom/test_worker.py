@@ -29,3 +29,46 @@ async def test_start_brings_every_conversion_process_up(tmp_path, db):
     finally:
         worker.close()
     assert await gone(started)
+
+
+async def converted_at(tmp_path, db, defer: float, arrivals: int, every: float):
+    """Loop times at which the first instance's conversion started and the last instance
+    arrived, with ``arrivals`` instances ``every`` seconds apart."""
+    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_CONVERT_DEFER=str(defer))
+    worker = ConversionWorker(settings, db, FilesystemStore(tmp_path / "images"), LocalBus())
+    loop = asyncio.get_running_loop()
+    started = {}
+
+    async def convert(uid):
+        started.setdefault(uid, loop.time())
+
+    worker.convert = convert
+    runner = asyncio.create_task(worker.run())
+    try:
+        for n in range(arrivals):
+            worker.submit_threadsafe(f"1.2.3.{n}")
+            await asyncio.sleep(every)
+        last = loop.time() - every
+        for _ in range(100):
+            if "1.2.3.0" in started:
+                break
+            await asyncio.sleep(0.1)
+        return started["1.2.3.0"], last
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_conversion_waits_while_instances_keep_arriving(tmp_path, db):
+    first, last_arrival = await converted_at(tmp_path, db, defer=30, arrivals=8, every=0.1)
+    assert first >= last_arrival + ConversionWorker.PAUSE * 0.9
+
+
+async def test_conversion_waits_no_longer_than_convert_defer(tmp_path, db):
+    first, last_arrival = await converted_at(tmp_path, db, defer=0.3, arrivals=15, every=0.1)
+    assert first < last_arrival - 0.5  # started while instances still arrived
+
+
+async def test_convert_defer_zero_converts_at_once(tmp_path, db):
+    first, last_arrival = await converted_at(tmp_path, db, defer=0, arrivals=15, every=0.1)
+    assert first < last_arrival - 1.0
