@@ -1,6 +1,7 @@
 """The SCP's receive path: whole PDUs with few system calls and no copies of P-DATA
 values, under pynetdicom's contracts (checked against pynetdicom's own DUL)."""
 
+import errno
 import io
 import socket
 import struct
@@ -10,6 +11,7 @@ import time
 import tracemalloc
 import types
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
@@ -20,7 +22,7 @@ from pynetdicom.sop_class import Verification
 
 from support.xrays import make_xray, write
 from xrayvision.dicom.scp import start_scp
-from xrayvision.dicom.transport import BufferedAssociationSocket, BufferedDUL
+from xrayvision.dicom.transport import BufferedAssociationSocket, BufferedDUL, StreamWriteError
 
 from .conftest import ingest_settings, running_ingest
 
@@ -272,6 +274,26 @@ def raw_and_jpeg_lossless(folder):
     source = write(make_xray(rows=1200, cols=1000, bits=12, seed=8), folder / "src.dcm")
     subprocess.run(["dcmcjpeg", "+e1", str(source), str(jpeg)], check=True)
     return raw, jpeg
+
+
+class FullDisk(io.RawIOBase):
+    def writable(self):
+        return True
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_fragment_that_cannot_be_written_aborts_as_in_pynetdicom(tmp_path):
+    """Not taken for a lost connection (Evt17): the exception reaches the reactor, which
+    aborts the association, as when pynetdicom's own write fails."""
+    dul, peer, _ = streaming_dul(tmp_path)
+    dul.assoc.dimse.message._data_set_file = FullDisk()
+    peer.sendall(p_data_tf((1, b"\x00" + b"x" * 1000)))
+    with pytest.raises(StreamWriteError) as raised:
+        dul._read_pdu_data()
+    assert raised.value.__cause__.errno == errno.ENOSPC
+    assert dul.event_queue.empty()
 
 
 async def test_storescu_data_sets_arrive_unchanged_through_the_fragment_path(

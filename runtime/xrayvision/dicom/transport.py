@@ -71,6 +71,12 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
+class StreamWriteError(Exception):
+    """The streamed data set's file could not be written (its OSError is the cause).
+    Not an OSError, so that it is not taken for a lost connection: like a failed write
+    in pynetdicom's own path, it reaches the reactor, which aborts the association."""
+
+
 class BufferedAssociationSocket(AssociationSocket):
     """pynetdicom's socket, reading with as few system calls as the network allows.
 
@@ -247,9 +253,15 @@ class BufferedDUL(DULServiceProvider):
                         self.event_queue.put("Evt17")
                         return False
                     filled += count
-                stream.write(view[:chunk])
+                try:
+                    stream.write(view[:chunk])
+                except OSError as exc:
+                    raise StreamWriteError from exc
                 length -= chunk
-        stream.flush()
+        try:
+            stream.flush()
+        except OSError as exc:
+            raise StreamWriteError from exc
         self._idle_timer.restart()
         self._start_writeback(stream)
         return True
@@ -282,8 +294,9 @@ class BufferedRequestHandler(RequestHandler):
     def _create_association(self):
         assoc = super()._create_association()
         # The base class builds the DUL and its socket (the socket queues the connection
-        # event, so it cannot be built twice); the subclasses only override methods and
-        # add no state, so the instances change class in place before the DUL starts.
+        # event, so it cannot be built twice); the subclasses override methods, and what
+        # state they add starts from class attributes, so the instances change class in
+        # place before the DUL starts.
         assoc.dul.__class__ = BufferedDUL
         assoc.dul.socket.__class__ = BufferedAssociationSocket
         assoc.dul._run_loop_delay = 0  # BufferedDUL waits for the socket instead
