@@ -32,7 +32,7 @@ from xrayvision.images import ImageStore, make_store
 from xrayvision.locks import SingletonLocks, make_locks
 from xrayvision.maintenance import Maintenance
 from xrayvision.web.app import init_app
-from xrayvision.web.health import Readiness
+from xrayvision.web.health import READINESS, Readiness
 from xrayvision.web.service import run_web
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,11 @@ async def connect_with_backoff(db: Database, readiness: Readiness,
 
 def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
     """The coroutine each selected role runs."""
+    readiness = runtime.app[READINESS]
     built: dict[str, Callable[[], Awaitable[None]]] = {
         "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus,
-                                     runtime.locks),
+                                     runtime.locks,
+                                     on_listening=lambda: readiness.role_up("ingest")),
         "relay": lambda: run_relay(runtime.settings, runtime.db, runtime.store, runtime.bus,
                                    runtime.locks, runtime.worker_id,
                                    enrichment(runtime.settings, runtime.db)),
@@ -155,6 +157,8 @@ async def serve(settings: Settings, *, migrate: bool = False,
         maintenance = Maintenance(settings, db, runtime.store)
         tasks.append(asyncio.create_task(
             runtime.locks.run("maintenance", maintenance.loop), name="maintenance"))
+        if "ingest" in settings.server.roles:  # ready once its SCP listens
+            readiness.role_starting("ingest")
         for role, run in role_tasks(runtime).items():
             metrics.ROLE_UP.labels(role).set(1)
             tasks.append(asyncio.create_task(run(), name=f"role-{role}"))

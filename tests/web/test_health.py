@@ -70,3 +70,18 @@ async def test_metrics_credentials_are_the_api_users_including_the_first_start_a
     client = await aiohttp_client(app)
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", headers=basic("admin", "pw"))).status == 200
+
+
+async def test_not_ready_until_every_starting_role_is_up(aiohttp_client, tmp_path, db):
+    """ingest: until its SCP listens (its conversion processes start first)."""
+    readiness = Readiness(db=db, ttl=0)
+    settings = load_settings(tmp_path, env={"XRAYVISION_SERVER_ROLES": "ingest"})
+    client = await aiohttp_client(init_app(settings, readiness))
+    readiness.role_starting("ingest")
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["detail"] == "starting: ingest not up yet"
+    assert "xrayvision_ready 0.0" in await (await client.get("/metrics")).text()
+    readiness.role_up("ingest")
+    assert (await client.get("/readyz")).status == 200
+    assert "xrayvision_ready 1.0" in await (await client.get("/metrics")).text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from xrayvision.config import Settings
@@ -36,9 +37,11 @@ def remove_leftovers(store: ImageStore) -> int:
 
 
 async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
-                     locks: SingletonLocks | None = None) -> None:
+                     locks: SingletonLocks | None = None,
+                     on_listening: Callable[[], None] | None = None) -> None:
     """Listens for DICOM and converts what arrives, until cancelled; with ``[pacs] host``
-    set, also queries and retrieves from the PACS (one process per installation)."""
+    set, also queries and retrieves from the PACS (one process per installation).
+    ``on_listening`` is called once the SCP accepts associations (readiness)."""
     removed = await asyncio.to_thread(remove_leftovers, store)
     if removed:
         log.info("unfinished transfers removed", extra={"files": removed})
@@ -54,6 +57,8 @@ async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: L
         "ae_title": settings.dicom.ae_title, "host": settings.dicom.host,
         "port": settings.dicom.port, "tls": settings.dicom.tls_cert is not None,
         "convert_workers": worker.workers})
+    if on_listening is not None:
+        on_listening()
     loops = [worker.run()]
     if settings.pacs.host:
         qr = QueryRetrieve(settings, ctx)

@@ -1,4 +1,5 @@
-"""``/healthz`` (liveness), ``/readyz`` (database reachable and schema current), ``/metrics``."""
+"""``/healthz`` (liveness), ``/readyz`` (database reachable, schema current, every role that
+serves others started), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -24,11 +25,21 @@ class Readiness:
     ready: bool = False
     checked: float = 0.0
     ttl: float = 2.0
+    starting: set[str] = field(default_factory=set)  # roles not serving yet (ingest's SCP)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def set(self, ready: bool, reason: str) -> None:
         self.ready, self.reason, self.checked = ready, reason, time.monotonic()
-        metrics.READY.set(1 if ready else 0)
+        metrics.READY.set(1 if ready and not self.starting else 0)
+
+    def role_starting(self, role: str) -> None:
+        """Not ready until :meth:`role_up` for ``role``."""
+        self.starting.add(role)
+        metrics.READY.set(0)
+
+    def role_up(self, role: str) -> None:
+        self.starting.discard(role)
+        metrics.READY.set(1 if self.ready and not self.starting else 0)
 
     async def check(self) -> tuple[bool, str]:
         """Re-checks the database at most once per ``ttl`` seconds; returns (ready, reason)."""
@@ -57,9 +68,12 @@ WEB_ROLE = web.AppKey("web_role", bool)
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, reason = await request.app[READINESS].check()
+    readiness = request.app[READINESS]
+    ready, reason = await readiness.check()
     if ready and request.app.get(WEB_ROLE) and request.app[SERVICES].hub is None:
         ready, reason = False, "starting: the web role is not attached yet"
+    if ready and readiness.starting:
+        ready, reason = False, f"starting: {', '.join(sorted(readiness.starting))} not up yet"
     return web.json_response(
         {"status": "ready" if ready else "not ready", "detail": reason},
         status=200 if ready else 503,
