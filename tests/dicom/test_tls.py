@@ -1,13 +1,17 @@
 """DICOM TLS: plain TCP to the TLS port and TLS without the required client certificate are
-refused; a client with a certificate from the configured CA stores."""
+refused; a client with a certificate from the configured CA stores, large instances too
+(through the receive path's fragment writing)."""
 
+import io
 import subprocess
 
 import pytest
+from pydicom import dcmread
 
 from support.xrays import make_xray, write
 from xrayvision.db import repo
 from xrayvision.dicom.scp import TLSConfigError, tls_context
+from xrayvision.dicom.transport import BufferedDUL
 
 from .conftest import ingest_settings, running_ingest
 
@@ -67,3 +71,21 @@ async def test_tls_without_client_certificates(tmp_path, pki, sqlite_db):
         assert result.returncode == 0, result.stderr
         await ingest.converted()
         assert await ingest.db.read(repo.count_exams) == 1
+
+
+async def test_a_large_instance_over_tls_takes_the_fragment_path_unchanged(
+        tmp_path, pki, sqlite_db, monkeypatch):
+    streamed = []
+    original = BufferedDUL._stream_fragment
+    monkeypatch.setattr(BufferedDUL, "_stream_fragment",
+                        lambda self, *args: streamed.append(args[1]) or original(self, *args))
+    settings = tls_settings(tmp_path, pki, XRAYVISION_DICOM_KEEP_DICOM="true")
+    sent = make_xray(rows=1500, cols=1200, bits=16, seed=5)
+    path = write(sent, tmp_path / "big.dcm")
+    async with running_ingest(settings, sqlite_db, tmp_path) as ingest:
+        result = await ingest.storescu(path, args=("+tla", "+cf", str(pki / "ca.crt")))
+        assert result.returncode == 0, result.stderr
+        await ingest.converted()
+        stored = dcmread(io.BytesIO(ingest.store.get(sent.SOPInstanceUID, "dcm")))
+    assert stored == dcmread(path)
+    assert len(streamed) > 10
