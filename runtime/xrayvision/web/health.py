@@ -30,15 +30,18 @@ class Readiness:
 
     def set(self, ready: bool, reason: str) -> None:
         self.ready, self.reason, self.checked = ready, reason, time.monotonic()
-        metrics.READY.set(1 if ready and not self.starting else 0)
+        self._publish()
 
     def role_starting(self, role: str) -> None:
         """Not ready until :meth:`role_up` for ``role``."""
         self.starting.add(role)
-        metrics.READY.set(0)
+        self._publish()
 
     def role_up(self, role: str) -> None:
         self.starting.discard(role)
+        self._publish()
+
+    def _publish(self) -> None:
         metrics.READY.set(1 if self.ready and not self.starting else 0)
 
     async def check(self) -> tuple[bool, str]:
