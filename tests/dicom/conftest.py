@@ -17,6 +17,7 @@ from xrayvision.config import Settings, load_settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.dicom.service import run_ingest
+from xrayvision.dicom.transport import BufferedDUL
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
 
@@ -89,3 +90,12 @@ async def running_ingest(settings: Settings, db: Database, tmp_path: Path):
 async def ingest(tmp_path, db):
     async with running_ingest(ingest_settings(tmp_path), db, tmp_path) as running:
         yield running
+
+
+def count_streamed(monkeypatch) -> list[int]:
+    """Sizes of the writes our fragment path (BufferedDUL) makes, from now on."""
+    streamed = []
+    original = BufferedDUL._write
+    monkeypatch.setattr(BufferedDUL, "_write", lambda self, fd, pending: streamed.append(
+        sum(map(len, pending))) or original(self, fd, pending))
+    return streamed

@@ -7,9 +7,10 @@ streamed file: seven copies of an 18 MB X-ray, and for each of its ~140 PDUs a r
 the reactor (``select``, two queues, the state machine, an event). Here:
 
 - a PDU is read into one buffer and a P-DATA-TF's values are ``memoryview`` slices of it;
-- a middle fragment of a C-STORE data set being streamed to its file is written there as
-  it is read, and the next such PDU is read at once (:class:`BufferedDUL`), so an
-  instance costs two copies (socket to buffer, buffer to file) and little Python;
+- the middle fragments of a C-STORE data set being streamed to its file are read in
+  blocks of up to 1 MiB, several PDUs per ``recv``, and written there with one
+  ``writev`` per block (:class:`BufferedDUL`), so an instance costs two copies (socket
+  to buffer, buffer to file), few system calls and little Python;
 - the file's write-back to disk starts as it arrives, so the fsync before the response
   has little left to wait for;
 - the reactor waits on the socket instead of sleeping 1 ms whenever a round was idle, so
@@ -32,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import select
 import ssl
 import struct
@@ -64,9 +66,9 @@ SYNC_FILE_RANGE_WRITE = 2
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Asks the kernel to start writing a range of a file to disk, without waiting (a
-    no-op where the system has no sync_file_range). An optimisation only: errors are
-    ignored, durability stays with the fsync that follows."""
+    """Asks the kernel to start writing a range of a file to disk (``length`` 0: to its
+    end), without waiting (a no-op where the system has no sync_file_range). An
+    optimisation only: errors are ignored, durability stays with the fsync that follows."""
     if SYNC_FILE_RANGE is not None:
         SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
@@ -83,9 +85,11 @@ class BufferedAssociationSocket(AssociationSocket):
     The buffer is allocated for at most :data:`PREALLOCATE` bytes and grows only as data
     arrives, so a length announced by a peer costs no memory the peer has not sent. Same
     contract as the base class: fewer bytes only when the peer closed the connection.
+    Bytes read ahead and given back with :meth:`unread` come first.
     """
 
     PREALLOCATE = 1 << 20
+    _ahead = memoryview(b"")  # read from the network ahead of need, handed out first
 
     def recv(self, nr_bytes: int) -> bytearray:
         return self.recv_after(b"", nr_bytes)
@@ -93,27 +97,45 @@ class BufferedAssociationSocket(AssociationSocket):
     def recv_after(self, prefix: bytes, nr_bytes: int) -> bytearray:
         """``prefix`` followed by the next ``nr_bytes`` from the peer, in one buffer
         (fewer only when the peer closed the connection)."""
-        sock = self.socket
-        received, total = len(prefix), len(prefix) + nr_bytes
-        buffer = bytearray(min(total, received + self.PREALLOCATE))
-        buffer[:received] = prefix
+        total = len(prefix) + nr_bytes
+        buffer = bytearray(min(total, len(prefix) + len(self._ahead) + self.PREALLOCATE))
+        buffer[:len(prefix)] = prefix
+        received = len(prefix)
         while received < total:
             if received == len(buffer):  # full: double it, never past what was announced
                 buffer += bytes(min(len(buffer), total - received))
             with memoryview(buffer) as view:
-                count = sock.recv_into(view[received:])
+                count = self.recv_into(view[received:total])
             if not count:
                 del buffer[received:]
                 break
             received += count
         return buffer
 
+    def recv_into(self, view: memoryview) -> int:
+        """Reads into ``view`` what has arrived, at least one byte (blocking), 0 when
+        the peer closed the connection."""
+        if self._ahead:
+            count = min(len(view), len(self._ahead))
+            view[:count] = self._ahead[:count]
+            self._ahead = self._ahead[count:]
+            return count
+        return self.socket.recv_into(view)
+
+    def unread(self, data) -> None:
+        """Gives back ``data`` (read ahead of need): the next reads return it first."""
+        self._ahead = memoryview(bytes(data) + bytes(self._ahead))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._ahead) or super().ready
+
     def wait_readable(self, timeout: float) -> None:
         """Returns once data has arrived (or the peer closed the connection), else after
         ``timeout`` seconds; with no connection, after ``timeout`` seconds (the caller
         polls in a loop). Errors are left to :attr:`ready`, which reports them."""
         sock = self.socket
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if self._ahead or isinstance(sock, ssl.SSLSocket) and sock.pending():
             return
         try:
             if sock is None or not self._is_connected:
@@ -121,11 +143,6 @@ class BufferedAssociationSocket(AssociationSocket):
             select.select([sock], [], [], timeout)
         except (OSError, ValueError):
             time.sleep(timeout)
-
-    def recv_into(self, view: memoryview) -> int:
-        """Reads into ``view`` what has arrived, at least one byte (blocking), 0 when
-        the peer closed the connection."""
-        return self.socket.recv_into(view)
 
 
 class BufferedDUL(DULServiceProvider):
@@ -135,11 +152,13 @@ class BufferedDUL(DULServiceProvider):
     While a C-STORE data set streams into its file (``STORE_RECV_CHUNKED_DATASET``), a
     P-DATA-TF that holds one middle fragment of it (most of an X-ray: 128 KiB PDUs from
     DCMTK, 140 for 18 MB) is written to that file as it is read, which is all pynetdicom
-    would do with it, and the next PDU is read at once while one is waiting. That skips,
-    per PDU, the reactor's round (``select``, two queues, the state machine: Sta6 stays
-    Sta6 on Evt10) and the EVT_PDU_RECV event, so only while no handler but pynetdicom's
-    own logging one is bound to it. The first and last fragments and everything else
-    take pynetdicom's path.
+    would do with it; so are the ones that follow it as far as they have arrived: the
+    socket is read in blocks of up to :data:`FRAGMENT_BUFFER` bytes, and what is left
+    past the last such fragment is given back to it (``unread``). That skips, per PDU,
+    the reactor's round (``select``, two queues, the state machine: Sta6 stays Sta6 on
+    Evt10) and the EVT_PDU_RECV event, so only while no handler but pynetdicom's own
+    logging one is bound to it. The first and last fragments and everything else take
+    pynetdicom's path.
 
     Event codes as the base class: Evt17 when the connection closes mid-PDU, Evt19 for
     an unknown PDU type or one that cannot be decoded.
@@ -147,7 +166,8 @@ class BufferedDUL(DULServiceProvider):
 
     socket: BufferedAssociationSocket
 
-    FRAGMENT_BUFFER = 256 << 10
+    FRAGMENT_BUFFER = 1 << 20
+    MAX_WRITES = 256  # buffers per writev, well under IOV_MAX (1024 on Linux)
     IDLE_WAIT = 0.001  # pynetdicom's own run-loop delay
     QUIET_AFTER, QUIET_WAIT = 0.5, 0.02
     # The received instance's file is fsynced before its response: written back only
@@ -157,8 +177,7 @@ class BufferedDUL(DULServiceProvider):
     # Per association, set on first use (the class is put in place on a built instance).
     _fragment_buffer: bytearray | None = None
     _last_pdu = 0.0  # time.monotonic() when a PDU header last arrived
-    _writeback_file = None  # the streamed file last seen, and how much of it was kicked
-    _writeback_done = 0
+    _unsynced = 0  # bytes written to streamed files since a write-back was last started
 
     def _is_transport_event(self) -> bool:
         # pynetdicom's reactor sleeps 1 ms whenever a round found nothing to do, also
@@ -204,7 +223,7 @@ class BufferedDUL(DULServiceProvider):
                     item_length, _, control = struct.unpack_from(">LBB", header, 6)
                     # One PDV filling the PDU, a data set fragment, not the last one.
                     if item_length == pdu_length - 4 and control & 0b11 == 0:
-                        return self._stream_fragment(stream, item_length - 2)
+                        return self._stream_fragments(stream, item_length - 2)
             pdu_bytes = self.socket.recv_after(header, 6 + pdu_length - len(header))
         except (OSError, TimeoutError) as exc:
             log.error("Connection lost before the entire PDU was received: %s", exc)
@@ -239,42 +258,75 @@ class BufferedDUL(DULServiceProvider):
         stream = getattr(self.assoc.dimse.message, "_data_set_file", None)
         return None if stream is None or stream.closed else stream
 
-    def _stream_fragment(self, stream, length: int) -> bool:
-        """Reads the next ``length`` bytes (a data set fragment) into ``stream``."""
+    def _stream_fragments(self, stream, length: int) -> bool:
+        """Writes the next ``length`` bytes from the peer (a data set fragment) to
+        ``stream``, then each P-DATA-TF holding a middle fragment of it that has arrived
+        meanwhile (read with it, so most PDUs cost no system call of their own), with
+        one ``writev`` per buffer filled. Bytes read past the last such fragment are
+        given back to the socket. False when the connection closed (Evt17)."""
         if self._fragment_buffer is None:
             self._fragment_buffer = bytearray(self.FRAGMENT_BUFFER)
-        with memoryview(self._fragment_buffer) as view:
-            while length:  # fill the buffer (one write per PDU), write, repeat
-                chunk, filled = min(length, len(view)), 0
-                while filled < chunk:
-                    count = self.socket.recv_into(view[filled:chunk])
-                    if not count:
-                        log.error("Connection closed in the middle of a PDU")
-                        self.event_queue.put("Evt17")
-                        return False
-                    filled += count
-                try:
-                    stream.write(view[:chunk])
-                except OSError as exc:
-                    raise StreamWriteError from exc
-                length -= chunk
         try:
-            stream.flush()
+            stream.flush()  # what pynetdicom wrote to it is still ahead of ours
+            fd = stream.fileno()
         except OSError as exc:
             raise StreamWriteError from exc
+        pending: list[memoryview] = []  # views of the buffer, written before it is refilled
+        start = end = 0
+        with memoryview(self._fragment_buffer) as view:
+            while length:
+                while length:
+                    if start == end:
+                        self._write(fd, pending)
+                        start, end = 0, self.socket.recv_into(view)
+                        if not end:
+                            log.error("Connection closed in the middle of a PDU")
+                            self.event_queue.put("Evt17")
+                            return False
+                    take = min(length, end - start)
+                    pending.append(view[start:start + take])
+                    start, length = start + take, length - take
+                    if len(pending) == self.MAX_WRITES:
+                        self._write(fd, pending)
+                length = self._next_fragment(view[start:end], stream)
+                if length:
+                    start += 12
+            self._write(fd, pending)
+            if start < end:
+                self.socket.unread(view[start:end])
         self._idle_timer.restart()
-        self._start_writeback(stream)
         return True
 
-    def _start_writeback(self, stream) -> None:
-        """Starts the write-back of ``stream`` every :data:`WRITEBACK_EVERY` bytes."""
-        if stream is not self._writeback_file:
-            self._writeback_file, self._writeback_done = stream, 0
-        written = stream.tell()
-        if written - self._writeback_done >= self.WRITEBACK_EVERY:
-            start_writeback(stream.fileno(), self._writeback_done,
-                            written - self._writeback_done)
-            self._writeback_done = written
+    def _next_fragment(self, data: memoryview, stream) -> int:
+        """The length of the data set fragment in the PDU that ``data`` starts with,
+        when the whole PDU header is there and the PDU holds one middle fragment of the
+        data set streaming into ``stream`` (and may still skip the reactor); else 0."""
+        if len(data) < 12 or data[0] != P_DATA_TF_TYPE:
+            return 0
+        _, _, pdu_length, item_length, _, control = struct.unpack_from(">BBLLBB", data)
+        if (pdu_length <= 6 or item_length != pdu_length - 4 or control & 0b11
+                or self._streaming_file() is not stream):
+            return 0
+        self._last_pdu = time.monotonic()
+        return item_length - 2
+
+    def _write(self, fd: int, pending: list[memoryview]) -> None:
+        """Writes ``pending`` to ``fd`` (and empties it); starts the file's write-back
+        every :data:`WRITEBACK_EVERY` bytes."""
+        total = sum(map(len, pending))
+        while pending:
+            try:
+                written = os.writev(fd, pending)
+            except OSError as exc:
+                raise StreamWriteError from exc
+            while pending and written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            if written:
+                pending[0] = pending[0][written:]
+        self._unsynced += total
+        if self._unsynced >= self.WRITEBACK_EVERY:
+            start_writeback(fd, 0, 0)  # the whole file: pages under write-back are skipped
+            self._unsynced = 0
 
     def _decode_pdu(self, bytestream: bytearray):
         if bytestream[0] != P_DATA_TF_TYPE:  # association set-up and release: small
