@@ -58,6 +58,17 @@ def test_recv_after_puts_the_prefix_and_the_data_in_one_buffer():
     assert bytes(got) == b"head" + payload
 
 
+def test_unread_bytes_come_first_and_make_the_socket_ready():
+    sock, peer = buffered_pair()
+    assert not sock.ready
+    sock.unread(memoryview(b"abcdef")[2:])
+    assert sock.ready
+    peer.sendall(b"ghij")
+    assert bytes(sock.recv(3)) == b"cde"
+    assert bytes(sock.recv_after(b"<", 5)) == b"<fghij"
+    assert not sock.ready
+
+
 def test_recv_returns_what_arrived_when_the_peer_closes():
     sock, peer = buffered_pair()
     peer.sendall(b"abc")
@@ -224,6 +235,25 @@ def test_middle_fragments_go_to_the_file_and_the_last_one_to_pynetdicom(tmp_path
     assert dul.event_queue.get_nowait() == "Evt10"
     assert pdv_list(dul._recv_pdu.get_nowait()) == [(1, b"\x02last")]
     assert (tmp_path / "stream").read_bytes() == first + second
+
+
+def test_many_small_fragments_read_together_and_what_follows_them_goes_back(tmp_path):
+    """600 fragments of 50 bytes arrive in one block (more than one writev's worth),
+    then the last fragment and a release request: those two are left to pynetdicom."""
+    dul, peer, stream = streaming_dul(tmp_path)
+    middles = [bytes([i % 256]) * 50 for i in range(600)]
+    release_rq = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+    peer.sendall(b"".join(p_data_tf((1, b"\x00" + m)) for m in middles)
+                 + p_data_tf((1, b"\x02" + b"end")) + release_rq)
+    time.sleep(0.2)
+    dul._read_pdu_data()  # the middle fragments, then the last one: queued
+    stream.flush()
+    assert (tmp_path / "stream").read_bytes() == b"".join(middles)
+    assert dul.event_queue.get_nowait() == "Evt10"
+    assert pdv_list(dul._recv_pdu.get_nowait()) == [(1, b"\x02end")]
+    assert dul.socket.ready  # the release request, given back to the socket
+    dul._read_pdu_data()
+    assert dul.event_queue.get_nowait() == "Evt12"
 
 
 def test_other_p_data_take_pynetdicom_s_path_while_streaming(tmp_path):
