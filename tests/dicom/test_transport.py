@@ -18,11 +18,17 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
 from support.xrays import make_xray, write
 from xrayvision.dicom.scp import start_scp
-from xrayvision.dicom.transport import BufferedAssociationSocket, BufferedDUL, StreamWriteError
+from xrayvision.dicom.transport import (
+    BufferedAssociation,
+    BufferedAssociationSocket,
+    BufferedDUL,
+    StreamWriteError,
+)
 
 from .conftest import count_streamed, ingest_settings, running_ingest
 
@@ -196,6 +202,7 @@ def test_associations_on_our_scp_use_the_buffered_dul_and_socket(tmp_path):
         assert assoc.is_established
         try:
             [accepted] = server.active_associations
+            assert type(accepted) is BufferedAssociation
             assert type(accepted.dul) is BufferedDUL
             assert type(accepted.dul.socket) is BufferedAssociationSocket
             assert assoc.send_c_echo().Status == 0x0000
@@ -356,14 +363,68 @@ def test_wait_readable_returns_when_data_arrives_and_waits_otherwise():
     assert time.monotonic() - started >= 0.045
 
 
-def test_the_reactor_waits_briefly_while_busy_longer_when_quiet_and_not_with_work():
+def test_wait_readable_returns_when_woken_and_drains_the_waker():
+    sock, _ = buffered_pair()
+    waker, far = socket.socketpair()
+    waker.setblocking(False)
+    threading.Timer(0.05, far.send, args=(b"\0",)).start()
+    started = time.monotonic()
+    sock.wait_readable(5, waker)
+    assert time.monotonic() - started < 2
+    with pytest.raises(BlockingIOError):
+        waker.recv(1)  # drained: the next wait waits
+
+
+def test_the_reactor_waits_for_the_socket_only_with_nothing_queued():
     dul, _ = dul_pair(BufferedDUL)
+    dul._open_waker()
     waits = []
-    dul.socket.wait_readable = waits.append
-    dul._last_pdu = time.monotonic()
-    dul._is_transport_event()
-    dul._last_pdu = time.monotonic() - 2 * BufferedDUL.QUIET_AFTER
+    dul.socket.wait_readable = lambda timeout, waker: waits.append(timeout)
     dul._is_transport_event()
     dul.event_queue.put("Evt18")
     dul._is_transport_event()
-    assert waits == [BufferedDUL.IDLE_WAIT, BufferedDUL.QUIET_WAIT]
+    dul.event_queue.get_nowait()
+    dul.to_provider_queue.put(object())
+    dul._is_transport_event()
+    assert waits == [BufferedDUL.IDLE_WAIT]
+
+
+@pytest.mark.parametrize("wake", ["send_pdu", "kill_dul"])
+def test_a_primitive_to_send_or_a_kill_ends_the_reactor_s_wait_at_once(monkeypatch, wake):
+    monkeypatch.setattr(BufferedDUL, "IDLE_WAIT", 30)
+    dul, _ = dul_pair(BufferedDUL)
+    dul._open_waker()
+    waiting = threading.Thread(target=dul._is_transport_event)
+    waiting.start()
+    time.sleep(0.2)
+    assert waiting.is_alive() and dul._waiting
+    started = time.monotonic()
+    dul.send_pdu(P_DATA()) if wake == "send_pdu" else dul.kill_dul()
+    waiting.join(5)
+    assert not waiting.is_alive() and time.monotonic() - started < 2
+
+
+def test_associations_wake_each_other_instead_of_polling(tmp_path, monkeypatch):
+    """With the reactors' longest waits at 30 s, echoes and the release still take
+    moments: each message received, response to send and release request ends a wait."""
+    monkeypatch.setattr(BufferedDUL, "IDLE_WAIT", 30)
+    monkeypatch.setattr(BufferedAssociation, "REACTOR_WAIT", 30)
+    settings = ingest_settings(tmp_path)
+    server = start_scp(settings, ctx=None)
+    try:
+        scu = AE()
+        scu.add_requested_context(Verification)
+        started = time.monotonic()
+        assoc = scu.associate("127.0.0.1", settings.dicom.port, ae_title="XRAYVISION")
+        assert assoc.is_established
+        [accepted] = server.active_associations
+        for _ in range(5):
+            assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        assert assoc.is_released
+        accepted.join(5)
+        assert not accepted.is_alive() and not accepted.dul.is_alive()
+        assert time.monotonic() - started < 5
+        assert accepted.dul._waker is None  # closed with its thread
+    finally:
+        server.shutdown()

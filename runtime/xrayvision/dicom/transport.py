@@ -30,22 +30,29 @@ DUL.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+import queue
 import select
+import socket
 import ssl
 import struct
+import threading
 import time
+from typing import cast
 
 from pynetdicom import evt
 from pynetdicom._handlers import standard_pdu_recv_handler
+from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 log = logging.getLogger(__name__)
+PYNETDICOM_LOG = logging.getLogger("pynetdicom.association")  # BufferedAssociation's
 
 PDU_TYPES = frozenset(range(0x01, 0x08))
 P_DATA_TF_TYPE = 0x04
@@ -130,19 +137,25 @@ class BufferedAssociationSocket(AssociationSocket):
     def ready(self) -> bool:
         return bool(self._ahead) or super().ready
 
-    def wait_readable(self, timeout: float) -> None:
-        """Returns once data has arrived (or the peer closed the connection), else after
-        ``timeout`` seconds; with no connection, after ``timeout`` seconds (the caller
-        polls in a loop). Errors are left to :attr:`ready`, which reports them."""
+    def wait_readable(self, timeout: float, waker: socket.socket | None = None) -> None:
+        """Returns once data has arrived (or the peer closed the connection), or
+        ``waker`` became readable (it is then drained), else after ``timeout`` seconds;
+        with no connection, after ``timeout`` seconds (the caller polls in a loop).
+        Errors are left to :attr:`ready`, which reports them."""
         sock = self.socket
         if self._ahead or isinstance(sock, ssl.SSLSocket) and sock.pending():
             return
         try:
             if sock is None or not self._is_connected:
                 raise ValueError("no connection")
-            select.select([sock], [], [], timeout)
+            readable, _, _ = select.select([sock] if waker is None else [sock, waker],
+                                           [], [], timeout)
         except (OSError, ValueError):
             time.sleep(timeout)
+            return
+        if waker is not None and waker in readable:
+            with contextlib.suppress(OSError):
+                waker.recv(4096)
 
 
 class BufferedDUL(DULServiceProvider):
@@ -168,29 +181,88 @@ class BufferedDUL(DULServiceProvider):
 
     FRAGMENT_BUFFER = 1 << 20
     MAX_WRITES = 256  # buffers per writev, well under IOV_MAX (1024 on Linux)
-    IDLE_WAIT = 0.001  # pynetdicom's own run-loop delay
-    QUIET_AFTER, QUIET_WAIT = 0.5, 0.02
+    # Longest wait for the socket in a reactor round with nothing to do: what else the
+    # round looks after (the ARTIM timer) has seconds to spare, and a primitive queued
+    # to send, or a kill, wakes the wait at once (send_pdu, kill_dul).
+    IDLE_WAIT = 0.02
     # The received instance's file is fsynced before its response: written back only
     # then, an 18 MB X-ray kept the response waiting ~13 ms, a 6 MB JPEG-lossless one
     # ~3; started every MiB as it arrives, ~1 (bench/README.md, "Ingest").
     WRITEBACK_EVERY = 1 << 20
     # Per association, set on first use (the class is put in place on a built instance).
     _fragment_buffer: bytearray | None = None
-    _last_pdu = 0.0  # time.monotonic() when a PDU header last arrived
     _unsynced = 0  # bytes written to streamed files since a write-back was last started
+    # Set up while the thread runs: a socket pair whose far end is written to wake the
+    # reactor while it waits (only then: _waiting), and the lock that keeps it from
+    # being written to once closed.
+    _waker: tuple[socket.socket, socket.socket] | None = None
+    _waker_lock: threading.Lock | None = None
+    _waiting = False
+
+    def run(self) -> None:
+        # The thread's target is pynetdicom's run_reactor, bound before the class was
+        # changed; run() is looked up when the thread starts.
+        self._open_waker()
+        try:
+            super().run()
+        finally:
+            self._close_waker()
+
+    def _open_waker(self) -> None:
+        self._waker_lock = threading.Lock()
+        self._waker = socket.socketpair()
+        for end in self._waker:
+            end.setblocking(False)
+
+    def _close_waker(self) -> None:
+        self._waiting = False
+        with self._waker_lock:  # type: ignore[union-attr] - opened first
+            for end in self._waker or ():
+                end.close()
+            self._waker = None
+
+    def send_pdu(self, primitive) -> None:
+        super().send_pdu(primitive)
+        self._wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._wake()
+
+    def stop_dul(self) -> bool:
+        # pynetdicom's spins (sleeping _run_loop_delay, 0 here) until the thread ends.
+        if self.state_machine.current_state != "Sta1":
+            return False
+        self.kill_dul()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join()
+        return True
+
+    def _wake(self) -> None:
+        """Ends the reactor's wait for the socket, if it is waiting (any thread)."""
+        if self._waiting:
+            with self._waker_lock:  # type: ignore[union-attr] - set before _waiting
+                if self._waker is not None:
+                    with contextlib.suppress(OSError):  # full: it is woken already
+                        self._waker[1].send(b"\0")
 
     def _is_transport_event(self) -> bool:
         # pynetdicom's reactor sleeps 1 ms whenever a round found nothing to do, also
-        # when the peer's next request arrives meanwhile; with no delay set (see
-        # BufferedRequestHandler), the round waits here instead, for at most as long,
-        # and reads the request as it arrives. Primitives our side queues to send are
-        # still picked up within that 1 ms, as before.
-        # An association quiet for a while (a PACS keeping it open) waits longer, so that
-        # it costs less CPU than pynetdicom's 1 kHz polling, not more.
-        if self.event_queue.empty() and not self.to_provider_queue.queue:
-            quiet = time.monotonic() - self._last_pdu > self.QUIET_AFTER
-            self.socket.wait_readable(self.QUIET_WAIT if quiet else self.IDLE_WAIT)
+        # when the peer's next request arrives meanwhile, and picks up what our side
+        # queues to send only on its next round; with no delay set (see
+        # BufferedRequestHandler), the round waits here instead for the socket or a
+        # wake-up, and reads the request, or sends the response, as soon as it can.
+        if self._nothing_queued() and self._waker is not None:
+            self._waiting = True
+            try:
+                if self._nothing_queued():  # again: a send_pdu before _waiting was set
+                    self.socket.wait_readable(self.IDLE_WAIT, self._waker[0])
+            finally:
+                self._waiting = False
         return super()._is_transport_event()
+
+    def _nothing_queued(self) -> bool:
+        return self.event_queue.empty() and not self.to_provider_queue.queue
 
     def _read_pdu_data(self) -> None:
         while self._read_one_pdu() and self.socket.ready:
@@ -208,7 +280,6 @@ class BufferedDUL(DULServiceProvider):
         if len(header) < 6:  # the peer closed the connection
             self.event_queue.put("Evt17")
             return False
-        self._last_pdu = time.monotonic()
         pdu_type, _, pdu_length = struct.unpack(">BBL", header)
         if pdu_type not in PDU_TYPES:
             log.error("Unknown PDU type received '0x%02X'", pdu_type)
@@ -307,7 +378,6 @@ class BufferedDUL(DULServiceProvider):
         if (pdu_length <= 6 or item_length != pdu_length - 4 or control & 0b11
                 or self._streaming_file() is not stream):
             return 0
-        self._last_pdu = time.monotonic()
         return item_length - 2
 
     def _write(self, fd: int, pending: list[memoryview]) -> None:
@@ -339,9 +409,88 @@ class BufferedDUL(DULServiceProvider):
         return pdu, "Evt10"
 
 
+class WakingQueue(queue.Queue):
+    """A queue that sets ``wake`` whenever something is put in it."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self.wake = wake
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self.wake.set()
+
+
+class BufferedAssociation(Association):
+    """pynetdicom's association (as acceptor), whose reactor waits for its DUL's news
+    instead of sleeping 1 ms per round: a DIMSE message completed, or a release or
+    abort from the peer, each put in a :class:`WakingQueue` that sets :attr:`_wake`.
+    A received C-STORE so reaches its handler as soon as its last PDU is decoded, and
+    the association thread does not take the GIL 1000 times a second from the thread
+    receiving the next instance. What the reactor also watches (a kill, the DUL
+    stopping, the network timeout) is looked at within :data:`REACTOR_WAIT`."""
+
+    REACTOR_WAIT = 0.01
+    _wake: threading.Event  # set by BufferedRequestHandler
+
+    def _run_reactor(self) -> None:
+        # pynetdicom 3.0.4's Association._run_reactor (MIT licence), but for the wait at
+        # the start of each round; keep it in step with the pinned version.
+        self._is_paused = False
+        while not self._kill:
+            if self.dimse.msg_queue.empty():
+                self._wake.wait(self.REACTOR_WAIT)
+            self._wake.clear()  # what it was set for is looked at below, in this round
+
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                PYNETDICOM_LOG.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                PYNETDICOM_LOG.info(log_msg)
+                self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                PYNETDICOM_LOG.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
 class BufferedRequestHandler(RequestHandler):
-    """pynetdicom's request handler, with :class:`BufferedAssociationSocket` and
-    :class:`BufferedDUL`."""
+    """pynetdicom's request handler, with :class:`BufferedAssociation`,
+    :class:`BufferedAssociationSocket` and :class:`BufferedDUL`."""
 
     def _create_association(self):
         assoc = super()._create_association()
@@ -349,6 +498,10 @@ class BufferedRequestHandler(RequestHandler):
         # event, so it cannot be built twice); the subclasses override methods, and what
         # state they add starts from class attributes, so the instances change class in
         # place before the DUL starts.
+        assoc.__class__ = BufferedAssociation
+        assoc._wake = threading.Event()
+        assoc.dimse.msg_queue = WakingQueue(assoc._wake)  # both empty: nothing ran yet
+        assoc.dul.to_user_queue = WakingQueue(assoc._wake)
         assoc.dul.__class__ = BufferedDUL
         assoc.dul.socket.__class__ = BufferedAssociationSocket
         assoc.dul._run_loop_delay = 0  # BufferedDUL waits for the socket instead
