@@ -13,15 +13,18 @@ the reactor (``select``, two queues, the state machine, an event). Here:
   to buffer, buffer to file), few system calls and little Python;
 - the file's write-back to disk starts as it arrives, so the fsync before the response
   has little left to wait for;
-- the reactor waits on the socket instead of sleeping 1 ms whenever a round was idle, so
-  the peer's next request is read as it arrives.
+- the two reactors (the DUL's, the association's) wait for each other's news instead
+  of sleeping 1 ms per idle round: the peer's next request is read as it arrives, a
+  received instance reaches its handler as soon as it is decoded, its response is sent
+  as soon as it is queued, and an idle association costs almost no CPU.
 
 Measured with ``bench/ingest.py`` ("cpu ms" of a pynetdicom process receiving 40 raw
 X-rays and recording nothing): about 45 ms of CPU per instance with pynetdicom's own
-path, about 30 with this one (bench/README.md, "Ingest").
+path, about 18 with this one (bench/README.md, "Ingest").
 
 The classes keep pynetdicom's contracts (its events, its error handling) and are put
-in place by :class:`BufferedRequestHandler` after pynetdicom builds its own objects.
+in place by :class:`BufferedRequestHandler` after pynetdicom builds its own objects
+(:class:`BufferedAssociation` repeats pynetdicom's reactor loop, all but its wait).
 Only associations our server accepts use them; the associations we request (query and
 retrieve) stay pynetdicom's. They rely on pynetdicom internals of the pinned version
 (constraints.txt); tests/dicom/test_transport.py checks them against pynetdicom's own
