@@ -389,6 +389,22 @@ def test_the_reactor_waits_for_the_socket_only_with_nothing_queued():
     assert waits == [BufferedDUL.IDLE_WAIT]
 
 
+def test_without_a_wake_up_socket_the_reactor_polls_as_pynetdicom_does(monkeypatch):
+    dul, _ = dul_pair(BufferedDUL)
+
+    def no_descriptors():
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socketpair", no_descriptors)
+    dul._open_waker()
+    waits = []
+    dul.socket.wait_readable = lambda timeout: waits.append(timeout)
+    dul._is_transport_event()
+    dul.send_pdu(P_DATA())  # nothing to wake: no error
+    assert waits == [BufferedDUL.POLL_WAIT]
+    dul._close_waker()
+
+
 @pytest.mark.parametrize("wake", ["send_pdu", "kill_dul"])
 def test_a_primitive_to_send_or_a_kill_ends_the_reactor_s_wait_at_once(monkeypatch, wake):
     monkeypatch.setattr(BufferedDUL, "IDLE_WAIT", 30)

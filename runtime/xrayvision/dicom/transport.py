@@ -188,6 +188,7 @@ class BufferedDUL(DULServiceProvider):
     # round looks after (the ARTIM timer) has seconds to spare, and a primitive queued
     # to send, or a kill, wakes the wait at once (send_pdu, kill_dul).
     IDLE_WAIT = 0.02
+    POLL_WAIT = 0.001  # pynetdicom's run-loop delay: the wait when nothing can wake it
     # The received instance's file is fsynced before its response: written back only
     # then, an 18 MB X-ray kept the response waiting ~13 ms, a 6 MB JPEG-lossless one
     # ~3; started every MiB as it arrives, ~1 (bench/README.md, "Ingest").
@@ -213,13 +214,17 @@ class BufferedDUL(DULServiceProvider):
 
     def _open_waker(self) -> None:
         self._waker_lock = threading.Lock()
-        self._waker = socket.socketpair()
+        try:
+            self._waker = socket.socketpair()
+        except OSError as exc:  # out of descriptors: poll as pynetdicom does
+            log.warning("association runs without its wake-up socket: %s", exc)
+            return
         for end in self._waker:
             end.setblocking(False)
 
     def _close_waker(self) -> None:
         self._waiting = False
-        with self._waker_lock:  # type: ignore[union-attr] - opened first
+        with self._waker_lock or contextlib.nullcontext():
             for end in self._waker or ():
                 end.close()
             self._waker = None
@@ -243,8 +248,8 @@ class BufferedDUL(DULServiceProvider):
 
     def _wake(self) -> None:
         """Ends the reactor's wait for the socket, if it is waiting (any thread)."""
-        if self._waiting:
-            with self._waker_lock:  # type: ignore[union-attr] - set before _waiting
+        if self._waiting and self._waker_lock is not None:
+            with self._waker_lock:
                 if self._waker is not None:
                     with contextlib.suppress(OSError):  # full: it is woken already
                         self._waker[1].send(b"\0")
@@ -255,11 +260,15 @@ class BufferedDUL(DULServiceProvider):
         # queues to send only on its next round; with no delay set (see
         # BufferedRequestHandler), the round waits here instead for the socket or a
         # wake-up, and reads the request, or sends the response, as soon as it can.
-        if self._nothing_queued() and self._waker is not None:
+        if self._nothing_queued():
             self._waiting = True
             try:
                 if self._nothing_queued():  # again: a send_pdu before _waiting was set
-                    self.socket.wait_readable(self.IDLE_WAIT, self._waker[0])
+                    waker = self._waker
+                    if waker is None:
+                        self.socket.wait_readable(self.POLL_WAIT)
+                    else:
+                        self.socket.wait_readable(self.IDLE_WAIT, waker[0])
             finally:
                 self._waiting = False
         return super()._is_transport_event()
