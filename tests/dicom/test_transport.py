@@ -420,9 +420,11 @@ def test_a_primitive_to_send_or_a_kill_ends_the_reactor_s_wait_at_once(monkeypat
     assert not waiting.is_alive() and time.monotonic() - started < 2
 
 
-def test_associations_wake_each_other_instead_of_polling(tmp_path, monkeypatch):
-    """With the reactors' longest waits at 30 s, echoes and the release still take
-    moments: each message received, response to send and release request ends a wait."""
+@pytest.mark.parametrize("end", ["release", "abort"])
+def test_associations_wake_each_other_instead_of_polling(tmp_path, monkeypatch, end):
+    """With the reactors' longest waits at 30 s, echoes and the release (or an abort)
+    still take moments: each message received, response to send, release request or
+    abort ends a wait."""
     monkeypatch.setattr(BufferedDUL, "IDLE_WAIT", 30)
     monkeypatch.setattr(BufferedAssociation, "REACTOR_WAIT", 30)
     settings = ingest_settings(tmp_path)
@@ -436,8 +438,11 @@ def test_associations_wake_each_other_instead_of_polling(tmp_path, monkeypatch):
         [accepted] = server.active_associations
         for _ in range(5):
             assert assoc.send_c_echo().Status == 0x0000
-        assoc.release()
-        assert assoc.is_released
+        if end == "release":
+            assoc.release()
+            assert assoc.is_released
+        else:
+            assoc.abort()
         accepted.join(5)
         assert not accepted.is_alive() and not accepted.dul.is_alive()
         assert time.monotonic() - started < 5
