@@ -318,10 +318,11 @@ def test_a_fragment_that_cannot_be_written_aborts_as_in_pynetdicom(tmp_path):
     """Not taken for a lost connection (Evt17): the exception reaches the reactor, which
     aborts the association, as when pynetdicom's own write fails."""
     dul, peer, _ = streaming_dul(tmp_path)
-    dul.assoc.dimse.message._data_set_file = open("/dev/full", "wb")  # noqa: SIM115 - always ENOSPC
-    peer.sendall(p_data_tf((1, b"\x00" + b"x" * 1000)))
-    with pytest.raises(StreamWriteError) as raised:
-        dul._read_pdu_data()
+    with open("/dev/full", "wb") as full:  # every write: ENOSPC
+        dul.assoc.dimse.message._data_set_file = full
+        peer.sendall(p_data_tf((1, b"\x00" + b"x" * 1000)))
+        with pytest.raises(StreamWriteError) as raised:
+            dul._read_pdu_data()
     assert raised.value.__cause__.errno == errno.ENOSPC
     assert dul.event_queue.empty()
 
@@ -373,6 +374,8 @@ def test_wait_readable_returns_when_woken_and_drains_the_waker():
     assert time.monotonic() - started < 2
     with pytest.raises(BlockingIOError):
         waker.recv(1)  # drained: the next wait waits
+    waker.close()
+    far.close()
 
 
 def test_the_reactor_waits_for_the_socket_only_with_nothing_queued():
@@ -387,6 +390,7 @@ def test_the_reactor_waits_for_the_socket_only_with_nothing_queued():
     dul.to_provider_queue.put(object())
     dul._is_transport_event()
     assert waits == [BufferedDUL.IDLE_WAIT]
+    dul._close_waker()
 
 
 def test_without_a_wake_up_socket_the_reactor_polls_as_pynetdicom_does(monkeypatch):
@@ -415,9 +419,13 @@ def test_a_primitive_to_send_or_a_kill_ends_the_reactor_s_wait_at_once(monkeypat
     time.sleep(0.2)
     assert waiting.is_alive() and dul._waiting
     started = time.monotonic()
-    dul.send_pdu(P_DATA()) if wake == "send_pdu" else dul.kill_dul()
+    if wake == "send_pdu":
+        dul.send_pdu(P_DATA())
+    else:
+        dul.kill_dul()
     waiting.join(5)
     assert not waiting.is_alive() and time.monotonic() - started < 2
+    dul._close_waker()
 
 
 @pytest.mark.parametrize("end", ["release", "abort"])
