@@ -28,6 +28,7 @@ from xrayvision.dicom.transport import (
     BufferedAssociationSocket,
     BufferedDUL,
     StreamWriteError,
+    middle_fragment_length,
 )
 
 from .conftest import count_streamed, ingest_settings, running_ingest
@@ -261,6 +262,18 @@ def test_many_small_fragments_read_together_and_what_follows_them_goes_back(tmp_
     assert dul.socket.ready  # the release request, given back to the socket
     dul._read_pdu_data()
     assert dul.event_queue.get_nowait() == "Evt12"
+
+
+@pytest.mark.parametrize(("wire", "length"), [
+    (p_data_tf((1, b"\x00" + b"x" * 100)), 100),  # a middle data set fragment
+    (p_data_tf((1, b"\x02" + b"x" * 100)), 0),  # the last one
+    (p_data_tf((1, b"\x01" + b"x" * 100)), 0),  # a command fragment
+    (p_data_tf((1, b"\x00" + b"a"), (1, b"\x00" + b"b")), 0),  # two PDVs
+    (p_data_tf((1, b"\x00" + b"x" * 100))[:11], 0),  # the header incomplete
+    (b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00", 0),  # not a P-DATA-TF
+])
+def test_middle_fragment_length_reads_the_pdu_and_pdv_headers(wire, length):
+    assert middle_fragment_length(memoryview(wire)) == length
 
 
 def test_other_p_data_take_pynetdicom_s_path_while_streaming(tmp_path):

@@ -83,6 +83,18 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
+def middle_fragment_length(header) -> int:
+    """From a PDU's first 12 bytes: the length of the data set fragment it holds when it
+    is a P-DATA-TF whose one PDV fills it with a data set fragment that is not the last;
+    else 0 (also for fewer than 12 bytes)."""
+    if len(header) < 12 or header[0] != P_DATA_TF_TYPE:
+        return 0
+    _, _, pdu_length, item_length, _, control = struct.unpack_from(">BBLLBB", header)
+    if pdu_length <= 6 or item_length != pdu_length - 4 or control & 0b11:
+        return 0
+    return item_length - 2
+
+
 class StreamWriteError(Exception):
     """The streamed data set's file could not be written (its OSError is the cause).
     Not an OSError, so that it is not taken for a lost connection: like a failed write
@@ -298,15 +310,13 @@ class BufferedDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return False
         try:
-            stream = self._streaming_file() if pdu_type == P_DATA_TF_TYPE else None
-            if stream is not None and pdu_length > 6:
-                # The PDV item's length, context ID and message control header.
-                header = self.socket.recv_after(header, 6)
-                if len(header) == 12:
-                    item_length, _, control = struct.unpack_from(">LBB", header, 6)
-                    # One PDV filling the PDU, a data set fragment, not the last one.
-                    if item_length == pdu_length - 4 and control & 0b11 == 0:
-                        return self._stream_fragments(stream, item_length - 2)
+            stream = (self._streaming_file() if pdu_type == P_DATA_TF_TYPE and pdu_length > 6
+                      else None)
+            if stream is not None:
+                header = self.socket.recv_after(header, 6)  # and the first PDV's header
+                length = middle_fragment_length(header)
+                if length:
+                    return self._stream_fragments(stream, length)
             pdu_bytes = self.socket.recv_after(header, 6 + pdu_length - len(header))
         except (OSError, TimeoutError) as exc:
             log.error("Connection lost before the entire PDU was received: %s", exc)
@@ -384,13 +394,8 @@ class BufferedDUL(DULServiceProvider):
         """The length of the data set fragment in the PDU that ``data`` starts with,
         when the whole PDU header is there and the PDU holds one middle fragment of the
         data set streaming into ``stream`` (and may still skip the reactor); else 0."""
-        if len(data) < 12 or data[0] != P_DATA_TF_TYPE:
-            return 0
-        _, _, pdu_length, item_length, _, control = struct.unpack_from(">BBLLBB", data)
-        if (pdu_length <= 6 or item_length != pdu_length - 4 or control & 0b11
-                or self._streaming_file() is not stream):
-            return 0
-        return item_length - 2
+        length = middle_fragment_length(data)
+        return length if length and self._streaming_file() is stream else 0
 
     def _write(self, fd: int, pending: list[memoryview]) -> None:
         """Writes ``pending`` to ``fd`` (and empties it); starts the file's write-back
