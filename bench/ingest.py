@@ -139,8 +139,8 @@ class Ours:
 
 class PynetdicomSink:
     """pynetdicom receiving with a handler that only answers success (data sets streamed
-    to a file, as ours): with pynetdicom's own socket and DUL (``ours=False``), or with
-    ours (xrayvision.dicom.transport)."""
+    to a file, as ours): with pynetdicom's own socket, DUL and association reactor
+    (``ours=False``), or with ours (xrayvision.dicom.transport)."""
 
     aet = "XRAYVISION"
 
