@@ -4,12 +4,24 @@
 Server-side apply with field manager ``xrayvision-operator`` and forced conflicts: the
 operator owns the fields it sets, so a hand edit of them is undone at the next
 reconcile (drift repair) while fields it does not set stay as others set them.
+
+kopf runs handlers in several threads; the dynamic client's discovery cache is not
+thread-safe (a kind that is not served makes it rebuild the cache under the other
+threads: ``KeyError: 'resources'``). So resources are looked up once per kind, under a
+lock, and a kind that is not served (an optional CRD: ServiceMonitor, ScaledObject,
+CloudNativePG Cluster) is remembered as absent for :data:`ABSENT_TTL` seconds, so one
+installed later is picked up without a restart.
+
+Errors: :class:`kubernetes.client.exceptions.ApiException` from the API server as it
+came (status, reason, body); callers turn 4xx into conditions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 import urllib.request
 
 from kubernetes import client, config, dynamic
@@ -18,6 +30,8 @@ from kubernetes.client.exceptions import ApiException
 from xrayvision_operator.build import MANAGER, Obj
 
 log = logging.getLogger(__name__)
+
+ABSENT_TTL = 30.0  # seconds a kind found not served is taken as absent
 
 
 def load_config() -> None:
@@ -31,10 +45,27 @@ def load_config() -> None:
 class KubeApplier:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api = api_client or client.ApiClient()
-        self.dynamic = dynamic.DynamicClient(self.api)
+        self._lock = threading.Lock()
+        self._resources: dict[tuple[str, str], tuple[object | None, float]] = {}
+        with self._lock:
+            self.dynamic = dynamic.DynamicClient(self.api)
 
     def _resource(self, api_version: str, kind: str):
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        """The dynamic resource of a kind; raises ResourceNotFoundError when the API
+        server does not serve it (checked again after ABSENT_TTL seconds)."""
+        key = (api_version, kind)
+        with self._lock:
+            found, at = self._resources.get(key, (None, -ABSENT_TTL))
+            if found is None and time.monotonic() - at >= ABSENT_TTL:
+                try:
+                    found = self.dynamic.resources.get(api_version=api_version, kind=kind)
+                except dynamic.exceptions.ResourceNotFoundError:
+                    found = None
+                self._resources[key] = (found, time.monotonic())
+        if found is None:
+            raise dynamic.exceptions.ResourceNotFoundError(
+                f"{kind} ({api_version}) is not served by this API server")
+        return found
 
     def apply(self, obj: Obj) -> Obj:
         resource = self._resource(obj["apiVersion"], obj["kind"])
@@ -84,6 +115,13 @@ class KubeApplier:
     def list(self, api_version: str, kind: str, namespace: str) -> list[Obj]:
         return self._resource(api_version, kind).get(namespace=namespace).to_dict().get(
             "items", [])
+
+    def list_in(self, api_version: str, kind: str, namespaces: list[str]) -> list[Obj]:
+        """Objects of a kind in those namespaces; in all of them when the list is empty."""
+        if not namespaces:
+            items = self._resource(api_version, kind).get().to_dict().get("items", [])
+            return list(items)
+        return [o for ns in namespaces for o in self.list(api_version, kind, ns)]
 
     def annotate(self, obj: Obj, annotations: dict[str, str]) -> None:
         self._resource(obj["apiVersion"], obj["kind"]).patch(

@@ -388,38 +388,42 @@ def images_pvc(xrv: Obj) -> Obj | None:
 
 
 def migration_job(xrv: Obj, resolved: Resolved, confighash: str) -> Obj:
-    """``xrayvision migrate``, named by the config hash and image so that a new version
-    runs a new Job before the Deployments roll."""
+    """``xrayvision migrate``, named by a hash of its whole pod template (image,
+    configuration hash, Secret references, volumes): a Job's template is immutable, so
+    any change makes a new Job (the old one is pruned), which runs before the
+    Deployments roll."""
     spec = _spec(xrv)
     name = xrv["metadata"]["name"]
-    tag = hashlib.sha256(f"{spec['image']}|{confighash}".encode()).hexdigest()[:8]
     volumes, mounts = _pod_volumes(xrv, "migrate")
+    template = {
+        "metadata": {"labels": labels(name, "migrate")},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "migrate", "image": spec["image"],
+                "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
+                "args": ["migrate"],
+                "envFrom": [{"configMapRef": {"name": f"{name}-config"}}],
+                "env": _secret_env(xrv, resolved),
+                "securityContext": SECURITY_CONTEXT,
+                "volumeMounts": mounts,
+                "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
+                              "limits": {"memory": "512Mi"}},
+            }],
+            "volumes": volumes,
+        },
+    }
+    tag = hashlib.sha256(json.dumps([confighash, template], sort_keys=True).encode()
+                         ).hexdigest()[:8]
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": metadata(xrv, f"{name}-migrate-{tag}", "migrate"),
-        "spec": {
-            "backoffLimit": 6, "ttlSecondsAfterFinished": 86400,
-            "template": {
-                "metadata": {"labels": labels(name, "migrate")},
-                "spec": {
-                    "restartPolicy": "OnFailure",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "migrate", "image": spec["image"],
-                        "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
-                        "args": ["migrate"],
-                        "envFrom": [{"configMapRef": {"name": f"{name}-config"}}],
-                        "env": _secret_env(xrv, resolved),
-                        "securityContext": SECURITY_CONTEXT,
-                        "volumeMounts": mounts,
-                        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
-                                      "limits": {"memory": "512Mi"}},
-                    }],
-                    "volumes": volumes,
-                },
-            },
-        },
+        # No TTL: the finished Job stays as the record that this version is migrated (a
+        # deleted one would be applied again and run again); the next version's Job
+        # replaces it (pruned).
+        "spec": {"backoffLimit": 6, "template": template},
     }
 
 

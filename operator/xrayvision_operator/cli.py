@@ -12,12 +12,13 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
 from xrayvision_operator.apply import KubeApplier, load_config, probe_models
-from xrayvision_operator.handlers import register
+from xrayvision_operator.handlers import register, resync
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,16 +38,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.metrics_port:
         start_http_server(args.metrics_port)
+    applier = KubeApplier()
     registry = kopf.OperatorRegistry()
+    handlers = register(registry, applier, probe_models)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials as the client above: the pod's ServiceAccount token
+        # (re-read when kopf logs in again after a 401, as the kubelet rotates it), else
+        # the kubeconfig.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.posting.level = logging.WARNING
+        settings.posting.loggers = True  # handler failures become Warning Events
         settings.execution.max_workers = 8
+        memo.resync = asyncio.get_running_loop().create_task(
+            resync(applier, handlers["refresh"], args.namespace))
 
-    register(registry, KubeApplier(), probe_models)
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+        memo.resync.cancel()
+
     asyncio.run(kopf.operator(
         registry=registry, clusterwide=not args.namespace, namespaces=args.namespace,
+        memo=kopf.Memo(),
         standalone=True,  # one replica (Recreate); no peering CRDs needed
         liveness_endpoint=f"http://0.0.0.0:{args.probe_port}/healthz"))
     return 0

@@ -1,15 +1,26 @@
 """kopf handlers, registered with their dependencies bound (:func:`register`).
 
-XRayVision: create, update, resume and a timer (drift repair and status refresh) all run
-:func:`reconcile.reconcile_xrayvision`; changes of the Deployments it owns refresh it
-too. ModelEndpoint: the same for :func:`reconcile.reconcile_model_endpoint`, which also
-annotates the XRayVisions using it so they reconcile with the new URL. Status is written
-to the status subresource only (kopf's ``patch.status``). Handlers are idempotent: each
-run applies the whole desired state.
+XRayVision: create, update and resume run :func:`reconcile.reconcile_xrayvision`; so
+does any change (or deletion) of an object it owns (drift repair, and status as its
+Deployments and migration Job progress), and :func:`resync` every
+:data:`RESYNC_SECONDS`. ModelEndpoint: the same with
+:func:`reconcile.reconcile_model_endpoint`, which also annotates the XRayVisions using it
+so they reconcile with the new URL. Status is written through the status subresource
+only. Handlers are idempotent: each run applies the whole desired state; runs for one
+object never overlap (a lock per object).
+
+No handler needs a finalizer (kopf puts one on a resource that has deletion handlers,
+timers or daemons): the children carry owner references, so the API server's garbage
+collector removes them, and deleting a custom resource or its namespace never waits for
+the operator. That is why the periodic resync is one task of the operator's
+(:func:`resync`), not a kopf timer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,14 +28,21 @@ from typing import Any
 import kopf
 
 from xrayvision_operator import metrics
-from xrayvision_operator.build import GROUP, MANAGER, VERSION
+from xrayvision_operator.build import API_VERSION, GROUP, MANAGER, VERSION
 from xrayvision_operator.reconcile import (
     Applier,
     reconcile_model_endpoint,
     reconcile_xrayvision,
 )
 
+log = logging.getLogger(__name__)
+
 RESYNC_SECONDS = 60.0
+# Kinds of the objects the operator makes whose changes it watches; the optional kinds
+# (ServiceMonitor, ScaledObject, ...) are repaired by the resync.
+WATCHED_CHILDREN = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"),
+                    ("", "v1", "services"), ("", "v1", "configmaps"),
+                    ("", "v1", "persistentvolumeclaims"))
 
 
 def _plain(body: Any) -> dict:
@@ -46,41 +64,83 @@ def _timed(kind: str, fn: Callable[[], dict]) -> dict:
     return result
 
 
+class ObjectLocks:
+    """One lock per custom resource, so that a handler, a child's event and the resync
+    never reconcile the same object at once."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+
+    def __call__(self, kind: str, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((kind, namespace, name), threading.Lock())
+
+
 def register(registry: kopf.OperatorRegistry, applier: Applier,
              probe: Callable[[str], bool]) -> dict[str, Callable]:
-    """Registers the handlers on ``registry``; returns them by name (tests call them)."""
+    """Registers the handlers on ``registry``; returns them by name (tests and the
+    resync call them)."""
+    locks = ObjectLocks()
+
+    def reconcile(body: dict) -> dict:
+        """Reconciles a custom resource (as the API server gave it); returns its status."""
+        kind, meta = body.get("kind", ""), body["metadata"]
+        with locks(kind, meta.get("namespace", ""), meta["name"]):
+            if kind == "ModelEndpoint":
+                return _timed(kind, lambda: reconcile_model_endpoint(body, applier, probe))
+            return _timed(kind, lambda: reconcile_xrayvision(body, applier))
 
     def xrayvision(body, patch, **_) -> None:
-        status = _timed("XRayVision", lambda: reconcile_xrayvision(_plain(body), applier))
-        patch.status.update(status)
+        patch.status.update(reconcile(_plain(body)))
 
     def model_endpoint(body, patch, **_) -> None:
-        status = _timed("ModelEndpoint",
-                        lambda: reconcile_model_endpoint(_plain(body), applier, probe))
-        patch.status.update(status)
+        patch.status.update(reconcile(_plain(body)))
+
+    def refresh(api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Reconciles the live object and writes its status; nothing when it is gone."""
+        owner = applier.get(api_version, kind, namespace, name)
+        if owner is None or (owner.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        applier.patch_status(owner, reconcile(owner))
 
     def child_changed(body, **_) -> None:
-        """A Deployment of ours changed: refresh its owner's status (and repair it)."""
+        """An object the operator made changed or went away: reconcile its owner."""
         meta = body.get("metadata") or {}
         for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") != "XRayVision":
-                continue
-            owner = applier.get(f"{GROUP}/{VERSION}", "XRayVision", meta.get("namespace", ""),
-                                ref["name"])
-            if owner is None:
-                return
-            status = _timed("XRayVision", lambda owner=owner: reconcile_xrayvision(
-                owner, applier))
-            applier.patch_status(owner, status)
+            if ref.get("kind") in ("XRayVision", "ModelEndpoint") and \
+                    ref.get("apiVersion") == API_VERSION:
+                refresh(API_VERSION, ref["kind"], meta.get("namespace", ""), ref["name"])
 
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(GROUP, VERSION, "xrayvisions", registry=registry)(xrayvision)
         decorator(GROUP, VERSION, "modelendpoints", registry=registry)(model_endpoint)
-    kopf.timer(GROUP, VERSION, "xrayvisions", interval=RESYNC_SECONDS, idle=RESYNC_SECONDS,
-               registry=registry)(xrayvision)
-    kopf.timer(GROUP, VERSION, "modelendpoints", interval=RESYNC_SECONDS,
-               registry=registry)(model_endpoint)
-    kopf.on.event("apps", "v1", "deployments", registry=registry,
-                  labels={"app.kubernetes.io/managed-by": MANAGER})(child_changed)
+    for group, version, plural in WATCHED_CHILDREN:
+        kopf.on.event(group, version, plural, registry=registry,
+                      labels={"app.kubernetes.io/managed-by": MANAGER})(child_changed)
     return {"xrayvision": xrayvision, "model_endpoint": model_endpoint,
-            "child_changed": child_changed}
+            "child_changed": child_changed, "refresh": refresh}
+
+
+async def resync(applier: Applier, refresh: Callable[[str, str, str, str], None],
+                 namespaces: list[str], interval: float = RESYNC_SECONDS) -> None:
+    """Every ``interval`` seconds, reconciles every XRayVision and ModelEndpoint in
+    ``namespaces`` (all when empty): drift of kinds not watched, URL probes of external
+    model endpoints. A failed round is logged and tried again at the next."""
+    while True:
+        await asyncio.sleep(interval)
+        for kind in ("ModelEndpoint", "XRayVision"):
+            try:
+                items = await asyncio.to_thread(applier.list_in, API_VERSION, kind,
+                                                namespaces)
+            except Exception:  # noqa: BLE001 - the API server may be away; next round
+                log.warning("resync: cannot list %s", kind, exc_info=True)
+                continue
+            for item in items:
+                meta = item["metadata"]
+                try:
+                    await asyncio.to_thread(refresh, API_VERSION, kind, meta["namespace"],
+                                            meta["name"])
+                except Exception:  # noqa: BLE001 - one object's failure is not the others'
+                    log.warning("resync of %s %s/%s failed", kind, meta["namespace"],
+                                meta["name"], exc_info=True)

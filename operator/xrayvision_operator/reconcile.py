@@ -1,8 +1,9 @@
 """Reconciliation: resolve references, build, apply, prune, report status.
 
 Every Kubernetes call goes through an :class:`Applier` (``apply.py`` has the real one;
-tests pass a recording one). A spec that cannot be built applies nothing (no partial
-state), sets ``Degraded`` with the reason and records a Kubernetes Event.
+tests pass a recording one). A spec that cannot be built, or that would change a field
+the API server keeps immutable, applies nothing (no partial state); that, and an apply
+the API server refuses, sets ``Degraded`` with the reason and records a Warning Event.
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from kubernetes.client.exceptions import ApiException
+
 from xrayvision_operator import build
 from xrayvision_operator.build import COMPONENTS, Obj, Resolved, SpecError
-from xrayvision_operator.status import condition, deployment_ready, xrayvision_status
+from xrayvision_operator.status import (
+    Failure,
+    condition,
+    condition_of,
+    deployment_ready,
+    merge_conditions,
+    xrayvision_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,9 @@ class Applier(Protocol):
     def crd_exists(self, name: str) -> bool: ...
 
     def list(self, api_version: str, kind: str, namespace: str) -> list[Obj]: ...
+
+    def list_in(self, api_version: str, kind: str, namespaces: list[str]) -> list[Obj]:
+        """Objects of a kind in those namespaces (all when the list is empty)."""
 
     def annotate(self, obj: Obj, annotations: dict[str, str]) -> None: ...
 
@@ -115,59 +128,150 @@ def cnpg_cluster(xrv: Obj) -> Obj:
                      "bootstrap": {"initdb": {"database": "xrayvision", "owner": "xrayvision"}}}}
 
 
-def _job_done(job: Obj | None) -> bool:
-    return bool(job and (job.get("status") or {}).get("succeeded"))
+def migration_state(job: Obj | None) -> tuple[bool, str]:
+    """(succeeded, failure message) of the migration Job; ("", False) while it runs."""
+    status = (job or {}).get("status") or {}
+    if status.get("succeeded"):
+        return True, ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return False, (f"the schema migration Job {job['metadata']['name']} failed "
+                           f"({cond.get('reason', '')}: {cond.get('message', '')}); the "
+                           "running version keeps serving. See its pod's log")
+    return False, ""
+
+
+# Fields of a live object that the API server refuses to change (422 "field is
+# immutable"), as (kind, path in the object, path in the custom resource's spec).
+IMMUTABLE = (
+    ("PersistentVolumeClaim", ("spec", "accessModes"), "accessMode"),
+    ("PersistentVolumeClaim", ("spec", "storageClassName"), "storageClassName"),
+)
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def immutable_changes(desired: list[Obj], live: dict[tuple[str, str, str], Obj]) -> list[str]:
+    """What the desired objects would change in a field the API server keeps immutable
+    (pure): one sentence per field, naming the object, both values and the way out."""
+    found = []
+    for obj in desired:
+        current = live.get(_key(obj))
+        if current is None:
+            continue
+        for kind, path, field in IMMUTABLE:
+            want, have = _at(obj, path), _at(current, path)
+            if obj["kind"] != kind or want is None or want == have:
+                continue
+            found.append(
+                f"{'.'.join(path)} of {kind} {obj['metadata']['name']} is {have!r} and cannot "
+                f"change to {want!r} (immutable; set the {field} back, or delete the "
+                f"{kind} and its data to have it made anew)")
+    return found
+
+
+def _failed(owner: Obj, applier: Applier, previous: dict, failure: Failure) -> None:
+    """Logs a failure and records it as a Warning Event once (not again while the
+    Degraded condition already says the same)."""
+    meta = owner["metadata"]
+    log.warning("%s %s/%s: %s: %s", owner["kind"], meta.get("namespace"), meta["name"],
+                failure.reason, failure.message)
+    degraded = condition_of(previous, "Degraded")
+    if degraded.get("status") != "True" or degraded.get("message") != failure.message[:1024]:
+        applier.event(owner, failure.reason, failure.message, warning=True)
+
+
+def api_failure(exc: ApiException, obj: Obj) -> Failure | None:
+    """A Failure for an answer that retrying the same request cannot change (a 4xx other
+    than conflict and throttling); None for the others (kopf retries them)."""
+    if exc.status is None or not 400 <= exc.status < 500 or exc.status in (409, 429):
+        return None
+    try:
+        detail = json.loads(exc.body or "{}").get("message") or exc.reason
+    except ValueError:
+        detail = exc.reason
+    return Failure("ApplyFailed", f"{obj['kind']} {obj['metadata']['name']}: the API server "
+                                  f"answered {exc.status}: {detail}")
 
 
 def reconcile_xrayvision(xrv: Obj, applier: Applier) -> dict[str, Any]:
-    """Applies the desired state of one XRayVision and returns its status."""
+    """Applies the desired state of one XRayVision and returns its status.
+
+    A spec that cannot be built, that would change an immutable field, or that the API
+    server refuses (4xx) applies nothing more, returns Ready=False/Degraded=True with the
+    reason and records a Warning Event; other API errors raise (kopf retries)."""
     meta = xrv["metadata"]
     generation = int(meta.get("generation", 1))
-    previous = (xrv.get("status") or {})
+    previous = xrv.get("status") or {}
+    conditions = previous.get("conditions")
+
+    def failed(failure: Failure) -> dict[str, Any]:
+        _failed(xrv, applier, previous, failure)
+        status = xrayvision_status(generation, {}, "", "", {}, failure=failure,
+                                   previous=conditions)
+        return {**previous, **{k: v for k, v in status.items()
+                               if k in ("conditions", "observedGeneration")}}
+
     try:
         resolved, extra = resolve(xrv, applier)
         desired = extra + build.build_xrayvision(xrv, resolved)
     except SpecError as exc:
-        message = str(exc)
-        if (previous.get("conditions") or [{}])[-1].get("message") != message:
-            applier.event(xrv, "InvalidSpec", message, warning=True)
-        log.warning("invalid XRayVision spec", extra={"resource": meta["name"], "error": message})
-        status = xrayvision_status(generation, {}, "", "", {}, error=message)
-        return {**previous, **status}
+        return failed(Failure("InvalidSpec", str(exc)))
+    live = {_key(o): applier.get(o["apiVersion"], o["kind"], meta["namespace"],
+                                 o["metadata"]["name"]) for o in desired}
+    live = {k: v for k, v in live.items() if v is not None}
+    changes = immutable_changes(desired, live)
+    if changes:
+        return failed(Failure("ImmutableField", "; ".join(changes)))
     job = next(o for o in desired if o["kind"] == "Job")
-    applier.apply(job)
-    migrated = _job_done(applier.get("batch/v1", "Job", meta["namespace"],
-                                     job["metadata"]["name"]))
-    for obj in desired:
-        if obj is job:
-            continue
-        live = applier.get(obj["apiVersion"], obj["kind"], meta["namespace"],
-                           obj["metadata"]["name"])
-        if obj["kind"] == "Deployment" and not migrated:
-            if live is not None:
-                continue  # keep the running version until the schema is migrated
-            obj = {**obj, "spec": {**obj["spec"], "replicas": 0}}  # created, not started
-        if not build.covers(live, obj):  # unchanged objects cost no write
-            applier.apply(obj)
+    target = job
+    try:
+        if _key(job) not in live:
+            live[_key(job)] = applier.apply(job)
+        migrated, migration_error = migration_state(live[_key(job)])
+        for obj in desired:
+            if obj is job:
+                continue
+            target = obj
+            current = live.get(_key(obj))
+            if obj["kind"] == "Deployment" and not migrated:
+                if current is not None:
+                    continue  # keep the running version until the schema is migrated
+                obj = {**obj, "spec": {**obj["spec"], "replicas": 0}}  # created, not started
+            if not build.covers(current, obj):  # unchanged objects cost no write
+                live[_key(obj)] = applier.apply(obj)
+    except ApiException as exc:
+        failure = api_failure(exc, target)
+        if failure is None:
+            raise
+        return failed(failure)
     wanted = {_key(o) for o in desired}
     for api_version, kind in PRUNABLE:
-        for live in applier.owned(xrv, api_version, kind):
-            if _key({**live, "apiVersion": api_version, "kind": kind}) not in wanted:
-                applier.delete({**live, "apiVersion": api_version, "kind": kind})
+        for owned in applier.owned(xrv, api_version, kind):
+            if _key({**owned, "apiVersion": api_version, "kind": kind}) not in wanted:
+                applier.delete({**owned, "apiVersion": api_version, "kind": kind})
     components = {}
     for component in COMPONENTS:
         name = f"{meta['name']}-{component}"
-        if any(o["kind"] == "Deployment" and o["metadata"]["name"] == name for o in desired):
+        built = next((o for o in desired
+                      if o["kind"] == "Deployment" and o["metadata"]["name"] == name), None)
+        if built is not None:
+            current = live.get(_key(built))
             components[component] = deployment_ready(
-                applier.get("apps/v1", "Deployment", meta["namespace"], name))
-    status = xrayvision_status(
+                current, built["spec"].get("replicas"))
+    failure = Failure("MigrationFailed", migration_error) if migration_error else None
+    if failure is not None:
+        _failed(xrv, applier, previous, failure)
+    return xrayvision_status(
         generation, components, dicom_endpoint(xrv, applier), web_url(xrv),
-        {"primary": resolved.primary_url, "secondary": resolved.secondary_url})
-    if not migrated:
-        status["conditions"][1] = condition(
-            "Progressing", True, "Migrating", "waiting for the schema migration Job",
-            generation)
-    return status
+        {"primary": resolved.primary_url, "secondary": resolved.secondary_url},
+        migrated=migrated, failure=failure, previous=conditions)
 
 
 def dicom_endpoint(xrv: Obj, applier: Applier) -> str:
@@ -202,17 +306,33 @@ def model_revision(mep: Obj) -> str:
 def reconcile_model_endpoint(mep: Obj, applier: Applier,
                              probe: Callable[[str], bool]) -> dict[str, Any]:
     """Applies a managed vLLM server (or probes an external URL), tells the XRayVisions
-    that use this endpoint, and returns the status."""
+    that use this endpoint, and returns the status. Failures as for an XRayVision."""
     meta = mep["metadata"]
     generation = int(meta.get("generation", 1))
     spec = mep.get("spec") or {}
+    previous = mep.get("status") or {}
     desired = build.build_model_endpoint(mep)
-    for obj in desired:
-        applier.apply(obj)
+    live = {_key(o): applier.get(o["apiVersion"], o["kind"], meta["namespace"],
+                                 o["metadata"]["name"]) for o in desired}
+    failure = None
+    changes = immutable_changes(desired, {k: v for k, v in live.items() if v is not None})
+    if changes:
+        failure = Failure("ImmutableField", "; ".join(changes))
+    else:
+        for obj in desired:
+            if build.covers(live[_key(obj)], obj):
+                continue
+            try:
+                live[_key(obj)] = applier.apply(obj)
+            except ApiException as exc:
+                failure = api_failure(exc, obj)
+                if failure is None:
+                    raise
+                break
     if spec.get("vllm"):
         url = build.vllm_url(mep)
-        ready, desired_n = deployment_ready(applier.get(
-            "apps/v1", "Deployment", meta["namespace"], f"{meta['name']}-vllm"))
+        ready, desired_n = deployment_ready(live.get(
+            ("apps/v1", "Deployment", f"{meta['name']}-vllm")))
         ok = desired_n > 0 and ready >= desired_n
         message = f"{ready}/{desired_n} vLLM replicas ready"
         kind = "vllm"
@@ -229,10 +349,19 @@ def reconcile_model_endpoint(mep: Obj, applier: Applier,
         annotations = (xrv["metadata"].get("annotations") or {})
         if meta["name"] in refs and annotations.get(MODEL_REVISION) != revision:
             applier.annotate(xrv, {MODEL_REVISION: revision})  # triggers its update
+    if failure is not None:
+        _failed(mep, applier, previous, failure)
+        conditions = [condition("Ready", False, failure.reason, failure.message, generation),
+                      condition("Progressing", False, failure.reason, failure.message,
+                                generation),
+                      condition("Degraded", True, failure.reason, failure.message,
+                                generation)]
+    else:
+        conditions = [condition("Ready", ok, "Ready" if ok else "NotReady", message,
+                                generation),
+                      condition("Progressing", not ok, "Starting" if not ok else "Settled",
+                                message, generation),
+                      condition("Degraded", False, "AsExpected", "", generation)]
     return {"type": kind, "url": url, "model": build.served_model(mep),
             "observedGeneration": generation, "readyReplicas": ready,
-            "conditions": [condition("Ready", ok, "Ready" if ok else "NotReady", message,
-                                     generation),
-                           condition("Progressing", not ok, "Starting" if not ok else "Settled",
-                                     message, generation),
-                           condition("Degraded", False, "AsExpected", "", generation)]}
+            "conditions": merge_conditions(previous.get("conditions"), conditions)}

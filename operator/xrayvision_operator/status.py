@@ -1,10 +1,17 @@
 """Conditions and status (pure): ``Ready``, ``Progressing``, ``Degraded``, each with a
-reason, a message and the generation it describes; the transition time changes only when
-the status does."""
+reason, a message and the generation it describes; ``lastTransitionTime`` changes only
+when a condition's status does (:func:`merge_conditions`).
+
+``Ready`` of an XRayVision is True only when the spec of the current generation was
+applied, its schema migration Job succeeded and every Deployment has all its replicas
+available in the current revision: ``kubectl wait --for=condition=Ready`` then means
+"the new version serves".
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
@@ -32,19 +39,46 @@ def merge_conditions(old: list[dict] | None, new: list[dict], at: str | None = N
     return merged
 
 
-def deployment_ready(deployment: dict | None) -> tuple[int, int]:
-    """(ready replicas, desired replicas) of a Deployment as the API reports it."""
+def condition_of(status: dict | None, kind: str) -> dict:
+    """The condition of that type in a status; {} when absent."""
+    return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == kind),
+                {})
+
+
+def deployment_ready(deployment: dict | None, desired: int | None = None) -> tuple[int, int]:
+    """(available replicas of the current revision, desired replicas) of a Deployment as
+    the API reports it. ``desired`` is what the operator asked for (the live
+    ``spec.replicas`` when None). A Deployment whose controller has not yet seen its
+    latest spec counts no replica as available."""
+    if desired is None:
+        desired = int(((deployment or {}).get("spec") or {}).get("replicas", 1))
     if not deployment:
-        return 0, 0
-    desired = int((deployment.get("spec") or {}).get("replicas", 1))
-    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-    return min(ready, desired), desired
+        return 0, desired
+    status = deployment.get("status") or {}
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return 0, desired
+    available = int(status.get("availableReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    return min(available, updated, desired), desired
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why the current spec is not applied: a reason (InvalidSpec, ImmutableField,
+    ApplyFailed, MigrationFailed) and a message saying what to change."""
+
+    reason: str
+    message: str
 
 
 def xrayvision_status(generation: int, components: dict[str, tuple[int, int]],
-                      dicom: str, web_url: str, model: dict[str, str],
-                      error: str = "") -> dict[str, Any]:
-    """The whole status of an XRayVision from what was applied and what runs."""
+                      dicom: str, web_url: str, model: dict[str, str], *,
+                      migrated: bool = True, failure: Failure | None = None,
+                      previous: list[dict] | None = None,
+                      at: str | None = None) -> dict[str, Any]:
+    """The whole status of an XRayVision from what was applied and what runs;
+    ``previous`` conditions keep their transition times where unchanged."""
     ready = sum(r for r, _ in components.values())
     desired = sum(d for _, d in components.values())
     status: dict[str, Any] = {
@@ -54,11 +88,17 @@ def xrayvision_status(generation: int, components: dict[str, tuple[int, int]],
                        for name, (r, d) in sorted(components.items())},
         "dicomEndpoint": dicom, "webUrl": web_url, "model": model,
     }
-    if error:
-        conditions = [condition("Ready", False, "InvalidSpec", error, generation),
-                      condition("Progressing", False, "InvalidSpec", error, generation),
-                      condition("Degraded", True, "InvalidSpec", error, generation)]
-    elif components and ready >= desired:
+    if failure is not None:
+        message = failure.message
+        conditions = [condition("Ready", False, failure.reason, message, generation),
+                      condition("Progressing", False, failure.reason, message, generation),
+                      condition("Degraded", True, failure.reason, message, generation)]
+    elif not migrated:
+        message = "waiting for the schema migration Job"
+        conditions = [condition("Ready", False, "Migrating", message, generation),
+                      condition("Progressing", True, "Migrating", message, generation),
+                      condition("Degraded", False, "AsExpected", "", generation)]
+    elif components and ready >= desired > 0:
         conditions = [condition("Ready", True, "AllReplicasReady",
                                 f"{ready}/{desired} replicas ready", generation),
                       condition("Progressing", False, "Settled", "nothing to roll out",
@@ -70,5 +110,5 @@ def xrayvision_status(generation: int, components: dict[str, tuple[int, int]],
         conditions = [condition("Ready", False, "ReplicasNotReady", message, generation),
                       condition("Progressing", True, "RollingOut", message, generation),
                       condition("Degraded", False, "AsExpected", "", generation)]
-    status["conditions"] = conditions
+    status["conditions"] = merge_conditions(previous, conditions, at)
     return status

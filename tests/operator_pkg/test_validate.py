@@ -125,7 +125,8 @@ async def test_kubectl_dry_run_over_crds_examples_and_objects(tmp_path):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_rbac_is_valid_kubernetes(version):
     docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
-    assert {d["kind"] for d in docs} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    assert {d["kind"] for d in docs} == {"Namespace", "ServiceAccount", "ClusterRole",
+                                      "ClusterRoleBinding"}
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)
 
