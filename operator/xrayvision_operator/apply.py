@@ -43,8 +43,10 @@ def load_config() -> None:
 
 
 class KubeApplier:
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(self, api_client: client.ApiClient | None = None, *,
+                 absent_ttl: float = ABSENT_TTL) -> None:
         self.api = api_client or client.ApiClient()
+        self.absent_ttl = absent_ttl
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], tuple[object | None, float]] = {}
         with self._lock:
@@ -52,11 +54,11 @@ class KubeApplier:
 
     def _resource(self, api_version: str, kind: str):
         """The dynamic resource of a kind; raises ResourceNotFoundError when the API
-        server does not serve it (checked again after ABSENT_TTL seconds)."""
+        server does not serve it (checked again after ``absent_ttl`` seconds)."""
         key = (api_version, kind)
         with self._lock:
-            found, at = self._resources.get(key, (None, -ABSENT_TTL))
-            if found is None and time.monotonic() - at >= ABSENT_TTL:
+            found, at = self._resources.get(key, (None, -self.absent_ttl))
+            if found is None and time.monotonic() - at >= self.absent_ttl:
                 try:
                     found = self.dynamic.resources.get(api_version=api_version, kind=kind)
                 except dynamic.exceptions.ResourceNotFoundError:

@@ -17,8 +17,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from xrayvision_operator.apply import KubeApplier, load_config, probe_models
-from xrayvision_operator.handlers import register, resync
+from xrayvision_operator.apply import ABSENT_TTL, KubeApplier, load_config, probe_models
+from xrayvision_operator.handlers import RESYNC_SECONDS, register, resync
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", action="append", default=[],
                         help="watch only this namespace (repeatable); default: all")
     parser.add_argument("--metrics-port", type=int, default=9090)
-    parser.add_argument("--probe-port", type=int, default=8081)
+    parser.add_argument("--probe-port", type=int, default=8081,
+                        help="port of /healthz (kopf's liveness endpoint); 0: none")
+    parser.add_argument("--resync-seconds", type=float, default=RESYNC_SECONDS,
+                        help="how often every resource is reconciled even if nothing "
+                             "changed (drift of unwatched kinds, model URL probes)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.metrics_port:
         start_http_server(args.metrics_port)
-    applier = KubeApplier()
+    applier = KubeApplier(absent_ttl=min(ABSENT_TTL, args.resync_seconds))
     registry = kopf.OperatorRegistry()
     handlers = register(registry, applier, probe_models)
 
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.posting.loggers = True  # handler failures become Warning Events
         settings.execution.max_workers = 8
         memo.resync = asyncio.get_running_loop().create_task(
-            resync(applier, handlers["refresh"], args.namespace))
+            resync(applier, handlers["refresh"], args.namespace, args.resync_seconds))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
@@ -65,5 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         registry=registry, clusterwide=not args.namespace, namespaces=args.namespace,
         memo=kopf.Memo(),
         standalone=True,  # one replica (Recreate); no peering CRDs needed
-        liveness_endpoint=f"http://0.0.0.0:{args.probe_port}/healthz"))
+        liveness_endpoint=(f"http://0.0.0.0:{args.probe_port}/healthz"
+                           if args.probe_port else None)))
     return 0

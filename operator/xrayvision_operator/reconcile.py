@@ -94,6 +94,19 @@ def resolve_endpoint(ref: Obj | None, namespace: str, applier: Applier,
     return url, build.served_model(mep)
 
 
+def require_secret(applier: Applier, namespace: str, field: str, name: str,
+                   keys: list[str]) -> None:
+    """Raises SpecError unless Secret ``name`` exists with those keys (pods referencing
+    a missing one would never start: CreateContainerConfigError). Values are not read."""
+    secret = applier.get("v1", "Secret", namespace, name)
+    if secret is None:
+        raise SpecError(f"{field}: Secret {name!r} does not exist in namespace {namespace}")
+    present = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+    missing = [k for k in keys if k not in present]
+    if missing:
+        raise SpecError(f"{field}: Secret {name!r} has no key {', '.join(map(repr, missing))}")
+
+
 def resolve(xrv: Obj, applier: Applier) -> tuple[Resolved, list[Obj]]:
     """What the builders need from the cluster, and extra objects (a CloudNativePG
     Cluster when the database comes from there). Raises SpecError."""
@@ -106,6 +119,7 @@ def resolve(xrv: Obj, applier: Applier) -> tuple[Resolved, list[Obj]]:
     ref = (spec.get("database") or {}).get("secretRef")
     if ref:
         database = (ref["name"], ref.get("key", "url"))
+        require_secret(applier, ns, "spec.database.secretRef", database[0], [database[1]])
     elif applier.crd_exists(CNPG_CRD):
         extra.append(cnpg_cluster(xrv))
         database = (f"{name}-db-app", "uri")
@@ -113,6 +127,13 @@ def resolve(xrv: Obj, applier: Applier) -> tuple[Resolved, list[Obj]]:
         raise SpecError("no database: set spec.database.secretRef to a Secret with the "
                         "PostgreSQL URL, or install CloudNativePG so the operator can "
                         "create one")
+    creds = (spec.get("fhir") or {}).get("credentialsSecret")
+    if creds:
+        require_secret(applier, ns, "spec.fhir.credentialsSecret", creds["name"],
+                       ["username", "password"])
+    users = (spec.get("web") or {}).get("usersSecret")
+    if users:
+        require_secret(applier, ns, "spec.web.usersSecret", users["name"], [])
     return Resolved(primary_url=primary[0], primary_model=primary[1],
                     secondary_url=secondary[0], secondary_model=secondary[1],
                     database_secret=database,
@@ -218,20 +239,21 @@ def reconcile_xrayvision(xrv: Obj, applier: Applier) -> dict[str, Any]:
         return {**previous, **{k: v for k, v in status.items()
                                if k in ("conditions", "observedGeneration")}}
 
+    target = xrv
     try:
-        resolved, extra = resolve(xrv, applier)
-        desired = extra + build.build_xrayvision(xrv, resolved)
-    except SpecError as exc:
-        return failed(Failure("InvalidSpec", str(exc)))
-    live = {_key(o): applier.get(o["apiVersion"], o["kind"], meta["namespace"],
-                                 o["metadata"]["name"]) for o in desired}
-    live = {k: v for k, v in live.items() if v is not None}
-    changes = immutable_changes(desired, live)
-    if changes:
-        return failed(Failure("ImmutableField", "; ".join(changes)))
-    job = next(o for o in desired if o["kind"] == "Job")
-    target = job
-    try:
+        try:
+            resolved, extra = resolve(xrv, applier)
+            desired = extra + build.build_xrayvision(xrv, resolved)
+        except SpecError as exc:
+            return failed(Failure("InvalidSpec", str(exc)))
+        live = {_key(o): applier.get(o["apiVersion"], o["kind"], meta["namespace"],
+                                     o["metadata"]["name"]) for o in desired}
+        live = {k: v for k, v in live.items() if v is not None}
+        changes = immutable_changes(desired, live)
+        if changes:
+            return failed(Failure("ImmutableField", "; ".join(changes)))
+        job = next(o for o in desired if o["kind"] == "Job")
+        target = job
         if _key(job) not in live:
             live[_key(job)] = applier.apply(job)
         migrated, migration_error = migration_state(live[_key(job)])

@@ -10,7 +10,7 @@ import yaml
 
 import xrayvision
 from conftest import ROOT
-from support.helmtool import helm
+from support.kubetools import helm
 
 CHART = ROOT / "charts" / "xrayvision-operator"
 CUSTOM = {"ServiceMonitor", "PrometheusRule"}  # kinds of the Prometheus operator's CRDs
@@ -21,7 +21,10 @@ ALL_ON = ["--set", "metrics.serviceMonitor.enabled=true",
           "--set", "grafanaDashboards.enabled=true",
           "--set", "serviceAccount.annotations.a=b",
           "--set", "verbose=true",
-          "--set", "nodeSelector.zone=a"]
+          "--set", "nodeSelector.zone=a",
+          # helm template sees no cluster: say that the Prometheus operator's CRDs exist
+          "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+          "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
 
 
 def run_helm(*args: str) -> subprocess.CompletedProcess:

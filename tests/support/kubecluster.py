@@ -164,8 +164,10 @@ def kubeconfig_text(server: str, ca_file: str, *, cert: str = "", key: str = "",
     if token:
         user = f"    token: {token}\n"
     else:
-        user = (f"    client-certificate-data: {base64.b64encode(Path(cert).read_bytes()).decode()}\n"
-                f"    client-key-data: {base64.b64encode(Path(key).read_bytes()).decode()}\n")
+        def b64(path: str) -> str:
+            return base64.b64encode(Path(path).read_bytes()).decode()
+        user = (f"    client-certificate-data: {b64(cert)}\n"
+                f"    client-key-data: {b64(key)}\n")
     return (f"apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n"
             f"    server: {server}\n    certificate-authority-data: {ca}\n"
             f"contexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: u\n"
@@ -305,6 +307,46 @@ class ControlPlane:
                 proc.wait()
         self.procs.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Cluster:
+    """A started control plane as tests use it: kubectl (1.32, tests/support/kubetools)
+    as the admin or with another kubeconfig, the Python client, ServiceAccount
+    kubeconfigs."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.kubeconfig = plane.kubeconfig
+        self.cache = plane.tmp / "kubectl-cache"
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+        """Runs kubectl; with ``check`` a non-zero exit fails with its stderr."""
+        from support.kubetools import kubectl
+
+        result = subprocess.run(
+            [str(kubectl()), f"--kubeconfig={kubeconfig or self.kubeconfig}",
+             f"--cache-dir={self.cache}", *args],
+            input=stdin, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stderr}")
+        return result
+
+    def api(self, kubeconfig: Path | None = None):
+        from kubernetes import config
+
+        return config.new_client_from_config(str(kubeconfig or self.kubeconfig))
+
+    def token_kubeconfig(self, account: str, namespace: str, path: Path) -> Path:
+        """A kubeconfig with a fresh token of that ServiceAccount (as the kubelet mounts
+        it in the account's pods)."""
+        token = self.kubectl("create", "token", account, "-n", namespace,
+                             "--duration=4h").stdout.strip()
+        path.write_text(kubeconfig_text(self.plane.server, self.plane.pki["ca.crt"],
+                                        token=token, namespace=namespace))
+        return path
 
 
 def main(argv: list[str]) -> int:

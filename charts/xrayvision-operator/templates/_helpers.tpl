@@ -35,6 +35,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [configmaps, services, persistentvolumeclaims]
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
 - apiGroups: [events.k8s.io]
@@ -61,4 +64,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [postgresql.cnpg.io]
   resources: [clusters]
   verbs: [get, list, watch, create, patch, update, delete]
+{{- end -}}
+
+
+{{/* Cluster-scoped reads of the operator in every mode: which optional CRDs exist
+(CloudNativePG, Prometheus operator, KEDA), and namespaces (kopf looks them up). */}}
+{{- define "xrv.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
 {{- end -}}

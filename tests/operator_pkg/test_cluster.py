@@ -1,0 +1,321 @@
+"""The operator on a real Kubernetes control plane (etcd, kube-apiserver,
+kube-controller-manager from KUBEBUILDER_ASSETS; see conftest.py): what a user does with
+kubectl, and what the operator, running as its own ServiceAccount, makes of it. Pods are
+marked by a status-only kubelet (tests/support/kubelet.py): no container runs here."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from operator_pkg.conftest import OperatorProcess, wait_for
+from support.kubelet import StatusKubelet
+from xrayvision_operator.build import MANAGER
+
+GROUP = "xrayvision.io"
+
+
+def apply(kube, ns: str, *docs: dict) -> None:
+    kube.kubectl("apply", "-n", ns, "-f", "-",
+                 stdin=yaml.safe_dump_all(docs))
+
+
+def get(kube, ns: str, what: str) -> dict | None:
+    result = kube.kubectl("get", "-n", ns, what, "-o", "json", "--show-managed-fields",
+                          check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def items(kube, ns: str, kind: str) -> list[dict]:
+    return json.loads(kube.kubectl("get", "-n", ns, kind, "-o", "json",
+                                   "--show-managed-fields").stdout)["items"]
+
+
+def cond(obj: dict | None, kind: str) -> dict:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or []
+                 if c["type"] == kind), {})
+
+
+def secret(name: str = "db") -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"url": "postgresql+psycopg://x@pg:5432/x"}}
+
+
+def endpoint(url: str = "http://127.0.0.1:9", name: str = "stub", **spec) -> dict:
+    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelEndpoint",
+            "metadata": {"name": name}, "spec": {"url": url, "model": "m", **spec}}
+
+
+def installation(name: str = "triage", **spec) -> dict:
+    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "XRayVision",
+            "metadata": {"name": name},
+            "spec": {"image": "xrv:1", "database": {"secretRef": {"name": "db"}},
+                     "dicom": {"serviceType": "ClusterIP"},
+                     "model": {"primary": {"modelEndpoint": "stub"}}, **spec}}
+
+
+def events(kube, ns: str, name: str) -> list[dict]:
+    return [e for e in items(kube, ns, "events")
+            if e["involvedObject"].get("name") == name]
+
+
+# --- what kubectl users see ---------------------------------------------------------------
+
+
+def test_crds_are_established_and_named_as_kubectl_users_type_them(kube, ns):
+    for crd in ("xrayvisions.xrayvision.io", "modelendpoints.xrayvision.io"):
+        crd_obj = json.loads(kube.kubectl("get", "crd", crd, "-o", "json").stdout)
+        assert cond(crd_obj, "Established")["status"] == "True"
+        assert cond(crd_obj, "NamesAccepted")["status"] == "True"
+    apply(kube, ns, secret(), endpoint(), installation())
+    for what in (["xrayvision", "triage"], ["xrv", "triage"], ["xrayvisions"],
+                 ["modelendpoint", "stub"], ["mep"], ["xrayvision-all"]):
+        out = kube.kubectl("get", "-n", ns, *what).stdout
+        assert "triage" in out or "stub" in out, (what, out)
+    header = kube.kubectl("get", "-n", ns, "xrv").stdout.splitlines()[0].split()
+    assert header == ["NAME", "READY", "COMPONENTS", "DICOM", "MODEL", "AGE"]
+    header = kube.kubectl("get", "-n", ns, "mep").stdout.splitlines()[0].split()
+    assert header[:2] == ["NAME", "TYPE"]
+
+
+def test_examples_and_rbac_apply_on_a_fresh_cluster(kube, ns):
+    """Every example passes the API server's own validation (schema, CEL, defaults) in a
+    server-side dry run; deploy/rbac.yaml creates its namespace itself."""
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        result = kube.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(path),
+                              check=False)
+        assert result.returncode == 0, (path.name, result.stderr)
+    rbac = yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text())
+    assert next(d for d in rbac if d)["kind"] == "Namespace"  # first, so apply succeeds
+
+
+def test_invalid_and_immutable_specs_are_refused_by_the_api_server(kube, ns):
+    bad = installation(web={"tlsSecretName": "x"})
+    result = kube.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(bad), check=False)
+    assert result.returncode != 0 and "tlsSecretName needs spec.web.host" in result.stderr
+    pvc = installation(storage={"images": {"type": "pvc", "size": "1Gi",
+                                           "accessMode": "ReadWriteMany"}})
+    apply(kube, ns, pvc)
+    pvc["spec"]["storage"]["images"]["accessMode"] = "ReadWriteOnce"
+    result = kube.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(pvc), check=False)
+    assert result.returncode != 0
+    assert "accessMode cannot change while the image PVC exists" in result.stderr
+    pvc["spec"]["storage"]["images"].update(accessMode="ReadWriteMany",
+                                            storageClassName="fast")
+    result = kube.kubectl("apply", "-n", ns, "-f", "-", stdin=json.dumps(pvc), check=False)
+    assert "storageClassName cannot change" in result.stderr
+
+
+# --- the operator -------------------------------------------------------------------------
+
+
+def test_install_becomes_ready_only_after_migration_and_available_replicas(kube, ns,
+                                                                           operator):
+    api = kube.api()
+    with StatusKubelet(api, ns, jobs="hold") as kubelet:
+        apply(kube, ns, secret(), endpoint(), installation())
+        job = wait_for("the migration Job", lambda: items(kube, ns, "jobs"))[0]
+        xrv = wait_for("Migrating", lambda: (x := get(kube, ns, "xrv/triage"))
+                       and cond(x, "Progressing").get("reason") == "Migrating" and x)
+        assert cond(xrv, "Ready")["status"] == "False"
+        for deploy in items(kube, ns, "deployments"):
+            assert deploy["spec"]["replicas"] == 0  # created, not started before migration
+        wait = kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                            "--timeout=3s", check=False)
+        assert wait.returncode != 0  # kubectl wait does not return before it is true
+
+        kubelet.jobs = "succeed"
+        kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                     "--timeout=60s")
+    xrv = get(kube, ns, "xrv/triage")
+    status = xrv["status"]
+    assert status["componentsReady"] == "3/3"
+    assert status["dicomEndpoint"] == f"triage-dicom.{ns}.svc:11112"
+    for kind in ("Ready", "Progressing", "Degraded"):
+        c = cond(xrv, kind)
+        assert c["observedGeneration"] == xrv["metadata"]["generation"]
+        assert c["lastTransitionTime"].endswith("Z")
+    assert not xrv["metadata"].get("finalizers")
+    # children: owner reference to the XRayVision, applied by the operator's field manager
+    uid = xrv["metadata"]["uid"]
+    children = [*items(kube, ns, "deployments"), *items(kube, ns, "services"),
+                *items(kube, ns, "configmaps"), *items(kube, ns, "jobs")]
+    ours = [c for c in children if c["metadata"].get("labels", {}).get(
+        "app.kubernetes.io/managed-by") == MANAGER]
+    assert {c["metadata"]["name"] for c in ours} >= {
+        "triage-ingest", "triage-relay", "triage-web", "triage-dicom", "triage-config",
+        job["metadata"]["name"]}
+    for child in ours:
+        refs = child["metadata"]["ownerReferences"]
+        assert [(r["kind"], r["uid"], r["controller"]) for r in refs] == [
+            ("XRayVision", uid, True)]
+        managers = {m["manager"] for m in child["metadata"]["managedFields"]
+                    if m["operation"] == "Apply"}
+        assert managers == {MANAGER}
+    status_writers = {(m["manager"], m.get("subresource", "")) for m in
+                      xrv["metadata"]["managedFields"] if "f:status" in m.get("fieldsV1", {})}
+    assert status_writers and all(sub == "status" for _, sub in status_writers)
+
+
+def test_drift_is_repaired_and_endpoint_changes_propagate(kube, ns, operator):
+    api = kube.api()
+    with StatusKubelet(api, ns):
+        apply(kube, ns, secret(), endpoint(), installation())
+        kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                     "--timeout=60s")
+        kube.kubectl("scale", "-n", ns, "deployment/triage-web", "--replicas=5")
+        kube.kubectl("delete", "-n", ns, "service/triage-dicom")
+        kube.kubectl("patch", "-n", ns, "configmap/triage-config", "--type=merge",
+                     "-p", '{"data": {"XRAYVISION_AI_PRIMARY_URL": "http://evil"}}')
+        wait_for("the repair", lambda: get(kube, ns, "deployment/triage-web")["spec"][
+            "replicas"] == 1 and get(kube, ns, "service/triage-dicom") is not None
+            and get(kube, ns, "configmap/triage-config")["data"][
+                "XRAYVISION_AI_PRIMARY_URL"] == "http://127.0.0.1:9", timeout=30)
+        apply(kube, ns, endpoint("http://127.0.0.2:8000"))
+        wait_for("the new URL in the configuration", lambda: get(
+            kube, ns, "configmap/triage-config")["data"]["XRAYVISION_AI_PRIMARY_URL"]
+            == "http://127.0.0.2:8000", timeout=30)
+        xrv = wait_for("the status with the new URL", lambda: (x := get(kube, ns, "xrv/triage"))
+                       and x["status"]["model"]["primary"] == "http://127.0.0.2:8000" and x)
+        assert xrv["status"]["model"]["primary"] == "http://127.0.0.2:8000"
+
+
+def test_a_database_secret_change_runs_a_new_migration_job(kube, ns, operator):
+    """A Job's template is immutable: the new Secret reference makes a new Job (no 422
+    loop), the old one is pruned, and the Deployments roll after it succeeded."""
+    with StatusKubelet(kube.api(), ns):
+        apply(kube, ns, secret(), secret("db2"), endpoint(), installation())
+        kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                     "--timeout=60s")
+        first = [j["metadata"]["name"] for j in items(kube, ns, "jobs")]
+        apply(kube, ns, installation(database={"secretRef": {"name": "db2"}}))
+        wait_for("a new Job replacing the old", lambda: (
+            names := [j["metadata"]["name"] for j in items(kube, ns, "jobs")
+                      if not j["metadata"].get("deletionTimestamp")])
+            and names != first and len(names) == 1, timeout=30)
+        xrv = wait_for("Ready for generation 2", lambda: (x := get(kube, ns, "xrv/triage"))
+                       and cond(x, "Ready").get("status") == "True"
+                       and cond(x, "Ready").get("observedGeneration") == 2 and x)
+        env = get(kube, ns, "deployment/triage-relay")["spec"]["template"]["spec"][
+            "containers"][0]["env"]
+        assert env[0]["valueFrom"]["secretKeyRef"]["name"] == "db2"
+        assert "ApplyFailed" not in {e["reason"] for e in events(kube, ns, "triage")}
+        assert xrv
+
+
+def test_invalid_specs_are_degraded_with_an_event_and_apply_nothing(kube, ns, operator):
+    apply(kube, ns, endpoint(), installation())  # its database Secret does not exist
+    xrv = wait_for("Degraded", lambda: (x := get(kube, ns, "xrv/triage"))
+                   and cond(x, "Degraded").get("status") == "True" and x)
+    degraded = cond(xrv, "Degraded")
+    assert degraded["reason"] == "InvalidSpec"
+    assert "Secret 'db' does not exist" in degraded["message"]
+    assert cond(xrv, "Ready")["status"] == "False"
+    assert items(kube, ns, "deployments") == [] and items(kube, ns, "jobs") == []
+    warning = wait_for("the Warning event", lambda: [
+        e for e in events(kube, ns, "triage") if e["reason"] == "InvalidSpec"])
+    assert warning[0]["type"] == "Warning" and "Secret 'db'" in warning[0]["message"]
+    apply(kube, ns, installation(model={"primary": {"modelEndpoint": "nope"}}))
+    wait_for("the new reason", lambda: "ModelEndpoint 'nope' does not exist" in cond(
+        get(kube, ns, "xrv/triage"), "Degraded").get("message", ""))
+    apply(kube, ns, secret(), installation())  # fixed: the installation is made
+    wait_for("the Deployments", lambda: len(items(kube, ns, "deployments")) == 3)
+    wait_for("Degraded False", lambda: cond(get(kube, ns, "xrv/triage"), "Degraded").get(
+        "status") == "False")
+
+
+def test_an_immutable_field_change_is_degraded_not_retried_forever(kube, ns, operator):
+    """The managed vLLM cache PVC's storage class cannot change: the operator says so in
+    the ModelEndpoint's conditions and one Event, and applies nothing of that spec."""
+    vllm = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelEndpoint",
+            "metadata": {"name": "gpu"},
+            "spec": {"vllm": {"gpus": 1, "cache": {"size": "1Gi", "storageClassName": "a"}}}}
+    apply(kube, ns, vllm)
+    wait_for("the cache PVC", lambda: get(kube, ns, "pvc/gpu-vllm-cache"))
+    vllm["spec"]["vllm"].update(cache={"size": "1Gi", "storageClassName": "b"},
+                                replicas=2)
+    apply(kube, ns, vllm)
+    mep = wait_for("Degraded", lambda: (m := get(kube, ns, "mep/gpu"))
+                   and cond(m, "Degraded").get("status") == "True" and m)
+    message = cond(mep, "Degraded")["message"]
+    assert cond(mep, "Degraded")["reason"] == "ImmutableField"
+    assert "storageClassName" in message and "'a'" in message and "'b'" in message
+    assert get(kube, ns, "deployment/gpu-vllm")["spec"]["replicas"] == 1  # nothing applied
+    time.sleep(6)  # a resync later: still one Event, no apply error loop
+    reasons = [e["reason"] for e in events(kube, ns, "gpu")]
+    assert reasons.count("ImmutableField") == 1 and "ApplyFailed" not in reasons
+
+
+def test_deletion_is_never_blocked_by_a_stopped_operator(kube, ns, operator):
+    with StatusKubelet(kube.api(), ns):
+        apply(kube, ns, secret(), endpoint(), installation())
+        kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                     "--timeout=60s")
+    operator.kill()
+    kube.kubectl("delete", "-n", ns, "xrv/triage", "mep/stub", "--timeout=20s")
+    wait_for("the garbage collector to remove the children", lambda: not [
+        d for d in items(kube, ns, "deployments")] and not items(kube, ns, "jobs")
+        and get(kube, ns, "service/triage-dicom") is None, timeout=60)
+
+
+def test_sigkill_mid_reconcile_converges_without_duplicates(kube, ns, tmp_path):
+    """Ten SIGKILLs of the operator at moments spread over its work, each followed by a
+    restart; then one more run to the end: one Job, one of each child, Ready."""
+    apply(kube, ns, secret(), endpoint(), installation())
+    log = tmp_path / "operator.log"
+    with StatusKubelet(kube.api(), ns):
+        for round_ in range(10):
+            proc = OperatorProcess(kube.sa_kubeconfig, ns, log).start()
+            time.sleep(1.0 + 0.35 * round_)
+            proc.kill()
+            if round_ == 4:  # a spec change while the operator is down
+                apply(kube, ns, installation(severityThreshold=7))
+        proc = OperatorProcess(kube.sa_kubeconfig, ns, log).start()
+        try:
+            kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                         "--timeout=90s")
+            xrv = get(kube, ns, "xrv/triage")
+            assert cond(xrv, "Ready")["observedGeneration"] == 2
+        finally:
+            proc.stop()
+    live_jobs = [j for j in items(kube, ns, "jobs") if not j["metadata"].get(
+        "deletionTimestamp")]
+    assert len(live_jobs) == 1
+    names = [d["metadata"]["name"] for d in items(kube, ns, "deployments")]
+    assert sorted(names) == ["triage-ingest", "triage-relay", "triage-web"]
+    assert get(kube, ns, "configmap/triage-config")["data"][
+        "XRAYVISION_PROCESSING_SEVERITY_THRESHOLD"] == "7"
+    assert not get(kube, ns, "xrv/triage")["metadata"].get("finalizers")
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor"])
+def test_an_optional_crd_installed_later_is_used(kube, ns, operator, kind):
+    with StatusKubelet(kube.api(), ns):
+        apply(kube, ns, secret(), endpoint(), installation(
+            metrics={"serviceMonitor": {"enabled": True}}))
+        kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                     "--timeout=60s")
+        assert get(kube, ns, "servicemonitors") is None  # the kind is not served yet
+        crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+               "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                        "names": {"plural": "servicemonitors", "singular": "servicemonitor",
+                                  "kind": kind, "listKind": f"{kind}List"},
+                        "versions": [{"name": "v1", "served": True, "storage": True,
+                                      "schema": {"openAPIV3Schema": {
+                                          "type": "object",
+                                          "x-kubernetes-preserve-unknown-fields": True}}}]}}
+        kube.kubectl("apply", "-f", "-", stdin=json.dumps(crd))
+        try:
+            found = wait_for("the ServiceMonitor", lambda: (
+                r := kube.kubectl("get", "-n", ns, "servicemonitors", "-o", "json",
+                                  check=False)).returncode == 0
+                and json.loads(r.stdout)["items"], timeout=40)
+            assert found[0]["metadata"]["name"] == "triage"
+        finally:
+            kube.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com",
+                         "--wait=false")
