@@ -26,12 +26,14 @@ run: $(VENV)/.run-installed
 	$(BIN)/xrayvision migrate
 	exec $(BIN)/xrayvision serve
 
-## test: install what tests need, start a throw-away PostgreSQL, run pytest, stop it
+## test: install what tests need, start a throw-away PostgreSQL, run pytest, stop it; the
+## operator tests start a real control plane from KUBEBUILDER_ASSETS or ../shared/envtest
 test: $(VENV)/.test-installed
 	@scripts/system-deps.sh test
 	$(BIN)/ruff check runtime operator tests bench
 	$(BIN)/lint-imports
-	$(BIN)/python tests/support/pgserver.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	KUBEBUILDER_ASSETS="$$(scripts/envtest-assets.sh)" \
+	  $(BIN)/python tests/support/pgserver.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check runtime operator tests bench

@@ -2,7 +2,8 @@
 # Installs the Debian packages a target needs when they are missing.
 #   scripts/system-deps.sh run    Python venv support
 #   scripts/system-deps.sh test   + PostgreSQL server, DCMTK, Orthanc, Chromium (browser tests),
-#                                   Prometheus (promtool; a real server for scrape tests)
+#                                   Prometheus (promtool; a real server for scrape tests),
+#                                   etcd (the operator tests' control plane)
 # As root it uses apt-get; otherwise it says what to install and fails.
 set -euo pipefail
 target=${1:-run}
@@ -22,6 +23,8 @@ if [ "$target" = test ]; then
   command -v Orthanc >/dev/null || missing+=(orthanc)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   command -v promtool >/dev/null || missing+=(prometheus)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v xz >/dev/null || missing+=(xz-utils)
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -1,102 +1,112 @@
-"""KubeApplier (the operator's only Kubernetes client) against the API-server stand-in of
-tests/support/kubeapi.py: server-side apply with the field manager and force, GET with
-None on 404, owned objects by labels and owner uid, prune, annotations, the status
-subresource, events. (Against a real cluster: tests/e2e.)"""
+"""KubeApplier (the operator's only Kubernetes client) against the real API server, as
+the operator's ServiceAccount: server-side apply with the field manager, GET with None on
+404 and for a kind not served, owned objects by labels and owner uid, prune, annotations,
+the status subresource, Events; discovery shared by many threads."""
 
-import asyncio
+import json
+import threading
 
 import pytest
-from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from operator_pkg.crds import with_server_fields
-from support.httppeer import serving
-from support.kubeapi import CALLS, STORE, make_app
 from xrayvision_operator.apply import KubeApplier
 from xrayvision_operator.build import MANAGER, Resolved, build_xrayvision
 
-XRV = with_server_fields({
-    "apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision", "metadata": {"name": "t"},
-    "spec": {"image": "x:1", "database": {"secretRef": {"name": "db"}},
-             "model": {"primary": {"url": "http://m"}}}})
 RESOLVED = Resolved(primary_url="http://m", database_secret=("db", "url"))
 
 
 @pytest.fixture
-async def stub_api():
-    app = make_app()
-    async with serving(app) as url:
-        config = client.Configuration(host=url)
-        config.api_key = {"authorization": "Bearer stub"}
-        applier = await asyncio.to_thread(KubeApplier, client.ApiClient(config))
-        yield applier, app
+def applier(kube):
+    return KubeApplier(kube.api(kube.sa_kubeconfig), absent_ttl=1.0)
 
 
-async def test_apply_get_owned_delete(stub_api):
-    applier, app = stub_api
-    objects = build_xrayvision(XRV, RESOLVED)
+@pytest.fixture
+def xrv(kube, ns):
+    """A live XRayVision (no operator runs: the test is the operator)."""
+    body = {"apiVersion": "xrayvision.io/v1alpha1", "kind": "XRayVision",
+            "metadata": {"name": "t", "namespace": ns},
+            "spec": {"image": "x:1", "database": {"secretRef": {"name": "db"}},
+                     "model": {"primary": {"url": "http://m"}}}}
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+    return json.loads(kube.kubectl("get", "-n", ns, "xrv/t", "-o", "json").stdout)
+
+
+def test_apply_get_owned_delete(applier, xrv, ns, kube):
+    objects = build_xrayvision(with_server_fields(xrv, ns), RESOLVED)
     for obj in objects:
-        await asyncio.to_thread(applier.apply, obj)
-    applies = [c for c in app[CALLS] if c[0] == "PATCH"]
-    assert len(applies) == len(objects)
-    for call in applies:
-        assert call[6].startswith("application/apply-patch")
-        assert call[7]["fieldManager"] == MANAGER and call[7]["force"] == "true"
-    config = await asyncio.to_thread(applier.get, "v1", "ConfigMap", "radiology", "t-config")
+        applied = applier.apply(obj)
+        assert applied["metadata"]["name"] == obj["metadata"]["name"]
+    config = applier.get("v1", "ConfigMap", ns, "t-config")
     assert config["data"]["XRAYVISION_AI_PRIMARY_URL"] == "http://m"
-    assert await asyncio.to_thread(applier.get, "v1", "ConfigMap", "radiology", "no") is None
-    owned = await asyncio.to_thread(applier.owned, XRV, "apps/v1", "Deployment")
+    managers = json.loads(kube.kubectl("get", "-n", ns, "cm/t-config", "-o", "json",
+                                       "--show-managed-fields").stdout)["metadata"][
+        "managedFields"]
+    assert [(m["manager"], m["operation"]) for m in managers] == [(MANAGER, "Apply")]
+    assert applier.get("v1", "ConfigMap", ns, "no") is None
+    owned = applier.owned(xrv, "apps/v1", "Deployment")
     assert sorted(d["metadata"]["name"] for d in owned) == ["t-ingest", "t-relay", "t-web"]
-    other = {**XRV, "metadata": {**XRV["metadata"], "uid": "someone-else"}}
-    assert await asyncio.to_thread(applier.owned, other, "apps/v1", "Deployment") == []
-    await asyncio.to_thread(applier.delete, owned[0])
-    await asyncio.to_thread(applier.delete, owned[0])  # a 404 is not an error
-    assert len(await asyncio.to_thread(applier.owned, XRV, "apps/v1", "Deployment")) == 2
+    other = {**xrv, "metadata": {**xrv["metadata"], "uid": "someone-else"}}
+    assert applier.owned(other, "apps/v1", "Deployment") == []
+    applier.delete({**owned[0], "apiVersion": "apps/v1", "kind": "Deployment"})
+    applier.delete({**owned[0], "apiVersion": "apps/v1", "kind": "Deployment"})  # 404: fine
+    assert len(applier.owned(xrv, "apps/v1", "Deployment")) == 2
 
 
-async def test_optional_kinds_crds_annotations_status_events(stub_api):
-    applier, app = stub_api
-    assert await asyncio.to_thread(applier.crd_exists, "scaledobjects.keda.sh") is False
-    app[STORE][("apiextensions.k8s.io/v1", "", "customresourcedefinitions",
-                "scaledobjects.keda.sh")] = {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "scaledobjects.keda.sh"}}
-    assert await asyncio.to_thread(applier.crd_exists, "scaledobjects.keda.sh") is True
-    assert await asyncio.to_thread(applier.owned, XRV, "keda.sh/v1alpha1", "ScaledObject") == []
-    app[STORE][("xrayvision.io/v1alpha1", "radiology", "xrayvisions", "t")] = dict(XRV)
-    listed = await asyncio.to_thread(applier.list, "xrayvision.io/v1alpha1", "XRayVision",
-                                     "radiology")
-    assert [x["metadata"]["name"] for x in listed] == ["t"]
-    await asyncio.to_thread(applier.annotate, XRV, {"xrayvision.io/model-revision": "abc"})
-    await asyncio.to_thread(applier.patch_status, XRV, {"componentsReady": "1/3"})
-    stored = app[STORE][("xrayvision.io/v1alpha1", "radiology", "xrayvisions", "t")]
-    assert stored["metadata"]["annotations"]["xrayvision.io/model-revision"] == "abc"
-    assert stored["status"]["componentsReady"] == "1/3"
-    status_call = next(c for c in app[CALLS] if c[5] == "status")
-    assert status_call[6] == "application/merge-patch+json"
-    await asyncio.to_thread(applier.event, XRV, "InvalidSpec", "no database", True)
-    event = next(c for c in app[CALLS] if c[0] == "POST")[8]
+def test_optional_kinds_annotations_status_events(applier, xrv, ns, kube):
+    assert applier.crd_exists("scaledobjects.keda.sh") is False
+    assert applier.owned(xrv, "keda.sh/v1alpha1", "ScaledObject") == []
+    assert applier.get("keda.sh/v1alpha1", "ScaledObject", ns, "t") is None
+    assert applier.crd_exists("xrayvisions.xrayvision.io") is True
+    assert [x["metadata"]["name"] for x in applier.list(
+        "xrayvision.io/v1alpha1", "XRayVision", ns)] == ["t"]
+    assert [x["metadata"]["name"] for x in applier.list_in(
+        "xrayvision.io/v1alpha1", "XRayVision", [ns])] == ["t"]
+    applier.annotate(xrv, {"xrayvision.io/model-revision": "abc"})
+    applier.patch_status(xrv, {"componentsReady": "1/3"})
+    live = json.loads(kube.kubectl("get", "-n", ns, "xrv/t", "-o", "json",
+                                   "--show-managed-fields").stdout)
+    assert live["metadata"]["annotations"]["xrayvision.io/model-revision"] == "abc"
+    assert live["status"]["componentsReady"] == "1/3"
+    assert {m.get("subresource") for m in live["metadata"]["managedFields"]
+            if "f:status" in m["fieldsV1"]} == {"status"}
+    applier.event(xrv, "InvalidSpec", "no database", True)
+    event = json.loads(kube.kubectl("get", "-n", ns, "events", "-o", "json").stdout)[
+        "items"][0]
     assert (event["reason"], event["type"], event["involvedObject"]["uid"]) == (
-        "InvalidSpec", "Warning", "uid-t")
+        "InvalidSpec", "Warning", xrv["metadata"]["uid"])
 
 
-async def test_reconcile_through_the_real_applier(stub_api):
-    from xrayvision_operator.reconcile import reconcile_xrayvision
+def test_a_refused_apply_raises_the_servers_answer(applier, xrv, ns):
+    objects = build_xrayvision(with_server_fields(xrv, ns), RESOLVED)
+    config = next(o for o in objects if o["kind"] == "ConfigMap")
+    bad = {**config, "data": {"not a key!": "x"}}
+    with pytest.raises(ApiException) as caught:
+        applier.apply(bad)
+    assert caught.value.status == 422
 
-    applier, app = stub_api
-    status = await asyncio.to_thread(reconcile_xrayvision, XRV, applier)
-    assert {c["type"]: c["reason"] for c in status["conditions"]}["Progressing"] == "Migrating"
-    store = app[STORE]
-    relay = store[("apps/v1", "radiology", "deployments", "t-relay")]
-    assert relay["spec"]["replicas"] == 0  # created, not started before the migration
-    job = next(k for k in store if k[2] == "jobs")
-    store[job]["status"] = {"succeeded": 1}
-    status = await asyncio.to_thread(reconcile_xrayvision, XRV, applier)
-    assert store[("apps/v1", "radiology", "deployments", "t-relay")]["spec"]["replicas"] == 1
-    for name in ("t-relay", "t-web", "t-ingest"):
-        store[("apps/v1", "radiology", "deployments", name)]["status"] = {"readyReplicas": 1}
-    patches = len([c for c in app[CALLS] if c[0] == "PATCH"])
-    status = await asyncio.to_thread(reconcile_xrayvision, XRV, applier)
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
-    assert status["componentsReady"] == "3/3"
-    # Nothing changed: only the migration Job is applied again.
-    assert len([c for c in app[CALLS] if c[0] == "PATCH"]) == patches + 1
+
+def test_discovery_is_safe_from_many_threads(applier, xrv):
+    """kopf runs handlers in several threads; lookups of kinds that are not served
+    (optional CRDs) must not break the others' (the dynamic client's cache did:
+    KeyError 'resources')."""
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(15):
+                if i % 2:
+                    applier.owned(xrv, "monitoring.coreos.com/v1", "ServiceMonitor")
+                    applier.owned(xrv, "postgresql.cnpg.io/v1", "Cluster")
+                else:
+                    applier.get("apps/v1", "Deployment", xrv["metadata"]["namespace"], "x")
+                    applier.owned(xrv, "v1", "ConfigMap")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
