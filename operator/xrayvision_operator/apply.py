@@ -49,8 +49,14 @@ class KubeApplier:
         self.absent_ttl = absent_ttl
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], tuple[object | None, float]] = {}
-        with self._lock:
-            self.dynamic = dynamic.DynamicClient(self.api)
+        self._dynamic: dynamic.DynamicClient | None = None  # discovery on first use
+
+    def _discovery(self) -> dynamic.DynamicClient:
+        """The dynamic client, made on first use (its discovery needs the API server,
+        which may not answer yet when the operator starts). Call with the lock held."""
+        if self._dynamic is None:
+            self._dynamic = dynamic.DynamicClient(self.api)
+        return self._dynamic
 
     def _resource(self, api_version: str, kind: str):
         """The dynamic resource of a kind; raises ResourceNotFoundError when the API
@@ -60,7 +66,8 @@ class KubeApplier:
             found, at = self._resources.get(key, (None, -self.absent_ttl))
             if found is None and time.monotonic() - at >= self.absent_ttl:
                 try:
-                    found = self.dynamic.resources.get(api_version=api_version, kind=kind)
+                    found = self._discovery().resources.get(api_version=api_version,
+                                                            kind=kind)
                 except dynamic.exceptions.ResourceNotFoundError:
                     found = None
                 self._resources[key] = (found, time.monotonic())

@@ -15,10 +15,22 @@ import sys
 from typing import Any
 
 import kopf
+from kubernetes import client
 from prometheus_client import start_http_server
 
+from xrayvision_operator import probes
 from xrayvision_operator.apply import ABSENT_TTL, KubeApplier, load_config, probe_models
 from xrayvision_operator.handlers import RESYNC_SECONDS, register, resync
+
+
+class RetryForever:
+    """kopf's request back-offs (seconds): 1, 2, 5, then 10 for as long as it takes;
+    a new iterator per request."""
+
+    def __iter__(self):
+        yield from (1, 2, 5)
+        while True:
+            yield 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="watch only this namespace (repeatable); default: all")
     parser.add_argument("--metrics-port", type=int, default=9090)
     parser.add_argument("--probe-port", type=int, default=8081,
-                        help="port of /healthz (kopf's liveness endpoint); 0: none")
+                        help="port of /healthz (liveness) and /readyz (the API server "
+                             "answers); 0: none")
     parser.add_argument("--resync-seconds", type=float, default=RESYNC_SECONDS,
                         help="how often every resource is reconciled even if nothing "
                              "changed (drift of unwatched kinds, model URL probes)")
@@ -43,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port)
     applier = KubeApplier(absent_ttl=min(ABSENT_TTL, args.resync_seconds))
+    health = probes.ApiServerHealth(
+        lambda: client.VersionApi(applier.api).get_code(_request_timeout=5))
     registry = kopf.OperatorRegistry()
     handlers = register(registry, applier, probe_models)
 
@@ -58,17 +73,24 @@ def main(argv: list[str] | None = None) -> int:
         settings.posting.level = logging.WARNING
         settings.posting.loggers = True  # handler failures become Warning Events
         settings.execution.max_workers = 8
-        memo.resync = asyncio.get_running_loop().create_task(
-            resync(applier, handlers["refresh"], args.namespace, args.resync_seconds))
+        # An API server that is away is waited for, however long: every request is
+        # retried (readiness says so meanwhile) instead of the operator giving up.
+        settings.networking.error_backoffs = RetryForever()
+        loop = asyncio.get_running_loop()
+        memo.tasks = [loop.create_task(resync(applier, handlers["refresh"], args.namespace,
+                                              args.resync_seconds)),
+                      loop.create_task(health.run())]
+        memo.probes = await probes.serve(health, args.probe_port) if args.probe_port else None
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-        memo.resync.cancel()
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        for task in memo.tasks:
+            task.cancel()
+        if memo.probes is not None:
+            await memo.probes.cleanup()
 
     asyncio.run(kopf.operator(
         registry=registry, clusterwide=not args.namespace, namespaces=args.namespace,
         memo=kopf.Memo(),
-        standalone=True,  # one replica (Recreate); no peering CRDs needed
-        liveness_endpoint=(f"http://0.0.0.0:{args.probe_port}/healthz"
-                           if args.probe_port else None)))
+        standalone=True))  # one replica (Recreate); no peering CRDs needed
     return 0

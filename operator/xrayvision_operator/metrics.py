@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter("xrayvision_operator_reconciles_total", "Reconciliations by kind",
                      ["kind"])
@@ -11,3 +11,5 @@ RECONCILE_ERRORS = Counter("xrayvision_operator_reconcile_errors_total",
 RECONCILE_SECONDS = Histogram("xrayvision_operator_reconcile_seconds",
                               "Duration of one reconciliation", ["kind"],
                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+APISERVER_UP = Gauge("xrayvision_operator_apiserver_up",
+                     "1 while the Kubernetes API server answered the last check")

@@ -34,8 +34,12 @@ def kube(tmp_path_factory) -> Iterator[Cluster]:
     try:
         cluster = Cluster(plane)
         cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/xrayvisions.xrayvision.io", "crd/modelendpoints.xrayvision.io")
+        for crd in ("xrayvisions.xrayvision.io", "modelendpoints.xrayvision.io"):
+            # kubectl 1.32's wait fails on a CRD whose status is not written yet
+            wait_for(f"{crd} Established", lambda crd=crd: cluster.kubectl(
+                "get", "crd", crd, "-o",
+                'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+            ).stdout == "True")
         cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
         cluster.sa_kubeconfig = cluster.token_kubeconfig(
             SA, SA_NAMESPACE, tmp_path_factory.mktemp("sa") / "operator.kubeconfig")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from operator_pkg.conftest import OperatorProcess, wait_for
+from operator_pkg.conftest import OperatorProcess, free_port, wait_for
 from support.kubelet import StatusKubelet
 from xrayvision_operator.build import MANAGER
 
@@ -319,3 +319,55 @@ def test_an_optional_crd_installed_later_is_used(kube, ns, operator, kind):
         finally:
             kube.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com",
                          "--wait=false")
+
+
+def test_an_api_server_away_at_start_and_mid_run_is_waited_for(kube, ns, tmp_path):
+    """The operator reaches the API server through a proxy the test cuts: away at start,
+    it keeps retrying and /readyz says 503 with the error; back, it reconciles; away
+    mid-run, a spec change made meanwhile lands once it is back."""
+    import urllib.error
+    import urllib.request
+
+    from support.kubecluster import kubeconfig_text
+    from support.tcpproxy import TcpProxy
+
+    def ready() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{probe}/readyz", timeout=3) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    token = kube.sa_kubeconfig.read_text().split("token: ")[1].split()[0]
+    probe = free_port()
+    with TcpProxy(("127.0.0.1", kube.plane.port)) as proxy:
+        config = tmp_path / "proxied.kubeconfig"
+        config.write_text(kubeconfig_text(f"https://127.0.0.1:{proxy.port}",
+                                          kube.plane.pki["ca.crt"], token=token))
+        proxy.cut()
+        proc = OperatorProcess(config, ns, tmp_path / "operator.log", "--probe-port",
+                               str(probe), "--resync-seconds", "5").start()
+        try:
+            wait_for("readiness 503", lambda: ready() == 503, timeout=30)
+            apply(kube, ns, secret(), endpoint(), installation())
+            time.sleep(12)
+            assert proc.proc.poll() is None, proc.output()[-2000:]  # still trying
+            assert items(kube, ns, "deployments") == []
+            proxy.restore()
+            wait_for("readiness 200", lambda: ready() == 200, timeout=30)
+            wait_for("the installation", lambda: len(items(kube, ns, "deployments")) == 3,
+                     timeout=60)
+            proxy.cut()
+            wait_for("readiness 503 again", lambda: ready() == 503, timeout=30)
+            apply(kube, ns, installation(severityThreshold=9))
+            time.sleep(15)
+            proxy.restore()
+            wait_for("the change made while it was away", lambda: get(
+                kube, ns, "configmap/triage-config")["data"][
+                "XRAYVISION_PROCESSING_SEVERITY_THRESHOLD"] == "9", timeout=90)
+            wait_for("readiness 200 again", lambda: ready() == 200, timeout=30)
+            assert "does not answer" in proc.output()
+        finally:
+            proc.stop()
