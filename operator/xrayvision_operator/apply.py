@@ -161,10 +161,14 @@ class KubeApplier:
 
 
 def probe_models(url: str, timeout: float = 5.0) -> bool:
-    """True when ``GET <url>/v1/models`` answers 200."""
+    """True when ``GET <url>/v1/models`` answers 200; a base URL written the OpenAI way,
+    ending in ``/v1``, is taken as the same server. False for any failure, a URL that
+    cannot be parsed included."""
+    base = url.rstrip("/")
+    base = base.removesuffix("/v1")
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/v1/models",  # noqa: S310 - http(s) by CRD pattern
+        with urllib.request.urlopen(base + "/v1/models",  # noqa: S310 - http(s) by CRD pattern
                                     timeout=timeout) as resp:
             return resp.status == 200
-    except OSError:
+    except (OSError, ValueError):
         return False

@@ -34,6 +34,7 @@ from xrayvision_operator.reconcile import (
     reconcile_model_endpoint,
     reconcile_xrayvision,
 )
+from xrayvision_operator.status import with_error
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,23 @@ def register(registry: kopf.OperatorRegistry, applier: Applier,
                 return _timed(kind, lambda: reconcile_model_endpoint(body, applier, probe))
             return _timed(kind, lambda: reconcile_xrayvision(body, applier))
 
+    def handle(body, patch) -> None:
+        plain = _plain(body)
+        try:
+            status = reconcile(plain)
+        except Exception as exc:
+            # kopf retries and posts the failure as an Event; the status says it too
+            generation = int(plain["metadata"].get("generation", 1))
+            patch.status["conditions"] = with_error(plain["status"], generation,
+                                                    f"{type(exc).__name__}: {exc}")
+            raise
+        patch.status.update(status)
+
     def xrayvision(body, patch, **_) -> None:
-        patch.status.update(reconcile(_plain(body)))
+        handle(body, patch)
 
     def model_endpoint(body, patch, **_) -> None:
-        patch.status.update(reconcile(_plain(body)))
+        handle(body, patch)
 
     def refresh(api_version: str, kind: str, namespace: str, name: str) -> None:
         """Reconciles the live object and writes its status; nothing when it is gone."""

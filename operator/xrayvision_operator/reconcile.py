@@ -198,13 +198,14 @@ def immutable_changes(desired: list[Obj], live: dict[tuple[str, str, str], Obj])
 
 
 def _failed(owner: Obj, applier: Applier, previous: dict, failure: Failure) -> None:
-    """Logs a failure and records it as a Warning Event once (not again while the
-    Degraded condition already says the same)."""
+    """Logs a failure (WARNING) and records it as a Warning Event, once: while the
+    Degraded condition already says the same, only a DEBUG line."""
     meta = owner["metadata"]
-    log.warning("%s %s/%s: %s: %s", owner["kind"], meta.get("namespace"), meta["name"],
-                failure.reason, failure.message)
     degraded = condition_of(previous, "Degraded")
-    if degraded.get("status") != "True" or degraded.get("message") != failure.message[:1024]:
+    new = degraded.get("status") != "True" or degraded.get("message") != failure.message[:1024]
+    log.log(logging.WARNING if new else logging.DEBUG, "%s %s/%s: %s: %s", owner["kind"],
+            meta.get("namespace"), meta["name"], failure.reason, failure.message)
+    if new:
         applier.event(owner, failure.reason, failure.message, warning=True)
 
 
@@ -268,16 +269,17 @@ def reconcile_xrayvision(xrv: Obj, applier: Applier) -> dict[str, Any]:
                 obj = {**obj, "spec": {**obj["spec"], "replicas": 0}}  # created, not started
             if not build.covers(current, obj):  # unchanged objects cost no write
                 live[_key(obj)] = applier.apply(obj)
+        wanted = {_key(o) for o in desired}
+        for api_version, kind in PRUNABLE:
+            for owned in applier.owned(xrv, api_version, kind):
+                target = {**owned, "apiVersion": api_version, "kind": kind}
+                if _key(target) not in wanted:
+                    applier.delete(target)
     except ApiException as exc:
         failure = api_failure(exc, target)
         if failure is None:
             raise
         return failed(failure)
-    wanted = {_key(o) for o in desired}
-    for api_version, kind in PRUNABLE:
-        for owned in applier.owned(xrv, api_version, kind):
-            if _key({**owned, "apiVersion": api_version, "kind": kind}) not in wanted:
-                applier.delete({**owned, "apiVersion": api_version, "kind": kind})
     components = {}
     for component in COMPONENTS:
         name = f"{meta['name']}-{component}"

@@ -112,3 +112,12 @@ def xrayvision_status(generation: int, components: dict[str, tuple[int, int]],
                       condition("Degraded", False, "AsExpected", "", generation)]
     status["conditions"] = merge_conditions(previous, conditions, at)
     return status
+
+
+def with_error(previous: dict | None, generation: int, message: str,
+               at: str | None = None) -> list[dict]:
+    """The conditions after a reconcile that raised (kopf retries it): Degraded with
+    reason ReconcileError and the error; Ready and Progressing as they were."""
+    kept = [c for c in (previous or {}).get("conditions") or [] if c.get("type") != "Degraded"]
+    return merge_conditions((previous or {}).get("conditions"), [
+        *kept, condition("Degraded", True, "ReconcileError", message, generation)], at)

@@ -110,3 +110,21 @@ def test_discovery_is_safe_from_many_threads(applier, xrv):
     for t in threads:
         t.join()
     assert errors == []
+
+
+async def test_model_probe_takes_urls_as_users_write_them():
+    """``GET <url>/v1/models`` against the stub model server; a URL ending in ``/v1``
+    (the OpenAI way) is the same server; an unparsable URL the CRD's pattern lets
+    through is "not ready", not a handler crash."""
+    import asyncio
+
+    from support.httppeer import serving
+    from support.model_stub import make_app
+    from xrayvision_operator.apply import probe_models
+
+    async with serving(make_app()) as url:
+        for written in (url, url + "/", url + "/v1", url + "/v1/"):
+            assert await asyncio.to_thread(probe_models, written), written
+        assert not await asyncio.to_thread(probe_models, url + "/nothing-here")
+    assert not await asyncio.to_thread(probe_models, "http://[::1")
+    assert not await asyncio.to_thread(probe_models, "http://127.0.0.1:1", 1.0)

@@ -371,3 +371,99 @@ def test_an_api_server_away_at_start_and_mid_run_is_waited_for(kube, ns, tmp_pat
             assert "does not answer" in proc.output()
         finally:
             proc.stop()
+
+
+def test_an_apply_refused_by_admission_is_degraded_with_an_event(kube, ns, operator):
+    """A ValidatingAdmissionPolicy (the cluster's own rule) refuses the operator's
+    Deployments with more than one replica: the spec that asks for two is Degraded
+    (ApplyFailed, the API server's message), one Warning Event, Ready False."""
+    policy = f"deny-replicas-{ns}"
+    docs = [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": policy},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{
+                      "apiGroups": ["apps"], "apiVersions": ["v1"],
+                      "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
+                  "validations": [{"expression": "object.spec.replicas <= 1",
+                                   "message": "site policy: one replica per Deployment"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1",
+         "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": policy},
+         "spec": {"policyName": policy, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": ns}}}}}]
+    kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+    try:
+        with StatusKubelet(kube.api(), ns):
+            apply(kube, ns, secret(), endpoint(), installation())
+            kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                         "--timeout=60s")
+            time.sleep(2)  # the policy is enforced once its binding is seen
+            apply(kube, ns, installation(components={"web": {"replicas": 2}}))
+            xrv = wait_for("ApplyFailed", lambda: (x := get(kube, ns, "xrv/triage"))
+                           and cond(x, "Degraded").get("reason") == "ApplyFailed" and x)
+        message = cond(xrv, "Degraded")["message"]
+        assert "Deployment triage-web" in message and "one replica per Deployment" in message
+        assert cond(xrv, "Ready")["status"] == "False"
+        assert get(kube, ns, "deployment/triage-web")["spec"]["replicas"] == 1
+        time.sleep(6)  # a resync later: the same failure is not posted again
+        failed = [e for e in events(kube, ns, "triage") if e["reason"] == "ApplyFailed"]
+        assert len(failed) == 1 and failed[0]["type"] == "Warning"
+    finally:
+        kube.kubectl("delete", "-f", "-", stdin=yaml.safe_dump_all(docs), check=False)
+
+
+def test_a_handler_failure_is_posted_as_an_event(kube, ns, operator, tmp_path):
+    """A broken admission webhook (the API server answers 500 for ConfigMaps in this
+    namespace) makes the handler fail: kopf retries, and the failure is an Event on the
+    XRayVision (kubectl describe shows it)."""
+    import http.server
+    import ssl
+    import threading
+
+    cert, key = kube.plane.pki.issue_server(f"webhook-{ns}")
+
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ca = kube.plane.pki.files["ca.crt"].read_bytes()
+    import base64
+
+    hook = {"apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration", "metadata": {"name": f"broken-{ns}"},
+            "webhooks": [{
+                "name": "broken.xrayvision.test", "admissionReviewVersions": ["v1"],
+                "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 5,
+                "clientConfig": {"url": f"https://127.0.0.1:{server.server_port}/",
+                                 "caBundle": base64.b64encode(ca).decode()},
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                           "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]}]}
+    apply(kube, ns, secret(), endpoint())
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(hook))
+    try:
+        time.sleep(2)  # the webhook is called once the API server has seen it
+        apply(kube, ns, installation())
+        posted = wait_for("the failure as an Event", lambda: [
+            e for e in events(kube, ns, "triage") if "failed" in e["message"]], timeout=60)
+        assert "500" in posted[0]["message"] or "webhook" in posted[0]["message"]
+        xrv = wait_for("the error in the status", lambda: (x := get(kube, ns, "xrv/triage"))
+                       and cond(x, "Degraded").get("reason") == "ReconcileError" and x)
+        assert "webhook" in cond(xrv, "Degraded")["message"]
+    finally:
+        kube.kubectl("delete", "validatingwebhookconfiguration", f"broken-{ns}",
+                     check=False)
+        server.shutdown()
+    wait_for("recovery once the webhook is gone", lambda: len(
+        items(kube, ns, "deployments")) == 3, timeout=90)

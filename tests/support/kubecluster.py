@@ -124,6 +124,7 @@ class Pki:
         ca_key = _key()
         ca_name = _name("xrv-envtest-ca")
         ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+        self.ca_key, self.ca_name = ca_key, ca_name
         self._write("ca.crt", ca.public_bytes(serialization.Encoding.PEM))
         self._write("ca.key", _pem_key(ca_key))
         sans: list[x509.GeneralName] = [
@@ -146,6 +147,16 @@ class Pki:
         self._write("sa.pub", sa.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         return self
+
+    def issue_server(self, stem: str) -> tuple[str, str]:
+        """(certificate, key) files of a serving certificate for 127.0.0.1 signed by the
+        cluster's CA (a webhook the API server calls, say)."""
+        key = _key()
+        cert = _cert(_name(stem), key, self.ca_name, self.ca_key, server=True,
+                     sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        self._write(f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM))
+        self._write(f"{stem}.key", _pem_key(key))
+        return self[f"{stem}.crt"], self[f"{stem}.key"]
 
     def _write(self, name: str, data: bytes) -> None:
         path = self.folder / name
