@@ -120,7 +120,7 @@ class Pki:
     folder: Path
     files: dict[str, Path] = field(default_factory=dict)
 
-    def make(self) -> Pki:
+    def make(self, extra_ips: tuple[str, ...] = ()) -> Pki:
         ca_key = _key()
         ca_name = _name("xrv-envtest-ca")
         ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
@@ -130,6 +130,7 @@ class Pki:
         sans: list[x509.GeneralName] = [
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.96.0.1")), x509.DNSName("localhost"),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
             *(x509.DNSName(n) for n in ("kubernetes", "kubernetes.default",
                                         "kubernetes.default.svc",
                                         "kubernetes.default.svc.cluster.local"))]
@@ -195,13 +196,17 @@ class ControlPlane:
     ``start()`` returns once ``/readyz`` answers ok; ``stop()`` ends every process and
     removes the folder. ``kubeconfig`` is the admin's (system:masters)."""
 
-    def __init__(self, *, controller_manager: bool = True) -> None:
+    def __init__(self, *, controller_manager: bool = True,
+                 bind_address: str = "127.0.0.1") -> None:
+        """``bind_address``: where kube-apiserver listens (loopback; a test bridge's
+        address when pods in network namespaces must reach it)."""
         self.tmp = Path(tempfile.mkdtemp(prefix="xrv-envtest-"))
+        self.bind_address = bind_address
         self.pki = Pki(self.tmp / "pki")
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.server = f"https://{bind_address}:{self.port}"
         self.kubeconfig = self.tmp / "admin.kubeconfig"
         self.want_kcm = controller_manager and asset("kube-controller-manager") is not None
 
@@ -221,7 +226,8 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         (self.tmp / "pki").mkdir()
-        self.pki.make()
+        self.pki.make(extra_ips=(self.bind_address,) if self.bind_address != "127.0.0.1"
+                      else ())
         try:
             self._start_etcd()
             self._start_apiserver()
@@ -251,7 +257,8 @@ class ControlPlane:
         pki = self.pki
         self._spawn("kube-apiserver", [
             str(asset("kube-apiserver")), f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.bind_address}",
+            f"--advertise-address={self.bind_address}",
             f"--secure-port={self.port}", f"--cert-dir={self.tmp / 'certs'}",
             f"--tls-cert-file={pki['apiserver.crt']}",
             f"--tls-private-key-file={pki['apiserver.key']}",

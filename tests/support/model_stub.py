@@ -114,19 +114,21 @@ def make_app(state: StubState | None = None) -> web.Application:
 class Stub:
     """A running stub on a loopback port: ``url``, ``state``, ``stop()``/``start()``."""
 
-    def __init__(self, state: StubState | None = None, port: int | None = None) -> None:
+    def __init__(self, state: StubState | None = None, port: int | None = None,
+                 host: str = "127.0.0.1") -> None:
         from support.pgserver import free_port
 
         self.state = state or StubState()
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> Stub:
         # A short shutdown: a "hang" request must not hold the test for a minute.
         self._runner = web.AppRunner(make_app(self.state), shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, self.host, self.port).start()
         return self
 
     async def stop(self) -> None:

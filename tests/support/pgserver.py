@@ -49,7 +49,12 @@ def free_port() -> int:
 
 
 class PgServer:
-    def __init__(self, *, fsync: bool = False) -> None:
+    def __init__(self, *, fsync: bool = False, also_listen: str = "",
+                 trust: str = "") -> None:
+        """``also_listen``: another address to listen on (a test bridge's), with
+        ``trust``, a CIDR whose clients are trusted (pods on that bridge)."""
+        self.also_listen = also_listen
+        self.trust = trust
         self.bindir = find_bindir()
         self.fsync = fsync
         self.as_postgres = os.geteuid() == 0
@@ -76,7 +81,11 @@ class PgServer:
         if not self.data.exists():
             self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust",
                       "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
-        opts = (f"-p {self.port} -h 127.0.0.1 -k {self.tmp} -c max_connections=200 "
+            if self.trust:
+                with (self.data / "pg_hba.conf").open("a") as hba:
+                    hba.write(f"host all all {self.trust} trust\n")
+        hosts = ",".join(filter(None, ["127.0.0.1", self.also_listen]))
+        opts = (f"-p {self.port} -h {hosts} -k {self.tmp} -c max_connections=200 "
                 f"-c fsync={'on' if self.fsync else 'off'} "
                 f"-c synchronous_commit={'on' if self.fsync else 'off'} "
                 "-c full_page_writes=off")
