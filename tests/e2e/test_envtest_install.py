@@ -31,6 +31,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from support.fhirpeer import PASSWORD as FHIR_PASSWORD
+from support.fhirpeer import USER as FHIR_USER
+from support.fhirpeer import Sekmet, diagnostic_report, patient
 from support.kubecluster import Cluster, ControlPlane, assets_reason
 from support.kubelet import PodNetwork, ProcessKubelet
 from support.kubetools import helm
@@ -110,6 +113,7 @@ def test_helm_install_to_a_read_exam(tmp_path):
     with PodNetwork() as network:
         plane = ControlPlane(bind_address=network.gateway).start()
         pg = PgServer(also_listen=network.gateway, trust=network.cidr).start()
+        fhir = None
         try:
             pg.create_database("xrayvision")
             cluster = Cluster(plane)
@@ -118,15 +122,21 @@ def test_helm_install_to_a_read_exam(tmp_path):
                     str(BIN / "xrayvision")]},
                 apiserver=(network.gateway, plane.port),
                 namespaces=["xrayvision-system", "radiology"], bin_dirs=[BIN], workdir=app)
+            fhir = Sekmet(base / "fhir", host=network.gateway).start()
+            fhir.put(patient("p1", "1800101123456", "Popescu", "Ion", "1980-01-01", "male"))
+            fhir.put(diagnostic_report("r1", "p1", "Pneumonie lob inferior drept.",
+                                       accession="ACC123"))
             with StubThread(network.gateway) as stub, kubelet:
-                run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path)
+                run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir)
         finally:
+            if fhir is not None:
+                fhir.stop()
             pg.destroy()
             plane.stop()
             shutil.rmtree(base, ignore_errors=True)
 
 
-def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path) -> None:
+def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir) -> None:
     # 1. The operator, as docs/install.md installs it (no Prometheus operator here).
     result = subprocess.run(
         [str(helm()), "install", "xrayvision-operator", str(ROOT / "charts/xrayvision-operator"),
@@ -149,6 +159,9 @@ def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path) -> None:
         {"apiVersion": "v1", "kind": "Secret",
          "metadata": {"name": "xrayvision-users", "namespace": "radiology"},
          "stringData": {"admin": f"admin:{hashed}"}},
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": "his-fhir", "namespace": "radiology"},
+         "stringData": {"username": FHIR_USER, "password": FHIR_PASSWORD}},
         {"apiVersion": "xrayvision.io/v1alpha1", "kind": "ModelEndpoint",
          "metadata": {"name": "stub", "namespace": "radiology"},
          "spec": {"url": stub.url, "model": "medgemma"}},
@@ -157,6 +170,8 @@ def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path) -> None:
          "spec": {"image": IMAGE, "database": {"secretRef": {"name": "xrayvision-db"}},
                   "dicom": {"serviceType": "ClusterIP"},
                   "web": {"host": "xrv.example", "usersSecret": {"name": "xrayvision-users"}},
+                  "fhir": {"url": fhir.url, "credentialsSecret": {"name": "his-fhir"},
+                           "intervalSeconds": 5},
                   "model": {"primary": {"modelEndpoint": "stub"}}}},
     ]
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
@@ -197,3 +212,12 @@ def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path) -> None:
     exam = done[0]
     assert exam["ai"]["severity"] == stub.state.check["severity"], exam
     assert stub.state.requests  # the relay pod reached the model over the bridge
+
+    # 5. The radiologist's report, fetched by the fhir pod from the HIS.
+    read = wait_for("the radiologist's report from FHIR", lambda: [
+        e for e in exams() if e.get("rad")], 120, lambda: kubelet.logs("fhir"))
+    assert read[0]["rad"]["severity"] is not None or read[0]["rad"].get("summary"), read[0]
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", "radiology", "-o", "json").stdout)
+    running = {p["metadata"]["labels"].get("app.kubernetes.io/component")
+               for p in pods["items"] if p["status"].get("phase") == "Running"}
+    assert running >= {"ingest", "relay", "fhir", "web"}

@@ -1,5 +1,6 @@
 """The operator against a real cluster (kind, k3d, minikube) when ``KUBECONFIG`` points at
-one; skipped, with the reason shown, otherwise (none runs on the CI machine).
+one; skipped, with the reason shown, otherwise (none runs on the CI machine, where
+tests/e2e/test_envtest_install.py runs the whole installation on a local control plane).
 
     kind create cluster --name xrv
     docker build -t xrayvision:e2e . && kind load docker-image xrayvision:e2e --name xrv
@@ -74,6 +75,7 @@ POSTGRES = [
 ]
 
 
+@pytest.mark.timeout(1200)  # its own waits add up to more than pytest's default 300 s
 def test_operator_reconciles_and_repairs(tmp_path):
     from support.pgserver import free_port
 

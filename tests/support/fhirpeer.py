@@ -45,12 +45,14 @@ def b64(text: str, encoding: str = "utf-8") -> str:
 
 class Sekmet:
     def __init__(self, workdir: Path, port: int | None = None,
-                 public_url: str | None = None) -> None:
+                 public_url: str | None = None, host: str = "127.0.0.1") -> None:
         """``public_url``: the base URL clients use, when they reach the server through
-        something else (a latency proxy); the server's links point there."""
+        something else (a latency proxy); the server's links point there. ``host``: the
+        address it listens on (a test bridge's, for pods)."""
         self.workdir = workdir
+        self.host = host
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/fhir"
+        self.url = f"http://{host}:{self.port}/fhir"
         self.public_url = public_url or self.url
         self.proc: subprocess.Popen | None = None
         self._auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -59,7 +61,7 @@ class Sekmet:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "settings.yaml"
         config.write_text(
-            f"base_url: {self.public_url}\nhost: 127.0.0.1\nport: {self.port}\n"
+            f"base_url: {self.public_url}\nhost: {self.host}\nport: {self.port}\n"
             f"data_dir: {self.workdir / 'data'}\n"
             f"server_auth:\n  types: [basic]\n  users: {{{USER}: {PASSWORD}}}\n"
             "simulator:\n  enabled: false\nlog_inbound: false\n"
