@@ -6,6 +6,7 @@ marked by a status-only kubelet (tests/support/kubelet.py): no container runs he
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -260,6 +261,39 @@ def test_deletion_is_never_blocked_by_a_stopped_operator(kube, ns, operator):
     wait_for("the garbage collector to remove the children", lambda: not [
         d for d in items(kube, ns, "deployments")] and not items(kube, ns, "jobs")
         and get(kube, ns, "service/triage-dicom") is None, timeout=60)
+    apply(kube, ns, secret(), endpoint(), installation(name="second"))
+    kube.kubectl("delete", "namespace", ns, "--timeout=60s")  # still no operator
+
+
+def test_the_charts_namespaced_mode_needs_no_more_than_it_grants(kube, ns, tmp_path):
+    """``helm install --set watchNamespaces={NS}``: the operator, as the chart's
+    ServiceAccount with its Role in NS and read-only cluster access, reconciles to Ready
+    without a single 403 (kopf looks namespaces up; the chart grants that)."""
+    from support.kubetools import helm
+
+    release = f"nsmode-{ns[2:]}"
+    result = subprocess.run(
+        [str(helm()), "install", release, str(ROOT / "charts" / "xrayvision-operator"),
+         "--kubeconfig", str(kube.kubeconfig), "--namespace", ns,
+         "--set", f"watchNamespaces={{{ns}}}", "--skip-crds"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    try:
+        config = kube.token_kubeconfig(f"{release}-xrayvision-operator", ns,
+                                       tmp_path / "chart-sa.kubeconfig")
+        proc = OperatorProcess(config, ns, tmp_path / "operator.log").start()
+        try:
+            with StatusKubelet(kube.api(), ns):
+                apply(kube, ns, secret(), endpoint(), installation())
+                kube.kubectl("wait", "-n", ns, "--for=condition=Ready", "xrv/triage",
+                             "--timeout=60s")
+        finally:
+            proc.stop()
+        log = proc.output()
+        assert "403" not in log and "Forbidden" not in log, log[-3000:]
+    finally:
+        subprocess.run([str(helm()), "uninstall", release, "--kubeconfig",
+                        str(kube.kubeconfig), "--namespace", ns], capture_output=True)
 
 
 def test_sigkill_mid_reconcile_converges_without_duplicates(kube, ns, tmp_path):
