@@ -16,6 +16,7 @@ import base64
 import contextlib
 import datetime as dt
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -142,7 +143,24 @@ class PodNetwork:
     def _ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True)
 
+    @staticmethod
+    def sweep() -> None:
+        """Removes bridges, veths and namespaces left by runs whose process is gone (a
+        killed test run), so that their addresses do not clash with this one's."""
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True,
+                               text=True).stdout
+        spaces = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                text=True).stdout
+        names = re.findall(r"^\d+: (xrv(?:br)?\d+[^:@\s]*)", links, re.M)
+        names += re.findall(r"^(xrv\d+-\d+)", spaces, re.M)
+        for name in names:
+            pid = int(re.match(r"xrv(?:br)?(\d+)", name).group(1))
+            if pid != os.getpid() % 100000 and not Path(f"/proc/{pid}").exists():
+                kind = ["netns", "del"] if "-" in name else ["link", "del"]
+                subprocess.run(["ip", *kind, name], capture_output=True)
+
     def __enter__(self) -> PodNetwork:
+        self.sweep()
         self._ip("link", "add", self.bridge, "type", "bridge")
         self._ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         self._ip("link", "set", self.bridge, "up")
