@@ -13,15 +13,20 @@ All methods block; call them from a thread (``Database.run_in_pool``, ``asyncio.
 
 from __future__ import annotations
 
+import datetime as dt
+import errno
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from xrayvision.db.engine import Database
@@ -59,6 +64,16 @@ class ImageStore(Protocol):
     def put_file(self, uid: str, kind: str, src: Path) -> None:
         """Stores the file at ``src`` durably; ``src`` may be moved (it is not kept)."""
 
+    def put_new(self, uid: str, kind: str, data: bytes) -> bool:
+        """Stores ``data`` durably only if nothing is stored under that name, atomically
+        (of two at once, one wins); returns False, storing nothing, when something is."""
+
+    def put_file_new(self, uid: str, kind: str, src: Path) -> bool:
+        """:meth:`put_new` for the file at ``src``: moved when stored, left when not."""
+
+    def age(self, uid: str, kind: str) -> float | None:
+        """Seconds since the item was stored; None when absent."""
+
     def delete(self, uid: str, kind: str) -> bool:
         """Removes the item; returns False when there was none."""
 
@@ -89,6 +104,64 @@ class FilesystemStore:
                 self._write(target, lambda out: shutil.copyfileobj(fh, out, 1024 * 1024))
             return
         self._sync_dir(target.parent)
+
+    def put_new(self, uid: str, kind: str, data: bytes) -> bool:
+        return self._new(self.path(uid, kind), lambda out: out.write(data))
+
+    def put_file_new(self, uid: str, kind: str, src: Path) -> bool:
+        target = self.path(uid, kind)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fh:
+            os.fsync(fh.fileno())
+        try:
+            stored = self._link_new(Path(src), target)  # same filesystem: no copy at all
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with open(src, "rb") as fh:  # another filesystem: a copy next to the target
+                stored = self._new(target, lambda out: shutil.copyfileobj(fh, out,
+                                                                           1024 * 1024))
+        if stored:
+            Path(src).unlink(missing_ok=True)
+        return stored
+
+    def _new(self, target: Path, fill) -> bool:
+        """Writes a fsynced temporary file and links it at ``target`` unless that
+        exists; the temporary name is removed either way."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                fill(out)
+                out.flush()
+                os.fsync(out.fileno())
+            return self._link_new(Path(tmp), target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _link_new(self, src: Path, target: Path) -> bool:
+        """A hard link of ``src`` at ``target`` unless ``target`` exists: the atomic
+        "create if absent" of a whole, fsynced file."""
+        try:
+            os.link(src, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            # a filesystem without hard links (some network shares): check, then rename;
+            # two writers at the same moment are then told apart by the database row only
+            if target.exists():
+                return False
+            os.replace(src, target)
+        self._sync_dir(target.parent)
+        return True
+
+    def age(self, uid: str, kind: str) -> float | None:
+        try:
+            return max(0.0, time.time() - self.path(uid, kind).stat().st_mtime)
+        except FileNotFoundError:
+            return None
 
     def _write(self, target: Path, fill) -> None:
         """Writes through a fsynced temporary file renamed into place."""
@@ -138,6 +211,25 @@ def _put(session: Session, uid: str, kind: str, data: bytes) -> None:
         image.data = data
 
 
+def _put_new(session: Session, uid: str, kind: str, data: bytes) -> bool:
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    result = session.execute(insert(Image).values(uid=uid, kind=kind, data=data,
+                                                  created=utcnow())
+                             .on_conflict_do_nothing(index_elements=["uid", "kind"]))
+    return bool(result.rowcount)
+
+
+def _age(session: Session, uid: str, kind: str) -> float | None:
+    created = session.scalar(select(Image.created).where(Image.uid == uid,
+                                                         Image.kind == kind))
+    if created is None:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return max(0.0, (utcnow() - created).total_seconds())
+
+
 def _get(session: Session, uid: str, kind: str) -> bytes | None:
     return session.scalar(select(Image.data).where(Image.uid == uid, Image.kind == kind))
 
@@ -160,6 +252,18 @@ class DatabaseStore:
 
     def put_file(self, uid: str, kind: str, src: Path) -> None:
         self.put(uid, kind, Path(src).read_bytes())
+
+    def put_new(self, uid: str, kind: str, data: bytes) -> bool:
+        return self.db.write_sync(_put_new, validate_uid(uid), _check_kind(kind), data)
+
+    def put_file_new(self, uid: str, kind: str, src: Path) -> bool:
+        stored = self.put_new(uid, kind, Path(src).read_bytes())
+        if stored:
+            Path(src).unlink(missing_ok=True)
+        return stored
+
+    def age(self, uid: str, kind: str) -> float | None:
+        return self.db.read_sync(_age, validate_uid(uid), _check_kind(kind))
 
     def get(self, uid: str, kind: str) -> bytes | None:
         return self.db.read_sync(_get, validate_uid(uid), _check_kind(kind))

@@ -149,6 +149,17 @@ def exam_exists(session: Session, uid: str) -> bool:
     return session.connection().execute(_EXAM_EXISTS, {"uid": uid}).first() is not None
 
 
+IDENTITY_FIELDS = ("cnp", "study_uid", "series_uid", "accession", "modality")
+
+
+def exam_identity(session: Session, uid: str) -> tuple[str, ...] | None:
+    """Who and what a stored instance belongs to (:data:`IDENTITY_FIELDS`: patient,
+    study, series, accession, modality); None when no exam has that SOP Instance UID."""
+    row = session.execute(select(Exam.cnp, Exam.study_uid, Exam.series_uid, Exam.accession,
+                                 Exam.modality).where(Exam.uid == uid)).first()
+    return None if row is None else tuple(v or "" for v in row)
+
+
 def _upsert_patient_row(session: Session, info: PatientInfo) -> None:
     now = utcnow()
     session.connection().execute(_patient_upsert(_dialect_insert(session)), {

@@ -20,7 +20,7 @@ from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import ERROR, IGNORE
-from xrayvision.dicom.ingest import Outcome, record_instance
+from xrayvision.dicom.ingest import ConflictingInstance, Outcome, record_instance
 from xrayvision.dicom.metadata import BadInstance
 from xrayvision.dicom.worker import ConversionWorker
 from xrayvision.events import LocalBus
@@ -93,7 +93,7 @@ async def import_paths(settings: Settings, db: Database, store: ImageStore, bus:
             except InvalidDicomError:
                 summary.failed.append((str(path), "not a DICOM file (no DICM prefix or file "
                                                   "meta information)"))
-            except BadInstance as exc:
+            except (BadInstance, ConflictingInstance) as exc:
                 summary.failed.append((str(path), str(exc)))
             except (OSError, SQLAlchemyError) as exc:
                 summary.failed.append((str(path), f"cannot record: {str(exc)[:200]}"))

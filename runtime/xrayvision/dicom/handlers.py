@@ -18,13 +18,20 @@ from xrayvision import metrics
 from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.dicom.ingest import Outcome, WrongSOPClass, record_file, record_instance
+from xrayvision.dicom.ingest import (
+    ConflictingInstance,
+    Outcome,
+    WrongSOPClass,
+    record_file,
+    record_instance,
+)
 from xrayvision.dicom.metadata import BadInstance
 from xrayvision.images import ImageStore
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4: the UID is allocated to another instance
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
@@ -75,6 +82,9 @@ def handle_store(event, ctx: IngestContext) -> int:
                 ctx.settings, ctx.db, ctx.store, ds, event.encoded_dataset(include_meta=True),
                 calling_aet=calling, sop_class=sop_class,
             )
+    except ConflictingInstance as exc:
+        _audit_conflict(ctx, calling, _peer(event)[1], exc)
+        return _failed(DUPLICATE_SOP_INSTANCE, calling, str(exc))
     except WrongSOPClass as exc:
         return _failed(DATASET_DOES_NOT_MATCH_SOP_CLASS, calling, str(exc))
     except BadInstance as exc:
@@ -92,6 +102,17 @@ def handle_store(event, ctx: IngestContext) -> int:
     log.info("instance received", extra={"uid": recorded.exam.uid, "calling_aet": calling,
                                           "outcome": recorded.outcome.value})
     return SUCCESS
+
+
+def _audit_conflict(ctx: IngestContext, calling: str, remote: str,
+                    exc: ConflictingInstance) -> None:
+    """A UID sent again for another patient or study is a safety event: audited (which
+    fields differ, not their values)."""
+    try:
+        ctx.db.write_sync(repo.audit, "dicom.conflict", username=calling, target=exc.uid,
+                          remote=remote[:64], detail=f"differs in: {', '.join(exc.fields)}")
+    except SQLAlchemyError:
+        log.warning("could not audit a conflicting instance")
 
 
 def _failed(status: int, calling: str, reason: str) -> int:

@@ -5,10 +5,18 @@ then inserts the exam with status ``none``: when it returns, the instance surviv
 crash, so the C-STORE response may say success. No pixel is decoded here; the
 conversion worker does that later. Blocking: call it from a thread.
 
+The same SOP Instance UID received more than once (a sender's retry, two senders at
+once): the image store keeps the first copy (stored only if absent, atomically), and the
+exam row is written only by the copy that was stored or by one with the same identity
+(patient, study, series, accession, modality), so the row and the stored image always
+come from the same data set. A copy with the same identity is a duplicate (success; the
+first copy's pixels are kept); one with another identity is refused.
+
 Errors::
 
     BadInstance          the dataset lacks what an exam needs       -> DICOM 0xC000
-    WrongSOPClass        dataset and presentation context disagree  -> DICOM 0xA900
+      WrongSOPClass      dataset and presentation context disagree  -> DICOM 0xA900
+    ConflictingInstance  the UID is stored for another patient/study -> DICOM 0x0111
     OSError              the image store cannot write               -> DICOM 0xA700
     SQLAlchemyError      the database cannot record it              -> DICOM 0xA700
 """
@@ -16,9 +24,11 @@ Errors::
 from __future__ import annotations
 
 import enum
+import io
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +38,7 @@ from pydicom.dataset import Dataset
 from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.db.repo import ExamInfo
+from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.dicom.convert import ConversionError, check_size
 from xrayvision.dicom.metadata import BadInstance, extract
 from xrayvision.images import ImageStore
@@ -44,6 +54,22 @@ STORAGE_CLASSES = (CR, DX_PRESENTATION, DX_PROCESSING, SECONDARY_CAPTURE)
 
 class WrongSOPClass(BadInstance):
     """The dataset's SOP Class differs from the one it was sent as, or is not accepted."""
+
+
+class ConflictingInstance(ValueError):
+    """The SOP Instance UID is already stored with another identity; ``fields`` names
+    what differs (never the values: they are patient data)."""
+
+    def __init__(self, uid: str, fields: list[str]) -> None:
+        super().__init__(f"SOP Instance UID {uid} is already stored with another "
+                         f"{', '.join(fields)}; the stored instance is kept")
+        self.uid = uid
+        self.fields = fields
+
+
+# A stored copy without an exam row this old was left by an attempt that died before its
+# row (its sender was never answered); another copy may then take its place.
+ORPHAN_SECONDS = 600.0
 
 
 class Outcome(enum.Enum):
@@ -101,8 +127,9 @@ def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
                               f"pixels of {allocated} bits need {expected}")
 
 
-def _record(settings: Settings, db: Database, ds: Dataset, calling_aet: str,
-            sop_class: str | None, store_it) -> Recorded:
+def _record(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
+            calling_aet: str, sop_class: str | None, put_new: Callable[[str], bool],
+            replace: Callable[[str], None]) -> Recorded:
     declared = str(ds.get("SOPClassUID", ""))
     if sop_class is not None and declared and declared != sop_class:
         raise WrongSOPClass(f"dataset SOP Class {declared} was sent as {sop_class}")
@@ -113,19 +140,57 @@ def _record(settings: Settings, db: Database, ds: Dataset, calling_aet: str,
         priority=settings.priority_for(calling_aet),
     )
     check_pixel_header(ds, settings.dicom.max_pixels)
-    if db.read_sync(repo.exam_exists, exam.uid):  # do not touch what is stored already
-        return Recorded(Outcome.DUPLICATE, exam)
-    store_it(exam.uid)
+    mine = identity(exam, patient)
+    stored = db.read_sync(repo.exam_identity, exam.uid)
+    if stored is None:
+        if put_new(exam.uid):  # this copy is the stored one: its row follows
+            created = db.write_sync(repo.insert_received, exam, patient)
+            return Recorded(Outcome.STORED if created else Outcome.DUPLICATE, exam)
+        # Another copy was stored first: a sender at the same moment (its row follows
+        # in a moment), or an attempt that died before its row.
+        stored = db.read_sync(repo.exam_identity, exam.uid)
+        if stored is None:
+            stored = _stored_identity(settings, store, exam.uid)
+            if stored is None or (stored != mine and (
+                    store.age(exam.uid, "dcm") or 0.0) >= ORPHAN_SECONDS):
+                replace(exam.uid)  # gone, unreadable or an orphan nobody was answered for
+                stored = mine
+    if stored is not None and stored != mine:
+        raise ConflictingInstance(exam.uid, [f for f, a, b in zip(
+            repo.IDENTITY_FIELDS, stored, mine, strict=True) if a != b])
+    # The same identity: the row may still be missing (the stored copy's attempt died
+    # before writing it); this copy describes the stored one equally.
     created = db.write_sync(repo.insert_received, exam, patient)
     return Recorded(Outcome.STORED if created else Outcome.DUPLICATE, exam)
+
+
+def identity(exam: ExamInfo, patient: PatientInfo | None) -> tuple[str, ...]:
+    """The values of :data:`repo.IDENTITY_FIELDS` of a received instance."""
+    return ((patient.cnp if patient is not None else "") or "", exam.study_uid,
+            exam.series_uid, exam.accession, exam.modality)
+
+
+def _stored_identity(settings: Settings, store: ImageStore,
+                     uid: str) -> tuple[str, ...] | None:
+    """The identity of the stored copy of ``uid`` read from its header; None when it is
+    gone or unreadable."""
+    data = store.get(uid, "dcm")
+    if data is None:
+        return None
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        return identity(*extract(ds, regions=settings.regions))
+    except Exception:  # noqa: BLE001 - an unreadable stored copy identifies nothing
+        return None
 
 
 def record_instance(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
                     encoded: bytes, *, calling_aet: str = "",
                     sop_class: str | None = None) -> Recorded:
     """Durably records one instance given as a dataset and its encoded file bytes;
-    returns whether it was new or a duplicate."""
-    return _record(settings, db, ds, calling_aet, sop_class,
+    returns whether it was new or a duplicate. Raises as the module docstring says."""
+    return _record(settings, db, store, ds, calling_aet, sop_class,
+                   lambda uid: store.put_new(uid, "dcm", encoded),
                    lambda uid: store.put(uid, "dcm", encoded))
 
 
@@ -133,13 +198,15 @@ def record_file(settings: Settings, db: Database, store: ImageStore, path: Path,
                 calling_aet: str = "", sop_class: str | None = None) -> Recorded:
     """Durably records the DICOM file at ``path`` (pynetdicom's streamed copy of a
     C-STORE). Only the header is parsed; the file itself is moved into the store, so a
-    large instance is never held in memory."""
+    large instance is never held in memory. A copy that is not stored stays at ``path``
+    (the caller removes it)."""
     try:
         ds = dcmread(path, defer_size=4096)  # large values (pixels) stay on disk
     except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
         raise BadInstance(f"unreadable dataset: {type(exc).__name__}: {str(exc)[:200]}") \
             from None
-    return _record(settings, db, ds, calling_aet, sop_class,
+    return _record(settings, db, store, ds, calling_aet, sop_class,
+                   lambda uid: store.put_file_new(uid, "dcm", path),
                    lambda uid: store.put_file(uid, "dcm", path))
 
 
