@@ -1,6 +1,7 @@
 """The process: `make run` from a clean data folder, start-up without a database,
 refusal of an outdated schema, clean stop on SIGTERM."""
 
+import asyncio
 import json
 import os
 import signal
@@ -146,3 +147,28 @@ def test_serve_stops_cleanly_on_signals(tmp_path, signum):
     assert proc.returncode == 0
     assert time.monotonic() - started < 10
     assert "shutting down" in out and out.rstrip().endswith("stopped")
+
+
+async def test_a_failing_role_is_restarted_and_a_persistent_failure_ends_the_process(
+        tmp_path):
+    from xrayvision.db.engine import Database, DatabaseOptions
+    from xrayvision.serve import supervise
+
+    db = Database(DatabaseOptions(url=f"sqlite:///{tmp_path / 'x.db'}"))
+    runs, restarts = [], []
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("a bug")
+
+    await asyncio.wait_for(supervise("relay", flaky, db, limit=5,
+                                     before_restart=lambda: restarts.append(1)), 10)
+    assert len(runs) == 3 and len(restarts) == 2  # restarted twice, then it finished
+
+    async def broken() -> None:
+        raise RuntimeError("always")
+
+    with pytest.raises(RuntimeError, match="always"):
+        await asyncio.wait_for(supervise("web", broken, db, limit=2), 10)
+    db.close()

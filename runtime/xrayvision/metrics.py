@@ -10,6 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 BUILD = Info("xrayvision_build", "Version of the running XRayVision")
 ROLE_UP = Gauge("xrayvision_role_up", "1 while a role runs in this process", ["role"])
+ROLE_RESTARTS = Counter("xrayvision_role_restarts_total",
+                        "Roles restarted in-process after they stopped with an error", ["role"])
 READY = Gauge("xrayvision_ready", "1 when the database is reachable and its schema current")
 
 DB_OPERATION_SECONDS = Histogram(

@@ -3,9 +3,10 @@
 Start-up order: the HTTP server first (liveness answers at once, readiness says why it is
 not ready), then the database with retries and back-off, the schema check (refuse to run
 on an outdated schema unless ``--migrate``), the event bus, the roles and the singleton
-maintenance loop. SIGTERM or SIGINT: roles are cancelled (each releases what it claimed),
-any exam still leased by this process is released, the bus and the pool are closed, all
-within ``[server] shutdown_grace`` seconds.
+maintenance loop. A role that fails is restarted in-process (:func:`supervise`; a
+database outage of any length is waited out). SIGTERM or SIGINT: roles are cancelled
+(each releases what it claimed), any exam still leased by this process is released, the
+bus and the pool are closed, all within ``[server] shutdown_grace`` seconds.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from xrayvision import __version__, metrics
 from xrayvision.ai.service import run_relay
 from xrayvision.config import Settings
 from xrayvision.db import queue
-from xrayvision.db.engine import Database, DatabaseOptions
+from xrayvision.db.engine import Database, DatabaseOptions, is_transient
 from xrayvision.db.migrate import schema_state, upgrade
 from xrayvision.dicom.service import run_ingest
 from xrayvision.events import LocalBus, make_bus, process_id
@@ -79,12 +82,68 @@ async def connect_with_backoff(db: Database, readiness: Readiness,
             await db.run_in_pool(db.ping)
             return
         except Exception as exc:  # noqa: BLE001 - every failure here means "retry"
-            reason = f"database unreachable: {str(exc).splitlines()[0][:200]}"
+            reason = f"database unreachable: {_first(exc)}"
             readiness.set(False, reason)
             log.warning("database unreachable at start-up; retrying",
                         extra={"retry_in": round(delay, 1), "error": reason})
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
+
+
+RESTART_LIMIT = 5  # failures of one role (not counting database outages) ...
+RESTART_WINDOW = 600.0  # ... within this many seconds end the process
+
+
+async def supervise(role: str, run: Callable[[], Awaitable[None]], db: Database, *,
+                    before_restart: Callable[[], None] | None = None,
+                    limit: int = RESTART_LIMIT, window: float = RESTART_WINDOW) -> None:
+    """Runs a role and restarts it in-process when it ends with an error: at once once
+    the database answers again when the database was the cause (an outage of any length
+    is waited out and not counted), else after a back-off (1 s doubling to 60 s). Raises
+    the role's error after ``limit`` counted failures within ``window`` seconds: the
+    process then exits and its supervisor (Kubernetes) starts a new one."""
+    failures: list[float] = []
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            return
+        except Exception as exc:
+            metrics.ROLE_UP.labels(role).set(0)
+            metrics.ROLE_RESTARTS.labels(role).inc()
+            outage = isinstance(exc, SQLAlchemyError) and is_transient(exc)
+            if not outage:
+                try:
+                    await db.run_in_pool(db.ping)
+                except SQLAlchemyError:
+                    outage = True  # the database went away too: taken as the cause
+            if outage:
+                log.warning("role stopped by a database outage; restarting it once the "
+                            "database answers", extra={"role": role, "error": _first(exc)})
+                await db.wait_until_up()
+            else:
+                now = time.monotonic()
+                failures = [t for t in failures if now - t < window] + [now]
+                if len(failures) >= limit:
+                    log.error("role keeps failing; stopping the process",
+                              extra={"role": role, "failures": len(failures)})
+                    raise
+                if now - started > 60:
+                    delay = 1.0  # it had been running well: no long back-off
+                log.error("role stopped with an error; restarting it",
+                          extra={"role": role, "retry_in": delay}, exc_info=exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+            if before_restart is not None:
+                before_restart()
+            metrics.ROLE_UP.labels(role).set(1)
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of an exception's text (its type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
@@ -155,13 +214,16 @@ async def serve(settings: Settings, *, migrate: bool = False,
             worker_id=process_id(), app=runner.app,
         )
         maintenance = Maintenance(settings, db, runtime.store)
-        tasks.append(asyncio.create_task(
-            runtime.locks.run("maintenance", maintenance.loop), name="maintenance"))
+        tasks.append(asyncio.create_task(supervise(
+            "maintenance", lambda: runtime.locks.run("maintenance", maintenance.loop), db),
+            name="maintenance"))
         if "ingest" in settings.server.roles:  # ready once its SCP listens
             readiness.role_starting("ingest")
         for role, run in role_tasks(runtime).items():
             metrics.ROLE_UP.labels(role).set(1)
-            tasks.append(asyncio.create_task(run(), name=f"role-{role}"))
+            restart = (lambda: readiness.role_starting("ingest")) if role == "ingest" else None
+            tasks.append(asyncio.create_task(supervise(role, run, db, before_restart=restart),
+                                             name=f"role-{role}"))
         log.info("ready", extra={"worker": runtime.worker_id})
 
         stopping = asyncio.create_task(stop.wait())

@@ -4,6 +4,11 @@ with up to ``[relay] concurrency`` model calls in flight (vLLM batches them), wa
 sleeps while no model endpoint is healthy, waking as soon as one recovers.
 
 Any number of relay processes can run: the queue's leases keep each exam with one of them.
+
+A database outage is waited out, however long: a slot that cannot claim waits until the
+database answers; an exam whose processing hit the outage keeps its attempts (it was not
+the exam's fault) and is released as soon as the database is back; exams this worker
+held when the relay started (a previous run of the role died) are released at once.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ import asyncio
 import contextlib
 import logging
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from xrayvision import metrics
 from xrayvision.ai.client import ModelUnavailable
 from xrayvision.ai.pipeline import Pipeline
 from xrayvision.db import queue, repo
-from xrayvision.db.engine import Database
+from xrayvision.db.engine import Database, is_transient
 from xrayvision.db.models import utcnow
 from xrayvision.events import LocalBus
 from xrayvision.tasks import run_together
@@ -56,6 +63,11 @@ class Relay:
             self._wake.set()
 
     async def run(self) -> None:
+        await self.db.wait_until_up()
+        released = await self.db.write(queue.release_worker, self.worker)
+        if released:  # held by this worker's previous run (the role was restarted)
+            log.warning("released exams held by an earlier run of this relay",
+                        extra={"count": released})
         try:
             await run_together(self._listen(), self._sweep(),
                                *(self._slot() for _ in range(self.concurrency)))
@@ -74,7 +86,13 @@ class Relay:
                     await self._safe(queue.release, following[0], self.worker)
                     following = None
                 await client.recovered.wait()
-            claimed = following or await self.db.write(self._claim_next)
+            try:
+                claimed = following or await self.db.write(self._claim_next)
+            except SQLAlchemyError as exc:
+                if not is_transient(exc):
+                    raise
+                await self.db.wait_until_up()
+                continue
             following = None
             if claimed is None:
                 self._wake.clear()
@@ -109,6 +127,14 @@ class Relay:
             metrics.EXAMS_PROCESSED.labels("released").inc()
         except queue.LeaseLost:
             log.warning("lease lost; another worker has the exam", extra={"uid": uid})
+        except SQLAlchemyError as exc:
+            if not is_transient(exc):
+                raise
+            # The database went away mid-exam: not the exam's fault, no attempt counted.
+            log.warning("database unavailable during an exam; it goes back to the queue "
+                        "once the database answers", extra={"uid": uid})
+            await self._safe(queue.release, uid, self.worker)
+            metrics.EXAMS_PROCESSED.labels("released").inc()
         except Exception as exc:  # noqa: BLE001 - ModelRejected, MissingImage, bad data...
             reason = f"{type(exc).__name__}: {exc}"[:1000]
             status = await self._safe(queue.fail, uid, self.worker, reason,
@@ -123,20 +149,37 @@ class Relay:
         return None
 
     async def _safe(self, fn, *args, **kwargs):
-        try:
-            return await self.db.write(fn, *args, **kwargs)
-        except queue.LeaseLost:
-            return None
+        """A queue write that must happen: waits out a database outage and tries again;
+        None when the lease was lost meanwhile."""
+        while True:
+            try:
+                return await self.db.write(fn, *args, **kwargs)
+            except queue.LeaseLost:
+                return None
+            except SQLAlchemyError as exc:
+                if not is_transient(exc):
+                    raise
+                await self.db.wait_until_up()
 
 
 async def export_queue_metrics(db: Database, interval: float = 15.0) -> None:
     """Queue depth by status and the oldest waiting exam's age, from the database; run
     under a singleton lock so that sums across pods are right."""
     while True:
-        counts = await db.read(repo.queue_counts)
-        for status, count in counts.items():
-            metrics.QUEUE_DEPTH.labels(status).set(count)
-        oldest = await db.read(repo.oldest_claimable)
-        metrics.QUEUE_OLDEST_SECONDS.set(
-            max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
+        try:
+            await _export_queue_metrics(db)
+        except SQLAlchemyError as exc:
+            if not is_transient(exc):
+                raise
+            await db.wait_until_up()
+            continue
         await asyncio.sleep(interval)
+
+
+async def _export_queue_metrics(db: Database) -> None:
+    counts = await db.read(repo.queue_counts)
+    for status, count in counts.items():
+        metrics.QUEUE_DEPTH.labels(status).set(count)
+    oldest = await db.read(repo.oldest_claimable)
+    metrics.QUEUE_OLDEST_SECONDS.set(
+        max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)

@@ -179,6 +179,25 @@ class Database:
             await asyncio.wait({future})
             raise
 
+    async def wait_until_up(self, max_delay: float = 10.0) -> float:
+        """Returns once the database answers, retrying with back-off (0.5 s doubling up
+        to ``max_delay``); returns the seconds waited. Logs once when it has to wait."""
+        started, delay, said = time.monotonic(), 0.5, False
+        while True:
+            try:
+                await self.run_in_pool(self.ping)
+                if said:
+                    log.info("database reachable again",
+                             extra={"waited_s": round(time.monotonic() - started, 1)})
+                return time.monotonic() - started
+            except exc.SQLAlchemyError as error:
+                if not said:
+                    log.warning("database unreachable; waiting for it",
+                                extra={"error": _short(error)})
+                    said = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
     def ping(self) -> None:
         """Raises when the database cannot be reached."""
         with self.engine.connect() as conn:

@@ -13,9 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from xrayvision import metrics
 from xrayvision.db import repo
+from xrayvision.db.engine import is_transient
 from xrayvision.web.auth import Authenticator, parse_basic
 from xrayvision.web.context import (
     AUTH,
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+RETRY_AFTER_DB = 5  # seconds a client waits after a 503 for a database outage
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
@@ -95,6 +98,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     except asyncio.CancelledError:
         raise
+    except SQLAlchemyError as exc:
+        if not is_transient(exc):
+            log.exception("request failed", extra={"path": request.path})
+            return error(500, "internal_error", "the server failed on this request; see its log")
+        # An outage, not a bug: clients may try again (readiness is false meanwhile).
+        log.warning("request failed: database unavailable", extra={"path": request.path})
+        response = error(503, "database_unavailable",
+                         "the database cannot be reached; try again shortly")
+        response.headers["Retry-After"] = str(RETRY_AFTER_DB)
+        return response
     except Exception:
         log.exception("request failed", extra={"path": request.path})
         return error(500, "internal_error", "the server failed on this request; see its log")

@@ -1,0 +1,130 @@
+"""A PostgreSQL outage of 30 s under ``xrayvision serve --roles ingest,relay,web`` (a
+real process, a real PostgreSQL stopped and started again, DCMTK sending, the stub
+model reading): the process stays up, readiness is false and the API answers 503 with
+Retry-After meanwhile, the SCP answers 0xA700, and within seconds of the database coming
+back every acknowledged image is read, none stuck in ``processing``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support.model_stub import Stub, StubState
+from support.pgserver import PgServer, free_port
+from support.xrays import make_xray, write
+
+BIN = Path(sys.executable).parent
+OUTAGE = 30.0
+
+
+def http(url: str, auth: str = "") -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(  # noqa: S310 - our own loopback server
+        url, headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+    except OSError:
+        return 0, {}, b""
+
+
+def storescu(port: int, path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-v", "-aet", "MODALITY", "-aec", "XRAYVISION",
+                           "127.0.0.1", str(port), str(path)], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.timeout(400)
+async def test_a_database_outage_is_waited_out(tmp_path):
+    pg = PgServer().start()
+    stub = await Stub(StubState(delay=0.3)).start()
+    proc = None
+    try:
+        url = pg.create_database("xrayvision").replace("postgresql://",
+                                                       "postgresql+psycopg://", 1)
+        password = "outage-pass-123"
+        hashed = (await asyncio.to_thread(
+            subprocess.run, [str(BIN / "xrayvision"), "hash-password", "--stdin"],
+            input=password, capture_output=True, text=True, check=True)
+        ).stdout.strip().splitlines()[-1]
+        web, dicom = free_port(), free_port()
+        env = {**os.environ, "XRAYVISION_DATABASE_URL": url,
+               "XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "data"),
+               "XRAYVISION_WEB_PORT": str(web), "XRAYVISION_DICOM_PORT": str(dicom),
+               "XRAYVISION_DICOM_CONVERT_WORKERS": "1", "XRAYVISION_DICOM_CONVERT_DEFER": "0",
+               "XRAYVISION_AI_PRIMARY_URL": stub.url, "XRAYVISION_AI_MODEL": "m",
+               "XRAYVISION_USERS_ADMIN": f"admin:{hashed}",
+               "XRAYVISION_SERVER_ROLES": "ingest,relay,web"}
+        auth = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+        log = (tmp_path / "serve.log").open("wb")
+        proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+            [str(BIN / "xrayvision"), "serve", "--migrate"], env=env, cwd=tmp_path,
+            stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{web}"
+
+        async def until(what, check, seconds):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                if await asyncio.to_thread(check):
+                    return time.monotonic()
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"timed out: {what}\n"
+                                 + (tmp_path / "serve.log").read_text()[-3000:])
+
+        def exams() -> list[dict]:
+            status, _, body = http(f"{base}/api/exams?limit=200", auth)
+            return json.loads(body)["exams"] if status == 200 else []
+
+        await until("ready", lambda: http(f"{base}/readyz")[0] == 200, 60)
+        files = [write(make_xray(seed=i), tmp_path / f"x{i}.dcm") for i in range(12)]
+        acked: list[Path] = []
+        for path in files[:4]:
+            assert (await asyncio.to_thread(storescu, dicom, path)).returncode == 0
+            acked.append(path)
+        await until("the first images read", lambda: sum(
+            e["status"] == "done" for e in exams()) == 4, 60)
+
+        # The outage: the next images are being received and read when it starts.
+        for path in files[4:8]:
+            if (await asyncio.to_thread(storescu, dicom, path)).returncode == 0:
+                acked.append(path)
+        pg.stop()
+        stopped = time.monotonic()
+        await until("readiness false", lambda: http(f"{base}/readyz")[0] == 503, 15)
+        status, headers, body = await asyncio.to_thread(http, f"{base}/api/exams", auth)
+        assert status == 503 and headers.get("Retry-After") == "5", (status, body)
+        assert json.loads(body)["error"] == "database_unavailable"
+        refused = await asyncio.to_thread(storescu, dicom, files[8])
+        assert "Refused: OutOfResources" in refused.stderr, refused.stderr  # 0xA700
+        await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped)))
+        assert proc.poll() is None  # every role waited
+        pg.start()
+        back = time.monotonic()
+        ready_at = await until("ready again", lambda: http(f"{base}/readyz")[0] == 200, 60)
+        for path in files[9:]:
+            assert (await asyncio.to_thread(storescu, dicom, path)).returncode == 0
+            acked.append(path)
+        done_at = await until("every acknowledged image read", lambda: sum(
+            e["status"] == "done" for e in exams()) == len(acked), 90)
+        listed = exams()
+        assert not [e for e in listed if e["status"] in ("processing", "error")], listed
+        print(f"outage {OUTAGE:.0f} s: acknowledged {len(acked)}, lost 0; ready "
+              f"{ready_at - back:.1f} s and all read {done_at - back:.1f} s after restart")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        await stub.stop()
+        pg.destroy()
