@@ -1,8 +1,12 @@
-"""A PostgreSQL outage of 30 s under ``xrayvision serve --roles ingest,relay,web`` (a
-real process, a real PostgreSQL stopped and started again, DCMTK sending, the stub
-model reading): the process stays up, readiness is false and the API answers 503 with
-Retry-After meanwhile, the SCP answers 0xA700, and within seconds of the database coming
-back every acknowledged image is read, none stuck in ``processing``."""
+"""Faults under ``xrayvision serve`` (a real process, a real PostgreSQL, DCMTK sending, the
+stub model reading):
+
+- PostgreSQL stopped for 30 s under ``--roles ingest,relay,web``: the process stays up,
+  readiness is false and the API answers 503 with Retry-After meanwhile, the SCP answers
+  0xA700, and within seconds of the database coming back every acknowledged image is read,
+  none stuck in ``processing``;
+- the process SIGKILLed while its relay holds exams: the next one reclaims them at once
+  (not after the 600 s lease) and reads each."""
 
 from __future__ import annotations
 
@@ -126,5 +130,68 @@ async def test_a_database_outage_is_waited_out(tmp_path):
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+        await stub.stop()
+        pg.destroy()
+
+
+@pytest.mark.timeout(300)
+async def test_a_killed_relays_exams_are_reclaimed_at_once_by_the_next(tmp_path):
+    pg = PgServer().start()
+    stub = await Stub(StubState(delay=30.0)).start()  # every read is in flight when killed
+    procs: list[subprocess.Popen] = []
+    try:
+        url = pg.create_database("xrayvision").replace("postgresql://",
+                                                       "postgresql+psycopg://", 1)
+        web, dicom = free_port(), free_port()
+        env = {**os.environ, "XRAYVISION_DATABASE_URL": url,
+               "XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "data"),
+               "XRAYVISION_WEB_PORT": str(web), "XRAYVISION_DICOM_PORT": str(dicom),
+               "XRAYVISION_DICOM_CONVERT_WORKERS": "1", "XRAYVISION_DICOM_CONVERT_DEFER": "0",
+               "XRAYVISION_AI_PRIMARY_URL": stub.url, "XRAYVISION_AI_MODEL": "m",
+               "XRAYVISION_SERVER_ROLES": "ingest,relay"}
+        log = tmp_path / "serve.log"
+
+        def start() -> subprocess.Popen:
+            with log.open("ab") as out:
+                procs.append(subprocess.Popen(  # noqa: ASYNC220 - starting does not block
+                    [str(BIN / "xrayvision"), "serve", "--migrate"], env=env, cwd=tmp_path,
+                    stdout=out, stderr=subprocess.STDOUT))
+            return procs[-1]
+
+        def counts() -> dict[str, int]:
+            out = pg.psql("xrayvision", "SELECT status, count(*) FROM exams GROUP BY status")
+            return {k: int(v) for k, v in (line.split("|") for line in out.split())}
+
+        async def until(what, check, seconds):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if await asyncio.to_thread(check):
+                    return time.monotonic()
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"timed out: {what}\n{log.read_text()[-3000:]}")
+
+        first = start()
+        await until("ready", lambda: http(f"http://127.0.0.1:{web}/readyz")[0] == 200, 60)
+        files = [write(make_xray(seed=i), tmp_path / f"x{i}.dcm") for i in range(3)]
+        for path in files:
+            assert (await asyncio.to_thread(storescu, dicom, path)).returncode == 0
+        await until("every exam held by the relay", lambda: counts().get(
+            "processing") == 3, 30)
+        first.kill()
+        first.wait()
+        stub.state.delay = 0.2  # the model answers quickly from now on
+        start()
+        restarted = time.monotonic()
+        done_at = await until("every exam read by the next process", lambda: counts().get(
+            "done") == 3, 60)
+        assert done_at - restarted < 30  # not the 600 s lease
+        assert "reclaimed the exams of relay workers that stopped" in log.read_text()
+        print(f"SIGKILL with 3 exams held: all read {done_at - restarted:.1f} s after the "
+              "restart (lease 600 s)")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
         await stub.stop()
         pg.destroy()

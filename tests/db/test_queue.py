@@ -159,3 +159,39 @@ def test_requeue(db):
     assert exam.status == REQUEUE and exam.attempts == 0 and exam.error == ""
     assert db.write_sync(queue.requeue, "9.9.9") is False
     assert db.write_sync(queue.claim, "w", 60).uid == "8.1"
+
+
+def test_workers_that_stop_beating_have_their_exams_reclaimed_at_once(db):
+    now = utcnow()
+    for uid in ("2.1", "2.2", "2.3", "2.4"):
+        add(db, uid)
+    db.write_sync(queue.heartbeat, "me", "host-a", 100, now=now)
+    db.write_sync(queue.heartbeat, "silent", "host-b", 7, now=now - dt.timedelta(minutes=2))
+    db.write_sync(queue.heartbeat, "dead-here", "host-a", 4242, now=now)
+    db.write_sync(queue.heartbeat, "my-pid-before", "host-a", 100,
+                  now=now - dt.timedelta(seconds=5))  # a restarted container's pid 1
+    db.write_sync(queue.heartbeat, "alive-there", "host-b", 4242, now=now)
+    for worker in ("silent", "dead-here", "my-pid-before", "alive-there"):
+        db.write_sync(queue.claim, worker, 600)
+    gone = db.read_sync(queue.gone_workers, stale_after=45, me="me", host="host-a",
+                        pid=100, alive=frozenset({1, 100}), now=now)
+    assert sorted(gone) == ["dead-here", "my-pid-before", "silent"]
+    assert db.write_sync(queue.reclaim_gone, gone, max_attempts=3, now=now) == 3
+    held = {u: status_of(db, u) for u in ("2.1", "2.2", "2.3", "2.4")}
+    assert sorted(e.status for e in held.values()) == [PROCESSING, QUEUED, QUEUED, QUEUED]
+    assert all(e.attempts == 1 for e in held.values() if e.status == QUEUED)
+    assert [e.lease_owner for e in held.values() if e.status == PROCESSING] == ["alive-there"]
+    assert db.read_sync(queue.gone_workers, stale_after=45, now=now) == []  # forgotten
+    db.write_sync(queue.forget_worker, "alive-there")
+    later = now + dt.timedelta(seconds=46)
+    assert db.read_sync(queue.gone_workers, stale_after=45, now=later) == ["me"]
+
+
+def test_a_crash_at_the_last_attempt_ends_in_error(db):
+    add(db, "3.1")
+    db.write_sync(lambda s: s.get(Exam, "3.1").__setattr__("attempts", 2))
+    db.write_sync(queue.heartbeat, "w", "h", 1, now=utcnow() - dt.timedelta(hours=1))
+    db.write_sync(queue.claim, "w", 600)
+    assert db.write_sync(queue.reclaim_gone, ["w"], max_attempts=3) == 1
+    exam = status_of(db, "3.1")
+    assert exam.status == ERROR and "stopped" in exam.error and exam.attempts == 3

@@ -9,6 +9,10 @@ A database outage is waited out, however long: a slot that cannot claim waits un
 database answers; an exam whose processing hit the outage keeps its attempts (it was not
 the exam's fault) and is released as soon as the database is back; exams this worker
 held when the relay started (a previous run of the role died) are released at once.
+
+Each relay beats every :data:`HEARTBEAT_SECONDS` (``workers`` table); at start and on each
+beat it reclaims the exams of workers that stopped beating, or whose process on this host
+is gone, so a crashed relay's exams wait seconds, not a whole lease.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,6 +38,18 @@ log = logging.getLogger(__name__)
 WAKE_EVENTS = {"exam.queued", "exam.requeued", "bus.gap", "bus.reconnected"}
 
 
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_SECONDS = 45.0  # a worker silent this long is gone: its exams are reclaimed
+
+
+def running_pids() -> frozenset[int] | None:
+    """Process ids running on this host (Linux /proc); None where unknown."""
+    try:
+        return frozenset(int(p) for p in os.listdir("/proc") if p.isdigit())
+    except OSError:
+        return None
+
+
 class Relay:
     def __init__(self, pipeline: Pipeline, db: Database, bus: LocalBus, worker: str, *,
                  concurrency: int = 4, lease_seconds: float = 600, sweep_interval: float = 30,
@@ -45,6 +63,7 @@ class Relay:
         self.sweep_interval = sweep_interval
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        self.host, self.pid = socket.gethostname(), os.getpid()
         self._wake = asyncio.Event()
 
     async def _listen(self) -> None:
@@ -68,12 +87,40 @@ class Relay:
         if released:  # held by this worker's previous run (the role was restarted)
             log.warning("released exams held by an earlier run of this relay",
                         extra={"count": released})
+        await self.db.write(queue.heartbeat, self.worker, self.host, self.pid)
+        await self._reclaim_gone()
         try:
-            await run_together(self._listen(), self._sweep(),
+            await run_together(self._listen(), self._sweep(), self._beat(),
                                *(self._slot() for _ in range(self.concurrency)))
         finally:
             with contextlib.suppress(Exception):
                 await self.db.write(queue.release_worker, self.worker)
+                await self.db.write(queue.forget_worker, self.worker)
+
+    async def _beat(self) -> None:
+        """The heartbeat, and the exams of workers whose heartbeat stopped."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.db.write(queue.heartbeat, self.worker, self.host, self.pid)
+                await self._reclaim_gone()
+            except SQLAlchemyError as exc:
+                if not is_transient(exc):
+                    raise
+                await self.db.wait_until_up()
+
+    async def _reclaim_gone(self) -> None:
+        def reclaim(session) -> tuple[list[str], int]:
+            gone = queue.gone_workers(session, stale_after=STALE_AFTER_SECONDS,
+                                      me=self.worker, host=self.host, pid=self.pid,
+                                      alive=running_pids())
+            return gone, queue.reclaim_gone(session, gone, max_attempts=self.max_attempts)
+
+        gone, count = await self.db.write(reclaim)
+        if gone:
+            log.warning("reclaimed the exams of relay workers that stopped",
+                        extra={"workers": ",".join(gone), "exams": count})
+            self._wake.set()
 
     async def _slot(self) -> None:
         """One model call in flight at a time. After an exam is done, the transaction that

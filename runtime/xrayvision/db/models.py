@@ -220,6 +220,18 @@ class Image(Base):
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Worker(Base):
+    """A relay process that may hold exams; its heartbeat says it is alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    started: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
 

@@ -15,6 +15,11 @@ Contract:
   expired (and whose exam was claimed again) cannot overwrite the new holder's work.
 - :func:`reclaim_expired` puts exams whose lease ran out back in the queue, counting the
   lost lease as an attempt; workers call it on their periodic sweep.
+- Workers say they are alive (:func:`heartbeat`, a row in ``workers``);
+  :func:`reclaim_gone` puts back the exams of workers whose heartbeat stopped (or whose
+  process on this host is gone) without waiting for their leases, counting an attempt as
+  :func:`reclaim_expired` does. The lease then bounds only a worker that hangs while it
+  still beats.
 - After ``max_attempts`` failures an exam goes to ``error`` with the last reason.
 """
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Row, and_, bindparam, or_, select, update
+from sqlalchemy import Row, and_, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
@@ -35,6 +40,7 @@ from xrayvision.db.models import (
     QUEUED,
     REQUEUE,
     Exam,
+    Worker,
     utcnow,
 )
 
@@ -228,5 +234,66 @@ def reclaim_expired(session: Session, *, max_attempts: int,
             updated=now,
         )
     ).rowcount
+    metrics.QUEUE_TRANSITIONS.labels("reclaim").inc(failed + requeued)
+    return failed + requeued
+
+
+def heartbeat(session: Session, worker: str, host: str, pid: int,
+              now: dt.datetime | None = None) -> None:
+    """Records that ``worker`` (process ``pid`` on ``host``) is alive."""
+    now = now or utcnow()
+    updated = session.connection().execute(
+        update(Worker.__table__).where(Worker.__table__.c.id == worker)
+        .values(heartbeat=now)).rowcount
+    if not updated:
+        session.add(Worker(id=worker, host=host, pid=pid, started=now, heartbeat=now))
+
+
+def forget_worker(session: Session, worker: str) -> None:
+    """Removes a worker that stops cleanly (after releasing what it held)."""
+    session.execute(delete(Worker).where(Worker.id == worker))
+
+
+def gone_workers(session: Session, *, stale_after: float, me: str = "", host: str = "",
+                 pid: int = 0, alive: frozenset[int] | None = None,
+                 now: dt.datetime | None = None) -> list[str]:
+    """Workers whose heartbeat is older than ``stale_after`` seconds; and, asked by
+    worker ``me`` (process ``pid`` on ``host``, where ``alive`` are the running process
+    ids), at once whatever their heartbeat: this host's workers whose process is gone,
+    and an earlier worker of this very process id (a restarted container's pid 1)."""
+    now = now or utcnow()
+    rows = session.execute(select(Worker.id, Worker.host, Worker.pid, Worker.heartbeat)).all()
+    gone = []
+    for r in rows:
+        if r.id == me:
+            continue
+        here = bool(host) and r.host == host
+        if (r.heartbeat < now - dt.timedelta(seconds=stale_after)
+                or (here and alive is not None and r.pid not in alive)
+                or (here and pid and r.pid == pid)):
+            gone.append(r.id)
+    return gone
+
+
+def reclaim_gone(session: Session, workers: list[str], *, max_attempts: int,
+                 now: dt.datetime | None = None) -> int:
+    """Returns the exams held by ``workers`` (gone) to the queue, or to ``error`` at
+    ``max_attempts`` (the crash counts as an attempt), and forgets those workers.
+    Returns how many exams."""
+    if not workers:
+        return 0
+    now = now or utcnow()
+    held = and_(PROCESSING_SQL, EXAMS.c.lease_owner.in_(workers))
+    conn = session.connection()
+    failed = conn.execute(
+        update(EXAMS).where(held, EXAMS.c.attempts + 1 >= max_attempts)
+        .values(status=ERROR, attempts=EXAMS.c.attempts + 1, lease_owner=None,
+                lease_expires=None, updated=now,
+                error="the worker reading it stopped (crash) before finishing")).rowcount
+    requeued = conn.execute(
+        update(EXAMS).where(held)
+        .values(status=QUEUED, attempts=EXAMS.c.attempts + 1, lease_owner=None,
+                lease_expires=None, updated=now)).rowcount
+    session.execute(delete(Worker).where(Worker.id.in_(workers)))
     metrics.QUEUE_TRANSITIONS.labels("reclaim").inc(failed + requeued)
     return failed + requeued
