@@ -323,6 +323,11 @@ class WebSettings:
                                   "seconds an exam-list total is reused; 0: always counted")
     stats_cache: float = _setting(15.0, _float(0, 3600),
                                   "seconds a statistics answer is reused; 0: always computed")
+    login_max_failures: int = _setting(
+        10, _int(1, 1000), "failed logins for one user name (twice as many for one address) "
+                           "within 15 minutes before it is locked out")
+    login_lockout: float = _setting(300.0, _float(1, 86400),
+                                    "seconds a locked-out user name or address waits")
 
 
 @dataclass(frozen=True)

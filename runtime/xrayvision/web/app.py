@@ -15,8 +15,16 @@ from aiohttp import web
 from xrayvision.config import Settings
 from xrayvision.web import middleware
 from xrayvision.web.api import setup_api_routes
-from xrayvision.web.auth import Authenticator
-from xrayvision.web.context import AUTH, LIMITER, MAX_BODY, SERVICES, SETTINGS, Services
+from xrayvision.web.auth import Authenticator, LoginGuard
+from xrayvision.web.context import (
+    AUTH,
+    LIMITER,
+    LOGIN_GUARD,
+    MAX_BODY,
+    SERVICES,
+    SETTINGS,
+    Services,
+)
 from xrayvision.web.health import READINESS, WEB_ROLE, Readiness, setup_health_routes
 from xrayvision.web.ratelimit import SlidingWindow
 
@@ -52,6 +60,8 @@ def init_app(settings: Settings, readiness: Readiness) -> web.Application:
     app[SETTINGS] = settings
     app[SERVICES] = Services()
     app[AUTH] = Authenticator(settings.users)
+    app[LOGIN_GUARD] = LoginGuard(max_failures=settings.web.login_max_failures,
+                                  lockout=settings.web.login_lockout)
     app[LIMITER] = SlidingWindow(settings.web.rate_limit, 60.0)
     setup_health_routes(app)
     app[WEB_ROLE] = "web" in settings.server.roles

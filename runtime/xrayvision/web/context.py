@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from xrayvision.config import Settings
-from xrayvision.web.auth import Authenticator, Identity
+from xrayvision.web.auth import Authenticator, Identity, LoginGuard
 from xrayvision.web.ratelimit import SlidingWindow
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ MAX_BODY = 256 * 1024  # JSON bodies: report texts of at most 20,000 characters
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 AUTH = web.AppKey("auth", Authenticator)
+LOGIN_GUARD = web.AppKey("login_guard", LoginGuard)
 LIMITER = web.AppKey("limiter", SlidingWindow)
 IDENTITY = web.RequestKey("identity", Identity)
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -18,12 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from xrayvision import metrics
 from xrayvision.db import repo
 from xrayvision.db.engine import is_transient
-from xrayvision.web.auth import Authenticator, parse_basic
+from xrayvision.web.auth import Authenticator, LoginGuard, parse_basic
 from xrayvision.web.context import (
     AUTH,
     CLIENT_IP,
     IDENTITY,
     LIMITER,
+    LOGIN_GUARD,
     MAX_BODY,
     SERVICES,
     SETTINGS,
@@ -150,16 +151,36 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         reason = "missing" if "Authorization" not in request.headers else "malformed"
         metrics.AUTH_FAILURES.labels(reason).inc()
         return error(401, "unauthorized", "HTTP Basic credentials are required", challenge)
-    identity, fresh = await auth.verify(*credentials)
     services = request.app[SERVICES]
+    name = credentials[0][:128]
+    identity, fresh = auth.cached(*credentials), False
+    if identity is None:  # not a credential verified lately: a login, perhaps a guess
+        guard: LoginGuard = request.app[LOGIN_GUARD]
+        verdict = guard.begin(ip, name)
+        if verdict.locked:
+            metrics.AUTH_FAILURES.labels("locked").inc()
+            if verdict.newly:
+                log.warning("logins locked out after repeated failures",
+                            extra={"locked": verdict.locked, "remote": ip,
+                                   "seconds": verdict.retry_after})
+                if services.db is not None:
+                    await services.db.write(
+                        repo.audit, "login.locked", username=name, remote=ip,
+                        detail=f"{verdict.locked} locked for {verdict.retry_after} s")
+            return error(429, "locked_out", "too many failed logins; try again in "
+                         f"{verdict.retry_after} s", {"Retry-After": str(verdict.retry_after)})
+        ok = False
+        try:
+            await asyncio.sleep(verdict.wait)
+            identity, fresh = await auth.verify(*credentials)
+            ok = identity is not None
+        finally:
+            guard.end(ip, name, ok)
     if identity is None:
         metrics.AUTH_FAILURES.labels("wrong").inc()
-        await asyncio.sleep(auth.failure_delay(ip))
         if services.db is not None:
-            await services.db.write(repo.audit, "login.failed", username=credentials[0][:128],
-                                    remote=ip)
+            await services.db.write(repo.audit, "login.failed", username=name, remote=ip)
         return error(401, "unauthorized", "wrong username or password", challenge)
-    auth.succeeded(ip)
     if fresh and services.db is not None:
         await services.db.write(repo.audit, "login", username=identity.username, remote=ip)
     request[IDENTITY] = identity
