@@ -3,7 +3,7 @@
 #   scripts/system-deps.sh run    Python venv support
 #   scripts/system-deps.sh test   + PostgreSQL server, DCMTK, Orthanc, Chromium (browser tests),
 #                                   Prometheus (promtool; a real server for scrape tests),
-#                                   etcd (the operator tests' control plane)
+#                                   etcd (the operator tests' control plane), iproute2
 # As root it uses apt-get; otherwise it says what to install and fails.
 set -euo pipefail
 target=${1:-run}
@@ -25,6 +25,7 @@ if [ "$target" = test ]; then
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v xz >/dev/null || missing+=(xz-utils)
+  command -v ip >/dev/null || missing+=(iproute2)  # ip netns (pods as processes), ss
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

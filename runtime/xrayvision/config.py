@@ -246,7 +246,16 @@ class DicomSettings:
     port: int = _setting(11112, _int(1, 65535), "SCP port")
     allowed_calling_aets: tuple[str, ...] = _setting((), _aets, "calling AE allow-list; empty: any")
     max_associations: int = _setting(16, _int(1, 1000), "concurrent associations")
-    max_pdu: int = _setting(0, _int(0, 2**32 - 1), "maximum PDU length; 0: unlimited")
+    max_pdu: int = _setting(4 * 1024 * 1024, _int(0, 2**32 - 1),
+                            "maximum PDU length we receive (larger ones abort the "
+                            "association); 0: unlimited (then 64 MiB is enforced)")
+    read_timeout: float = _setting(
+        30.0, _float(0.1, 3600),
+        "seconds a peer may pause in the middle of a PDU before the connection is closed")
+    idle_timeout: float = _setting(
+        60.0, _float(1, 86400), "seconds an association may stay without any PDU")
+    listen_backlog: int = _setting(128, _int(1, 65535),
+                                   "connections the kernel queues before the SCP accepts them")
     require_called_aet: bool = _setting(True, _bool, "reject associations to another AE title")
     extra_sop_classes: tuple[str, ...] = _setting((), _uids, "storage SOP classes beyond CR/DX/SC")
     convert_workers: int = _setting(0, _int(0, 64), "conversion processes; 0: cores - 1")

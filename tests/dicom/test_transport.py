@@ -1,6 +1,7 @@
 """The SCP's receive path: whole PDUs with few system calls and no copies of P-DATA
 values, under pynetdicom's contracts (checked against pynetdicom's own DUL)."""
 
+import contextlib
 import errno
 import io
 import socket
@@ -111,6 +112,7 @@ def dul_pair(dul_class):
     tests call its PDU reader directly); returns the DUL and the peer's end."""
     ours, peer = socket.socketpair()
     assoc = Association(AE(), "acceptor")
+    assoc.acceptor.maximum_length = 0  # announced no maximum: large PDUs are the peer's right
     assoc.dul.__class__ = dul_class
     assoc.dul.socket = BufferedAssociationSocket(assoc, client_socket=ours)
     assert assoc.dul.event_queue.get_nowait() == "Evt5"  # the connection, queued by the socket
@@ -470,3 +472,16 @@ def test_associations_wake_each_other_instead_of_polling(tmp_path, monkeypatch, 
         assert accepted.dul._waker is None  # closed with its thread
     finally:
         server.shutdown()
+
+
+def test_a_pdu_over_the_limit_is_refused_unread_and_the_connection_closed(tmp_path):
+    dul, peer, stream = streaming_dul(tmp_path)
+    dul.assoc.acceptor.maximum_length = 1000
+    peer.sendall(p_data_tf((1, b"\x00" + b"x" * 2000)))
+    dul._read_pdu_data()
+    assert dul.event_queue.get_nowait() == "Evt17" and dul._recv_pdu.empty()
+    assert peer.recv(10) == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])  # A-ABORT
+    with contextlib.suppress(ConnectionResetError):  # reset: the refused bytes were unread
+        assert peer.recv(10) == b""  # closed
+    stream.close()
+    peer.close()

@@ -121,7 +121,8 @@ def test_helm_install_to_a_read_exam(tmp_path):
                 cluster.api(), network, base / "pods", images={IMAGE: [
                     str(BIN / "xrayvision")]},
                 apiserver=(network.gateway, plane.port),
-                namespaces=["xrayvision-system", "radiology"], bin_dirs=[BIN], workdir=app)
+                namespaces=["xrayvision-system", "radiology"], bin_dirs=[BIN], workdir=app,
+                keep=[ROOT, Path(sys.prefix)])
             fhir = Sekmet(base / "fhir", host=network.gateway).start()
             fhir.put(patient("p1", "1800101123456", "Popescu", "Ion", "1980-01-01", "male"))
             fhir.put(diagnostic_report("r1", "p1", "Pneumonie lob inferior drept.",

@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -201,6 +201,35 @@ class PodNetwork:
             self.namespaces.remove(netns)
 
 
+# Runs inside the pod's network and mount namespaces (``ip netns exec`` makes the
+# latter): binds each volume at its mount path, then execs the container's command. The
+# sources are opened first and bound through /proc/self/fd, so a volume mounted over a
+# parent of the others' folders (an emptyDir at /tmp, when the test runs under /tmp)
+# hides none of them; the "image" (``keep``: the checkout and its virtual environment,
+# which stand in for the container's own filesystem) is bound back where a volume hid it.
+LAUNCHER = """
+import json, os, subprocess, sys
+spec = json.loads(sys.argv[1])
+def bind(fd, dst):
+    subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", dst], check=True,
+                   pass_fds=(fd,))
+fds = [os.open(src, os.O_PATH) for src, _ in spec["mounts"]]
+keep = [(os.open(path, os.O_PATH), path) for path in spec["keep"]]
+for fd, (_, dst) in zip(fds, spec["mounts"]):
+    bind(fd, dst)
+for fd, path in keep:  # the image: put back what a volume now hides
+    here = os.stat(path) if os.path.isdir(path) else None
+    there = os.stat(f"/proc/self/fd/{fd}")
+    if here is None or (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        os.makedirs(path, exist_ok=True)
+        bind(fd, path)
+for fd in fds + [fd for fd, _ in keep]:
+    os.close(fd)
+os.chdir(spec["workdir"])
+os.execvp(spec["argv"][0], spec["argv"])
+"""
+
+
 @dataclass
 class RunningPod:
     uid: str
@@ -251,7 +280,7 @@ class ProcessKubelet:
     def __init__(self, api: Any, network: PodNetwork, folder: Path, *,
                  images: dict[str, list[str]], apiserver: tuple[str, int],
                  namespaces: list[str], bin_dirs: list[Path],
-                 workdir: Path) -> None:
+                 workdir: Path, keep: list[Path] = ()) -> None:
         self.core = client.CoreV1Api(api)
         self.network = network
         self.folder = folder
@@ -260,6 +289,7 @@ class ProcessKubelet:
         self.namespaces = namespaces
         self.bin_dirs = bin_dirs
         self.workdir = workdir
+        self.keep = list(keep)
         self.pods: dict[str, RunningPod] = {}
         self.refused: set[str] = set()
         self.made_dirs: list[Path] = []
@@ -525,10 +555,10 @@ class ProcessKubelet:
         return env
 
     def _launch(self, pod: RunningPod) -> None:
-        script = "; ".join([*(f"mount --bind {shlex.quote(src)} {shlex.quote(dst)}"
-                              for src, dst in pod.mounts),
-                            f"cd {shlex.quote(str(self.workdir))}", 'exec "$@"'])
-        argv = ["ip", "netns", "exec", pod.netns, "sh", "-ec", script, "pod", *pod.argv]
+        argv = [shutil.which("ip") or "ip", "netns", "exec", pod.netns, sys.executable, "-c",
+                LAUNCHER, json.dumps({"mounts": pod.mounts, "workdir": str(self.workdir),
+                                      "keep": [str(p) for p in self.keep],
+                                      "argv": pod.argv})]
         with pod.log.open("ab") as out:
             out.write(f"=== start {' '.join(pod.argv)}\n".encode())
             out.flush()

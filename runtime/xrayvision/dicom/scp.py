@@ -69,9 +69,11 @@ def make_ae(settings: Settings) -> AE:
     ae.maximum_pdu_size = d.max_pdu
     ae.require_called_aet = d.require_called_aet
     ae.require_calling_aet = list(d.allowed_calling_aets)
-    ae.network_timeout = 60
+    ae.network_timeout = d.idle_timeout
     ae.dimse_timeout = 60
-    ae.acse_timeout = 30
+    # ARTIM: how long a connection may wait before its A-ASSOCIATE-RQ (and the acceptor
+    # thread, holding an association slot, for a connection dropped before one)
+    ae.acse_timeout = min(30.0, d.read_timeout)
     for sop_class in storage_classes(settings):
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
@@ -92,9 +94,13 @@ def start_scp(settings: Settings, ctx: IngestContext) -> ThreadedAssociationServ
         (evt.EVT_ABORTED, handlers.handle_aborted),
         (evt.EVT_REJECTED, handlers.handle_rejected, [ctx]),
     ]
+    server_class = type("IngestServer", (ThreadedAssociationServer,), {
+        # the kernel's queue of connections not accepted yet (socketserver's default: 5)
+        "request_queue_size": settings.dicom.listen_backlog,
+        # read by BufferedRequestHandler: a peer silent mid-PDU is dropped
+        "read_timeout": settings.dicom.read_timeout})
     server = ae.make_server((settings.dicom.host, settings.dicom.port), evt_handlers=bound,
-                            ssl_context=tls_context(settings),
-                            server_class=ThreadedAssociationServer,
+                            ssl_context=tls_context(settings), server_class=server_class,
                             request_handler=BufferedRequestHandler)
     # What ae.start_server(block=False) does, with our request handler
     # (server.shutdown() takes the server off the AE's list again).

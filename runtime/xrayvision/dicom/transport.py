@@ -59,6 +59,12 @@ PYNETDICOM_LOG = logging.getLogger("pynetdicom.association")  # BufferedAssociat
 
 PDU_TYPES = frozenset(range(0x01, 0x08))
 P_DATA_TF_TYPE = 0x04
+# Bodies of PDUs other than P-DATA-TF (an A-ASSOCIATE-RQ proposing every storage class is
+# under 64 KiB), and of a P-DATA-TF when we announced no maximum length: larger ones abort
+# the association before anything is buffered, so no peer makes us hold what it announces.
+CONTROL_PDU_LIMIT = 256 * 1024
+UNLIMITED_PDU_CAP = 64 * 1024 * 1024
+A_ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
 
 
 def _sync_file_range():
@@ -309,6 +315,12 @@ class BufferedDUL(DULServiceProvider):
             log.error("Unknown PDU type received '0x%02X'", pdu_type)
             self.event_queue.put("Evt19")
             return False
+        limit = self._pdu_limit(pdu_type)
+        if pdu_length > limit:  # refused before a byte of it is buffered
+            log.error("PDU of type 0x%02X announces %d bytes, over the limit of %d; "
+                      "aborting the association", pdu_type, pdu_length, limit)
+            self._refuse()
+            return False
         try:
             stream = (self._streaming_file() if pdu_type == P_DATA_TF_TYPE and pdu_length > 6
                       else None)
@@ -336,6 +348,25 @@ class BufferedDUL(DULServiceProvider):
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
         return False
+
+    def _refuse(self) -> None:
+        """A-ABORT (service provider: invalid PDU parameter value) and the connection
+        closed at once (Evt17): nothing more is read from this peer, and it does not keep
+        the connection for the ARTIM time an ordinary abort allows it."""
+        with contextlib.suppress(Exception):
+            self.socket.send(A_ABORT_INVALID_PDU)
+        self.socket.close()
+
+    def _pdu_limit(self, pdu_type: int) -> int:
+        """The largest PDU body accepted now: a P-DATA-TF once the association is
+        established, up to the maximum length we announced (or :data:`UNLIMITED_PDU_CAP`
+        when we announced none); anything else (association set-up, release, abort), a
+        few KiB in practice, up to :data:`CONTROL_PDU_LIMIT`."""
+        if pdu_type != P_DATA_TF_TYPE or self.state_machine.current_state in (
+                "Sta1", "Sta2", "Sta3", "Sta4", "Sta5"):
+            return CONTROL_PDU_LIMIT
+        local = self.assoc.acceptor if self.assoc.is_acceptor else self.assoc.requestor
+        return local.maximum_length or UNLIMITED_PDU_CAP
 
     def _streaming_file(self):
         """The file pynetdicom streams the C-STORE data set being received into, when a
@@ -522,4 +553,9 @@ class BufferedRequestHandler(RequestHandler):
         assoc.dul.__class__ = BufferedDUL
         assoc.dul.socket.__class__ = BufferedAssociationSocket
         assoc.dul._run_loop_delay = 0  # BufferedDUL waits for the socket instead
+        # A read waits at most this long (the DUL reads only once data has arrived, so it
+        # expires only for a peer that stops in the middle of a PDU): then Evt17.
+        timeout = getattr(self.server, "read_timeout", None)
+        if timeout is not None and assoc.dul.socket.socket is not None:
+            assoc.dul.socket.socket.settimeout(timeout)
         return assoc
