@@ -211,8 +211,9 @@ LAUNCHER = """
 import json, os, subprocess, sys
 spec = json.loads(sys.argv[1])
 def bind(fd, dst):
-    subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", dst], check=True,
-                   pass_fds=(fd,))
+    # --no-canonicalize: the kernel follows the descriptor, not the path it names
+    subprocess.run(["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", dst],
+                   check=True, pass_fds=(fd,))
 fds = [os.open(src, os.O_PATH) for src, _ in spec["mounts"]]
 keep = [(os.open(path, os.O_PATH), path) for path in spec["keep"]]
 for fd, (_, dst) in zip(fds, spec["mounts"]):
