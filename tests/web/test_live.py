@@ -93,3 +93,17 @@ async def test_a_slow_client_is_dropped_not_waited_for():
     assert metrics.WS_DROPPED._value.get() == dropped + 1
     for task in senders:
         task.cancel()
+
+
+async def test_a_page_of_another_site_cannot_open_the_live_feed(api):
+    client, _ = api
+    host = f"{client.host}:{client.port}"
+    refused = await client.get("/ws", headers={**basic("viewer"),
+                                               "Origin": "https://evil.example",
+                                               "Connection": "Upgrade", "Upgrade": "websocket",
+                                               "Sec-WebSocket-Version": "13",
+                                               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert refused.status == 403
+    async with client.ws_connect("/ws", headers={**basic("viewer"),
+                                                 "Origin": f"http://{host}"}) as ws:
+        assert (await receive(ws))["type"] == "dashboard"  # the dashboard's own page

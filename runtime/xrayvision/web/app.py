@@ -9,6 +9,7 @@ is up (:mod:`xrayvision.web.service`), and ``/api`` answers 503 until then.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -43,7 +44,21 @@ async def index(request: web.Request) -> web.FileResponse:
                             headers={"Cache-Control": "no-cache"})
 
 
+def same_origin(origin: str | None, host: str) -> bool:
+    """Whether a browser's ``Origin`` names the host it asked (``Host``); a request with
+    no ``Origin`` (not a browser page: a script, a monitoring probe) passes."""
+    if origin is None:
+        return True
+    parsed = urlsplit(origin)
+    return bool(parsed.netloc) and parsed.netloc.lower() == host.lower()
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
+    # A page of another site must not open the dashboard's live feed with the browser's
+    # stored credentials (cross-site WebSocket hijacking).
+    if not same_origin(request.headers.get("Origin"), request.host):
+        raise web.HTTPForbidden(text="cross-site WebSocket refused: the Origin is not this "
+                                     "dashboard's")
     hub = request.app[SERVICES].hub
     if hub is None:
         raise web.HTTPServiceUnavailable(text="starting: live updates are not ready yet")
