@@ -110,12 +110,14 @@ async def test_inconsistent_instances_get_a_failure_status(ingest, tmp_path):
     no_pixels = make_xray(seed=2)
     del no_pixels.PixelData
     good = make_xray(seed=3)
+    odd = make_xray(seed=4)
+    odd.PhotometricInterpretation = "MONOCHROME3"  # no such thing (conformance: 0xC000)
     files = [write(short, tmp_path / "short.dcm"), write(no_pixels, tmp_path / "nopix.dcm"),
-             write(good, tmp_path / "good.dcm")]
+             write(good, tmp_path / "good.dcm"), write(odd, tmp_path / "odd.dcm")]
     result = await ingest.storescu(*files, args=("-nh", "-v"))  # go on after a failure
     responses = [line for line in result.stderr.splitlines() if "Received Store Response" in line]
-    assert len(responses) == 3, result.stderr
-    assert ["CannotUnderstand" in r for r in responses] == [True, True, False]
+    assert len(responses) == 4, result.stderr
+    assert ["CannotUnderstand" in r for r in responses] == [True, True, False, True]
     counts = await ingest.converted()
     assert counts[QUEUED] == 1 and await ingest.db.read(repo.count_exams) == 1
 

@@ -50,6 +50,10 @@ DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 STORAGE_CLASSES = (CR, DX_PRESENTATION, DX_PROCESSING, SECONDARY_CAPTURE)
+# PS3.3 C.7.6.3.1.2 (retired ones included: old files carry them)
+PHOTOMETRICS = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422",
+    "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB", "HSV", "ARGB", "CMYK"})
 
 
 class WrongSOPClass(BadInstance):
@@ -115,6 +119,9 @@ def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
         check_size(ds, max_pixels)
     except ConversionError as exc:
         raise BadInstance(str(exc)) from None
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric and photometric not in PHOTOMETRICS:
+        raise BadInstance(f"unknown photometric interpretation {photometric[:32]!r}")
     if allocated not in (1, 8, 16, 32) or not 1 <= stored <= allocated or samples not in (1, 3):
         raise BadInstance(f"inconsistent pixel description: BitsAllocated {allocated}, "
                           f"BitsStored {stored}, SamplesPerPixel {samples}")
