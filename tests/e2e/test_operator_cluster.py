@@ -13,7 +13,6 @@ for the Deployments and ``Ready``; then edits and deletes a child and waits for 
 repair.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT
 
@@ -88,8 +88,7 @@ def test_operator_reconciles_and_repairs(tmp_path):
         stub = subprocess.Popen([sys.executable, str(ROOT / "tests/support/model_stub.py"),
                                  str(port)])
         kubectl("apply", "-f", str(ROOT / "crds"))
-        kubectl("apply", "-n", ns, "-f", "-",
-                stdin="\n---\n".join(json.dumps(d) for d in POSTGRES))
+        kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump_all(POSTGRES))
         operator = subprocess.Popen([str(OPERATOR), "--namespace", ns, "--metrics-port", "0"],
                                     stdout=log, stderr=subprocess.STDOUT)
         docs = [
@@ -105,7 +104,7 @@ def test_operator_reconciles_and_repairs(tmp_path):
                       "dicom": {"serviceType": "ClusterIP"},
                       "model": {"primary": {"modelEndpoint": "stub"}}}},
         ]
-        kubectl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
+        kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
 
         def deployments() -> set[str]:
             out = kubectl("get", "deployments", "-n", ns, "-o", "name")
@@ -113,9 +112,10 @@ def test_operator_reconciles_and_repairs(tmp_path):
 
         wait("the deployments", lambda: {"deployment.apps/e2e-web", "deployment.apps/e2e-relay",
                                          "deployment.apps/e2e-ingest"} <= deployments())
-        wait("Ready", lambda: kubectl(
-            "get", "xrayvision", "e2e", "-n", ns, "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}") == "True", 600)
+        wait("Ready", lambda: subprocess.run(  # no status yet: jsonpath fails, retried
+            [str(KUBECTL), "get", "xrayvision", "e2e", "-n", ns, "-o",
+             "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"],
+            capture_output=True, text=True).stdout == "True", 600)
         kubectl("scale", "deployment/e2e-web", "-n", ns, "--replicas=5")
         kubectl("delete", "service", "e2e-dicom", "-n", ns)
         wait("the repair", lambda: kubectl("get", "deployment", "e2e-web", "-n", ns, "-o",

@@ -36,10 +36,11 @@ def kube(tmp_path_factory) -> Iterator[Cluster]:
         cluster.kubectl("apply", "-f", str(ROOT / "crds"))
         for crd in ("xrayvisions.xrayvision.io", "modelendpoints.xrayvision.io"):
             # kubectl 1.32's wait fails on a CRD whose status is not written yet
+            # (nor can jsonpath filter conditions that are not there yet: exit 1, retried)
             wait_for(f"{crd} Established", lambda crd=crd: cluster.kubectl(
                 "get", "crd", crd, "-o",
                 'jsonpath={.status.conditions[?(@.type=="Established")].status}',
-            ).stdout == "True")
+                check=False).stdout == "True")
         cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
         cluster.sa_kubeconfig = cluster.token_kubeconfig(
             SA, SA_NAMESPACE, tmp_path_factory.mktemp("sa") / "operator.kubeconfig")
