@@ -66,3 +66,37 @@ def test_filesystem_layout_and_atomic_write(tmp_path):
 def test_make_store(tmp_path, sqlite_db):
     assert isinstance(make_store("filesystem", tmp_path, sqlite_db), FilesystemStore)
     assert isinstance(make_store("database", tmp_path, sqlite_db), DatabaseStore)
+
+
+def test_put_new_stores_only_when_absent_and_keeps_the_first(store, tmp_path):
+    assert store.age("1.2.3", "dcm") is None
+    assert store.put_new("1.2.3", "dcm", b"first") is True
+    assert store.put_new("1.2.3", "dcm", b"second") is False
+    assert store.get("1.2.3", "dcm") == b"first"
+    assert 0.0 <= store.age("1.2.3", "dcm") < 60
+    src = tmp_path / "incoming.dcm"
+    src.write_bytes(b"third")
+    assert store.put_file_new("1.2.3", "dcm", src) is False
+    assert src.read_bytes() == b"third"  # not stored: left for the caller
+    assert store.put_file_new("1.2.4", "dcm", src) is True
+    assert not src.exists() and store.get("1.2.4", "dcm") == b"third"
+
+
+def test_put_new_from_two_threads_at_once_stores_one(store):
+    import threading
+
+    barrier = threading.Barrier(8)
+    results = []
+
+    def put(i: int) -> None:
+        barrier.wait()
+        results.append((store.put_new("1.9", "dcm", f"copy {i}".encode()), i))
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for stored, i in results if stored]
+    assert len(winners) == 1
+    assert store.get("1.9", "dcm") == f"copy {winners[0]}".encode()

@@ -126,18 +126,13 @@ class FilesystemStore:
         return stored
 
     def _new(self, target: Path, fill) -> bool:
-        """Writes a fsynced temporary file and links it at ``target`` unless that
-        exists; the temporary name is removed either way."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        """Links a staged copy at ``target`` unless that exists; the temporary name is
+        removed either way."""
+        tmp = self._staged(target, fill)
         try:
-            with os.fdopen(fd, "wb") as out:
-                fill(out)
-                out.flush()
-                os.fsync(out.fileno())
-            return self._link_new(Path(tmp), target)
+            return self._link_new(tmp, target)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
     def _link_new(self, src: Path, target: Path) -> bool:
         """A hard link of ``src`` at ``target`` unless ``target`` exists: the atomic
@@ -163,8 +158,8 @@ class FilesystemStore:
         except FileNotFoundError:
             return None
 
-    def _write(self, target: Path, fill) -> None:
-        """Writes through a fsynced temporary file renamed into place."""
+    def _staged(self, target: Path, fill) -> Path:
+        """A fsynced temporary file beside ``target`` holding what ``fill`` writes."""
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
@@ -172,9 +167,18 @@ class FilesystemStore:
                 fill(out)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            raise
+        return Path(tmp)
+
+    def _write(self, target: Path, fill) -> None:
+        """Writes through a fsynced temporary file renamed into place."""
+        tmp = self._staged(target, fill)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
             raise
         self._sync_dir(target.parent)
 
@@ -214,10 +218,12 @@ def _put(session: Session, uid: str, kind: str, data: bytes) -> None:
 def _put_new(session: Session, uid: str, kind: str, data: bytes) -> bool:
     dialect = session.get_bind().dialect.name
     insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    result = session.execute(insert(Image).values(uid=uid, kind=kind, data=data,
-                                                  created=utcnow())
-                             .on_conflict_do_nothing(index_elements=["uid", "kind"]))
-    return bool(result.rowcount)
+    # RETURNING says whether a row went in (psycopg's row count does not, here)
+    table = Image.__table__
+    return session.connection().execute(
+        insert(table).values(uid=uid, kind=kind, data=data, created=utcnow())
+        .on_conflict_do_nothing(index_elements=["uid", "kind"])
+        .returning(table.c.uid)).first() is not None
 
 
 def _age(session: Session, uid: str, kind: str) -> float | None:

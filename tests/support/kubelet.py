@@ -403,11 +403,8 @@ class ProcessKubelet:
         entry = self.images.get(container.image) or self.images.get("*")
         if not container.command and entry is None:
             self.refused.add(meta.uid)
-            self._patch(meta, {"phase": "Pending", "containerStatuses": [{
-                "name": container.name, "image": container.image, "imageID": "",
-                "ready": False, "restartCount": 0, "state": {"waiting": {
-                    "reason": "ErrImagePull",
-                    "message": f"no local stand-in for image {container.image}"}}}]})
+            self._waiting(meta, container, "ErrImagePull",
+                          f"no local stand-in for image {container.image}")
             return
         if not pod.spec.node_name:  # the scheduler's part
             self.core.create_namespaced_pod_binding(
@@ -423,11 +420,8 @@ class ProcessKubelet:
             env = self._env(pod, container, address)
         except ApiException as exc:  # a missing Secret/ConfigMap: the kubelet waits
             self.network.remove(netns)
-            self._patch(meta, {"phase": "Pending", "containerStatuses": [{
-                "name": container.name, "image": container.image, "imageID": "",
-                "ready": False, "restartCount": 0, "state": {"waiting": {
-                    "reason": "CreateContainerConfigError",
-                    "message": f"{exc.status} {exc.reason}"}}}]})
+            self._waiting(meta, container, "CreateContainerConfigError",
+                          f"{exc.status} {exc.reason}")
             return
         argv = [self._which(c) for c in (container.command or [])] or list(entry or [])
         argv += list(container.args or [])
@@ -450,6 +444,13 @@ class ProcessKubelet:
             probes=probes, ports=ports)
         self.pods[meta.uid] = running
         self._launch(running)
+
+    def _waiting(self, meta: Any, container: Any, reason: str, message: str) -> None:
+        """Reports a pod that cannot start, and why (as ``kubectl describe`` shows it)."""
+        self._patch(meta, {"phase": "Pending", "containerStatuses": [{
+            "name": container.name, "image": container.image, "imageID": "",
+            "ready": False, "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": message}}}]})
 
     def _which(self, name: str) -> str:
         if "/" in name:
