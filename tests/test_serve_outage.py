@@ -43,6 +43,20 @@ def http(url: str, auth: str = "") -> tuple[int, dict, bytes]:
         return 0, {}, b""
 
 
+def serve_env(url: str, tmp_path: Path, stub: Stub, roles: str,
+              **extra: str) -> tuple[dict[str, str], int, int]:
+    """The environment of a ``serve`` process on PostgreSQL ``url`` and the stub model;
+    with its web and DICOM ports."""
+    web, dicom = free_port(), free_port()
+    env = {**os.environ, "XRAYVISION_DATABASE_URL": url,
+           "XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "data"),
+           "XRAYVISION_WEB_PORT": str(web), "XRAYVISION_DICOM_PORT": str(dicom),
+           "XRAYVISION_DICOM_CONVERT_WORKERS": "1", "XRAYVISION_DICOM_CONVERT_DEFER": "0",
+           "XRAYVISION_AI_PRIMARY_URL": stub.url, "XRAYVISION_AI_MODEL": "m",
+           "XRAYVISION_SERVER_ROLES": roles, **extra}
+    return env, web, dicom
+
+
 def storescu(port: int, path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["storescu", "-v", "-aet", "MODALITY", "-aec", "XRAYVISION",
                            "127.0.0.1", str(port), str(path)], capture_output=True,
@@ -62,14 +76,8 @@ async def test_a_database_outage_is_waited_out(tmp_path):
             subprocess.run, [str(BIN / "xrayvision"), "hash-password", "--stdin"],
             input=password, capture_output=True, text=True, check=True)
         ).stdout.strip().splitlines()[-1]
-        web, dicom = free_port(), free_port()
-        env = {**os.environ, "XRAYVISION_DATABASE_URL": url,
-               "XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "data"),
-               "XRAYVISION_WEB_PORT": str(web), "XRAYVISION_DICOM_PORT": str(dicom),
-               "XRAYVISION_DICOM_CONVERT_WORKERS": "1", "XRAYVISION_DICOM_CONVERT_DEFER": "0",
-               "XRAYVISION_AI_PRIMARY_URL": stub.url, "XRAYVISION_AI_MODEL": "m",
-               "XRAYVISION_USERS_ADMIN": f"admin:{hashed}",
-               "XRAYVISION_SERVER_ROLES": "ingest,relay,web"}
+        env, web, dicom = serve_env(url, tmp_path, stub, "ingest,relay,web",
+                                    XRAYVISION_USERS_ADMIN=f"admin:{hashed}")
         auth = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
         log = (tmp_path / "serve.log").open("wb")
         proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
@@ -142,13 +150,7 @@ async def test_a_killed_relays_exams_are_reclaimed_at_once_by_the_next(tmp_path)
     try:
         url = pg.create_database("xrayvision").replace("postgresql://",
                                                        "postgresql+psycopg://", 1)
-        web, dicom = free_port(), free_port()
-        env = {**os.environ, "XRAYVISION_DATABASE_URL": url,
-               "XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "data"),
-               "XRAYVISION_WEB_PORT": str(web), "XRAYVISION_DICOM_PORT": str(dicom),
-               "XRAYVISION_DICOM_CONVERT_WORKERS": "1", "XRAYVISION_DICOM_CONVERT_DEFER": "0",
-               "XRAYVISION_AI_PRIMARY_URL": stub.url, "XRAYVISION_AI_MODEL": "m",
-               "XRAYVISION_SERVER_ROLES": "ingest,relay"}
+        env, web, dicom = serve_env(url, tmp_path, stub, "ingest,relay")
         log = tmp_path / "serve.log"
 
         def start() -> subprocess.Popen:
