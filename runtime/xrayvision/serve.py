@@ -26,7 +26,7 @@ from xrayvision import __version__, metrics
 from xrayvision.ai.service import run_relay
 from xrayvision.config import Settings
 from xrayvision.db import queue
-from xrayvision.db.engine import Database, DatabaseOptions, is_transient
+from xrayvision.db.engine import Database, DatabaseOptions, first_line, is_transient
 from xrayvision.db.migrate import schema_state, upgrade
 from xrayvision.dicom.service import run_ingest
 from xrayvision.events import LocalBus, make_bus, process_id
@@ -82,7 +82,7 @@ async def connect_with_backoff(db: Database, readiness: Readiness,
             await db.run_in_pool(db.ping)
             return
         except Exception as exc:  # noqa: BLE001 - every failure here means "retry"
-            reason = f"database unreachable: {_first(exc)}"
+            reason = f"database unreachable: {first_line(exc)}"
             readiness.set(False, reason)
             log.warning("database unreachable at start-up; retrying",
                         extra={"retry_in": round(delay, 1), "error": reason})
@@ -120,7 +120,7 @@ async def supervise(role: str, run: Callable[[], Awaitable[None]], db: Database,
                     outage = True  # the database went away too: taken as the cause
             if outage:
                 log.warning("role stopped by a database outage; restarting it once the "
-                            "database answers", extra={"role": role, "error": _first(exc)})
+                            "database answers", extra={"role": role, "error": first_line(exc)})
                 await db.wait_until_up()
             else:
                 now = time.monotonic()
@@ -138,12 +138,6 @@ async def supervise(role: str, run: Callable[[], Awaitable[None]], db: Database,
             if before_restart is not None:
                 before_restart()
             metrics.ROLE_UP.labels(role).set(1)
-
-
-def _first(exc: BaseException) -> str:
-    """The first line of an exception's text (its type when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:

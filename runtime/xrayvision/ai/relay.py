@@ -82,12 +82,11 @@ class Relay:
             self._wake.set()
 
     async def run(self) -> None:
-        await self.db.wait_until_up()
-        released = await self.db.write(queue.release_worker, self.worker)
+        released = await self.db.write_patiently(queue.release_worker, self.worker)
         if released:  # held by this worker's previous run (the role was restarted)
             log.warning("released exams held by an earlier run of this relay",
                         extra={"count": released})
-        await self.db.write(queue.heartbeat, self.worker, self.host, self.pid)
+        await self.db.write_patiently(queue.heartbeat, self.worker, self.host, self.pid)
         await self._reclaim_gone()
         try:
             await run_together(self._listen(), self._sweep(), self._beat(),
@@ -101,13 +100,8 @@ class Relay:
         """The heartbeat, and the exams of workers whose heartbeat stopped."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
-            try:
-                await self.db.write(queue.heartbeat, self.worker, self.host, self.pid)
-                await self._reclaim_gone()
-            except SQLAlchemyError as exc:
-                if not is_transient(exc):
-                    raise
-                await self.db.wait_until_up()
+            await self.db.write_patiently(queue.heartbeat, self.worker, self.host, self.pid)
+            await self._reclaim_gone()
 
     async def _reclaim_gone(self) -> None:
         def reclaim(session) -> tuple[list[str], int]:
@@ -116,7 +110,7 @@ class Relay:
                                       alive=running_pids())
             return gone, queue.reclaim_gone(session, gone, max_attempts=self.max_attempts)
 
-        gone, count = await self.db.write(reclaim)
+        gone, count = await self.db.write_patiently(reclaim)
         if gone:
             log.warning("reclaimed the exams of relay workers that stopped",
                         extra={"workers": ",".join(gone), "exams": count})
@@ -133,13 +127,7 @@ class Relay:
                     await self._safe(queue.release, following[0], self.worker)
                     following = None
                 await client.recovered.wait()
-            try:
-                claimed = following or await self.db.write(self._claim_next)
-            except SQLAlchemyError as exc:
-                if not is_transient(exc):
-                    raise
-                await self.db.wait_until_up()
-                continue
+            claimed = following or await self.db.write_patiently(self._claim_next)
             following = None
             if claimed is None:
                 self._wake.clear()
@@ -196,37 +184,22 @@ class Relay:
         return None
 
     async def _safe(self, fn, *args, **kwargs):
-        """A queue write that must happen: waits out a database outage and tries again;
-        None when the lease was lost meanwhile."""
-        while True:
-            try:
-                return await self.db.write(fn, *args, **kwargs)
-            except queue.LeaseLost:
-                return None
-            except SQLAlchemyError as exc:
-                if not is_transient(exc):
-                    raise
-                await self.db.wait_until_up()
+        """A queue write that must happen, however long the database is away; None
+        when the lease was lost meanwhile."""
+        try:
+            return await self.db.write_patiently(fn, *args, **kwargs)
+        except queue.LeaseLost:
+            return None
 
 
 async def export_queue_metrics(db: Database, interval: float = 15.0) -> None:
     """Queue depth by status and the oldest waiting exam's age, from the database; run
     under a singleton lock so that sums across pods are right."""
     while True:
-        try:
-            await _export_queue_metrics(db)
-        except SQLAlchemyError as exc:
-            if not is_transient(exc):
-                raise
-            await db.wait_until_up()
-            continue
+        counts = await db.read_patiently(repo.queue_counts)
+        for status, count in counts.items():
+            metrics.QUEUE_DEPTH.labels(status).set(count)
+        oldest = await db.read_patiently(repo.oldest_claimable)
+        metrics.QUEUE_OLDEST_SECONDS.set(
+            max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
         await asyncio.sleep(interval)
-
-
-async def _export_queue_metrics(db: Database) -> None:
-    counts = await db.read(repo.queue_counts)
-    for status, count in counts.items():
-        metrics.QUEUE_DEPTH.labels(status).set(count)
-    oldest = await db.read(repo.oldest_claimable)
-    metrics.QUEUE_OLDEST_SECONDS.set(
-        max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)

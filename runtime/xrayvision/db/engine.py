@@ -151,7 +151,7 @@ class Database:
                 metrics.DB_RETRIES.inc()
                 log.warning(
                     "database operation retried",
-                    extra={"operation": name, "attempt": attempt, "error": _short(error)},
+                    extra={"operation": name, "attempt": attempt, "error": first_line(error)},
                 )
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 4, 2.0)
@@ -179,6 +179,25 @@ class Database:
             await asyncio.wait({future})
             raise
 
+    async def write_patiently(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`write`, but a database outage (a transient error left after the
+        retries) is waited out and the write made again, however long it takes; other
+        errors raise."""
+        return await self._patiently(self.write, fn, args, kwargs)
+
+    async def read_patiently(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`read`, waiting out a database outage as :meth:`write_patiently`."""
+        return await self._patiently(self.read, fn, args, kwargs)
+
+    async def _patiently(self, call, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        while True:
+            try:
+                return await call(fn, *args, **kwargs)
+            except exc.SQLAlchemyError as error:
+                if not is_transient(error):
+                    raise
+            await self.wait_until_up()
+
     async def wait_until_up(self, max_delay: float = 10.0) -> float:
         """Returns once the database answers, retrying with back-off (0.5 s doubling up
         to ``max_delay``); returns the seconds waited. Logs once when it has to wait."""
@@ -193,7 +212,7 @@ class Database:
             except exc.SQLAlchemyError as error:
                 if not said:
                     log.warning("database unreachable; waiting for it",
-                                extra={"error": _short(error)})
+                                extra={"error": first_line(error)})
                     said = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
@@ -208,7 +227,9 @@ class Database:
         self.engine.dispose()
 
 
-def _short(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error)
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text (the driver's, for a database error), at most 200
+    characters; its type's name when it has no text."""
+    text = str(getattr(error, "orig", None) or error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
 

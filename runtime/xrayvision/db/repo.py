@@ -152,6 +152,12 @@ def exam_exists(session: Session, uid: str) -> bool:
 IDENTITY_FIELDS = ("cnp", "study_uid", "series_uid", "accession", "modality")
 
 
+def identity_of(info: ExamInfo, patient: PatientInfo | None) -> tuple[str, ...]:
+    """The :data:`IDENTITY_FIELDS` of an instance about to be recorded (pure)."""
+    return ((patient.cnp if patient is not None else "") or "", info.study_uid,
+            info.series_uid, info.accession, info.modality)
+
+
 def exam_identity(session: Session, uid: str) -> tuple[str, ...] | None:
     """Who and what a stored instance belongs to (:data:`IDENTITY_FIELDS`: patient,
     study, series, accession, modality); None when no exam has that SOP Instance UID."""

@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.db.repo import ExamInfo
 from xrayvision.dicom.convert import ConversionError, check_size
 from xrayvision.dicom.metadata import BadInstance, extract
 from xrayvision.images import ImageStore
@@ -147,7 +147,7 @@ def _record(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
         priority=settings.priority_for(calling_aet),
     )
     check_pixel_header(ds, settings.dicom.max_pixels)
-    mine = identity(exam, patient)
+    mine = repo.identity_of(exam, patient)
     stored = db.read_sync(repo.exam_identity, exam.uid)
     if stored is None:
         if put_new(exam.uid):  # this copy is the stored one: its row follows
@@ -171,12 +171,6 @@ def _record(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
     return Recorded(Outcome.STORED if created else Outcome.DUPLICATE, exam)
 
 
-def identity(exam: ExamInfo, patient: PatientInfo | None) -> tuple[str, ...]:
-    """The values of :data:`repo.IDENTITY_FIELDS` of a received instance."""
-    return ((patient.cnp if patient is not None else "") or "", exam.study_uid,
-            exam.series_uid, exam.accession, exam.modality)
-
-
 def _stored_identity(settings: Settings, store: ImageStore,
                      uid: str) -> tuple[str, ...] | None:
     """The identity of the stored copy of ``uid`` read from its header; None when it is
@@ -186,7 +180,7 @@ def _stored_identity(settings: Settings, store: ImageStore,
         return None
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
-        return identity(*extract(ds, regions=settings.regions))
+        return repo.identity_of(*extract(ds, regions=settings.regions))
     except Exception:  # noqa: BLE001 - an unreadable stored copy identifies nothing
         return None
 
