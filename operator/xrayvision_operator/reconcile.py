@@ -150,7 +150,7 @@ def cnpg_cluster(xrv: Obj) -> Obj:
 
 
 def migration_state(job: Obj | None) -> tuple[bool, str]:
-    """(succeeded, failure message) of the migration Job; ("", False) while it runs."""
+    """(succeeded, failure message) of the migration Job; (False, "") while it runs."""
     status = (job or {}).get("status") or {}
     if status.get("succeeded"):
         return True, ""
