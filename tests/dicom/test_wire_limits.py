@@ -113,6 +113,35 @@ async def test_slow_loris_connections_are_dropped_and_slots_freed(tmp_path, sqli
             raise AssertionError("the slots of dropped connections were not freed")
 
 
+async def test_silent_connections_hold_no_association_slot(tmp_path, sqlite_db):
+    # 16 peers that connect and send part of a PDU (or nothing) and stay, with 4 slots
+    # and a read timeout far longer than the test: a sender is served meanwhile.
+    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_READ_TIMEOUT="60",
+                               XRAYVISION_DICOM_MAX_ASSOCIATIONS="4")
+    async with running_ingest(settings, sqlite_db, tmp_path) as ingest:
+        def attack_then_echo() -> tuple[list[bool], float]:
+            socks = [socket.create_connection(("127.0.0.1", ingest.port)) for _ in range(16)]
+            try:
+                for sock in socks[:8]:
+                    sock.sendall(struct.pack(">BBL", 0x01, 0, 200) + b"\0" * 10)
+                time.sleep(0.5)  # every one of them has its acceptor thread
+                started = time.monotonic()
+                answered = [echo(ingest.port) for _ in range(6)]  # more than the 4 slots
+                elapsed = time.monotonic() - started
+                for sock in socks:  # still connected: nothing was closed under them
+                    sock.setblocking(False)
+                    with pytest.raises(BlockingIOError):
+                        sock.recv(1)
+                return answered, elapsed
+            finally:
+                for sock in socks:
+                    sock.close()
+
+        answered, elapsed = await asyncio.to_thread(attack_then_echo)
+        assert answered == [True] * 6
+        assert elapsed < 5, elapsed
+
+
 @pytest.mark.skipif(shutil.which("ss") is None, reason="iproute2's ss is not installed")
 async def test_the_listen_backlog_is_the_configured_one(tmp_path, sqlite_db):
     settings = ingest_settings(tmp_path, XRAYVISION_DICOM_LISTEN_BACKLOG="200")

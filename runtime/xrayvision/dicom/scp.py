@@ -62,9 +62,26 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class IngestAE(AE):
+    """pynetdicom's AE, whose association limit counts only peers that asked for an
+    association.
+
+    pynetdicom counts every acceptor thread, and one starts per TCP connection: peers
+    that connect and send nothing, or part of a PDU, would hold every slot until their
+    ARTIM/read timeout and lock real senders out ("local limit exceeded"). A connection
+    counts from its A-ASSOCIATE-RQ on (the one being negotiated included); the silent
+    ones are bounded by ``[dicom] read_timeout`` instead.
+    """
+
+    @property
+    def active_associations(self):
+        return [assoc for assoc in super().active_associations
+                if not assoc.is_acceptor or assoc.requestor.primitive is not None]
+
+
 def make_ae(settings: Settings) -> AE:
     d = settings.dicom
-    ae = AE(ae_title=d.ae_title)
+    ae = IngestAE(ae_title=d.ae_title)
     ae.maximum_associations = d.max_associations
     ae.maximum_pdu_size = d.max_pdu
     ae.require_called_aet = d.require_called_aet
