@@ -96,6 +96,6 @@ def count_streamed(monkeypatch) -> list[int]:
     """Sizes of the writes our fragment path (BufferedDUL) makes, from now on."""
     streamed = []
     original = BufferedDUL._write
-    monkeypatch.setattr(BufferedDUL, "_write", lambda self, fd, pending: streamed.append(
-        sum(map(len, pending))) or original(self, fd, pending))
+    monkeypatch.setattr(BufferedDUL, "_write", lambda self, stream, fd, pending: (
+        streamed.append(sum(map(len, pending))) or original(self, stream, fd, pending)))
     return streamed

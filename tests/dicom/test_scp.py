@@ -1,10 +1,8 @@
 """DCMTK storescu/echoscu against the running SCP."""
 
 import asyncio
-import os
 import subprocess
 import tempfile
-import time
 
 import cv2
 import numpy as np
@@ -13,6 +11,7 @@ from pydicom import dcmread
 from support.xrays import CT, make_xray, write
 from xrayvision.db import repo
 from xrayvision.db.models import ERROR, IGNORE, QUEUED, Exam
+from xrayvision.dicom.staging import Staging
 from xrayvision.images import FilesystemStore
 
 from .conftest import ingest_settings, running_ingest
@@ -151,26 +150,36 @@ async def test_calling_and_called_ae_rules(tmp_path, db):
 
 async def test_received_files_are_renamed_from_a_tmpdir_on_the_store(tmp_path, db, monkeypatch):
     """As the operator runs ingest (TMPDIR on the image volume): pynetdicom's streamed
-    copy is renamed into the store, leftovers of a dead process are removed at start, and
-    conversion (a spawned pool, whatever the temporary folder) still works."""
-    staging = tmp_path / "images" / ".incoming"
-    staging.mkdir(parents=True)
-    monkeypatch.setattr(tempfile, "tempdir", str(staging))
-    leftover, recent, other = staging / "tmpold.dcm", staging / "tmpnew.dcm", staging / "x.txt"
-    for path in (leftover, recent, other):
-        path.write_bytes(b"partial")
-    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
-    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    copy is renamed into the store, the staging folders of processes that are gone are
+    removed at start (not those of a live one, nor other files), and conversion (a
+    spawned pool, whatever the temporary folder) still works."""
+    tmpdir = tmp_path / "images" / ".incoming"
+    tmpdir.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    gone = tmpdir / "xrayvision-incoming-gone"
+    gone.mkdir()
+    (gone / ".lock").touch()
+    (gone / "tmp1.dcm").write_bytes(b"partial")
+    (tmpdir / "x.txt").write_bytes(b"not ours")
+    alive = Staging(tmpdir).open()  # another ingest process on the same volume
     written = []  # files the store wrote itself (a copy), as opposed to moved in
     original_write = FilesystemStore._write
     monkeypatch.setattr(FilesystemStore, "_write", lambda self, target, fill: (
         written.append(target.suffix), original_write(self, target, fill))[1])
-    async with running_ingest(ingest_settings(tmp_path), db, tmp_path) as ingest:
-        assert ingest.store.root == tmp_path / "images"
-        assert sorted(p.name for p in staging.iterdir()) == ["tmpnew.dcm", "x.txt"]
-        [path] = sample_files(tmp_path / "in")[:1]
-        result = await ingest.storescu(path)
-        assert result.returncode == 0, result.stderr
-        assert (await ingest.converted())["queued"] == 1
-        assert sorted(p.name for p in staging.iterdir()) == ["tmpnew.dcm", "x.txt"]
-    assert written == [".png"]  # the DICOM was renamed into the store, not copied
+    try:
+        async with running_ingest(ingest_settings(tmp_path), db, tmp_path) as ingest:
+            assert ingest.store.root == tmp_path / "images"
+            names = sorted(p.name for p in tmpdir.iterdir())
+            assert "xrayvision-incoming-gone" not in names and "x.txt" in names
+            assert alive.folder is not None and alive.folder.exists()
+            [mine] = [name for name in names if name.startswith("xrayvision-incoming-")
+                      and name != alive.folder.name]
+            [path] = sample_files(tmp_path / "in")[:1]
+            result = await ingest.storescu(path)
+            assert result.returncode == 0, result.stderr
+            assert (await ingest.converted())["queued"] == 1
+            assert [p.name for p in (tmpdir / mine).iterdir()] == [".lock"]
+        assert written == [".png"]  # the DICOM was renamed into the store, not copied
+        assert not (tmpdir / mine).exists()  # removed as the role stopped
+    finally:
+        alive.close()

@@ -7,7 +7,9 @@ not (it is handed to the conversion worker).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +62,12 @@ def _streamed_path(event):
         return None
 
 
+def _write_failure(event) -> OSError | None:
+    """The error that stopped the data set's file from being written (disk full), when
+    it was received into a :class:`~xrayvision.dicom.staging.StagedFile`; else None."""
+    return getattr(getattr(event.request, "_dataset_file", None), "failed", None)
+
+
 def handle_echo(event) -> int:
     """C-ECHO: verification always succeeds."""
     return SUCCESS
@@ -70,6 +78,10 @@ def handle_store(event, ctx: IngestContext) -> int:
     started = time.perf_counter()
     calling, _ = _peer(event)
     sop_class = str(event.context.abstract_syntax)
+    unwritten = _write_failure(event)
+    if unwritten is not None:  # the rest was read and dropped: this instance alone fails
+        return _failed(OUT_OF_RESOURCES, calling, f"cannot store the received data set: "
+                       f"{unwritten.strerror or type(unwritten).__name__}")
     try:
         path = _streamed_path(event)
         if path is not None:
@@ -120,6 +132,19 @@ def _failed(status: int, calling: str, reason: str) -> int:
     log.warning("instance refused", extra={"status": f"0x{status:04X}", "calling_aet": calling,
                                            "reason": reason})
     return status
+
+
+def handle_closed(event) -> None:
+    """The connection closed (released, aborted or lost): the file of a data set still
+    arriving is removed at once; the sender was not answered for it."""
+    message = getattr(event.assoc.dimse, "message", None)
+    staged = getattr(message, "_data_set_file", None)
+    if staged is None:
+        return
+    with contextlib.suppress(OSError):
+        staged.close()
+        os.unlink(staged.name)
+    log.info("unfinished transfer removed")
 
 
 def handle_accepted(event) -> None:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import enum
 import io
 import logging
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,21 +207,3 @@ def record_file(settings: Settings, db: Database, store: ImageStore, path: Path,
     return _record(settings, db, store, ds, calling_aet, sop_class,
                    lambda uid: store.put_file_new(uid, "dcm", path),
                    lambda uid: store.put_file(uid, "dcm", path))
-
-
-def remove_stale_transfers(folder: Path, older_than: float) -> int:
-    """Removes pynetdicom's streamed copies (``tmp*.dcm``) in ``folder`` untouched for
-    ``older_than`` seconds: left by a process that died mid-association, whose sender was
-    told nothing and sends them again. Returns how many."""
-    removed = 0
-    cutoff = time.time() - older_than
-    for entry in os.scandir(folder):
-        if not (entry.name.startswith("tmp") and entry.name.endswith(".dcm")):
-            continue
-        try:
-            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                os.unlink(entry.path)
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed

@@ -27,6 +27,7 @@ from xrayvision.config import Settings
 from xrayvision.dicom import handlers
 from xrayvision.dicom.handlers import IngestContext
 from xrayvision.dicom.ingest import storage_classes
+from xrayvision.dicom.staging import Staging
 from xrayvision.dicom.transport import BufferedRequestHandler
 
 TRANSFER_SYNTAXES = [
@@ -97,18 +98,23 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_scp(settings: Settings, ctx: IngestContext) -> ThreadedAssociationServer:
-    """Starts listening (non-blocking); stop it with ``server.shutdown()``."""
+def start_scp(settings: Settings, ctx: IngestContext,
+              staging: Staging | None = None) -> ThreadedAssociationServer:
+    """Starts listening (non-blocking); stop it with ``server.shutdown()``. Received
+    data sets are written into ``staging`` (else the temporary folder)."""
     # Received datasets are streamed to a temporary file as they arrive, and that file is
     # moved into the store: a large X-ray is never held in memory, nor copied twice.
     # (A pynetdicom process-wide setting; this process is the one that receives.)
     _config.STORE_RECV_CHUNKED_DATASET = True
+    if staging is not None:
+        staging.install()
     ae = make_ae(settings)
     bound = [
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
         (evt.EVT_ABORTED, handlers.handle_aborted),
+        (evt.EVT_CONN_CLOSE, handlers.handle_closed),
         (evt.EVT_REJECTED, handlers.handle_rejected, [ctx]),
     ]
     server_class = type("IngestServer", (ThreadedAssociationServer,), {

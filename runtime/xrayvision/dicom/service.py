@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
 from xrayvision.dicom.handlers import IngestContext
-from xrayvision.dicom.ingest import remove_stale_transfers
 from xrayvision.dicom.retrieve import QueryRetrieve
 from xrayvision.dicom.scp import start_scp
+from xrayvision.dicom.staging import Staging
 from xrayvision.dicom.worker import ConversionWorker
 from xrayvision.events import LocalBus
-from xrayvision.images import FilesystemStore, ImageStore
+from xrayvision.images import ImageStore
 from xrayvision.locks import LocalLocks, SingletonLocks
 from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
-
-# A transfer in progress keeps writing its file; one untouched this long is a leftover.
-STALE_TRANSFER_SECONDS = 3600.0
-
-
-def remove_leftovers(store: ImageStore) -> int:
-    """With the temporary folder on the image volume (the operator sets ingest's TMPDIR
-    there, so received files are renamed into the store), files of transfers a dead
-    process left would stay for good: they are removed. Returns how many."""
-    staging = Path(tempfile.gettempdir()).resolve()
-    if isinstance(store, FilesystemStore) and staging.is_relative_to(store.root.resolve()):
-        return remove_stale_transfers(staging, STALE_TRANSFER_SECONDS)
-    return 0
-
 
 async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
                      locks: SingletonLocks | None = None,
@@ -42,16 +26,17 @@ async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: L
     """Listens for DICOM and converts what arrives, until cancelled; with ``[pacs] host``
     set, also queries and retrieves from the PACS (one process per installation).
     ``on_listening`` is called once the SCP accepts associations (readiness)."""
-    removed = await asyncio.to_thread(remove_leftovers, store)
-    if removed:
-        log.info("unfinished transfers removed", extra={"files": removed})
+    staging = await asyncio.to_thread(Staging().open)
+    if staging.swept:  # files of transfers a process that is gone left behind
+        log.info("unfinished transfers removed", extra={"files": staging.swept})
     worker = ConversionWorker(settings, db, store, bus)
     ctx = IngestContext(settings, db, store, on_stored=worker.submit_threadsafe)
     try:
         await worker.start()  # so that the SCP, once listening, converts without delay
-        server = await asyncio.to_thread(start_scp, settings, ctx)
+        server = await asyncio.to_thread(start_scp, settings, ctx, staging)
     except BaseException:
         worker.close()
+        await asyncio.to_thread(staging.close)
         raise
     log.info("DICOM SCP listening", extra={
         "ae_title": settings.dicom.ae_title, "host": settings.dicom.host,
@@ -67,4 +52,5 @@ async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: L
         await run_together(*loops)
     finally:
         await asyncio.to_thread(server.shutdown)
+        await asyncio.to_thread(staging.close)
         log.info("DICOM SCP stopped")

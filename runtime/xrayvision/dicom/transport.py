@@ -401,7 +401,7 @@ class BufferedDUL(DULServiceProvider):
             while length:
                 while length:
                     if start == end:
-                        self._write(fd, pending)
+                        self._write(stream, fd, pending)
                         start, end = 0, self.socket.recv_into(view)
                         if not end:
                             log.error("Connection closed in the middle of a PDU")
@@ -411,11 +411,11 @@ class BufferedDUL(DULServiceProvider):
                     pending.append(view[start:start + take])
                     start, length = start + take, length - take
                     if len(pending) == self.MAX_WRITES:
-                        self._write(fd, pending)
+                        self._write(stream, fd, pending)
                 length = self._next_fragment(view[start:end], stream)
                 if length:
                     start += 12
-            self._write(fd, pending)
+            self._write(stream, fd, pending)
             if start < end:
                 self.socket.unread(view[start:end])
         self._idle_timer.restart()
@@ -428,15 +428,24 @@ class BufferedDUL(DULServiceProvider):
         length = middle_fragment_length(data)
         return length if length and self._streaming_file() is stream else 0
 
-    def _write(self, fd: int, pending: list[memoryview]) -> None:
-        """Writes ``pending`` to ``fd`` (and empties it); starts the file's write-back
-        every :data:`WRITEBACK_EVERY` bytes."""
+    def _write(self, stream, fd: int, pending: list[memoryview]) -> None:
+        """Writes ``pending`` to ``fd``, ``stream``'s descriptor (and empties it); starts
+        the file's write-back every :data:`WRITEBACK_EVERY` bytes. A failed write is
+        handed to the stream when it takes it (``dicom.staging.StagedFile.fail``: the
+        rest of the data set is then read and dropped), else raised."""
+        if getattr(stream, "failed", None) is not None:
+            pending.clear()
+            return
         total = sum(map(len, pending))
         while pending:
             try:
                 written = os.writev(fd, pending)
             except OSError as exc:
-                raise StreamWriteError from exc
+                if not hasattr(stream, "fail"):
+                    raise StreamWriteError from exc
+                stream.fail(exc)
+                pending.clear()
+                return
             while pending and written >= len(pending[0]):
                 written -= len(pending.pop(0))
             if written:
