@@ -263,7 +263,7 @@ class DicomSettings:
         5.0, _float(0, 3600),
         "seconds an instance's conversion may wait while more keep arriving; 0: none")
     keep_dicom: bool = _setting(False, _bool, "keep the received DICOM after conversion")
-    max_pixels: int = _setting(120_000_000, _int(1), "rows x columns x frames accepted")
+    max_pixels: int = _setting(50_000_000, _int(1), "rows x columns x frames accepted")
     tls_cert: Path | None = _setting(None, _optional_path, "server certificate (PEM): DICOM TLS")
     tls_key: Path | None = _setting(None, _optional_path, "server private key (PEM)")
     tls_ca: Path | None = _setting(None, _optional_path, "CA (PEM) that client certificates need")

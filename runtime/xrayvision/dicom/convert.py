@@ -48,7 +48,7 @@ class ConvertOptions:
     max_side: int = 1024  # 0: keep the full size
     png_compression: int = 1  # 0-3: ISA-L, 4-9: zlib (encode_png)
     window_index: int = 0  # which Window Center/Width pair (or VOI LUT) to use
-    max_pixels: int = 120_000_000  # rows x columns x frames
+    max_pixels: int = 50_000_000  # rows x columns x frames
     percentiles: tuple[float, float] = (0.5, 99.5)
 
 

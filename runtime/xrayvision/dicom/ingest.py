@@ -15,6 +15,7 @@ first copy's pixels are kept); one with another identity is refused.
 Errors::
 
     BadInstance          the dataset lacks what an exam needs       -> DICOM 0xC000
+      DeflateError       a deflated data set corrupt or too large    -> DICOM 0xC000
       WrongSOPClass      dataset and presentation context disagree  -> DICOM 0xA900
     ConflictingInstance  the UID is stored for another patient/study -> DICOM 0x0111
     OSError              the image store cannot write               -> DICOM 0xA700
@@ -38,6 +39,7 @@ from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.db.repo import ExamInfo
 from xrayvision.dicom.convert import ConversionError, check_size
+from xrayvision.dicom.deflate import inflate_file, largest_data_set
 from xrayvision.dicom.metadata import BadInstance, extract
 from xrayvision.images import ImageStore
 
@@ -197,10 +199,15 @@ def record_file(settings: Settings, db: Database, store: ImageStore, path: Path,
                 calling_aet: str = "", sop_class: str | None = None) -> Recorded:
     """Durably records the DICOM file at ``path`` (pynetdicom's streamed copy of a
     C-STORE). Only the header is parsed; the file itself is moved into the store, so a
-    large instance is never held in memory. A copy that is not stored stays at ``path``
+    large instance is never held in memory (a deflated one is inflated there first:
+    ``dicom.deflate``). A copy that is not stored stays at ``path``
     (the caller removes it)."""
     try:
+        # a deflated one is stored inflated: its readers never inflate it in memory
+        inflate_file(path, largest_data_set(settings.dicom.max_pixels))
         ds = dcmread(path, defer_size=4096)  # large values (pixels) stay on disk
+    except (BadInstance, OSError):
+        raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
         raise BadInstance(f"unreadable dataset: {type(exc).__name__}: {str(exc)[:200]}") \
             from None
