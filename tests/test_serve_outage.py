@@ -6,7 +6,8 @@ stub model reading):
   0xA700, and within seconds of the database coming back every acknowledged image is read,
   none stuck in ``processing``;
 - the process SIGKILLed while its relay holds exams: the next one reclaims them at once
-  (not after the 600 s lease) and reads each."""
+  (not after the 600 s lease) and reads each; the killed one's conversion processes end
+  with it."""
 
 from __future__ import annotations
 
@@ -55,6 +56,12 @@ def serve_env(url: str, tmp_path: Path, stub: Stub, roles: str,
            "XRAYVISION_AI_PRIMARY_URL": stub.url, "XRAYVISION_AI_MODEL": "m",
            "XRAYVISION_SERVER_ROLES": roles, **extra}
     return env, web, dicom
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux /proc)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
 
 
 def storescu(port: int, path: Path) -> subprocess.CompletedProcess:
@@ -179,10 +186,14 @@ async def test_a_killed_relays_exams_are_reclaimed_at_once_by_the_next(tmp_path)
             assert (await asyncio.to_thread(storescu, dicom, path)).returncode == 0
         await until("every exam held by the relay", lambda: counts().get(
             "processing") == 3, 30)
+        helpers = children(first.pid)  # conversion processes, multiprocessing's tracker
+        assert helpers
         first.kill()
         first.wait()
         stub.state.delay = 0.2  # the model answers quickly from now on
         start()
+        await until("the killed process's helpers ended with it", lambda: not any(
+            Path(f"/proc/{pid}").exists() for pid in helpers), 10)
         restarted = time.monotonic()
         done_at = await until("every exam read by the next process", lambda: counts().get(
             "done") == 3, 60)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -53,10 +54,25 @@ def pool_size(settings: Settings) -> int:
 CONVERT_NICENESS = 19
 
 
-def _lower_priority() -> None:
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _start_worker(parent: int) -> None:
+    """A conversion process's set-up (the pool's initializer)."""
     # Receiving and acknowledging instances is what a sending PACS waits for; conversion
     # can wait for idle CPU (measured: bench/README.md, "Ingest").
     os.nice(CONVERT_NICENESS)
+    threading.Thread(target=_end_with_parent, args=(parent,), name="parent-watch",
+                     daemon=True).start()
+
+
+def _end_with_parent(parent: int) -> None:
+    """Ends this conversion process within :data:`PARENT_CHECK_SECONDS` of its ingest
+    process's death (SIGKILL, OOM kill: nothing told the pool). Whatever it was
+    converting is lost with it and converted again: its exam is still ``none``."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
@@ -65,7 +81,8 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     # the temporary folder, which for ingest may be the image volume (a network
     # filesystem, a long path) - see xrayvision.dicom.service. Workers live as long as
     # the pool, so spawn's slower start is paid once.
-    return ProcessPoolExecutor(max_workers=workers, initializer=_lower_priority,
+    return ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
+                               initargs=(os.getpid(),),
                                mp_context=multiprocessing.get_context("spawn"))
 
 
