@@ -183,3 +183,19 @@ def test_effective_settings_mask_secrets(tmp_path):
 def test_mask_url_keeps_urls_without_password():
     assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert mask_url("postgresql://u:p@h/db") == f"postgresql://u:{MASK}@h/db"
+
+
+def test_the_disks_a_process_writes_to(tmp_path):
+    staging = tmp_path / "incoming"
+    every = load_settings(tmp_path, env={"XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "d")})
+    assert every.written_disks(staging) == {
+        "database": (tmp_path / "d").resolve(), "received DICOM": staging,
+        "image store": tmp_path / "d" / "images"}
+    web_on_postgres = load_settings(tmp_path, env={
+        "XRAYVISION_SERVER_ROLES": "web",
+        "XRAYVISION_DATABASE_URL": "postgresql://u:p@db:5432/x"})
+    assert web_on_postgres.written_disks(staging) == {}
+    ingest_database_store = load_settings(tmp_path, env={
+        "XRAYVISION_SERVER_ROLES": "ingest", "XRAYVISION_IMAGES_BACKEND": "database",
+        "XRAYVISION_DATABASE_URL": "postgresql://u:p@db:5432/x"})
+    assert ingest_database_store.written_disks(staging) == {"received DICOM": staging}

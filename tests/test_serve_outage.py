@@ -7,7 +7,9 @@ stub model reading):
   none stuck in ``processing``;
 - the process SIGKILLed while its relay holds exams: the next one reclaims them at once
   (not after the 600 s lease) and reads each; the killed one's conversion processes end
-  with it."""
+  with it;
+- a full disk (SQLite, images, TMPDIR on it): unready with the reason, 503 not 500 from
+  the API, 0xA700 to a sender and no partial file; ready again once space is freed."""
 
 from __future__ import annotations
 
@@ -208,3 +210,77 @@ async def test_a_killed_relays_exams_are_reclaimed_at_once_by_the_next(tmp_path)
                 proc.wait(timeout=30)
         await stub.stop()
         pg.destroy()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small disk needs root")
+async def test_a_full_disk_makes_the_process_unready_and_refusals_clear(tmp_path):
+    # `make run`'s layout (SQLite, images and TMPDIR under the data folder), on a 24 MiB
+    # disk that a runaway file fills.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = await asyncio.to_thread(subprocess.run, [
+        "mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    stub = await Stub(StubState(delay=0.1)).start()
+    proc = None
+    try:
+        password = "disk-full-pass-123"
+        hashed = (await asyncio.to_thread(
+            subprocess.run, [str(BIN / "xrayvision"), "hash-password", "--stdin"],
+            input=password, capture_output=True, text=True, check=True)
+        ).stdout.strip().splitlines()[-1]
+        auth = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+        env, web, dicom = serve_env("", tmp_path, stub, "ingest,relay,web",
+                                    XRAYVISION_USERS_ADMIN=f"admin:{hashed}",
+                                    XRAYVISION_SERVER_DATA_DIR=str(disk / "data"),
+                                    XRAYVISION_SERVER_MIN_FREE_MB="4",
+                                    TMPDIR=str(disk / "data" / "images" / ".incoming"))
+        del env["XRAYVISION_DATABASE_URL"]
+        log = tmp_path / "serve.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+                [str(BIN / "xrayvision"), "serve", "--migrate"], env=env, cwd=tmp_path,
+                stdout=out, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{web}"
+
+        async def until(what, check, seconds):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                if await asyncio.to_thread(check):
+                    return
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"timed out: {what}\n{log.read_text()[-3000:]}")
+
+        await until("ready", lambda: http(f"{base}/readyz")[0] == 200, 60)
+        first = write(make_xray(seed=1), tmp_path / "first.dcm")
+        assert (await asyncio.to_thread(storescu, dicom, first)).returncode == 0
+
+        filler = disk / "runaway.log"
+        await asyncio.to_thread(subprocess.run, ["dd", "if=/dev/zero", f"of={filler}",
+                                                 "bs=1M", "count=64"], capture_output=True)
+        await until("unready", lambda: http(f"{base}/readyz")[0] == 503, 15)
+        status, _, body = await asyncio.to_thread(http, f"{base}/readyz")
+        assert "disk full" in json.loads(body)["detail"], body
+        status, headers, body = await asyncio.to_thread(http, f"{base}/api/exams", auth)
+        assert status in (200, 503), (status, body)  # a read may still work; never a 500
+        if status == 503:
+            assert json.loads(body)["error"] == "storage_full" and "Retry-After" in headers
+        big = write(make_xray(rows=1024, cols=1024, bits=16, seed=2), tmp_path / "big.dcm")
+        refused = await asyncio.to_thread(storescu, dicom, big)
+        assert "Refused: OutOfResources" in refused.stderr, refused.stderr  # 0xA700
+        assert not [f for f in (disk / "data" / "images" / ".incoming").rglob("*.dcm")]
+
+        filler.unlink()
+        await until("ready again", lambda: http(f"{base}/readyz")[0] == 200, 15)
+        assert (await asyncio.to_thread(storescu, dicom, big)).returncode == 0
+        assert proc.poll() is None
+        print(f"disk full: /readyz 503 'disk full', /api/exams {status}, C-STORE 0xA700, "
+              "no partial file; ready again and storing once space was freed")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        await stub.stop()
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(disk)])

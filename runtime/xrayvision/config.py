@@ -218,6 +218,8 @@ class ServerSettings:
     shutdown_grace: float = _setting(
         20.0, _float(1, 3600), "seconds to finish work after SIGTERM (below the pod's grace period)"
     )
+    min_free_mb: int = _setting(
+        100, _int(0), "MiB that must stay free where this process writes; less: not ready")
 
 
 @dataclass(frozen=True)
@@ -428,6 +430,19 @@ class Settings:
     @property
     def images_path(self) -> Path:
         return self.images.path or self.server.data_dir / "images"
+
+    def written_disks(self, staging: Path) -> dict[str, Path]:
+        """The folders this process's roles write to (what for: folder), ``staging``
+        being where received data sets arrive: the readiness check watches their space."""
+        disks = {}
+        url = self.database_url
+        if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            disks["database"] = Path(url.removeprefix("sqlite:///")).parent
+        if "ingest" in self.server.roles:
+            disks["received DICOM"] = staging
+            if self.images.backend == "filesystem":
+                disks["image store"] = self.images_path
+        return disks
 
     @property
     def backup_dir(self) -> Path:

@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
@@ -171,7 +173,8 @@ async def serve(settings: Settings, *, migrate: bool = False,
     for warning in settings.warnings:
         log.warning("configuration warning", extra={"detail": warning})
 
-    readiness = Readiness()
+    readiness = Readiness(disks=settings.written_disks(Path(tempfile.gettempdir())),
+                          min_free=settings.server.min_free_mb * 2**20)
     runner = web.AppRunner(init_app(settings, readiness), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.web.host, settings.web.port)

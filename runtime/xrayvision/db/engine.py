@@ -101,6 +101,18 @@ def conninfo(url: str) -> str:
     return url
 
 
+SQLITE_FULL = 13
+PG_DISK_FULL = "53100"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when the database could not write for lack of space (SQLite's SQLITE_FULL,
+    PostgreSQL's disk_full): transient too, but no retry helps until space is freed."""
+    orig = getattr(error, "orig", None)
+    return (getattr(orig, "sqlite_errorcode", None) == SQLITE_FULL
+            or getattr(orig, "sqlstate", None) == PG_DISK_FULL)
+
+
 def is_transient(error: BaseException) -> bool:
     """True for errors worth retrying: a lost/refused connection or a busy SQLite lock."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:

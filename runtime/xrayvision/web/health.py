@@ -1,11 +1,13 @@
 """``/healthz`` (liveness), ``/readyz`` (database reachable, schema current, every role that
-serves others started), ``/metrics``."""
+serves others started, space left where the process writes), ``/metrics``."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -26,6 +28,10 @@ class Readiness:
     checked: float = 0.0
     ttl: float = 2.0
     starting: set[str] = field(default_factory=set)  # roles not serving yet (ingest's SCP)
+    # Folders this process writes to (what for: path), each needing min_free bytes free:
+    # a full disk makes the process unready (senders get 0xA700 meanwhile).
+    disks: dict[str, Path] = field(default_factory=dict)
+    min_free: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def set(self, ready: bool, reason: str) -> None:
@@ -55,9 +61,31 @@ class Readiness:
                 )
             except Exception as exc:  # any failure means "not ready"; the reason says which
                 self.set(False, f"database unreachable: {str(exc).splitlines()[0][:200]}")
+                return self.ready, self.reason
+            full = await asyncio.to_thread(full_disks, self.disks, self.min_free)
+            if full:
+                self.set(False, f"disk full: {'; '.join(full)}")
             else:
                 self.set(state.is_current, state.describe())
             return self.ready, self.reason
+
+
+def full_disks(disks: dict[str, Path], min_free: int) -> list[str]:
+    """Of ``disks`` (what for: folder), those with less than ``min_free`` bytes free, each
+    described; a folder that does not exist yet is measured where it will be."""
+    full = []
+    for what, folder in disks.items():
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is None:
+            continue
+        try:
+            free = shutil.disk_usage(existing).free
+        except OSError:
+            continue
+        if free < min_free:
+            full.append(f"{free // 2**20} MiB free for the {what} ({folder}), "
+                        f"under {min_free // 2**20} MiB")
+    return full
 
 
 READINESS = web.AppKey("readiness", Readiness)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from xrayvision import metrics
 from xrayvision.db import repo
-from xrayvision.db.engine import is_transient
+from xrayvision.db.engine import is_disk_full, is_transient
 from xrayvision.web.auth import Authenticator, LoginGuard, parse_basic
 from xrayvision.web.context import (
     AUTH,
@@ -104,9 +104,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             log.exception("request failed", extra={"path": request.path})
             return error(500, "internal_error", "the server failed on this request; see its log")
         # An outage, not a bug: clients may try again (readiness is false meanwhile).
-        log.warning("request failed: database unavailable", extra={"path": request.path})
-        response = error(503, "database_unavailable",
-                         "the database cannot be reached; try again shortly")
+        if is_disk_full(exc):
+            log.warning("request failed: the database's disk is full",
+                        extra={"path": request.path})
+            response = error(503, "storage_full", "the database's disk is full; an "
+                             "administrator must free space, then try again")
+        else:
+            log.warning("request failed: database unavailable", extra={"path": request.path})
+            response = error(503, "database_unavailable",
+                             "the database cannot be reached; try again shortly")
         response.headers["Retry-After"] = str(RETRY_AFTER_DB)
         return response
     except Exception:
