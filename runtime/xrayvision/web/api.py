@@ -80,13 +80,23 @@ def _bool(query, name: str) -> bool | None:
 
 def _datetime(query, name: str) -> dt.datetime | None:
     raw = query.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise bad_request(f"{name} must be an ISO 8601 date or date-time") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+SEARCH_MAX = 128
+
+
+def _search(query) -> str:
+    value = query.get("search", "")
+    if len(value) > SEARCH_MAX:
+        raise bad_request(f"search must be at most {SEARCH_MAX} characters")
+    return value
 
 
 def _window(request: web.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -178,7 +188,7 @@ async def list_exams(request: web.Request) -> web.Response:
         severity_min=_int(q, "severity_min", None, -1, 10),
         severity_max=_int(q, "severity_max", None, -1, 10),
         positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
-        since=since, until=until, search=q.get("search", "")[:128], agreement=agreement,
+        since=since, until=until, search=_search(q), agreement=agreement,
         threshold=settings.processing.severity_threshold,
     )
     page = _int(q, "page", 1, 1, 1_000_000)
