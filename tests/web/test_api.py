@@ -114,7 +114,7 @@ async def test_exam_list_filters_and_paging(api):
     ("status=bogus", "status must be among"), ("size=0", "size must be"),
     ("size=501", "size must be"), ("page=x", "page must be"), ("positive=2", "positive"),
     ("reviewed=maybe", "reviewed must be"), ("since=yesterday", "since must be"),
-    ("until=", "until must be"),
+    ("until=", "until must be"), ("positive=", "positive"), ("reviewed=", "reviewed must be"),
     ("agreement=XX", "agreement must be"),
 ])
 async def test_bad_queries_are_400_with_a_reason(api, query, detail):

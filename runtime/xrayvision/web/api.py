@@ -56,7 +56,7 @@ def database(request: web.Request) -> Database:
 
 def _int(query, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -69,7 +69,7 @@ def _int(query, name: str, default: int | None, lo: int, hi: int) -> int | None:
 
 def _bool(query, name: str) -> bool | None:
     raw = query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if raw.lower() in ("true", "1", "yes"):
         return True
