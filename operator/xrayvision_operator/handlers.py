@@ -83,14 +83,25 @@ def register(registry: kopf.OperatorRegistry, applier: Applier,
     """Registers the handlers on ``registry``; returns them by name (tests and the
     resync call them)."""
     locks = ObjectLocks()
+    # The status last computed for each object (by uid): the body a handler or a child's
+    # event brings may have been read before that status was written, and a status that
+    # old would post the same failure as a new Event once more.
+    computed: dict[str, dict] = {}
 
     def reconcile(body: dict) -> dict:
         """Reconciles a custom resource (as the API server gave it); returns its status."""
         kind, meta = body.get("kind", ""), body["metadata"]
         with locks(kind, meta.get("namespace", ""), meta["name"]):
+            uid = meta.get("uid", "")
+            if uid in computed:
+                body = {**body, "status": computed[uid]}
             if kind == "ModelEndpoint":
-                return _timed(kind, lambda: reconcile_model_endpoint(body, applier, probe))
-            return _timed(kind, lambda: reconcile_xrayvision(body, applier))
+                status = _timed(kind, lambda: reconcile_model_endpoint(body, applier, probe))
+            else:
+                status = _timed(kind, lambda: reconcile_xrayvision(body, applier))
+            if uid:
+                computed[uid] = status
+            return status
 
     def handle(body, patch) -> None:
         plain = _plain(body)

@@ -197,6 +197,16 @@ def test_invalid_spec_is_degraded_with_an_event_and_applies_nothing(cluster):
     assert applier.events and applier.events[0][0] == "InvalidSpec" and applier.events[0][2]
 
 
+def test_a_failure_is_posted_once_when_a_stale_body_comes_again(cluster):
+    # A child's event (or the resync) may bring the object as it was before the status
+    # saying "Degraded" was written: the same failure is not posted again.
+    applier, handlers = cluster
+    body = xrv({"model": {"primary": {"modelEndpoint": "nope"}}})
+    for _ in range(3):
+        run(handlers, "xrayvision", copy.deepcopy(body))  # status never written back
+    assert [e[0] for e in applier.events] == ["InvalidSpec"]
+
+
 def test_no_database_says_what_to_provide_and_cnpg_is_used_when_present(cluster):
     applier, handlers = cluster
     body = xrv()
