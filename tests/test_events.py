@@ -1,11 +1,14 @@
 import asyncio
-import threading
 
 import pytest
+from sqlalchemy.orm import Session
 
+from xrayvision.db import repo
 from xrayvision.events import (
+    EXAM_QUEUED,
     GAP,
     RECONNECTED,
+    REPORT_READY,
     Event,
     EventTooLarge,
     LocalBus,
@@ -56,17 +59,6 @@ async def test_slow_subscriber_gets_a_gap_and_does_not_block_others():
     got = [await next_event(slow) for _ in range(3)]
     assert [e.data.get("n") for e in got[:2]] == [0, 1]
     assert got[2].type == GAP
-
-
-async def test_publish_from_another_thread():
-    bus = LocalBus()
-    await bus.start()
-    sub = bus.subscribe()
-    thread = threading.Thread(target=bus.publish_threadsafe, args=("exam.queued",),
-                              kwargs={"uid": "9.9"})
-    thread.start()
-    thread.join()
-    assert (await next_event(sub)).data == {"uid": "9.9"}
 
 
 async def test_make_bus_by_url():
@@ -144,29 +136,36 @@ async def test_publish_while_database_is_down_is_dropped_not_raised(own_pg):
         await bus.close()
 
 
-async def test_publish_in_a_transaction_is_delivered_only_on_commit(pg_url):
-    from sqlalchemy.orm import Session
-
-    from xrayvision.db.engine import Database, DatabaseOptions
-
-    bus = PostgresBus(pg_url)
+async def test_publish_in_is_delivered_once_after_commit_never_after_rollback(db):
+    """The same writer path on both backends (in-process after the commit; PostgreSQL's
+    NOTIFY at the commit): each event arrives exactly once, the change it announces is
+    visible when it arrives, and a rolled-back change announces nothing."""
+    bus = make_bus(db.url)
     await bus.start()
-    await asyncio.wait_for(bus.listening.wait(), 10)
-    db = Database(DatabaseOptions(url=pg_url))
+    if isinstance(bus, PostgresBus):
+        await asyncio.wait_for(bus.listening.wait(), 10)
     try:
         sub = bus.subscribe()
 
-        def rolled_back(session: Session):
-            bus.publish_in(session, "report.ready", uid="never")
-            raise RuntimeError("abort the transaction")
+        def change(session: Session, key: str, fail: bool = False) -> None:
+            repo.set_state(session, key, "written")
+            bus.publish_in(session, REPORT_READY, uid=key)
+            bus.publish_in(session, EXAM_QUEUED, uid=key)
+            if fail:
+                raise RuntimeError("abort the transaction")
 
         with pytest.raises(RuntimeError):
-            db.write_sync(rolled_back)
-        db.write_sync(lambda session: bus.publish_in(session, "report.ready", uid="1.2"))
-        event = await next_event(sub)
-        assert event.data == {"uid": "1.2"} and event.origin == bus.origin
+            await db.write(change, "1.1", fail=True)
+        await db.write(change, "1.2")
+        seen = []
+        for _ in range(2):
+            event = await next_event(sub)
+            seen.append((event.type, event.data["uid"], event.origin))
+            # the change is committed when its event arrives
+            assert await db.read(repo.get_state, event.data["uid"]) == "written"
+        assert seen == [(REPORT_READY, "1.2", bus.origin), (EXAM_QUEUED, "1.2", bus.origin)]
         await asyncio.sleep(0.3)
-        assert sub.get_nowait() is None, "the rolled-back event never arrived"
+        assert sub.get_nowait() is None, "nothing more: not the rolled-back change's"
+        assert await db.read(repo.get_state, "1.1") is None
     finally:
-        db.close()
         await bus.close()

@@ -6,14 +6,17 @@
   every event in the same way. The listener reconnects by itself (with back-off) after a
   database restart and then delivers a ``bus.reconnected`` event.
 
+A change and its event go together: a writer calls ``bus.publish_in(session, ...)``
+inside the transaction that makes the change. Both buses then deliver the event only
+once the transaction commits (PostgreSQL: the NOTIFY is part of it; in-process: after
+the commit), never when it rolls back, so a subscriber that reads the database on an
+event finds the change. ``publish`` is for news with no transaction (model health).
+
 Events are hints, not the record: they carry ids and small fields (a NOTIFY payload must
 stay under 8,000 bytes), and every consumer also sweeps the database periodically. A lost
 event therefore delays work and never loses it. A subscriber that falls behind has events
 dropped and receives ``bus.gap`` so it knows to resynchronise; it never slows the others.
-
-Event types used across the code: ``exam.queued``, ``exam.updated``, ``report.ready``,
-``review.saved``, ``queue.changed``, ``endpoint.health``; and the bus's own ``bus.gap``,
-``bus.reconnected``.
+The event types and their payloads are the constants below.
 """
 
 from __future__ import annotations
@@ -27,20 +30,33 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
-from xrayvision.db.engine import conninfo
+from xrayvision.db.engine import conninfo, first_line
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "xrayvision_events"
 MAX_PAYLOAD = 7900
-GAP, RECONNECTED = "bus.gap", "bus.reconnected"
+
+# Event types (the payload's fields after each).
+EXAM_QUEUED = "exam.queued"  # uid, region, priority: converted, waiting for the model
+EXAM_UPDATED = "exam.updated"  # uid, status: converted into ignore or error
+EXAM_REQUEUED = "exam.requeued"  # uid: a user asked the model to read it again
+EXAM_REVIEWED = "exam.reviewed"  # uid, correct: a user reviewed the AI report
+REPORT_READY = "report.ready"  # uid, severity, positive, region: the AI report is stored
+RAD_REPORT_READY = "rad_report.ready"  # uid, region, severity, positive, checked: the
+#   radiologist's report is stored (or checked by the model later)
+ENDPOINT_HEALTH = "endpoint.health"  # {endpoint name: healthy}: model endpoints' health
+GAP = "bus.gap"  # (none): this subscriber missed events; resynchronise from the database
+RECONNECTED = "bus.reconnected"  # (none): the listener was away; resynchronise
+_PENDING = "xrayvision.events"  # session.info key: events waiting for the commit
 
 
 def process_id() -> str:
@@ -126,11 +142,28 @@ class Subscription:
         self.close()
 
 
-class LocalBus:
-    """In-process bus. Must be used from the event loop's thread (see publish_threadsafe)."""
+class Bus(Protocol):
+    """What the roles use of a bus (:class:`LocalBus`, :class:`PostgresBus`)."""
 
-    # PostgresBus can send an event inside a database transaction (delivered at commit).
-    transactional = False
+    origin: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def subscribe(self, maxsize: int = 1000) -> Subscription: ...
+
+    def publish_in(self, session: Session, type_: str, **data: Any) -> None:
+        """Sends the event with ``session``'s transaction: delivered once it commits,
+        never if it rolls back. Callable from any thread (database threads)."""
+
+    async def publish(self, type_: str, **data: Any) -> None:
+        """Sends the event now (news without a transaction). Event loop thread only."""
+
+
+class LocalBus:
+    """In-process bus. ``publish`` and ``subscribe`` from the event loop's thread;
+    ``publish_in`` from any (delivery is handed to the loop)."""
 
     def __init__(self, origin: str | None = None) -> None:
         self.origin = origin or process_id()
@@ -160,18 +193,36 @@ class LocalBus:
         metrics.EVENTS_PUBLISHED.labels(type_).inc()
         self._deliver(event)
 
-    def publish_threadsafe(self, type_: str, **data: Any) -> None:
-        """Publishes from another thread (DICOM associations); never blocks the caller."""
-        if self._loop is None or self._loop.is_closed():
-            metrics.EVENTS_DROPPED.labels("loop_closed").inc()
+    def publish_in(self, session: Session, type_: str, **data: Any) -> None:
+        event = Event(type_, data, self.origin)
+        event.encode()
+        pending = session.info.get(_PENDING)
+        if pending is None:
+            pending = session.info[_PENDING] = []
+            sa_event.listen(session, "after_commit", self._committed)
+            sa_event.listen(session, "after_rollback", self._rolled_back)
+        pending.append(event)
+
+    def _committed(self, session: Session) -> None:
+        events = session.info.pop(_PENDING, [])
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            metrics.EVENTS_DROPPED.labels("loop_closed").inc(len(events))
             return
-        asyncio.run_coroutine_threadsafe(self.publish(type_, **data), self._loop)
+        for event in events:
+            loop.call_soon_threadsafe(self._publish_now, event)
+
+    @staticmethod
+    def _rolled_back(session: Session) -> None:
+        session.info.pop(_PENDING, None)
+
+    def _publish_now(self, event: Event) -> None:
+        metrics.EVENTS_PUBLISHED.labels(event.type).inc()
+        self._deliver(event)
 
 
 class PostgresBus(LocalBus):
     """LISTEN/NOTIFY bus; reconnects by itself."""
-
-    transactional = True
 
     def __init__(self, url: str, origin: str | None = None, *,
                  reconnect_max: float = 10.0) -> None:
@@ -225,14 +276,14 @@ class PostgresBus(LocalBus):
             except (psycopg.Error, OSError) as exc:
                 self.listening.clear()
                 log.warning("event bus listener lost its connection; reconnecting",
-                            extra={"error": str(exc).splitlines()[0][:200] if str(exc) else "",
+                            extra={"error": first_line(exc),
                                    "retry_in": round(delay, 2)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._reconnect_max)
 
     def publish_in(self, session: Session, type_: str, **data: Any) -> None:
-        """Sends the event as part of ``session``'s transaction: PostgreSQL delivers it at
-        commit, and never if the transaction rolls back (no extra round trip either)."""
+        # The NOTIFY is part of the transaction: PostgreSQL delivers it at commit, and
+        # never if the transaction rolls back (no extra round trip either).
         payload = Event(type_, data, self.origin).encode()
         session.execute(text("SELECT pg_notify(:channel, :payload)"),
                         {"channel": CHANNEL, "payload": payload})
@@ -256,10 +307,10 @@ class PostgresBus(LocalBus):
                         metrics.EVENTS_DROPPED.labels("bus_down").inc()
                         log.warning("event not published: database unreachable; the next "
                                     "sweep picks the work up",
-                                    extra={"type": type_, "error": str(exc).splitlines()[0][:200]})
+                                    extra={"type": type_, "error": first_line(exc)})
 
 
-def make_bus(database_url: str) -> LocalBus:
+def make_bus(database_url: str) -> Bus:
     """PostgresBus for a PostgreSQL database, LocalBus for SQLite."""
     if database_url.startswith("postgresql"):
         return PostgresBus(database_url)

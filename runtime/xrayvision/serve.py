@@ -31,7 +31,7 @@ from xrayvision.db import queue
 from xrayvision.db.engine import Database, DatabaseOptions, first_line, is_transient
 from xrayvision.db.migrate import schema_state, upgrade
 from xrayvision.dicom.service import run_ingest
-from xrayvision.events import LocalBus, make_bus, process_id
+from xrayvision.events import Bus, make_bus, process_id
 from xrayvision.fhir.service import enrichment, run_fhir
 from xrayvision.images import ImageStore, make_store
 from xrayvision.locks import SingletonLocks, make_locks
@@ -53,7 +53,7 @@ class Runtime:
 
     settings: Settings
     db: Database
-    bus: LocalBus
+    bus: Bus
     locks: SingletonLocks
     store: ImageStore
     worker_id: str

@@ -29,7 +29,7 @@ from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
 from xrayvision.db.repo import ReportContext
-from xrayvision.events import LocalBus
+from xrayvision.events import REPORT_READY, Bus
 from xrayvision.images import ImageStore
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, client: ModelClient, db: Database, store: ImageStore, bus: LocalBus,
+    def __init__(self, client: ModelClient, db: Database, store: ImageStore, bus: Bus,
                  prompts: Prompts, *, severity_threshold: int = 5,
                  enrich: Enrich = no_enrichment, notify: Notify | None = None,
                  translation_cache: int = 1024, max_tokens: int = 1024) -> None:
@@ -188,15 +188,11 @@ class Pipeline:
                 reviewed=False,
             )
             queue.complete(session, uid, worker)
-            if self.bus.transactional:
-                self.bus.publish_in(session, "report.ready", **event)
+            self.bus.publish_in(session, REPORT_READY, uid=uid, severity=check.severity,
+                                positive=check.positive, region=exam.region)
             return then(session) if then is not None else None
 
-        event = {"uid": uid, "severity": check.severity, "positive": check.positive,
-                 "region": exam.region}
         following = await self.db.write(store_and_complete)
-        if not self.bus.transactional:
-            await self.bus.publish("report.ready", **event)
         metrics.SEVERITY.labels("ai", exam.region or "none", str(check.severity)).inc()
         metrics.RECEIPT_TO_REPORT_SECONDS.observe(
             max(0.0, (utcnow() - exam.created).total_seconds()))

@@ -31,11 +31,11 @@ from xrayvision.ai.pipeline import Pipeline
 from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database, is_transient
 from xrayvision.db.models import utcnow
-from xrayvision.events import LocalBus
+from xrayvision.events import EXAM_QUEUED, EXAM_REQUEUED, GAP, RECONNECTED, Bus
 from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
-WAKE_EVENTS = {"exam.queued", "exam.requeued", "bus.gap", "bus.reconnected"}
+WAKE_EVENTS = {EXAM_QUEUED, EXAM_REQUEUED, GAP, RECONNECTED}
 
 
 HEARTBEAT_SECONDS = 10.0
@@ -51,7 +51,7 @@ def running_pids() -> frozenset[int] | None:
 
 
 class Relay:
-    def __init__(self, pipeline: Pipeline, db: Database, bus: LocalBus, worker: str, *,
+    def __init__(self, pipeline: Pipeline, db: Database, bus: Bus, worker: str, *,
                  concurrency: int = 4, lease_seconds: float = 600, sweep_interval: float = 30,
                  max_attempts: int = 3, retry_delay: float = 30) -> None:
         self.pipeline = pipeline

@@ -15,7 +15,7 @@ from xrayvision.ai.relay import Relay, export_queue_metrics
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
 from xrayvision.db.repo import ReportContext
-from xrayvision.events import LocalBus
+from xrayvision.events import ENDPOINT_HEALTH, Bus
 from xrayvision.images import ImageStore
 from xrayvision.locks import SingletonLocks
 from xrayvision.notify import Notice, Notifier
@@ -40,7 +40,7 @@ def notice_for(settings: Settings, exam: ReportContext, check: Check) -> Notice:
                   patient_name=name)
 
 
-async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: Bus,
                     locks: SingletonLocks, worker: str,
                     enrichment: Callable[[aiohttp.ClientSession], Enrich] | None = None
                     ) -> None:
@@ -49,7 +49,7 @@ async def run_relay(settings: Settings, db: Database, store: ImageStore, bus: Lo
     prompts = load_prompts(settings.ai.prompts_dir)
     async with aiohttp.ClientSession() as session:
         async def on_health(health: dict[str, bool]) -> None:
-            await bus.publish("endpoint.health", **health)
+            await bus.publish(ENDPOINT_HEALTH, **health)
 
         client = ModelClient(endpoints(settings), session, max_attempts=settings.ai.max_attempts,
                              on_health=on_health)

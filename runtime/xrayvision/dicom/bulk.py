@@ -23,7 +23,7 @@ from xrayvision.db.models import ERROR, IGNORE
 from xrayvision.dicom.ingest import ConflictingInstance, Outcome, record_instance
 from xrayvision.dicom.metadata import BadInstance
 from xrayvision.dicom.worker import ConversionWorker
-from xrayvision.events import LocalBus
+from xrayvision.events import Bus
 from xrayvision.images import ImageStore
 
 
@@ -77,7 +77,7 @@ def _read_and_record(settings: Settings, db: Database, store: ImageStore, path: 
     return record_instance(settings, db, store, ds, data)
 
 
-async def import_paths(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+async def import_paths(settings: Settings, db: Database, store: ImageStore, bus: Bus,
                        paths: Iterable[Path],
                        progress: Callable[[int], Progress] = Progress) -> ImportSummary:
     files = list(iter_files(paths))

@@ -13,14 +13,14 @@ from xrayvision.dicom.retrieve import QueryRetrieve
 from xrayvision.dicom.scp import start_scp
 from xrayvision.dicom.staging import Staging
 from xrayvision.dicom.worker import ConversionWorker
-from xrayvision.events import LocalBus
+from xrayvision.events import Bus
 from xrayvision.images import ImageStore
 from xrayvision.locks import LocalLocks, SingletonLocks
 from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
 
-async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: Bus,
                      locks: SingletonLocks | None = None,
                      on_listening: Callable[[], None] | None = None) -> None:
     """Listens for DICOM and converts what arrives, until cancelled; with ``[pacs] host``

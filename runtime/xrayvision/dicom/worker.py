@@ -19,18 +19,20 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from sqlalchemy.orm import Session
+
 from xrayvision import metrics
 from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.db.models import ERROR, IGNORE, NONE, QUEUED
+from xrayvision.db.models import ERROR, IGNORE, NONE, QUEUED, Exam
 from xrayvision.dicom.convert import (
     ConversionError,
     ConvertOptions,
     convert_bytes,
     convert_file,
 )
-from xrayvision.events import LocalBus
+from xrayvision.events import EXAM_QUEUED, EXAM_UPDATED, Bus
 from xrayvision.images import FilesystemStore, ImageStore
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ def _timed_convert(source: bytes | str, opts: ConvertOptions):
 class ConversionWorker:
     PAUSE = 0.2  # seconds without a new instance: the sender has paused
 
-    def __init__(self, settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+    def __init__(self, settings: Settings, db: Database, store: ImageStore, bus: Bus,
                  *, sweep_interval: float = 30.0) -> None:
         self.settings = settings
         self.db = db
@@ -241,17 +243,21 @@ class ConversionWorker:
         return await self._finish(uid, QUEUED if region else IGNORE)
 
     async def _finish(self, uid: str, status: str, error: str = "") -> str | None:
-        exam = await self.db.write(repo.finish_conversion, uid, status, error)
+        def finish(session: Session) -> Exam | None:
+            exam = repo.finish_conversion(session, uid, status, error)
+            if exam is not None and status == QUEUED:
+                self.bus.publish_in(session, EXAM_QUEUED, uid=uid, region=exam.region,
+                                    priority=exam.priority)
+            elif exam is not None:
+                self.bus.publish_in(session, EXAM_UPDATED, uid=uid, status=status)
+            return exam
+
+        exam = await self.db.write(finish)
         if exam is None:
             return None
         metrics.CONVERSIONS.labels(status, exam.region or "none").inc()
         if not self.settings.dicom.keep_dicom and status != ERROR:
             await asyncio.to_thread(self.store.delete, uid, "dcm")
-        if status == QUEUED:
-            await self.bus.publish("exam.queued", uid=uid, region=exam.region,
-                                   priority=exam.priority)
-        else:
-            await self.bus.publish("exam.updated", uid=uid, status=status)
         log.info("instance converted", extra={"uid": uid, "status": status,
                                               "region": exam.region})
         return status

@@ -44,7 +44,7 @@ from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
 from xrayvision.db.repo import PollExam
 from xrayvision.dicom.regions import identify_region
-from xrayvision.events import LocalBus
+from xrayvision.events import RAD_REPORT_READY, Bus
 from xrayvision.fhir.client import FhirClient, FhirError, FhirHTTPError, SearchResult
 from xrayvision.fhir.match import match_report
 from xrayvision.fhir.resources import FhirReport, identifiers_of, patient_of, report_of
@@ -100,7 +100,7 @@ class FhirDown(Exception):
 
 class Poller:
     def __init__(self, client: FhirClient, db: Database, checker: ReportChecker,
-                 bus: LocalBus, settings: Settings, *,
+                 bus: Bus, settings: Settings, *,
                  clock: Callable[[], dt.datetime] = utcnow,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.client = client
@@ -282,8 +282,7 @@ class Poller:
                     fhir_status=report.status, text=report.text, radiologist=report.radiologist,
                     severity=res.severity, positive=res.positive, summary=res.summary,
                     text_en=res.text_en, checked=res.checked)
-                if self.bus.transactional:
-                    self.bus.publish_in(session, "rad_report.ready", **_event(exam, res))
+                self.bus.publish_in(session, RAD_REPORT_READY, **_event(exam, res))
 
         await self.db.write(store)
         for exam, report in changes:
@@ -295,8 +294,6 @@ class Poller:
             metrics.FHIR_REPORTS.labels("amended" if amended else "new").inc()
             if res.checked:
                 metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
-            if not self.bus.transactional:
-                await self.bus.publish("rad_report.ready", **_event(exam, res))
         return {exam.uid for exam, _ in changes}
 
     async def _check(self, text: str) -> _Result:
@@ -330,14 +327,11 @@ class Poller:
                 repo.save_rad_report(session, uid, severity=res.severity,
                                      positive=res.positive, summary=res.summary,
                                      text_en=res.text_en, checked=True)
-                if self.bus.transactional:
-                    self.bus.publish_in(session, "rad_report.ready", **_event(exam, res))
+                self.bus.publish_in(session, RAD_REPORT_READY, **_event(exam, res))
 
             await self.db.write(store)
             stats.rechecked += 1
             metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
-            if not self.bus.transactional:
-                await self.bus.publish("rad_report.ready", **_event(exam, res))
 
     async def _export_agreement(self, now: dt.datetime) -> None:
         counts = await self.db.read(repo.agreement_counts, self.threshold, "region",

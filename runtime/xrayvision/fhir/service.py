@@ -13,7 +13,7 @@ from xrayvision.ai.prompts import load_prompts
 from xrayvision.ai.service import endpoints
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
-from xrayvision.events import LocalBus
+from xrayvision.events import Bus
 from xrayvision.fhir.client import FhirClient, FhirServer
 from xrayvision.fhir.enrich import PatientEnricher
 from xrayvision.fhir.poller import Poller
@@ -43,7 +43,7 @@ def enrichment(settings: Settings, db: Database):
     return build
 
 
-async def run_fhir(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+async def run_fhir(settings: Settings, db: Database, store: ImageStore, bus: Bus,
                    locks: SingletonLocks) -> None:
     if not settings.fhir.url:
         log.warning("the fhir role runs but [fhir] url is empty: no reports are fetched")

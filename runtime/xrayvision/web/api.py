@@ -19,6 +19,7 @@ from xrayvision.db import queue, repo, stats
 from xrayvision.db.engine import Database
 from xrayvision.db.models import STATUSES
 from xrayvision.db.repo import AGREEMENT_CLASSES, ExamFilter, ExamRow
+from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
 from xrayvision.web.cache import TTLCache
@@ -394,15 +395,13 @@ async def rad_review(request: web.Request) -> web.Response:
             return False
         repo.audit(session, "review", username=identity.username, target=uid,
                    remote=request[CLIENT_IP], detail="correct" if correct else "incorrect")
-        if found.bus is not None and found.bus.transactional:
-            found.bus.publish_in(session, "exam.reviewed", uid=uid, correct=correct)
+        if found.bus is not None:
+            found.bus.publish_in(session, EXAM_REVIEWED, uid=uid, correct=correct)
         return True
 
     assert found.db is not None
     if not await found.db.write(write):
         raise web.HTTPNotFound(text=f"exam {uid} has no AI report to review")
-    if found.bus is not None and not found.bus.transactional:
-        await found.bus.publish("exam.reviewed", uid=uid, correct=correct)
     return web.json_response({"uid": uid, "correct": correct})
 
 
@@ -419,8 +418,8 @@ async def requeue(request: web.Request) -> web.Response:
             return "busy"
         repo.audit(session, "requeue", username=identity.username, target=uid,
                    remote=request[CLIENT_IP])
-        if found.bus is not None and found.bus.transactional:
-            found.bus.publish_in(session, "exam.requeued", uid=uid)
+        if found.bus is not None:
+            found.bus.publish_in(session, EXAM_REQUEUED, uid=uid)
         return "ok"
 
     assert found.db is not None
@@ -429,8 +428,6 @@ async def requeue(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"no exam {uid}")
     if outcome == "busy":
         raise web.HTTPConflict(text=f"exam {uid} is being processed now; try again later")
-    if found.bus is not None and not found.bus.transactional:
-        await found.bus.publish("exam.requeued", uid=uid)
     return web.json_response({"uid": uid, "status": "requeue"})
 
 

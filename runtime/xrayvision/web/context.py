@@ -14,7 +14,7 @@ from xrayvision.web.ratelimit import SlidingWindow
 if TYPE_CHECKING:
     from xrayvision.ai.pipeline import Pipeline
     from xrayvision.db.engine import Database
-    from xrayvision.events import LocalBus
+    from xrayvision.events import Bus
     from xrayvision.images import ImageStore
     from xrayvision.web.live import Hub
 
@@ -24,7 +24,7 @@ class Services:
     """Filled in by the ``web`` role once the database is up; until then /api answers 503."""
 
     db: Database | None = None
-    bus: LocalBus | None = None
+    bus: Bus | None = None
     store: ImageStore | None = None
     pipeline: Pipeline | None = None
     hub: Hub | None = None

@@ -19,13 +19,23 @@ from dataclasses import dataclass, field
 from aiohttp import WSCloseCode, web
 
 from xrayvision import metrics
-from xrayvision.events import GAP, RECONNECTED, Event, LocalBus
+from xrayvision.events import (
+    ENDPOINT_HEALTH,
+    EXAM_QUEUED,
+    EXAM_REQUEUED,
+    EXAM_UPDATED,
+    GAP,
+    RECONNECTED,
+    REPORT_READY,
+    Bus,
+    Event,
+)
 from xrayvision.web.cache import TTLCache
 
 log = logging.getLogger(__name__)
 
 # Events after which queue sizes may have changed (a missed one: the bus says gap).
-QUEUE_EVENTS = {"exam.queued", "exam.updated", "report.ready", "exam.requeued", GAP,
+QUEUE_EVENTS = {EXAM_QUEUED, EXAM_UPDATED, REPORT_READY, EXAM_REQUEUED, GAP,
                 RECONNECTED}
 
 
@@ -38,7 +48,7 @@ class Client:
 class Hub:
     """Fans bus events out to the connected clients."""
 
-    def __init__(self, bus: LocalBus, state: Callable[[], Awaitable[dict]], *,
+    def __init__(self, bus: Bus, state: Callable[[], Awaitable[dict]], *,
                  outbox: int = 256, heartbeat: float = 30.0,
                  dashboard_interval: float = 1.0, state_ttl: float = 1.0) -> None:
         self.bus = bus
@@ -82,7 +92,7 @@ class Hub:
                 ticker.cancel()
 
     def _forward(self, event: Event) -> None:
-        if event.type == "endpoint.health":
+        if event.type == ENDPOINT_HEALTH:
             self.health = {k: bool(v) for k, v in event.data.items()}
         if event.type not in (GAP, RECONNECTED):
             self.broadcast({"type": event.type, **event.data})

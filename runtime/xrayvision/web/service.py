@@ -17,7 +17,7 @@ from xrayvision.ai.service import endpoints
 from xrayvision.config import Settings, User
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.events import LocalBus
+from xrayvision.events import Bus
 from xrayvision.images import ImageStore
 from xrayvision.passwords import hash_password
 from xrayvision.tasks import run_together
@@ -49,7 +49,7 @@ async def dashboard_state(db: Database) -> dict:
     return {"queue": await db.read(repo.queue_counts)}
 
 
-async def run_web(settings: Settings, db: Database, store: ImageStore, bus: LocalBus,
+async def run_web(settings: Settings, db: Database, store: ImageStore, bus: Bus,
                   app: web.Application) -> None:
     if not settings.users:
         hashed, password = await bootstrap_admin(db)
