@@ -256,6 +256,9 @@ class DicomSettings:
         "seconds a peer may pause in the middle of a PDU before the connection is closed")
     idle_timeout: float = _setting(
         60.0, _float(1, 86400), "seconds an association may stay without any PDU")
+    fast_receive: bool = _setting(
+        True, _bool, "our receive path (dicom/transport.py); false: pynetdicom's own, "
+        "slower and without PDU size limits")
     listen_backlog: int = _setting(128, _int(1, 65535),
                                    "connections the kernel queues before the SCP accepts them")
     require_called_aet: bool = _setting(True, _bool, "reject associations to another AE title")

@@ -85,3 +85,25 @@ async def test_a_large_instance_over_tls_takes_the_fragment_path_unchanged(
         stored = dcmread(io.BytesIO(ingest.store.get(sent.SOPInstanceUID, "dcm")))
     assert stored == dcmread(path)
     assert sum(streamed) > 0.9 * path.stat().st_size
+
+
+async def test_a_silent_peer_does_not_hold_up_tls_senders(tmp_path, pki, sqlite_db):
+    # The TLS handshake of a connection that sends nothing must not keep the server from
+    # accepting others (it runs in the connection's own thread, bounded by read_timeout).
+    import asyncio
+    import socket
+    import time
+
+    settings = tls_settings(tmp_path, pki, XRAYVISION_DICOM_READ_TIMEOUT="60")
+    path = write(make_xray(), tmp_path / "x.dcm")
+    async with running_ingest(settings, sqlite_db, tmp_path) as ingest:
+        silent = [socket.create_connection(("127.0.0.1", ingest.port)) for _ in range(3)]
+        try:
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            result = await ingest.storescu(path, args=("+tla", "+cf", str(pki / "ca.crt")))
+            assert result.returncode == 0, result.stderr
+            assert time.monotonic() - started < 10
+        finally:
+            for sock in silent:
+                sock.close()

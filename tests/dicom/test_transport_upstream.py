@@ -6,12 +6,20 @@ own receive path."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib
 import inspect
+import io
 
 import pynetdicom
 import pytest
+from pydicom import dcmread
+
+from support.xrays import make_xray, write
+from xrayvision.dicom.transport import BufferedDUL
+
+from .conftest import ingest_settings, running_ingest
 
 VERIFIED_VERSION = "3.0.4"
 # The upstream code each piece copies, overrides or depends on (sha256 of its source).
@@ -83,3 +91,21 @@ def test_private_members_used_still_exist(module):
     missing = [name for name in PRIVATE[module] if name not in source]
     assert not missing, (f"pynetdicom {pynetdicom.__version__} no longer has {missing} in "
                          f"{module}: re-sync dicom/transport.py")
+
+
+async def test_fast_receive_off_runs_pynetdicoms_own_path(tmp_path, sqlite_db, monkeypatch):
+    used = []
+    original = BufferedDUL._read_pdu_data
+    monkeypatch.setattr(BufferedDUL, "_read_pdu_data",
+                        lambda self: used.append(1) or original(self))
+    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_FAST_RECEIVE="false",
+                               XRAYVISION_DICOM_KEEP_DICOM="true")
+    sent = make_xray(rows=1500, cols=1200, bits=16, seed=8)
+    path = write(sent, tmp_path / "big.dcm")
+    async with running_ingest(settings, sqlite_db, tmp_path) as ingest:
+        result = await ingest.storescu(path)
+        assert result.returncode == 0, result.stderr
+        assert (await ingest.converted())["queued"] == 1
+        stored = await asyncio.to_thread(ingest.store.get, sent.SOPInstanceUID, "dcm")
+        assert dcmread(io.BytesIO(stored)).PixelData == sent.PixelData
+    assert not used  # not a byte through our receive path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import ssl
 import threading
 
@@ -21,7 +23,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from xrayvision.config import Settings
 from xrayvision.dicom import handlers
@@ -29,6 +31,8 @@ from xrayvision.dicom.handlers import IngestContext
 from xrayvision.dicom.ingest import storage_classes
 from xrayvision.dicom.staging import Staging
 from xrayvision.dicom.transport import BufferedRequestHandler
+
+log = logging.getLogger(__name__)
 
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
@@ -80,6 +84,38 @@ class IngestAE(AE):
                 if not assoc.is_acceptor or assoc.requestor.primitive is not None]
 
 
+class IngestServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with connection hygiene:
+
+    - the kernel queues :attr:`request_queue_size` connections not accepted yet
+      (socketserver's default is 5);
+    - every accepted connection reads with a timeout of :attr:`read_timeout` seconds: a
+      peer silent in the middle of a PDU (or of its TLS handshake) is dropped;
+    - the TLS handshake runs in the connection's own thread, not in the one accepting
+      connections (pynetdicom's), where one silent peer held up every other sender.
+    """
+
+    request_queue_size = 128
+    read_timeout: float | None = 30.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        client.settimeout(self.read_timeout)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+    def finish_request(self, request, client_address) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:
+                log.info("TLS handshake failed", extra={"error": str(exc)[:200]})
+                return  # socketserver closes the connection
+        super().finish_request(request, client_address)
+
+
 def make_ae(settings: Settings) -> AE:
     d = settings.dicom
     ae = IngestAE(ae_title=d.ae_title)
@@ -117,14 +153,13 @@ def start_scp(settings: Settings, ctx: IngestContext,
         (evt.EVT_CONN_CLOSE, handlers.handle_closed),
         (evt.EVT_REJECTED, handlers.handle_rejected, [ctx]),
     ]
-    server_class = type("IngestServer", (ThreadedAssociationServer,), {
-        # the kernel's queue of connections not accepted yet (socketserver's default: 5)
+    server_class = type("Server", (IngestServer,), {
         "request_queue_size": settings.dicom.listen_backlog,
-        # read by BufferedRequestHandler: a peer silent mid-PDU is dropped
         "read_timeout": settings.dicom.read_timeout})
+    handler = BufferedRequestHandler if settings.dicom.fast_receive else RequestHandler
     server = ae.make_server((settings.dicom.host, settings.dicom.port), evt_handlers=bound,
                             ssl_context=tls_context(settings), server_class=server_class,
-                            request_handler=BufferedRequestHandler)
+                            request_handler=handler)
     # What ae.start_server(block=False) does, with our request handler
     # (server.shutdown() takes the server off the AE's list again).
     threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()

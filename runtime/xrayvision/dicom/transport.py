@@ -26,9 +26,19 @@ The classes keep pynetdicom's contracts (its events, its error handling) and are
 in place by :class:`BufferedRequestHandler` after pynetdicom builds its own objects
 (:class:`BufferedAssociation` repeats pynetdicom's reactor loop, all but its wait).
 Only associations our server accepts use them; the associations we request (query and
-retrieve) stay pynetdicom's. They rely on pynetdicom internals of the pinned version
-(constraints.txt); tests/dicom/test_transport.py checks them against pynetdicom's own
-DUL.
+retrieve) stay pynetdicom's. ``[dicom] fast_receive = false`` turns them off (pynetdicom's
+own path: slower, and without the PDU size limits below).
+
+They rely on pynetdicom 3.0.4 (``pyproject.toml`` allows 3.0.x only): a copy of
+``Association._run_reactor``; overrides of ``DULServiceProvider._read_pdu_data``,
+``_decode_pdu``, ``_is_transport_event``, ``stop_dul``; the classes of what
+``RequestHandler._create_association`` builds; and these private members:
+``Association._is_paused``, ``_reactor_checkpoint``, ``_kill``, ``_serve_request``;
+``DULServiceProvider._recv_pdu``, ``_run_loop_delay``, ``_idle_timer``;
+``AssociationSocket._is_connected``; the DIMSE message's ``_data_set_file``.
+tests/dicom/test_transport_upstream.py fails with "re-sync dicom/transport.py" when
+any of them changes upstream; tests/dicom/test_transport.py checks the behaviour against
+pynetdicom's own DUL.
 """
 
 from __future__ import annotations
@@ -562,9 +572,4 @@ class BufferedRequestHandler(RequestHandler):
         assoc.dul.__class__ = BufferedDUL
         assoc.dul.socket.__class__ = BufferedAssociationSocket
         assoc.dul._run_loop_delay = 0  # BufferedDUL waits for the socket instead
-        # A read waits at most this long (the DUL reads only once data has arrived, so it
-        # expires only for a peer that stops in the middle of a PDU): then Evt17.
-        timeout = getattr(self.server, "read_timeout", None)
-        if timeout is not None and assoc.dul.socket.socket is not None:
-            assoc.dul.socket.socket.settimeout(timeout)
         return assoc
