@@ -23,3 +23,15 @@ def test_json_lines():
     body = json.loads(JsonFormatter().format(record(uid="1.2.3", attempts=2)))
     assert body["msg"] == "exam claimed" and body["uid"] == "1.2.3" and body["attempts"] == 2
     assert body["level"] == "info" and body["logger"] == "xrayvision.x"
+
+
+def test_first_line_of_any_error():
+    from sqlalchemy.exc import OperationalError
+
+    from xrayvision.logs import first_line
+
+    assert first_line(TimeoutError()) == "TimeoutError"  # no text: its type
+    assert first_line(ValueError("one\ntwo")) == "one"
+    assert first_line(ValueError("x" * 300)) == "x" * 200
+    wrapped = OperationalError("SELECT 1", {}, ConnectionRefusedError("refused\nmore"))
+    assert first_line(wrapped) == "refused"

@@ -38,7 +38,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
-from xrayvision.db.engine import conninfo, first_line
+from xrayvision.db.engine import conninfo
+from xrayvision.logs import first_line
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import psycopg
 
 from xrayvision import metrics
 from xrayvision.db.engine import conninfo
+from xrayvision.logs import first_line
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,10 @@ class PostgresLocks:
             except (psycopg.Error, OSError) as exc:
                 if task is not None:
                     log.warning("singleton lock lost; stopping the guarded loop",
-                                extra={"lock": name, "error": str(exc).splitlines()[0][:200]})
+                                extra={"lock": name, "error": first_line(exc)})
                 else:
                     log.warning("singleton lock unavailable; retrying",
-                                extra={"lock": name, "error": str(exc).splitlines()[0][:200]})
+                                extra={"lock": name, "error": first_line(exc)})
             finally:
                 metrics.SINGLETON_HELD.labels(name).set(0)
                 if task is not None and not task.done():

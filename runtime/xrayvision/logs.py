@@ -15,6 +15,13 @@ import time
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text (the driver's, for a database error), at most 200
+    characters; its type's name when it has no text."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 

@@ -28,13 +28,14 @@ from xrayvision import __version__, metrics
 from xrayvision.ai.service import run_relay
 from xrayvision.config import Settings
 from xrayvision.db import queue
-from xrayvision.db.engine import Database, DatabaseOptions, first_line, is_transient
+from xrayvision.db.engine import Database, DatabaseOptions, is_transient
 from xrayvision.db.migrate import schema_state, upgrade
 from xrayvision.dicom.service import run_ingest
 from xrayvision.events import Bus, make_bus, process_id
 from xrayvision.fhir.service import enrichment, run_fhir
 from xrayvision.images import ImageStore, make_store
 from xrayvision.locks import SingletonLocks, make_locks
+from xrayvision.logs import first_line
 from xrayvision.maintenance import Maintenance
 from xrayvision.web.app import init_app
 from xrayvision.web.health import READINESS, Readiness

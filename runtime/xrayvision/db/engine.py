@@ -33,6 +33,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import sessionmaker
 
 from xrayvision import metrics
+from xrayvision.logs import first_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -237,11 +238,3 @@ class Database:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
         self.engine.dispose()
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's text (the driver's, for a database error), at most 200
-    characters; its type's name when it has no text."""
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
-

@@ -29,6 +29,7 @@ from xrayvision.dicom.ingest import (
 )
 from xrayvision.dicom.metadata import BadInstance
 from xrayvision.images import ImageStore
+from xrayvision.logs import first_line
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def handle_store(event, ctx: IngestContext) -> int:
         return _failed(CANNOT_UNDERSTAND, calling, str(exc))
     except (OSError, SQLAlchemyError) as exc:
         return _failed(OUT_OF_RESOURCES, calling, f"cannot record: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                       f"{first_line(exc)}")
     except Exception as exc:  # noqa: BLE001 - a malformed dataset can raise anything
         return _failed(CANNOT_UNDERSTAND, calling, f"{type(exc).__name__}: {str(exc)[:200]}")
     metrics.DICOM_STORE_SECONDS.observe(time.perf_counter() - started)

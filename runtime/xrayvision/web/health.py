@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from xrayvision import metrics
 from xrayvision.db.engine import Database
 from xrayvision.db.migrate import schema_state
+from xrayvision.logs import first_line
 from xrayvision.web.context import SERVICES
 
 
@@ -60,7 +61,7 @@ class Readiness:
                     self.db.run_in_pool(schema_state, self.db.engine), timeout=5
                 )
             except Exception as exc:  # any failure means "not ready"; the reason says which
-                self.set(False, f"database unreachable: {str(exc).splitlines()[0][:200]}")
+                self.set(False, f"database unreachable: {first_line(exc)}")
                 return self.ready, self.reason
             full = await asyncio.to_thread(full_disks, self.disks, self.min_free)
             if full:
