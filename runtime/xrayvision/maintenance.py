@@ -1,10 +1,10 @@
-"""Maintenance (a singleton loop, as the seed's ``maintenance_loop``).
+"""Maintenance: one loop per installation (under a singleton lock).
 
 Each run: an online backup of the SQLite database with a retention count (PostgreSQL
 backups belong to the database's operator, see the docs), purge of ``error`` exams and
 their images older than ``[maintenance] error_retention_days``, optional image retention
-(``[images] retention_days``: PNGs of older exams removed, rows kept), and cache eviction
-through the callables registered by other components. Every run is logged and counted.
+(``[images] retention_days``: PNGs of older exams removed, rows kept). Every run is
+logged and counted.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import datetime as dt
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -37,7 +36,6 @@ class RunReport:
     backups_removed: int = 0
     errors_purged: int = 0
     images_removed: int = 0
-    cache_entries_evicted: int = 0
     seconds: float = 0.0
 
 
@@ -72,7 +70,6 @@ class Maintenance:
     settings: Settings
     db: Database
     store: ImageStore
-    evictors: list[Callable[[], int]] = field(default_factory=list)
 
     def _sqlite_path(self) -> Path | None:
         url = make_url(self.db.url)
@@ -107,11 +104,9 @@ class Maintenance:
                 after = uids[-1]
                 report.images_removed += sum(self.store.delete(uid, "png") for uid in uids)
 
-        report.cache_entries_evicted = sum(evict() for evict in self.evictors)
         report.seconds = round(time.perf_counter() - started, 3)
         metrics.MAINTENANCE_PURGED.labels("error_exams").inc(report.errors_purged)
         metrics.MAINTENANCE_PURGED.labels("images").inc(report.images_removed)
-        metrics.MAINTENANCE_PURGED.labels("cache_entries").inc(report.cache_entries_evicted)
         return report
 
     async def loop(self) -> None:
@@ -131,7 +126,6 @@ class Maintenance:
                         "backups_removed": report.backups_removed,
                         "errors_purged": report.errors_purged,
                         "images_removed": report.images_removed,
-                        "cache_entries_evicted": report.cache_entries_evicted,
                         "seconds": report.seconds,
                     },
                 )

@@ -249,7 +249,7 @@ async def test_translate_is_cached_and_analysis_has_four_passes(db, tmp_path, st
         assert [s.rsplit("Step: ", 1)[1] for s in steps] == [
             "OVERVIEW", "DETAIL", "CRITIQUE", "ASSESSMENT"]
         assert "overview:" in steps[3] and "critique:" in steps[3]  # later passes see earlier
-        assert pipeline.translations.clear() == 1
+        assert len(pipeline.translations) == 1
 
 
 async def test_queue_metrics_export(db):

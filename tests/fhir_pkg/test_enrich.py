@@ -10,7 +10,7 @@ from xrayvision.db import repo
 from xrayvision.db.models import QUEUED
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.fhir.client import FhirClient
-from xrayvision.fhir.enrich import MISSING, PatientEnricher, TTLCache, lookup_key
+from xrayvision.fhir.enrich import PatientEnricher, lookup_key
 
 
 class Clock:
@@ -85,19 +85,6 @@ async def test_fhir_down_never_blocks_and_pauses_lookups(db, http, tag):
     clock.now += 61
     await enricher(ctx)
     assert client.requests > tries
-
-
-def test_ttl_cache_expires_and_is_bounded():
-    clock = Clock()
-    cache = TTLCache(size=2, ttl=10, clock=clock)
-    cache.put("a", 1)
-    cache.put("b", None)
-    assert cache.get("a") == 1 and cache.get("b") is None
-    cache.put("c", 3)  # "a" was used longer ago than "b": it goes
-    assert len(cache) == 2 and cache.get("a") is MISSING
-    assert cache.get("b") is None and cache.get("c") == 3  # a cached miss is None
-    clock.now += 11
-    assert cache.get("c") is MISSING and len(cache) == 1
 
 
 def test_lookup_key():

@@ -329,7 +329,7 @@ async def test_totals_and_statistics_are_reused_for_their_ttl(aiohttp_client, tm
 
 
 async def test_cache_single_flight_and_errors():
-    from xrayvision.web.cache import TTLCache
+    from xrayvision.web.cache import AggregateCache
 
     calls = []
 
@@ -338,7 +338,7 @@ async def test_cache_single_flight_and_errors():
         await asyncio.sleep(0.05)
         return len(calls)
 
-    cache = TTLCache(10)
+    cache = AggregateCache(10)
     assert await asyncio.gather(*(cache.get("k", compute) for _ in range(5))) == [1] * 5
     assert len(calls) == 1
 
@@ -351,7 +351,7 @@ async def test_cache_single_flight_and_errors():
 
 
 async def test_stale_statistics_are_answered_while_one_refresh_runs():
-    from xrayvision.web.cache import TTLCache
+    from xrayvision.web.cache import AggregateCache
 
     now = [0.0]
     calls = []
@@ -363,7 +363,7 @@ async def test_stale_statistics_are_answered_while_one_refresh_runs():
             await release.wait()
         return len(calls)
 
-    cache = TTLCache(10, clock=lambda: now[0], stale_while_revalidate=True)
+    cache = AggregateCache(10, clock=lambda: now[0], stale_while_revalidate=True)
     assert await cache.get("k", compute) == 1
     now[0] = 11  # expired
     assert await asyncio.gather(*(cache.get("k", compute) for _ in range(5))) == [1] * 5

@@ -14,11 +14,11 @@ import base64
 import datetime as dt
 import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
@@ -91,31 +91,6 @@ def check_messages(prompts: Prompts, report: str) -> list[dict]:
     return [{"role": "system", "content": prompts.chk}, {"role": "user", "content": report}]
 
 
-class LRUCache:
-    """A bounded mapping; the least recently used entry goes first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[str, str] = OrderedDict()
-
-    def get(self, key: str) -> str | None:
-        if key in self._data:
-            self._data.move_to_end(key)
-            return self._data[key]
-        return None
-
-    def put(self, key: str, value: str) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-    def clear(self) -> int:
-        count = len(self._data)
-        self._data.clear()
-        return count
-
-
 Enrich = Callable[[ReportContext], Awaitable[None]]
 Notify = Callable[[ReportContext, Check], Awaitable[None]]
 
@@ -146,7 +121,7 @@ class Pipeline:
         self.threshold = severity_threshold
         self.enrich = enrich
         self.notify = notify
-        self.translations = LRUCache(translation_cache)
+        self.translations: LRUCache[str, str] = LRUCache(maxsize=translation_cache)
         self.max_tokens = max_tokens
 
     async def check_report(self, text: str) -> Check:
@@ -213,7 +188,7 @@ class Pipeline:
             [{"role": "system", "content": self.prompts.trn}, {"role": "user", "content": text}],
             call="translate", temperature=0.0, max_tokens=2048)
         translated = result.text.strip()
-        self.translations.put(key, translated)
+        self.translations[key] = translated
         return translated
 
     async def detailed_analysis(self, text: str) -> dict[str, str]:

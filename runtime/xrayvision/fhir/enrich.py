@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+
+from cachetools import TTLCache
 
 from xrayvision import metrics
 from xrayvision.db import repo
@@ -27,39 +28,7 @@ from xrayvision.fhir.resources import PatientDetails, patient_of
 
 log = logging.getLogger(__name__)
 
-MISSING = object()
-
-
-class TTLCache:
-    """A bounded mapping whose entries expire ``ttl`` seconds after they were put."""
-
-    def __init__(self, size: int, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.size = size
-        self.ttl = ttl
-        self.clock = clock
-        self._data: OrderedDict[object, tuple[float, object]] = OrderedDict()
-
-    def get(self, key: object) -> object:
-        """The value, or ``MISSING`` when absent or expired."""
-        item = self._data.get(key)
-        if item is None:
-            return MISSING
-        expires, value = item
-        if expires <= self.clock():
-            del self._data[key]
-            return MISSING
-        self._data.move_to_end(key)
-        return value
-
-    def put(self, key: object, value: object) -> None:
-        self._data[key] = (self.clock() + self.ttl, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
+MISSING = object()  # not cached (a cached miss is None)
 
 
 def lookup_key(exam: ReportContext) -> tuple[str, ...] | None:
@@ -80,7 +49,7 @@ class PatientEnricher:
         self.client = client
         self.db = db
         self.identifier_system = identifier_system
-        self.cache = TTLCache(size, ttl, clock)
+        self.cache: TTLCache = TTLCache(maxsize=size, ttl=ttl, timer=clock)
         self.budget = budget
         self.pause = pause
         self.clock = clock
@@ -104,7 +73,7 @@ class PatientEnricher:
         if key is None:
             metrics.FHIR_ENRICHMENT.labels("skipped").inc()
             return
-        details = self.cache.get(key)
+        details = self.cache.get(key, MISSING)
         if details is not MISSING:
             metrics.FHIR_ENRICHMENT.labels("cached").inc()
         else:
@@ -120,7 +89,7 @@ class PatientEnricher:
                             extra={"uid": exam.uid, "error": str(exc) or type(exc).__name__,
                                    "pause_seconds": self.pause})
                 return
-            self.cache.put(key, details)
+            self.cache[key] = details
             metrics.FHIR_ENRICHMENT.labels("hit" if details is not None else "miss").inc()
         if details is None:
             return

@@ -22,7 +22,7 @@ from xrayvision.db.repo import AGREEMENT_CLASSES, ExamFilter, ExamRow
 from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
-from xrayvision.web.cache import TTLCache
+from xrayvision.web.cache import AggregateCache
 from xrayvision.web.context import CLIENT_IP, IDENTITY, SERVICES, SETTINGS, Services
 
 MAX_TEXT = 20000
@@ -463,15 +463,15 @@ async def spec(request: web.Request) -> web.Response:
 
 
 SPEC = web.AppKey("spec", dict)
-TOTALS = web.AppKey("totals", TTLCache)
-STATS = web.AppKey("stats", TTLCache)
+TOTALS = web.AppKey("totals", AggregateCache)
+STATS = web.AppKey("stats", AggregateCache)
 
 
 def setup_api_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[SPEC] = load_spec()
-    app[TOTALS] = TTLCache(settings.web.count_cache, size=512)
-    app[STATS] = TTLCache(settings.web.stats_cache, size=256, stale_while_revalidate=True)
+    app[TOTALS] = AggregateCache(settings.web.count_cache, size=512)
+    app[STATS] = AggregateCache(settings.web.stats_cache, size=256, stale_while_revalidate=True)
     r = app.router
     r.add_get("/api/exams", list_exams)
     r.add_get("/api/exams/{uid}", get_exam)

@@ -27,6 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from cachetools import TTLCache
+
 from xrayvision.config import User
 from xrayvision.passwords import hash_password, verify_password
 
@@ -72,7 +74,8 @@ class Authenticator:
         self.cache_size = cache_size
         self.clock = clock
         self._key = os.urandom(32)
-        self._verified: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._verified: TTLCache[bytes, Identity] = TTLCache(
+            maxsize=cache_size, ttl=cache_seconds, timer=clock)
         # A real hash to compare against for unknown users, so they take as long.
         self._dummy = hash_password(secrets.token_urlsafe(16))
 
@@ -80,13 +83,7 @@ class Authenticator:
         return hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
 
     def cached(self, name: str, password: str) -> Identity | None:
-        key = self._fingerprint(name, password)
-        item = self._verified.get(key)
-        if item is None or item[0] <= self.clock():
-            self._verified.pop(key, None)
-            return None
-        self._verified.move_to_end(key)
-        return item[1]
+        return self._verified.get(self._fingerprint(name, password))
 
     async def verify(self, name: str, password: str) -> tuple[Identity | None, bool]:
         """(identity or None, whether scrypt ran: a fresh login worth auditing)."""
@@ -99,10 +96,7 @@ class Authenticator:
         if not ok or user is None:
             return None, True
         identity = Identity(name, user.role)
-        self._verified[self._fingerprint(name, password)] = (
-            self.clock() + self.cache_seconds, identity)
-        while len(self._verified) > self.cache_size:
-            self._verified.popitem(last=False)
+        self._verified[self._fingerprint(name, password)] = identity
         return identity, True
 
 

@@ -18,7 +18,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-class TTLCache:
+class AggregateCache:
     def __init__(self, ttl: float, size: int = 256,
                  clock: Callable[[], float] = time.monotonic,
                  stale_while_revalidate: bool = False) -> None:

@@ -30,7 +30,7 @@ from xrayvision.events import (
     Bus,
     Event,
 )
-from xrayvision.web.cache import TTLCache
+from xrayvision.web.cache import AggregateCache
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Hub:
         self.state = state
         # Queue sizes are a GROUP BY over all exams: many clients connecting at once
         # share one computation per state_ttl seconds.
-        self._state_cache = TTLCache(state_ttl, size=1)
+        self._state_cache = AggregateCache(state_ttl, size=1)
         self.outbox = outbox
         self.heartbeat = heartbeat
         self.dashboard_interval = dashboard_interval
