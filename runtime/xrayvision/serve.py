@@ -18,47 +18,31 @@ import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from xrayvision import __version__, metrics
-from xrayvision.ai.service import run_relay
 from xrayvision.config import Settings
 from xrayvision.db import queue
 from xrayvision.db.engine import Database, DatabaseOptions, is_transient
 from xrayvision.db.migrate import schema_state, upgrade
-from xrayvision.dicom.service import run_ingest
-from xrayvision.events import Bus, make_bus, process_id
-from xrayvision.fhir.service import enrichment, run_fhir
-from xrayvision.images import ImageStore, make_store
-from xrayvision.locks import SingletonLocks, make_locks
+from xrayvision.events import make_bus, process_id
+from xrayvision.images import make_store
+from xrayvision.locks import make_locks
 from xrayvision.logs import first_line
 from xrayvision.maintenance import Maintenance
+from xrayvision.roles import ROLES
+from xrayvision.runtime import Runtime, model_health, open_runtime
 from xrayvision.web.app import init_app
-from xrayvision.web.health import READINESS, Readiness
-from xrayvision.web.service import run_web
+from xrayvision.web.health import Readiness
 
 log = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
     """Start-up cannot continue (outdated schema without --migrate); the message says why."""
-
-
-@dataclass
-class Runtime:
-    """What the roles of one process share; built once in :func:`serve`."""
-
-    settings: Settings
-    db: Database
-    bus: Bus
-    locks: SingletonLocks
-    store: ImageStore
-    worker_id: str
-    app: web.Application
 
 
 def database_options(settings: Settings) -> DatabaseOptions:
@@ -143,22 +127,14 @@ async def supervise(role: str, run: Callable[[], Awaitable[None]], db: Database,
             metrics.ROLE_UP.labels(role).set(1)
 
 
-def role_tasks(runtime: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
-    """The coroutine each selected role runs."""
-    readiness = runtime.app[READINESS]
-    built: dict[str, Callable[[], Awaitable[None]]] = {
-        "ingest": lambda: run_ingest(runtime.settings, runtime.db, runtime.store, runtime.bus,
-                                     runtime.locks,
-                                     on_listening=lambda: readiness.role_up("ingest")),
-        "relay": lambda: run_relay(runtime.settings, runtime.db, runtime.store, runtime.bus,
-                                   runtime.locks, runtime.worker_id,
-                                   enrichment(runtime.settings, runtime.db)),
-        "fhir": lambda: run_fhir(runtime.settings, runtime.db, runtime.store, runtime.bus,
-                                 runtime.locks),
-        "web": lambda: run_web(runtime.settings, runtime.db, runtime.store, runtime.bus,
-                               runtime.app),
-    }
-    return {role: built[role] for role in runtime.settings.server.roles}
+def role_tasks(rt: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
+    """The coroutine each selected role runs, and the model's health loop (one per
+    process) when a role here calls the model."""
+    tasks: dict[str, Callable[[], Awaitable[None]]] = {
+        role: (lambda run=ROLES[role]: run(rt)) for role in rt.settings.server.roles}
+    if rt.model is not None:
+        tasks["model-health"] = lambda: model_health(rt)
+    return tasks
 
 
 async def serve(settings: Settings, *, migrate: bool = False,
@@ -184,6 +160,7 @@ async def serve(settings: Settings, *, migrate: bool = False,
 
     db = open_database(settings)
     runtime: Runtime | None = None
+    resources = contextlib.AsyncExitStack()  # the runtime's HTTP session
     tasks: list[asyncio.Task] = []
     try:
         connecting = asyncio.create_task(connect_with_backoff(db, readiness))
@@ -206,11 +183,10 @@ async def serve(settings: Settings, *, migrate: bool = False,
 
         bus = make_bus(db.url)
         await bus.start()
-        runtime = Runtime(
-            settings=settings, db=db, bus=bus, locks=make_locks(db.url),
-            store=make_store(settings.images.backend, settings.images_path, db),
-            worker_id=process_id(), app=runner.app,
-        )
+        runtime = await resources.enter_async_context(open_runtime(
+            settings, db, bus, make_locks(db.url),
+            make_store(settings.images.backend, settings.images_path, db),
+            process_id(), runner.app))
         maintenance = Maintenance(settings, db, runtime.store)
         tasks.append(asyncio.create_task(supervise(
             "maintenance", lambda: runtime.locks.run("maintenance", maintenance.loop), db),
@@ -218,7 +194,8 @@ async def serve(settings: Settings, *, migrate: bool = False,
         if "ingest" in settings.server.roles:  # ready once its SCP listens
             readiness.role_starting("ingest")
         for role, run in role_tasks(runtime).items():
-            metrics.ROLE_UP.labels(role).set(1)
+            if role in ROLES:
+                metrics.ROLE_UP.labels(role).set(1)
             restart = (lambda: readiness.role_starting("ingest")) if role == "ingest" else None
             tasks.append(asyncio.create_task(supervise(role, run, db, before_restart=restart),
                                              name=f"role-{role}"))
@@ -235,11 +212,12 @@ async def serve(settings: Settings, *, migrate: bool = False,
     finally:
         log.info("shutting down", extra={"grace_seconds": settings.server.shutdown_grace})
         readiness.set(False, "shutting down")
-        await _shutdown(settings, runner, db, runtime, tasks)
+        await _shutdown(settings, runner, db, runtime, tasks, resources)
 
 
 async def _shutdown(settings: Settings, runner: web.AppRunner, db: Database,
-                    runtime: Runtime | None, tasks: list[asyncio.Task]) -> None:
+                    runtime: Runtime | None, tasks: list[asyncio.Task],
+                    resources: contextlib.AsyncExitStack) -> None:
     grace = settings.server.shutdown_grace
     for task in tasks:
         task.cancel()
@@ -258,6 +236,7 @@ async def _shutdown(settings: Settings, runner: web.AppRunner, db: Database,
                 log.info("released claimed exams", extra={"count": released})
         except Exception:  # noqa: BLE001 - the lease expires anyway; nothing is lost
             log.warning("could not release claimed exams; their leases will expire")
+        await resources.aclose()
         await runtime.bus.close()
     await runner.cleanup()
     await asyncio.to_thread(db.close)

@@ -269,9 +269,9 @@ def test_notice_has_no_patient_name_unless_allowed(tmp_path):
     import datetime as dt
 
     from xrayvision.ai.parse import Check
-    from xrayvision.ai.service import notice_for
     from xrayvision.config import load_settings
     from xrayvision.db.repo import ReportContext
+    from xrayvision.runtime import notice_for
 
     exam = ReportContext("1.2", "chest", "PA", dt.datetime.now(dt.UTC), None, "180",
                          "Popescu Ion", "M", None, "")

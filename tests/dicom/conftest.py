@@ -16,10 +16,10 @@ from support.pgserver import free_port
 from xrayvision.config import Settings, load_settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.dicom.service import run_ingest
 from xrayvision.dicom.transport import BufferedDUL
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
+from xrayvision.roles.ingest import run_ingest
 
 
 def ingest_settings(tmp_path: Path, **env: str) -> Settings:

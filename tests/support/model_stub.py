@@ -34,6 +34,7 @@ class StubState:
     requests: list[dict] = field(default_factory=list)
     in_flight: int = 0
     peak: int = 0
+    health_checks: int = 0
 
 
 KEY = web.AppKey("state", StubState)
@@ -41,6 +42,7 @@ SEMAPHORE = web.AppKey("semaphore", asyncio.Semaphore)
 
 
 async def health(request: web.Request) -> web.Response:
+    request.app[KEY].health_checks += 1
     return web.Response(status=200 if request.app[KEY].healthy else 503)
 
 

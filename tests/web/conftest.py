@@ -14,11 +14,11 @@ from xrayvision.config import User, load_settings
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
 from xrayvision.passwords import hash_password
+from xrayvision.roles.web import dashboard_state
 from xrayvision.web.app import init_app
 from xrayvision.web.context import SERVICES
 from xrayvision.web.health import Readiness
 from xrayvision.web.live import Hub
-from xrayvision.web.service import dashboard_state
 
 # Cheap hashes (n=2**10) keep the many logins of the tests fast; production uses 2**14.
 PASSWORDS = {"admin": "admin-pw", "rad": "rad-pw", "viewer": "viewer-pw"}

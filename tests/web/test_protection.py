@@ -12,11 +12,11 @@ from xrayvision.db.models import AuditLog
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
 from xrayvision.passwords import verify_password
+from xrayvision.roles.web import bootstrap_admin
 from xrayvision.web.app import init_app
 from xrayvision.web.auth import BOOTSTRAP_KEY, Authenticator, LoginGuard, parse_basic
 from xrayvision.web.health import Readiness
 from xrayvision.web.ratelimit import SlidingWindow, client_address
-from xrayvision.web.service import bootstrap_admin
 
 
 class Clock:

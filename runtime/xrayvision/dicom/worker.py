@@ -81,7 +81,7 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     # Not fork: the parent has threads (DICOM associations, DB pool), and forking it could
     # copy a held lock into the child. Not forkserver either: its AF_UNIX socket goes in
     # the temporary folder, which for ingest may be the image volume (a network
-    # filesystem, a long path) - see xrayvision.dicom.service. Workers live as long as
+    # filesystem, a long path) - see xrayvision.roles.ingest. Workers live as long as
     # the pool, so spawn's slower start is paid once.
     return ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
                                initargs=(os.getpid(),),

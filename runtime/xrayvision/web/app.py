@@ -3,7 +3,7 @@
 Every process serves ``/healthz``, ``/readyz`` and ``/metrics``. With the ``web`` role the
 REST API (``/api``), the WebSocket (``/ws``) and the dashboard (``/``, ``/static``) join;
 their services (database, bus, model client) are filled in by the role once the database
-is up (:mod:`xrayvision.web.service`), and ``/api`` answers 503 until then.
+is up (:mod:`xrayvision.roles.web`), and ``/api`` answers 503 until then.
 """
 
 from __future__ import annotations

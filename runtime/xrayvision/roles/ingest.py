@@ -1,4 +1,5 @@
-"""The ``ingest`` role: the SCP and the conversion worker, run together."""
+"""The ``ingest`` role: the DICOM SCP and the conversion worker, run together, and with
+``[pacs] host`` set, query/retrieve from the PACS (under a singleton lock)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from xrayvision.dicom.worker import ConversionWorker
 from xrayvision.events import Bus
 from xrayvision.images import ImageStore
 from xrayvision.locks import LocalLocks, SingletonLocks
+from xrayvision.runtime import Runtime
 from xrayvision.tasks import run_together
+from xrayvision.web.health import READINESS
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +57,10 @@ async def run_ingest(settings: Settings, db: Database, store: ImageStore, bus: B
         await asyncio.to_thread(server.shutdown)
         await asyncio.to_thread(staging.close)
         log.info("DICOM SCP stopped")
+
+
+async def run(rt: Runtime) -> None:
+    """Ready (``/readyz``) once the SCP accepts associations."""
+    readiness = rt.app[READINESS]
+    await run_ingest(rt.settings, rt.db, rt.store, rt.bus, rt.locks,
+                     on_listening=lambda: readiness.role_up("ingest"))

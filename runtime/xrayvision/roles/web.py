@@ -1,26 +1,19 @@
 """The ``web`` role: fills in the web application's services once the database is up,
-creates the first admin when no user is configured, and runs the live-update hub."""
+creates the first admin when no user is configured, and runs the live-update hub (the
+HTTP server itself runs in every process, from start-up: health, readiness, metrics)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-import aiohttp
-from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
-from xrayvision.ai.client import ModelClient
-from xrayvision.ai.pipeline import Pipeline
-from xrayvision.ai.prompts import load_prompts
-from xrayvision.ai.service import endpoints
-from xrayvision.config import Settings, User
+from xrayvision.config import User
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
-from xrayvision.events import Bus
-from xrayvision.images import ImageStore
 from xrayvision.passwords import hash_password
-from xrayvision.tasks import run_together
+from xrayvision.runtime import Runtime
 from xrayvision.web.auth import BOOTSTRAP_KEY, bootstrap_password
 from xrayvision.web.context import AUTH, SERVICES
 from xrayvision.web.live import Hub
@@ -49,8 +42,8 @@ async def dashboard_state(db: Database) -> dict:
     return {"queue": await db.read(repo.queue_counts)}
 
 
-async def run_web(settings: Settings, db: Database, store: ImageStore, bus: Bus,
-                  app: web.Application) -> None:
+async def run(rt: Runtime) -> None:
+    settings, db, app = rt.settings, rt.db, rt.app
     if not settings.users:
         hashed, password = await bootstrap_admin(db)
         app[AUTH].users = {"admin": User(role="admin", password_hash=hashed)}
@@ -61,26 +54,14 @@ async def run_web(settings: Settings, db: Database, store: ImageStore, bus: Bus,
                   file=sys.stdout, flush=True)
             log.warning("created the first-start admin user; its password was printed once")
     services = app[SERVICES]
-    async with aiohttp.ClientSession() as session:
-        model = None
-        tasks = []
-        hub = Hub(bus, lambda: dashboard_state(db))
-        if settings.ai.primary_url:
-            async def on_health(health: dict[str, bool]) -> None:
-                hub.health = dict(health)
-
-            model = ModelClient(endpoints(settings), session,
-                                max_attempts=settings.ai.max_attempts, on_health=on_health)
-            services.pipeline = Pipeline(
-                model, db, store, bus, load_prompts(settings.ai.prompts_dir),
-                severity_threshold=settings.processing.severity_threshold,
-                max_tokens=settings.ai.max_tokens)
-            hub.health = dict(model.healthy)
-            tasks.append(model.health_loop(settings.ai.health_interval))
-        services.db, services.bus, services.store, services.hub = db, bus, store, hub
-        log.info("web role ready", extra={"port": settings.web.port})
-        try:
-            await run_together(hub.run(), *tasks)
-        finally:
-            await hub.close_all()
-            services.hub = None
+    hub = Hub(rt.bus, lambda: dashboard_state(db))
+    if rt.model is not None:  # until the first health event from a relay
+        hub.health = dict(rt.model.healthy)
+    services.pipeline = rt.pipeline
+    services.db, services.bus, services.store, services.hub = db, rt.bus, rt.store, hub
+    log.info("web role ready", extra={"port": settings.web.port})
+    try:
+        await hub.run()
+    finally:
+        await hub.close_all()
+        services.hub = None

@@ -1,0 +1,23 @@
+"""The ``fhir`` role: polls the HIS for radiologists' reports (one process, under a
+singleton lock), checks and translates them with the model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from xrayvision.fhir.poller import Poller
+from xrayvision.runtime import Runtime, fhir_client
+
+log = logging.getLogger(__name__)
+
+
+async def run(rt: Runtime) -> None:
+    settings = rt.settings
+    if not settings.fhir.url:
+        log.warning("the fhir role runs but [fhir] url is empty: no reports are fetched")
+        await asyncio.Event().wait()
+    assert rt.pipeline is not None  # built for this role
+    poller = Poller(fhir_client(settings, rt.http), rt.db, rt.pipeline, rt.bus, settings)
+    log.info("FHIR poller starting", extra={"interval": settings.fhir.poll_interval})
+    await rt.locks.run("fhir-poller", poller.run)

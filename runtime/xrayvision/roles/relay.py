@@ -1,0 +1,27 @@
+"""The ``relay`` role: reads queued exams with the model (the lease queue, failover,
+notifications of severe findings), and exports the queue's metrics (one process)."""
+
+from __future__ import annotations
+
+import logging
+
+from xrayvision.ai.relay import Relay, export_queue_metrics
+from xrayvision.runtime import Runtime
+from xrayvision.tasks import run_together
+
+log = logging.getLogger(__name__)
+
+
+async def run(rt: Runtime) -> None:
+    settings = rt.settings
+    assert rt.pipeline is not None and rt.model is not None  # built for this role
+    relay = Relay(rt.pipeline, rt.db, rt.bus, rt.worker_id,
+                  concurrency=settings.relay.concurrency,
+                  lease_seconds=settings.processing.lease_seconds,
+                  sweep_interval=settings.relay.sweep_interval,
+                  max_attempts=settings.ai.max_attempts,
+                  retry_delay=settings.processing.retry_delay)
+    log.info("relay started", extra={"endpoints": ",".join(e.name for e in rt.model.endpoints),
+                                     "concurrency": settings.relay.concurrency})
+    await run_together(relay.run(),
+                       rt.locks.run("queue-metrics", lambda: export_queue_metrics(rt.db)))

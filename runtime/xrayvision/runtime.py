@@ -1,0 +1,132 @@
+"""What the roles of one process share, built once by ``serve`` (:func:`open_runtime`).
+
+One of each per process: the database, the image store, the event bus, the singleton
+locks, one HTTP session, one model client with the process's one health loop
+(:func:`model_health`), and one pipeline on that client: the relay reads exams with it,
+the fhir and web roles use its text services (check, translate, analyse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from xrayvision.ai.client import Endpoint, ModelClient
+from xrayvision.ai.parse import Check
+from xrayvision.ai.pipeline import Enrich, Notify, Pipeline, no_enrichment
+from xrayvision.ai.prompts import load_prompts
+from xrayvision.config import Settings
+from xrayvision.db.engine import Database
+from xrayvision.db.repo import ReportContext
+from xrayvision.events import ENDPOINT_HEALTH, Bus
+from xrayvision.fhir.client import FhirClient, FhirServer
+from xrayvision.fhir.enrich import PatientEnricher
+from xrayvision.images import ImageStore
+from xrayvision.locks import SingletonLocks
+from xrayvision.notify import Notice, Notifier
+
+log = logging.getLogger(__name__)
+
+MODEL_ROLES = frozenset({"relay", "fhir", "web"})
+
+
+@dataclass
+class Runtime:
+    """One process's shared resources; the roles take it (``roles.<name>.run(rt)``)."""
+
+    settings: Settings
+    db: Database
+    bus: Bus
+    locks: SingletonLocks
+    store: ImageStore
+    worker_id: str
+    app: web.Application  # readiness, and the services the web role fills in
+    http: aiohttp.ClientSession
+    model: ModelClient | None = None  # None: no role here calls the model
+    pipeline: Pipeline | None = None  # on ``model``
+
+
+def endpoints(settings: Settings) -> list[Endpoint]:
+    """The model endpoints in failover order: primary, then secondary when set."""
+    ai = settings.ai
+    found = [Endpoint("primary", ai.primary_url, ai.model, ai.api_key, ai.timeout)]
+    if ai.secondary_url:
+        found.append(Endpoint("secondary", ai.secondary_url, ai.secondary_model or ai.model,
+                              ai.api_key, ai.timeout))
+    return found
+
+
+def notice_for(settings: Settings, exam: ReportContext, check: Check) -> Notice:
+    """The notification of a severe finding (the patient's name only when allowed)."""
+    name = exam.patient_name if settings.notify.include_patient_name else ""
+    return Notice(uid=exam.uid, region=exam.region, severity=check.severity,
+                  summary=check.summary, link=f"{settings.notify.dashboard_url}/#/exam/{exam.uid}",
+                  patient_name=name)
+
+
+def _notifier(settings: Settings, http: aiohttp.ClientSession) -> Notify | None:
+    if not settings.notify.ntfy_url:
+        return None
+    sender = Notifier(http, settings.notify.ntfy_url, settings.notify.ntfy_topic)
+
+    async def notify(exam: ReportContext, check: Check) -> None:
+        sender.send(notice_for(settings, exam, check))
+
+    return notify
+
+
+def fhir_client(settings: Settings, http: aiohttp.ClientSession) -> FhirClient:
+    return FhirClient(FhirServer.from_settings(settings.fhir), http)
+
+
+def _enrichment(settings: Settings, db: Database, http: aiohttp.ClientSession) -> Enrich:
+    """The relay's patient lookup before a read (FHIR); none when FHIR is off or
+    ``[fhir] enrich`` is false."""
+    if not settings.fhir.url or not settings.fhir.enrich:
+        return no_enrichment
+    return PatientEnricher(fhir_client(settings, http), db,
+                           identifier_system=settings.fhir.identifier_system,
+                           ttl=settings.fhir.cache_seconds,
+                           budget=min(10.0, settings.fhir.timeout))
+
+
+def needs_model(settings: Settings) -> bool:
+    """The relay and fhir roles always call the model; the web role when a URL is set."""
+    roles = set(settings.server.roles)
+    return bool(roles & {"relay", "fhir"}) or ("web" in roles and bool(settings.ai.primary_url))
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: SingletonLocks,
+                       store: ImageStore, worker_id: str,
+                       app: web.Application) -> AsyncIterator[Runtime]:
+    """The runtime, with its HTTP session open for as long as the context lasts."""
+    async with aiohttp.ClientSession() as http:
+        rt = Runtime(settings, db, bus, locks, store, worker_id, app, http)
+        if needs_model(settings):
+            publish = "relay" in settings.server.roles
+
+            async def on_health(health: dict[str, bool]) -> None:
+                # The relays' view is the dashboard's: the model they read exams with.
+                if publish:
+                    await bus.publish(ENDPOINT_HEALTH, **health)
+
+            rt.model = ModelClient(endpoints(settings), http,
+                                   max_attempts=settings.ai.max_attempts, on_health=on_health)
+            rt.pipeline = Pipeline(
+                rt.model, db, store, bus, load_prompts(settings.ai.prompts_dir),
+                severity_threshold=settings.processing.severity_threshold,
+                notify=_notifier(settings, http), max_tokens=settings.ai.max_tokens,
+                enrich=_enrichment(settings, db, http))
+        yield rt
+
+
+async def model_health(rt: Runtime) -> None:
+    """The process's one health loop of its model endpoints (until cancelled)."""
+    if rt.model is not None:
+        await rt.model.health_loop(rt.settings.ai.health_interval)
