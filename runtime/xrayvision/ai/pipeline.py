@@ -1,5 +1,5 @@
-"""The report pipeline (the seed's send_exam_to_openai, check_ai_report_and_update,
-translate_report, check_report, detailed_analysis_report).
+"""The report pipeline: the model's report of an exam (REP, then CHK), and the text
+services the fhir and web roles use (check, translate, a detailed analysis).
 
 :meth:`Pipeline.process_exam` runs both model calls (report, then CHK) before writing, and
 stores the report and completes the exam in one transaction: a crash or a lost lease
@@ -96,7 +96,7 @@ Notify = Callable[[ReportContext, Check], Awaitable[None]]
 
 
 async def no_enrichment(exam: ReportContext) -> None:
-    """The default enrichment hook (the FHIR issue supplies patient data here)."""
+    """No enrichment (FHIR off): the exam is read with what its DICOM header says."""
 
 
 @dataclass(frozen=True)

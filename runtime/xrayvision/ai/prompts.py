@@ -1,4 +1,4 @@
-"""The prompts (the seed's table), loaded once at start from a folder settings can name
+"""The prompts, loaded once at start from a folder settings can name
 (a ConfigMap in Kubernetes)."""
 
 from __future__ import annotations

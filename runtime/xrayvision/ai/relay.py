@@ -1,4 +1,4 @@
-"""The relay loop (the seed's relay_to_openai_loop): claims exams and runs the pipeline
+"""The relay loop: claims exams and runs the pipeline
 with up to ``[relay] concurrency`` model calls in flight (vLLM batches them), wakes on
 ``exam.queued`` events and on a periodic sweep, renews leases during long calls, and
 sleeps while no model endpoint is healthy, waking as soon as one recovers.

@@ -1,6 +1,6 @@
 """SQLAlchemy 2 declarative models; the Alembic history under ``migrations/`` matches them.
 
-Field ranges and statuses are the seed's: positive -1/0/1, severity -1..10, confidence
+Field ranges: positive -1/0/1, severity -1..10, confidence
 -1..100 (-1 = not assessed); exam statuses in :data:`STATUSES`.
 """
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-# Exam statuses (the seed's): received, waiting, being sent to the model, finished,
+# Exam statuses: received, waiting, being sent to the model, finished,
 # failed for good, unsupported region, manually re-queued.
 NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE = (
     "none", "queued", "processing", "done", "error", "ignore", "requeue",

@@ -1,4 +1,4 @@
-"""Repository functions (the seed's ``db_*`` helpers), each ``fn(session, ...)``.
+"""Repository functions, each ``fn(session, ...)``.
 
 They never commit: ``Database.read``/``Database.write`` wrap each call in a transaction.
 Returned ORM objects are detached-safe (the sessions do not expire on commit, and the

@@ -1,4 +1,4 @@
-"""DICOM pixels to PNG (the seed's dicom_to_png and apply_gamma_correction). Pure functions.
+"""DICOM pixels to PNG. Pure functions.
 
 Order of operations, as DICOM PS3.3 C.11 renders a greyscale image:
 
@@ -8,7 +8,7 @@ Order of operations, as DICOM PS3.3 C.11 renders a greyscale image:
 4. VOI: the VOI LUT Sequence, else Window Center/Width (the first of several by default),
    else a percentile window over the pixels that are not padding;
 5. pixel padding value shown black; MONOCHROME1 inverted so bone is white;
-6. then, for the model, the seed's adaptive gamma (identity when the mean is 0), an
+6. then, for the model, an adaptive gamma (identity when the mean is 0), an
    optional resize so the longest side is at most ``max_side``, and PNG encoding.
 
 Steps 1-5 give what a DICOM viewer (e.g. DCMTK ``dcmj2pnm`` with the same window) shows.
@@ -241,7 +241,7 @@ def to_display(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> np.ndarr
 
 
 def adaptive_gamma(img: np.ndarray) -> np.ndarray:
-    """The seed's adaptive gamma: brings the mean towards mid-grey; identity when mean <= 0."""
+    """Adaptive gamma: brings the mean towards mid-grey; identity when mean <= 0."""
     mean = float(img.mean()) / 255.0
     if mean <= 0 or mean >= 1:
         return img

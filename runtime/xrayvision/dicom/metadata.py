@@ -1,4 +1,4 @@
-"""What an instance tells us (the seed's extract_dicom_metadata). Pure: no I/O, and no
+"""What an instance tells us. Pure: no I/O, and no
 pixel data is read, so it is cheap enough for the association thread."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Anatomic region from the ``[regions]`` keyword rules (the seed's identify_anatomic_region).
+"""Anatomic region from the ``[regions]`` keyword rules.
 
 Pure: no I/O. Texts are compared case- and accent-insensitively ("Toráce" matches
 "torace"), so Romanian descriptions with or without diacritics classify the same.

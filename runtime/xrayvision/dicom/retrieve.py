@@ -1,4 +1,4 @@
-"""Query/retrieve from the configured PACS (the seed's query_retrieve_loop; a singleton).
+"""Query/retrieve from the configured PACS (one process per installation).
 
 Every ``[pacs] query_interval`` seconds: C-FIND at study level for each configured modality
 (CR, DX) with a StudyDate range from the day of the last successful run (``lookback_days``

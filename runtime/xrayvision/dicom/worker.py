@@ -1,5 +1,5 @@
 """The conversion worker: received instances (status ``none``) to PNG, then ``queued``
-(a known region) or ``ignore`` (no region rule matched, as the seed), or ``error`` when
+(a known region) or ``ignore`` (no region rule matched: not an X-ray we read), or ``error`` when
 the pixels cannot be converted.
 
 Pixel work runs in a process pool, never on the event loop or in an association

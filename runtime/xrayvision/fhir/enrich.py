@@ -1,4 +1,4 @@
-"""Patient enrichment before the model call (the seed's update_patient_info_from_fhir).
+"""Patient enrichment before the model call.
 
 The AI pipeline calls :class:`PatientEnricher` with each exam's context; it looks the
 patient up in the hospital system by patient id (CNP), else by name and birth date, and

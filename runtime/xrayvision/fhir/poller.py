@@ -1,4 +1,4 @@
-"""The FHIR poller (the seed's fhir_loop): radiologists' reports for finished exams.
+"""The FHIR poller: radiologists' reports for finished exams.
 
 One cycle:
 

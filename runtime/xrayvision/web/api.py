@@ -1,4 +1,4 @@
-"""REST handlers under ``/api`` (the seed's), one function per route; ``setup_api_routes``
+"""REST handlers under ``/api``, one function per route; ``setup_api_routes``
 registers them. Contract: ``web/openapi.json`` (served at ``/api/spec``; a test keeps the
 two equal)."""
 
