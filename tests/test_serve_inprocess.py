@@ -88,9 +88,9 @@ async def test_one_health_loop_per_process(tmp_path):
             checks = stub.state.health_checks - start
             # one loop: about one check a second; three loops would make ~13
             assert 3 <= checks <= 6, checks
-            auth = aiohttp.BasicAuth("admin", "pw-123456789")
+            auth = {"Authorization": aiohttp.encode_basic_auth("admin", "pw-123456789")}
             async with http.post(f"{base}/api/check", json={"text": "FINDINGS: normal"},
-                                 auth=auth) as resp:
+                                 headers=auth) as resp:
                 assert resp.status == 200, await resp.text()  # the web role's text services
     finally:
         stop.set()

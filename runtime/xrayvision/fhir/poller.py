@@ -94,10 +94,6 @@ class _Result:
     checked: bool = False
 
 
-class FhirDown(Exception):
-    """The FHIR server stopped answering during a cycle."""
-
-
 class Poller:
     def __init__(self, client: FhirClient, db: Database, checker: ReportChecker,
                  bus: Bus, settings: Settings, *,
