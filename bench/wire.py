@@ -33,17 +33,13 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import zlib  # noqa: E402
 
-from pydicom.filebase import DicomBytesIO  # noqa: E402
-from pydicom.filewriter import write_dataset, write_file_meta_info  # noqa: E402
-from pydicom.uid import DeflatedExplicitVRLittleEndian  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import Verification  # noqa: E402
 
 from support.pacs import Orthanc, wait_port  # noqa: E402
 from support.pgserver import free_port  # noqa: E402
-from support.xrays import make_xray  # noqa: E402
+from support.xrays import deflate_bomb as make_bomb  # noqa: E402
 
 XRAYVISION = Path(sys.executable).parent / "xrayvision"
 
@@ -131,31 +127,6 @@ def pdu_flood(port: int, aet: str, connections: int = 4, each: int = 256 << 20) 
     return f"{time.monotonic() - started:.1f} s"
 
 
-def bomb_file(folder: Path) -> Path:
-    ds = make_xray(rows=8, cols=8, bits=16)
-    ds.Rows = ds.Columns = 10000
-    del ds.PixelData
-    head = DicomBytesIO()
-    head.is_little_endian, head.is_implicit_VR = True, False
-    write_dataset(head, ds)
-    meta = DicomBytesIO()
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
-    length = 10000 * 10000 * 2
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    path = folder / "bomb.dcm"
-    with open(path, "wb") as out:
-        out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
-        out.write(deflater.compress(head.getvalue()))
-        out.write(deflater.compress(b"\xe0\x7f\x10\x00OW\0\0" + length.to_bytes(4, "little")))
-        zeros = bytes(1 << 20)
-        for _ in range(length >> 20):
-            out.write(deflater.compress(zeros))
-        out.write(deflater.compress(bytes(length & ((1 << 20) - 1))))
-        out.write(deflater.flush())
-    return path
-
-
 def deflate_bomb(port: int, aet: str, path: Path) -> str:
     result = subprocess.run(["storescu", "-v", "-xd", "-aec", aet, "127.0.0.1", str(port),
                              str(path)], capture_output=True, text=True, timeout=300)
@@ -220,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-wire-") as tmp:
         folder = Path(tmp)
-        bomb = bomb_file(folder)
+        bomb = make_bomb(folder / "bomb.dcm", 10000, 10000)
         rows = []
         for name in args.peers.split(","):
             for attack in ("pdu flood", "deflate bomb", "silent peers", "burst"):

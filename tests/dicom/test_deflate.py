@@ -9,17 +9,15 @@ import copy
 import io
 import shutil
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
+from support.xrays import deflate_bomb as bomb
 from support.xrays import make_xray, write
 from xrayvision.db import repo
 from xrayvision.dicom.deflate import (
@@ -35,32 +33,6 @@ from .conftest import ingest_settings, running_ingest
 def deflated(ds, path: Path) -> Path:
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def bomb(path: Path, rows: int, cols: int) -> Path:
-    """A deflated DX data set of ``rows`` x ``cols`` zero pixels (16 bits), written
-    without ever holding its pixels inflated."""
-    ds = make_xray(rows=8, cols=8, bits=16)
-    ds.Rows, ds.Columns = rows, cols
-    del ds.PixelData
-    head = DicomBytesIO()
-    head.is_little_endian, head.is_implicit_VR = True, False
-    write_dataset(head, ds)
-    meta = DicomBytesIO()
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
-    length = rows * cols * 2
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    with open(path, "wb") as out:
-        out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
-        out.write(compressor.compress(head.getvalue()))
-        out.write(compressor.compress(b"\xe0\x7f\x10\x00OW\0\0" + length.to_bytes(4, "little")))
-        zeros = bytes(1 << 20)
-        for _ in range(length >> 20):
-            out.write(compressor.compress(zeros))
-        out.write(compressor.compress(bytes(length & ((1 << 20) - 1))))
-        out.write(compressor.flush())
     return path
 
 

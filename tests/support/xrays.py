@@ -4,12 +4,16 @@ with or without window tags, signed pixels, padding, multi-frame, RGB secondary 
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     generate_uid,
 )
@@ -110,3 +114,31 @@ def write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def deflate_bomb(path: Path, rows: int, cols: int) -> Path:
+    """A DX data set of ``rows`` x ``cols`` zero pixels (16 bits) in Deflated Explicit VR
+    Little Endian, written without ever holding its pixels inflated: 200 MB of pixels
+    (10000 x 10000) deflate to ~200 KB."""
+    ds = make_xray(rows=8, cols=8, bits=16)
+    ds.Rows, ds.Columns = rows, cols
+    del ds.PixelData
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    meta = DicomBytesIO()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    length = rows * cols * 2
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+        out.write(deflater.compress(head.getvalue()))
+        out.write(deflater.compress(b"\xe0\x7f\x10\x00OW\0\0" + length.to_bytes(4, "little")))
+        zeros = bytes(1 << 20)
+        for _ in range(length >> 20):
+            out.write(deflater.compress(zeros))
+        out.write(deflater.compress(bytes(length & ((1 << 20) - 1))))
+        out.write(deflater.flush())
+    return path
+
