@@ -32,12 +32,14 @@ test: $(VENV)/.test-installed
 	@scripts/system-deps.sh test
 	$(BIN)/ruff check runtime operator tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	KUBEBUILDER_ASSETS="$$(scripts/envtest-assets.sh)" \
 	  $(BIN)/python tests/support/pgserver.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check runtime operator tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 ## lock: re-pin constraints.txt from a fresh resolution of pyproject.toml
 lock:

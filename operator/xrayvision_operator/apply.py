@@ -18,6 +18,7 @@ came (status, reason, body); callers turn 4xx into conditions.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import logging
 import threading
@@ -125,11 +126,12 @@ class KubeApplier:
         return self._resource(api_version, kind).get(namespace=namespace).to_dict().get(
             "items", [])
 
-    def list_in(self, api_version: str, kind: str, namespaces: list[str]) -> list[Obj]:
+    def list_in(self, api_version: str, kind: str,
+                namespaces: builtins.list[str]) -> builtins.list[Obj]:
         """Objects of a kind in those namespaces; in all of them when the list is empty."""
         if not namespaces:
             items = self._resource(api_version, kind).get().to_dict().get("items", [])
-            return list(items)
+            return builtins.list(items)
         return [o for ns in namespaces for o in self.list(api_version, kind, ns)]
 
     def annotate(self, obj: Obj, annotations: dict[str, str]) -> None:

@@ -173,8 +173,8 @@ SECURITY_CONTEXT = {
 def _pod_volumes(xrv: Obj, component: str) -> tuple[list[Obj], list[Obj]]:
     spec = _spec(xrv)
     name = xrv["metadata"]["name"]
-    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a pod's own emptyDir
+    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+    mounts: list[Obj] = [{"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a pod's own emptyDir
               {"name": "data", "mountPath": "/var/lib/xrayvision"}]
     images = (spec.get("storage") or {}).get("images") or {}
     if images.get("type") == "pvc":
@@ -516,7 +516,7 @@ def build_model_endpoint(mep: Obj) -> list[Obj]:
     resources = copy.deepcopy(vllm.get("resources") or {})
     resources.setdefault("limits", {})["nvidia.com/gpu"] = gpus
     resources.setdefault("requests", {})["nvidia.com/gpu"] = gpus
-    env = [{"name": "HF_HOME", "value": "/root/.cache/huggingface"}]
+    env: list[Obj] = [{"name": "HF_HOME", "value": "/root/.cache/huggingface"}]
     if vllm.get("hfTokenSecret"):
         ref = vllm["hfTokenSecret"]
         env.append({"name": "HF_TOKEN",

@@ -8,6 +8,7 @@ the API server refuses, sets ``Degraded`` with the reason and records a Warning 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -62,7 +63,8 @@ class Applier(Protocol):
 
     def list(self, api_version: str, kind: str, namespace: str) -> list[Obj]: ...
 
-    def list_in(self, api_version: str, kind: str, namespaces: list[str]) -> list[Obj]:
+    def list_in(self, api_version: str, kind: str,
+                namespaces: builtins.list[str]) -> builtins.list[Obj]:
         """Objects of a kind in those namespaces (all when the list is empty)."""
 
     def annotate(self, obj: Obj, annotations: dict[str, str]) -> None: ...
@@ -156,7 +158,8 @@ def migration_state(job: Obj | None) -> tuple[bool, str]:
         return True, ""
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
-            return False, (f"the schema migration Job {job['metadata']['name']} failed "
+            name = ((job or {}).get("metadata") or {}).get("name", "")
+            return False, (f"the schema migration Job {name} failed "
                            f"({cond.get('reason', '')}: {cond.get('message', '')}); the "
                            "running version keeps serving. See its pod's log")
     return False, ""
@@ -247,9 +250,9 @@ def reconcile_xrayvision(xrv: Obj, applier: Applier) -> dict[str, Any]:
             desired = extra + build.build_xrayvision(xrv, resolved)
         except SpecError as exc:
             return failed(Failure("InvalidSpec", str(exc)))
-        live = {_key(o): applier.get(o["apiVersion"], o["kind"], meta["namespace"],
-                                     o["metadata"]["name"]) for o in desired}
-        live = {k: v for k, v in live.items() if v is not None}
+        found = {_key(o): applier.get(o["apiVersion"], o["kind"], meta["namespace"],
+                                      o["metadata"]["name"]) for o in desired}
+        live = {k: v for k, v in found.items() if v is not None}
         changes = immutable_changes(desired, live)
         if changes:
             return failed(Failure("ImmutableField", "; ".join(changes)))

@@ -35,7 +35,7 @@ def merge_conditions(old: list[dict] | None, new: list[dict], at: str | None = N
         before = previous.get(cond["type"])
         keep = before is not None and before.get("status") == cond["status"]
         merged.append({**cond, "lastTransitionTime":
-                       before.get("lastTransitionTime", at) if keep else at})
+                       (before or {}).get("lastTransitionTime", at) if keep else at})
     return merged
 
 

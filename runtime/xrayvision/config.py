@@ -469,7 +469,7 @@ def _read_files(config_dir: Path) -> dict[str, dict[str, tuple[str, str]]]:
         if not path.is_file():
             continue
         parser = configparser.RawConfigParser(interpolation=None, strict=True)
-        parser.optionxform = str  # keep case: user names and AE titles are case-sensitive
+        parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep case: user names and AE titles are case-sensitive
         try:
             with path.open(encoding="utf-8") as fh:
                 parser.read_file(fh, source=str(path))

@@ -232,7 +232,7 @@ class PostgresBus(LocalBus):
         self._reconnect_max = reconnect_max
         self._publisher: psycopg.AsyncConnection | None = None
         self._publish_lock = asyncio.Lock()
-        self._listener: asyncio.Task | None = None
+        self._listener: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
 
     async def start(self) -> None:

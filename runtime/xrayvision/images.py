@@ -22,14 +22,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from xrayvision.db.engine import Database
+from xrayvision.db.engine import Database, rowcount
 from xrayvision.db.models import Image, utcnow
 
 KINDS = ("png", "dcm")
@@ -219,7 +219,7 @@ def _put_new(session: Session, uid: str, kind: str, data: bytes) -> bool:
     dialect = session.get_bind().dialect.name
     insert = sqlite_insert if dialect == "sqlite" else pg_insert
     # RETURNING says whether a row went in (psycopg's row count does not, here)
-    table = Image.__table__
+    table = cast(Table, Image.__table__)
     return session.connection().execute(
         insert(table).values(uid=uid, kind=kind, data=data, created=utcnow())
         .on_conflict_do_nothing(index_elements=["uid", "kind"])
@@ -246,7 +246,8 @@ def _exists(session: Session, uid: str, kind: str) -> bool:
 
 
 def _delete(session: Session, uid: str, kind: str) -> bool:
-    return bool(session.execute(delete(Image).where(Image.uid == uid, Image.kind == kind)).rowcount)
+    return bool(rowcount(session.execute(
+        delete(Image).where(Image.uid == uid, Image.kind == kind))))
 
 
 class DatabaseStore:

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import psycopg
 
@@ -26,7 +26,7 @@ from xrayvision.logs import first_line
 
 log = logging.getLogger(__name__)
 
-Guarded = Callable[[], Awaitable[None]]
+Guarded = Callable[[], Coroutine[Any, Any, None]]
 
 
 class SingletonLocks(Protocol):

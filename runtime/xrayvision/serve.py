@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import tempfile
@@ -131,9 +132,9 @@ def role_tasks(rt: Runtime) -> dict[str, Callable[[], Awaitable[None]]]:
     """The coroutine each selected role runs, and the model's health loop (one per
     process) when a role here calls the model."""
     tasks: dict[str, Callable[[], Awaitable[None]]] = {
-        role: (lambda run=ROLES[role]: run(rt)) for role in rt.settings.server.roles}
+        role: functools.partial(ROLES[role], rt) for role in rt.settings.server.roles}
     if rt.model is not None:
-        tasks["model-health"] = lambda: model_health(rt)
+        tasks["model-health"] = functools.partial(model_health, rt)
     return tasks
 
 

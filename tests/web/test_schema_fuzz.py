@@ -56,7 +56,10 @@ def server(tmp_path_factory):
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same cases every run, so CI never turns red by chance; a wider random
+# run is `st run` (bench/README.md, "Reliability").
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 def test_every_operation_conforms(case, server):
     case.call_and_validate(
         base_url=server, headers=basic("admin"),

@@ -120,7 +120,7 @@ class Relay:
         """One model call in flight at a time. After an exam is done, the transaction that
         completes it also claims this slot's next exam (one transaction per exam)."""
         client = self.pipeline.client
-        following = None
+        following: tuple[str, repo.ReportContext | None] | None = None
         while True:
             if client.active() is None:
                 if following is not None:  # claimed while finishing; give it back

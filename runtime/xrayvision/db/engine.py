@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import CursorResult, Engine, create_engine, event, exc
 from sqlalchemy.orm import sessionmaker
 
 from xrayvision import metrics
@@ -104,6 +104,12 @@ def conninfo(url: str) -> str:
 
 SQLITE_FULL = 13
 PG_DISK_FULL = "53100"
+
+
+def rowcount(result: Any) -> int:
+    """The rows an UPDATE/DELETE matched (``Session.execute`` types its result as a
+    plain ``Result``; for these statements it is a ``CursorResult``)."""
+    return cast(CursorResult, result).rowcount
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -26,8 +26,9 @@ Contract:
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
-from sqlalchemy import Row, and_, bindparam, delete, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
@@ -47,7 +48,8 @@ from xrayvision.db.models import (
 MAX_RETRY_DELAY = 3600.0
 # Queue statements are Core statements on the table: the queue is the hot path, and the
 # ORM's bulk-update machinery costs more than the round trip itself.
-EXAMS = Exam.__table__
+EXAMS = cast(Table, Exam.__table__)
+WORKERS = cast(Table, Worker.__table__)
 
 
 class LeaseLost(Exception):
@@ -243,7 +245,7 @@ def heartbeat(session: Session, worker: str, host: str, pid: int,
     """Records that ``worker`` (process ``pid`` on ``host``) is alive."""
     now = now or utcnow()
     updated = session.connection().execute(
-        update(Worker.__table__).where(Worker.__table__.c.id == worker)
+        update(WORKERS).where(WORKERS.c.id == worker)
         .values(heartbeat=now)).rowcount
     if not updated:
         session.add(Worker(id=worker, host=host, pid=pid, started=now, heartbeat=now))

@@ -12,14 +12,27 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, delete, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    SQLColumnExpression,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from xrayvision.agreement import CLASSES as AGREEMENT_CLASSES
 from xrayvision.agreement import Confusion
+from xrayvision.db.engine import rowcount
 from xrayvision.db.models import (
     CLAIMABLE,
     DONE,
@@ -78,6 +91,16 @@ class ExamRow(NamedTuple):
     rad: RadReport | None
 
 
+class PageRow(NamedTuple):
+    """A row of :func:`exam_page`: the same attributes as :class:`ExamRow`'s entities, on
+    plain objects (no ORM identity map)."""
+
+    exam: SimpleNamespace
+    patient: SimpleNamespace | None
+    ai: SimpleNamespace | None
+    rad: SimpleNamespace | None
+
+
 @dataclass(frozen=True)
 class ExamFilter:
     statuses: tuple[str, ...] = ()
@@ -95,7 +118,7 @@ class ExamFilter:
 
 @dataclass(frozen=True)
 class Page:
-    rows: list[ExamRow]
+    rows: list[PageRow]
     total: int
     page: int
     size: int
@@ -113,7 +136,7 @@ class Page:
 
 
 def _dialect_insert(session: Session):
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 @functools.lru_cache(maxsize=4)
@@ -190,7 +213,7 @@ def insert_received(session: Session, info: ExamInfo,
     if exam_exists(session, info.uid):
         return False
     cnp = patient.cnp if patient is not None and patient.cnp else None
-    if cnp:
+    if patient is not None and cnp:
         _upsert_patient_row(session, patient)
     now = utcnow()
     values = {f: getattr(info, f) for f in ExamInfo.__dataclass_fields__}
@@ -222,7 +245,7 @@ def set_status(session: Session, uid: str, status: str, error: str = "") -> bool
         update(Exam).where(Exam.uid == uid).values(status=status, error=error, updated=utcnow()),
         execution_options={"synchronize_session": False},
     )
-    return bool(result.rowcount)
+    return bool(rowcount(result))
 
 
 def finish_conversion(session: Session, uid: str, status: str, error: str = "") -> Exam | None:
@@ -238,7 +261,7 @@ def finish_conversion(session: Session, uid: str, status: str, error: str = "") 
         .values(status=status, error=error[:2000], updated=utcnow()),
         execution_options={"synchronize_session": False},
     )
-    return session.get(Exam, uid) if result.rowcount else None
+    return session.get(Exam, uid) if rowcount(result) else None
 
 
 def exams_with_status(session: Session, status: str, limit: int = 1000) -> list[str]:
@@ -284,8 +307,8 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _conditions(f: ExamFilter) -> list:
-    conds = []
+def _conditions(f: ExamFilter) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
     if f.statuses:
         bad = [s for s in f.statuses if s not in STATUSES]
         if bad:
@@ -323,20 +346,22 @@ _PAGE_COLUMNS = [c.label(f"{prefix}_{c.key}") for prefix, model in _PAGE_TABLES
                  for c in model.__table__.columns]
 
 
-def _row_of(mapping) -> ExamRow:
-    """An ExamRow of plain attribute objects from one Core row (no ORM identity map:
+def _row_of(mapping) -> PageRow:
+    """A PageRow of plain attribute objects from one Core row (no ORM identity map:
     a page of 500 rows costs a fraction of what ORM entities cost)."""
-    parts = {prefix: {} for prefix, _ in _PAGE_TABLES}
+    parts: dict[str, dict[str, Any]] = {prefix: {} for prefix, _ in _PAGE_TABLES}
     for key, value in mapping.items():
         prefix, _, name = key.partition("_")
         parts[prefix][name] = value
     key_of = {"e": "uid", "p": "cnp", "a": "uid", "r": "uid"}
-    return ExamRow(*(SimpleNamespace(**parts[p]) if parts[p][key_of[p]] is not None else None
-                     for p, _ in _PAGE_TABLES))
+    exam, patient, ai, rad = (SimpleNamespace(**parts[p]) if parts[p][key_of[p]] is not None
+                              else None for p, _ in _PAGE_TABLES)
+    assert exam is not None  # every row has its exam
+    return PageRow(exam, patient, ai, rad)
 
 
 def exam_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
-              size: int = 50) -> list[ExamRow]:
+              size: int = 50) -> list[PageRow]:
     """One page of exams (newest first) matching ``f``; ``size`` is capped at
     MAX_PAGE_SIZE, ``page`` starts at 1. Raises ValueError for an unknown status or
     agreement class. Rows are read-only attribute objects, not ORM entities."""
@@ -398,7 +423,7 @@ def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...]):
     return stmt.on_conflict_do_nothing(index_elements=["uid"])
 
 
-def _upsert_report(session: Session, model: type, allowed: set[str], uid: str,
+def _upsert_report(session: Session, model: Any, allowed: set[str], uid: str,
                    fields: dict) -> None:
     """One INSERT ... ON CONFLICT DO UPDATE on the table (both backends): a single round
     trip and no ORM bookkeeping, since this sits on the relay's per-exam path."""
@@ -407,7 +432,7 @@ def _upsert_report(session: Session, model: type, allowed: set[str], uid: str,
         raise ValueError(f"unknown {model.__tablename__} fields: {', '.join(sorted(unknown))}")
     now = utcnow()
     names = tuple(sorted(fields))
-    stmt = _upsert_statement(session.bind.dialect.name, model.__tablename__, names)
+    stmt = _upsert_statement(session.get_bind().dialect.name, model.__tablename__, names)
     session.connection().execute(stmt, {"uid": uid, "created": now, "updated": now, **fields})
 
 
@@ -670,13 +695,14 @@ def agreement_counts(session: Session, threshold: int, by: str = "all",
     YYYY-MM-DD); :func:`xrayvision.agreement.roll_up` makes weeks and months of days."""
     if by not in AGREEMENT_GROUPS:
         raise ValueError(f"group must be one of {', '.join(AGREEMENT_GROUPS)}")
+    key: SQLColumnExpression[Any]
     if by == "region":
         key = Exam.region
     elif by == "radiologist":
         key = RadReport.radiologist
     elif by == "day":
-        created = Exam.created
-        if session.bind.dialect.name == "postgresql":
+        created: SQLColumnExpression[Any] = Exam.created
+        if session.get_bind().dialect.name == "postgresql":
             created = func.timezone("UTC", Exam.created)
         key = func.date(created)
     else:
@@ -716,7 +742,7 @@ def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
             reviewed_by=username[:128], reviewed_at=utcnow(), updated=utcnow()),
         execution_options={"synchronize_session": False},
     )
-    return bool(result.rowcount)
+    return bool(rowcount(result))
 
 
 def insert_state(session: Session, key: str, value: str) -> None:

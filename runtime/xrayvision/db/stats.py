@@ -15,7 +15,7 @@ from xrayvision.db.models import DONE, AIReport, Exam, RadReport
 
 
 def _day(session: Session, column):
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         column = func.timezone("UTC", column)
     return func.date(column)
 

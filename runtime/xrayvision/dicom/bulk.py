@@ -115,10 +115,10 @@ async def import_paths(settings: Settings, db: Database, store: ImageStore, bus:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-    for uid, path in stored.items():
+    for uid, name in stored.items():
         row = await db.read(repo.get_exam, uid)
         if row is None or row.exam.status == ERROR:
-            summary.failed.append((path, row.exam.error if row else "exam missing"))
+            summary.failed.append((name, row.exam.error if row else "exam missing"))
         elif row.exam.status == IGNORE:
             summary.ignored += 1
         else:

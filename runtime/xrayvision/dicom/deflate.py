@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
@@ -88,8 +89,9 @@ def inflate_file(path: Path, limit: int) -> bool:
     target = path.with_name(path.name + ".inflated")
     try:
         with open(path, "rb") as source, open(target, "wb") as out:
-            out.write(b"\0" * 128 + b"DICM")
-            write_file_meta_info(out, meta, enforce_standard=True)
+            header = DicomBytesIO()
+            write_file_meta_info(header, meta, enforce_standard=True)
+            out.write(b"\0" * 128 + b"DICM" + header.getvalue())
             source.seek(offset)
             _inflate(source, out, limit)
         os.replace(target, path)

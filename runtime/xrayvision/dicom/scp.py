@@ -6,6 +6,7 @@ import logging
 import socket
 import ssl
 import threading
+from typing import Any, cast
 
 from pydicom.uid import (
     JPEG2000,
@@ -99,7 +100,7 @@ class IngestServer(ThreadedAssociationServer):
     read_timeout: float | None = 30.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self.socket.accept()
+        client, address = cast(socket.socket, self.socket).accept()
         client.settimeout(self.read_timeout)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True,
@@ -145,7 +146,7 @@ def start_scp(settings: Settings, ctx: IngestContext,
     if staging is not None:
         staging.install()
     ae = make_ae(settings)
-    bound = [
+    bound: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),

@@ -55,6 +55,7 @@ import ssl
 import struct
 import threading
 import time
+from socket import socket as SocketType
 from typing import cast
 
 from pynetdicom import evt
@@ -132,7 +133,7 @@ class BufferedAssociationSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         return self.recv_after(b"", nr_bytes)
 
-    def recv_after(self, prefix: bytes, nr_bytes: int) -> bytearray:
+    def recv_after(self, prefix: bytes | bytearray, nr_bytes: int) -> bytearray:
         """``prefix`` followed by the next ``nr_bytes`` from the peer, in one buffer
         (fewer only when the peer closed the connection)."""
         total = len(prefix) + nr_bytes
@@ -158,7 +159,7 @@ class BufferedAssociationSocket(AssociationSocket):
             view[:count] = self._ahead[:count]
             self._ahead = self._ahead[count:]
             return count
-        return self.socket.recv_into(view)
+        return cast(socket.socket, self.socket).recv_into(view)
 
     def unread(self, data) -> None:
         """Gives back ``data`` (read ahead of need): the next reads return it first."""
@@ -227,7 +228,7 @@ class BufferedDUL(DULServiceProvider):
     # Set up while the thread runs: a socket pair whose far end is written to wake the
     # reactor while it waits (only then: _waiting), and the lock that keeps it from
     # being written to once closed.
-    _waker: tuple[socket.socket, socket.socket] | None = None
+    _waker: tuple[SocketType, SocketType] | None = None
     _waker_lock: threading.Lock | None = None
     _waiting = False
 
@@ -471,7 +472,7 @@ class BufferedDUL(DULServiceProvider):
         if self.assoc.get_handlers(evt.EVT_DATA_RECV):  # its contract gives bytes
             evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": bytes(bytestream)})
         pdu = P_DATA_TF()
-        pdu.decode(memoryview(bytestream))
+        pdu.decode(cast(bytes, memoryview(bytestream)))  # any buffer: no copy
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
         return pdu, "Evt10"
 

@@ -94,8 +94,8 @@ def _ready() -> int:
 
 def _timed_convert(source: bytes | str, opts: ConvertOptions):
     started = time.perf_counter()
-    convert = convert_file if isinstance(source, str) else convert_bytes
-    return convert(source, opts), time.perf_counter() - started
+    png = convert_file(source, opts) if isinstance(source, str) else convert_bytes(source, opts)
+    return png, time.perf_counter() - started
 
 
 class ConversionWorker:
@@ -210,7 +210,8 @@ class ConversionWorker:
             except BrokenProcessPool:
                 # A worker died (e.g. killed for memory); replace the pool and retry once.
                 log.warning("conversion pool broken; restarting it")
-                self._pool.shutdown(wait=False, cancel_futures=True)
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = make_pool(self.workers)
                 if attempt == 2:
                     raise ConversionError(

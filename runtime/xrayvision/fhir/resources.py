@@ -18,6 +18,7 @@ import html
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import Any
 
 ACCESSION_TYPE = "ACSN"  # v2-0203 identifier type of an accession number
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -194,7 +195,7 @@ def attachment_text(attachment: dict) -> tuple[str, str]:
     return text.strip(), note
 
 
-def _display(refs: object) -> str:
+def _display(refs: Any) -> str:
     for ref in refs or []:
         if isinstance(ref, dict) and str(ref.get("display") or "").strip():
             return str(ref["display"]).strip()

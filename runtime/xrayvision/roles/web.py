@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -38,7 +39,7 @@ async def bootstrap_admin(db: Database) -> tuple[str, str | None]:
     return hashed, password
 
 
-async def dashboard_state(db: Database) -> dict:
+async def dashboard_state(db: Database) -> dict[str, Any]:
     return {"queue": await db.read(repo.queue_counts)}
 
 

@@ -18,7 +18,7 @@ from xrayvision.ai.client import ModelError, ModelUnavailable
 from xrayvision.db import queue, repo, stats
 from xrayvision.db.engine import Database
 from xrayvision.db.models import STATUSES
-from xrayvision.db.repo import AGREEMENT_CLASSES, ExamFilter, ExamRow
+from xrayvision.db.repo import AGREEMENT_CLASSES, ExamFilter, ExamRow, PageRow
 from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
@@ -126,8 +126,11 @@ def _text_field(body: dict, name: str = "text") -> str:
 
 
 def _uid_field(body: dict) -> str:
+    uid = body.get("uid")
     try:
-        return validate_uid(body.get("uid"))
+        if not isinstance(uid, str):
+            raise InvalidUID("not a UID")
+        return validate_uid(uid)
     except InvalidUID:
         raise bad_request("uid must be a DICOM UID (digits and dots, at most 64)") from None
 
@@ -136,7 +139,7 @@ def _iso(value: dt.datetime | dt.date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def exam_json(row: ExamRow, *, full: bool = False) -> dict[str, Any]:
+def exam_json(row: ExamRow | PageRow, *, full: bool = False) -> dict[str, Any]:
     e, p, a, r = row
     out: dict[str, Any] = {
         "uid": e.uid, "study_uid": e.study_uid, "accession": e.accession,
@@ -194,6 +197,7 @@ async def list_exams(request: web.Request) -> web.Response:
     )
     page = _int(q, "page", 1, 1, 1_000_000)
     size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
+    assert page is not None and size is not None  # they have defaults
     db = database(request)
     rows = await db.read(repo.exam_page, f, page, size)
     total = await request.app[TOTALS].get(f, lambda: db.read(repo.count_matching, f))
