@@ -60,6 +60,16 @@ def serve_env(url: str, tmp_path: Path, stub: Stub, roles: str,
     return env, web, dicom
 
 
+async def admin_user(password: str) -> tuple[str, str]:
+    """The ``[users]`` entry of an admin with ``password`` (hashed by the CLI, as a user
+    would) and the Authorization header that logs in as it."""
+    hashed = (await asyncio.to_thread(
+        subprocess.run, [str(BIN / "xrayvision"), "hash-password", "--stdin"],
+        input=password, capture_output=True, text=True, check=True)
+    ).stdout.strip().splitlines()[-1]
+    return f"admin:{hashed}", "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+
+
 def children(pid: int) -> list[int]:
     """The processes ``pid`` started (Linux /proc)."""
     return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
@@ -80,14 +90,9 @@ async def test_a_database_outage_is_waited_out(tmp_path):
     try:
         url = pg.create_database("xrayvision").replace("postgresql://",
                                                        "postgresql+psycopg://", 1)
-        password = "outage-pass-123"
-        hashed = (await asyncio.to_thread(
-            subprocess.run, [str(BIN / "xrayvision"), "hash-password", "--stdin"],
-            input=password, capture_output=True, text=True, check=True)
-        ).stdout.strip().splitlines()[-1]
+        user, auth = await admin_user("outage-pass-123")
         env, web, dicom = serve_env(url, tmp_path, stub, "ingest,relay,web",
-                                    XRAYVISION_USERS_ADMIN=f"admin:{hashed}")
-        auth = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+                                    XRAYVISION_USERS_ADMIN=user)
         log = (tmp_path / "serve.log").open("wb")
         proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
             [str(BIN / "xrayvision"), "serve", "--migrate"], env=env, cwd=tmp_path,
@@ -225,14 +230,9 @@ async def test_a_full_disk_makes_the_process_unready_and_refusals_clear(tmp_path
     stub = await Stub(StubState(delay=0.1)).start()
     proc = None
     try:
-        password = "disk-full-pass-123"
-        hashed = (await asyncio.to_thread(
-            subprocess.run, [str(BIN / "xrayvision"), "hash-password", "--stdin"],
-            input=password, capture_output=True, text=True, check=True)
-        ).stdout.strip().splitlines()[-1]
-        auth = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+        user, auth = await admin_user("disk-full-pass-123")
         env, web, dicom = serve_env("", tmp_path, stub, "ingest,relay,web",
-                                    XRAYVISION_USERS_ADMIN=f"admin:{hashed}",
+                                    XRAYVISION_USERS_ADMIN=user,
                                     XRAYVISION_SERVER_DATA_DIR=str(disk / "data"),
                                     XRAYVISION_SERVER_MIN_FREE_MB="4",
                                     TMPDIR=str(disk / "data" / "images" / ".incoming"))

@@ -32,9 +32,6 @@ from xrayvision.notify import Notice, Notifier
 
 log = logging.getLogger(__name__)
 
-MODEL_ROLES = frozenset({"relay", "fhir", "web"})
-
-
 @dataclass
 class Runtime:
     """One process's shared resources; the roles take it (``roles.<name>.run(rt)``)."""

@@ -86,8 +86,9 @@ def handle_store(event, ctx: IngestContext) -> int:
     try:
         path = _streamed_path(event)
         if path is not None:
-            recorded = record_file(ctx.settings, ctx.db, ctx.store, path,
-                                   calling_aet=calling, sop_class=sop_class)
+            recorded = record_file(
+                ctx.settings, ctx.db, ctx.store, path, calling_aet=calling, sop_class=sop_class,
+                transfer_syntax=str(event.context.transfer_syntax))
         else:
             ds = event.dataset
             ds.file_meta = event.file_meta

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from xrayvision.config import Settings
 from xrayvision.db import repo
@@ -196,15 +197,18 @@ def record_instance(settings: Settings, db: Database, store: ImageStore, ds: Dat
 
 
 def record_file(settings: Settings, db: Database, store: ImageStore, path: Path, *,
-                calling_aet: str = "", sop_class: str | None = None) -> Recorded:
+                calling_aet: str = "", sop_class: str | None = None,
+                transfer_syntax: str | None = None) -> Recorded:
     """Durably records the DICOM file at ``path`` (pynetdicom's streamed copy of a
     C-STORE). Only the header is parsed; the file itself is moved into the store, so a
     large instance is never held in memory (a deflated one is inflated there first:
-    ``dicom.deflate``). A copy that is not stored stays at ``path``
-    (the caller removes it)."""
+    ``dicom.deflate``). ``transfer_syntax``, when the caller knows it (the presentation
+    context's), spares reading the file meta to find out. A copy that is not stored stays
+    at ``path`` (the caller removes it)."""
     try:
         # a deflated one is stored inflated: its readers never inflate it in memory
-        inflate_file(path, largest_data_set(settings.dicom.max_pixels))
+        if transfer_syntax in (None, DeflatedExplicitVRLittleEndian):
+            inflate_file(path, largest_data_set(settings.dicom.max_pixels))
         ds = dcmread(path, defer_size=4096)  # large values (pixels) stay on disk
     except (BadInstance, OSError):
         raise

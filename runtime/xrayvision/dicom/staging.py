@@ -125,9 +125,7 @@ class Staging:
                 continue
             try:
                 fd = os.open(entry / LOCK, os.O_RDWR)
-            except FileNotFoundError:  # being created right now, or not ours
-                continue
-            except OSError:
+            except OSError:  # no lock file: being created right now, or not ours
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
