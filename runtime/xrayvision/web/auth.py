@@ -23,11 +23,10 @@ import hmac
 import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from xrayvision.config import User
 from xrayvision.passwords import hash_password, verify_password
@@ -133,18 +132,16 @@ class LoginGuard:
         self.max_delay = max_delay
         self.track = track
         self.clock = clock
-        self._counts: OrderedDict[tuple[str, str], _Count] = OrderedDict()
+        self._counts: LRUCache[tuple[str, str], _Count] = LRUCache(maxsize=track)
 
     def _get(self, kind: str, key: str) -> _Count:
         now = self.clock()
-        count = self._counts.pop((kind, key), None) or _Count()
+        count = self._counts.get((kind, key)) or _Count()
         if count.locked_until and count.locked_until <= now:  # served its lockout
             count.failures, count.locked_until, count.announced = 0, 0.0, False
         elif now - count.last > FAILURE_MEMORY:
             count.failures = 0
         self._counts[(kind, key)] = count
-        while len(self._counts) > self.track:
-            self._counts.popitem(last=False)
         return count
 
     def _limit(self, kind: str) -> int:

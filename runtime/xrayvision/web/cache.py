@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
+
+from cachetools import LRUCache
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ class AggregateCache:
         self._refreshing: set[asyncio.Task] = set()
         self.size = size
         self.clock = clock
-        self._values: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        # Expiry is kept here, not by a TTLCache: an expired value is still answered
+        # while it is refreshed (stale_while_revalidate).
+        self._values: LRUCache[Hashable, tuple[float, Any]] = LRUCache(maxsize=size)
         self._pending: dict[Hashable, asyncio.Future] = {}
 
     async def get(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> Any:
@@ -35,7 +38,6 @@ class AggregateCache:
             return await compute()
         item = self._values.get(key)
         if item is not None and item[0] > self.clock():
-            self._values.move_to_end(key)
             return item[1]
         if item is not None and self.stale_while_revalidate:
             if key not in self._pending:
@@ -62,9 +64,6 @@ class AggregateCache:
         else:
             future.set_result(value)
             self._values[key] = (self.clock() + self.ttl, value)
-            self._values.move_to_end(key)
-            while len(self._values) > self.size:
-                self._values.popitem(last=False)
             return value
         finally:
             del self._pending[key]

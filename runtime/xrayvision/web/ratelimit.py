@@ -1,8 +1,8 @@
 """Per-client sliding-window rate limit and the client address behind trusted proxies.
 
 The window keeps each address's request times of the last ``window`` seconds; memory is
-bounded: at most ``max_clients`` addresses (the least recently seen goes first) and
-addresses idle for a whole window are evicted as requests come in.
+bounded: at most ``max_clients`` addresses (the least recently seen goes first) and an
+address not heard from for a whole window is forgotten (a cachetools ``TTLCache``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
+
+from cachetools import TTLCache
 
 
 class SlidingWindow:
@@ -21,7 +23,7 @@ class SlidingWindow:
         self.window = window
         self.max_clients = max_clients
         self.clock = clock
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        self._hits: TTLCache[str, deque[float]] = TTLCache(max_clients, window, timer=clock)
 
     def __len__(self) -> int:
         return len(self._hits)
@@ -32,27 +34,14 @@ class SlidingWindow:
             return 0.0
         now = self.clock()
         horizon = now - self.window
-        times = self._hits.pop(client, None) or deque()
+        times = self._hits.get(client) or deque()
         while times and times[0] <= horizon:
             times.popleft()
-        self._hits[client] = times
-        self._evict(horizon)
+        self._hits[client] = times  # (re)starts its time to live: idle for a window, gone
         if len(times) >= self.limit:
             return max(0.001, times[0] + self.window - now)
         times.append(now)
         return 0.0
-
-    def _evict(self, horizon: float) -> None:
-        while len(self._hits) > self.max_clients:
-            self._hits.popitem(last=False)
-        # Oldest-seen first: stop at the first address still active.
-        while self._hits:
-            client, times = next(iter(self._hits.items()))
-            if times and times[-1] > horizon:
-                break
-            if not times and len(self._hits) == 1:
-                break
-            self._hits.popitem(last=False)
 
 
 def retry_after_header(seconds: float) -> str:
