@@ -41,8 +41,8 @@ from support.fhirpeer import PASSWORD, USER, Sekmet, diagnostic_report, patient 
 from support.pacs import wait_port  # noqa: E402
 from support.pgserver import PgServer, free_port  # noqa: E402
 from xrayvision.ai.client import Endpoint, ModelClient  # noqa: E402
-from xrayvision.ai.pipeline import Pipeline  # noqa: E402
 from xrayvision.ai.prompts import load_prompts  # noqa: E402
+from xrayvision.ai.text import TextServices  # noqa: E402
 from xrayvision.config import FhirSettings, Settings  # noqa: E402
 from xrayvision.db.engine import Database, DatabaseOptions  # noqa: E402
 from xrayvision.db.migrate import upgrade  # noqa: E402
@@ -50,7 +50,6 @@ from xrayvision.db.models import DONE, Exam, Patient, utcnow  # noqa: E402
 from xrayvision.events import LocalBus  # noqa: E402
 from xrayvision.fhir.client import FhirClient, FhirServer  # noqa: E402
 from xrayvision.fhir.poller import Poller  # noqa: E402
-from xrayvision.images import FilesystemStore  # noqa: E402
 
 TESTS = ROOT / "tests" / "support"
 SYSTEM = "urn:ro:cnp"
@@ -95,9 +94,9 @@ async def poll(db: Database, fhir_url: str, model_url: str, concurrency: int, tm
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         model = ModelClient([Endpoint("primary", model_url, "m")], session, max_attempts=1)
-        pipeline = Pipeline(model, db, FilesystemStore(tmp / "img"), bus, load_prompts(None))
+        text_services = TextServices(model, load_prompts(None))
         client = FhirClient(FhirServer.from_settings(settings.fhir), session)
-        poller = Poller(client, db, pipeline, bus, settings)
+        poller = Poller(client, db, text_services, bus, settings)
         rows = []
         for label in ("first cycle", "next cycle"):
             started = time.monotonic()

@@ -2,8 +2,8 @@
 
 One of each per process: the database, the image store, the event bus, the singleton
 locks, one HTTP session, one model client with the process's one health loop
-(:func:`model_health`), and one pipeline on that client: the relay reads exams with it,
-the fhir and web roles use its text services (check, translate, analyse).
+(:func:`model_health`), the text services on that client (check, translate, analyse:
+the fhir and web roles) and, in a relay process, the report pipeline built on them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from xrayvision.ai.client import Endpoint, ModelClient
 from xrayvision.ai.parse import Check
 from xrayvision.ai.pipeline import Enrich, Notify, Pipeline, no_enrichment
 from xrayvision.ai.prompts import load_prompts
+from xrayvision.ai.text import TextServices
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
 from xrayvision.db.repo import ReportContext
@@ -45,7 +46,8 @@ class Runtime:
     app: web.Application  # readiness, and the services the web role fills in
     http: aiohttp.ClientSession
     model: ModelClient | None = None  # None: no role here calls the model
-    pipeline: Pipeline | None = None  # on ``model``
+    text: TextServices | None = None  # on ``model``
+    pipeline: Pipeline | None = None  # on ``text``, in a relay process
 
 
 def endpoints(settings: Settings) -> list[Endpoint]:
@@ -115,11 +117,13 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
 
             rt.model = ModelClient(endpoints(settings), http,
                                    max_attempts=settings.ai.max_attempts, on_health=on_health)
-            rt.pipeline = Pipeline(
-                rt.model, db, store, bus, load_prompts(settings.ai.prompts_dir),
-                severity_threshold=settings.processing.severity_threshold,
-                notify=_notifier(settings, http), max_tokens=settings.ai.max_tokens,
-                enrich=_enrichment(settings, db, http))
+            rt.text = TextServices(rt.model, load_prompts(settings.ai.prompts_dir))
+            if publish:
+                rt.pipeline = Pipeline(
+                    rt.text, db, store, bus,
+                    severity_threshold=settings.processing.severity_threshold,
+                    notify=_notifier(settings, http), max_tokens=settings.ai.max_tokens,
+                    enrich=_enrichment(settings, db, http))
         yield rt
 
 

@@ -11,6 +11,7 @@ from xrayvision.ai.client import Endpoint, ModelClient
 from xrayvision.ai.pipeline import ExamContext, Pipeline, report_messages
 from xrayvision.ai.prompts import load_prompts
 from xrayvision.ai.relay import Relay
+from xrayvision.ai.text import TextServices
 from xrayvision.db import queue, repo
 from xrayvision.db.models import DONE, ERROR, QUEUED
 from xrayvision.db.repo import ExamInfo, PatientInfo
@@ -36,7 +37,8 @@ async def relay_on(db, store, endpoints, *, concurrency=4, notify=None, max_atte
     await bus.start()
     async with aiohttp.ClientSession() as session:
         client = ModelClient(endpoints, session, backoff=0.01, max_attempts=max_attempts)
-        pipeline = Pipeline(client, db, store, bus, load_prompts(None), notify=notify)
+        pipeline = Pipeline(TextServices(client, load_prompts(None)), db, store, bus,
+                            notify=notify)
         relay = Relay(pipeline, db, bus, "test-worker", concurrency=concurrency,
                       lease_seconds=30, sweep_interval=0.2, max_attempts=max_attempts,
                       retry_delay=0.01)
@@ -217,7 +219,8 @@ async def test_long_calls_renew_the_lease(db, tmp_path, stubs):
     await bus.start()
     async with aiohttp.ClientSession() as session:
         client = ModelClient(eps(primary), session)
-        relay = Relay(Pipeline(client, db, store, bus, load_prompts(None)), db, bus, "w",
+        relay = Relay(Pipeline(TextServices(client, load_prompts(None)), db, store, bus),
+                      db, bus, "w",
                       lease_seconds=0.6, sweep_interval=0.1)  # the sweep reclaims expired
         task = asyncio.create_task(relay.run())
         try:
@@ -229,27 +232,6 @@ async def test_long_calls_renew_the_lease(db, tmp_path, stubs):
     assert exam.attempts == 0, "never reclaimed while its worker was busy with it"
     assert len([r for r in primary.state.requests
                 if isinstance(r["messages"][1]["content"], list)]) == 1
-
-
-async def test_translate_is_cached_and_analysis_has_four_passes(db, tmp_path, stubs):
-    primary, _ = stubs
-    bus = LocalBus()
-    await bus.start()
-    async with aiohttp.ClientSession() as session:
-        pipeline = Pipeline(ModelClient(eps(primary), session), db, FilesystemStore(tmp_path),
-                            bus, load_prompts(None), translation_cache=2)
-        text = "Fără modificări patologice. Sinusuri costo-diafragmatice libere."
-        assert await pipeline.translate_report(text) == "[en] " + text
-        assert await pipeline.translate_report(text) == "[en] " + text
-        assert len(primary.state.requests) == 1, "the second translation came from the cache"
-        assert primary.state.requests[0]["messages"][1]["content"] == text
-        passes = await pipeline.detailed_analysis("FINDINGS: fracture")
-        assert list(passes) == ["overview", "detail", "critique", "assessment"]
-        steps = [r["messages"][1]["content"] for r in primary.state.requests[1:]]
-        assert [s.rsplit("Step: ", 1)[1] for s in steps] == [
-            "OVERVIEW", "DETAIL", "CRITIQUE", "ASSESSMENT"]
-        assert "overview:" in steps[3] and "critique:" in steps[3]  # later passes see earlier
-        assert len(pipeline.translations) == 1
 
 
 async def test_queue_metrics_export(db):

@@ -14,8 +14,8 @@ from support.fhirpeer import diagnostic_report, patient, service_request
 from support.httppeer import serving
 from support.model_stub import Stub
 from xrayvision.ai.client import Endpoint, ModelClient
-from xrayvision.ai.pipeline import Pipeline
 from xrayvision.ai.prompts import load_prompts
+from xrayvision.ai.text import TextServices
 from xrayvision.config import FhirSettings, Settings
 from xrayvision.db import repo
 from xrayvision.db.models import DONE
@@ -23,7 +23,6 @@ from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.events import LocalBus
 from xrayvision.fhir.client import FhirClient
 from xrayvision.fhir.poller import LAST_POLL_KEY, Poller
-from xrayvision.images import FilesystemStore
 
 DAY1 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 RO = "Opacitate în baza dreaptă, sinusuri libere. ă â î ș ț"
@@ -48,13 +47,12 @@ async def poller_for(db, tmp_path, fhir_url, *, stub=None, **fhir_overrides):
     async with aiohttp.ClientSession() as session:
         model = ModelClient([Endpoint("primary", stub.url, "m")], session, backoff=0.01,
                             max_attempts=1)
-        pipeline = Pipeline(model, db, FilesystemStore(tmp_path / "img"), bus,
-                            load_prompts(None))
+        text_services = TextServices(model, load_prompts(None))
         client = FhirClient(fhir_server(fhir_url, timeout=10, max_attempts=2), session,
                             backoff=0.01)
         try:
             with bus.subscribe() as events:
-                yield Poller(client, db, pipeline, bus, settings), stub, events
+                yield Poller(client, db, text_services, bus, settings), stub, events
         finally:
             if own_stub:
                 await stub.stop()

@@ -8,8 +8,8 @@ import pytest
 
 from support.model_stub import Stub
 from xrayvision.ai.client import Endpoint, ModelClient
-from xrayvision.ai.pipeline import Pipeline
 from xrayvision.ai.prompts import load_prompts
+from xrayvision.ai.text import TextServices
 from xrayvision.config import User, load_settings
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
@@ -49,7 +49,7 @@ async def web_services(app, db, store, bus, model_url=None):
         hub = Hub(bus, lambda: dashboard_state(db), dashboard_interval=0.05)
         if model_url:
             model = ModelClient([Endpoint("primary", model_url, "m")], session, max_attempts=1)
-            services.pipeline = Pipeline(model, db, store, bus, load_prompts(None))
+            services.text = TextServices(model, load_prompts(None))
             hub.health = dict(model.healthy)
         services.db, services.bus, services.store, services.hub = db, bus, store, hub
         task = asyncio.create_task(hub.run())

@@ -1,1 +1,2 @@
-"""AI relay: OpenAI-compatible client with failover, prompts, report parsing, pipeline."""
+"""AI: the OpenAI-compatible client with failover, prompts, answer parsing, the text
+services, the report pipeline and the relay loop."""

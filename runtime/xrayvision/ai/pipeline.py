@@ -1,5 +1,5 @@
-"""The report pipeline: the model's report of an exam (REP, then CHK), and the text
-services the fhir and web roles use (check, translate, a detailed analysis).
+"""The report pipeline: the model's report of an exam (REP, then CHK with the text
+services of :mod:`xrayvision.ai.text`), stored with the exam's completion.
 
 :meth:`Pipeline.process_exam` runs both model calls (report, then CHK) before writing, and
 stores the report and completes the exam in one transaction: a crash or a lost lease
@@ -12,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import LRUCache
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
-from xrayvision.ai.client import ChatResult, ModelClient
-from xrayvision.ai.parse import Check, Report, parse_check, parse_report
+from xrayvision.ai.client import ChatResult
+from xrayvision.ai.parse import Check, Report, parse_report
 from xrayvision.ai.prompts import Prompts
+from xrayvision.ai.text import TextServices
 from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
@@ -87,10 +86,6 @@ def report_messages(prompts: Prompts, ctx: ExamContext, png: bytes,
     ]
 
 
-def check_messages(prompts: Prompts, report: str) -> list[dict]:
-    return [{"role": "system", "content": prompts.chk}, {"role": "user", "content": report}]
-
-
 Enrich = Callable[[ReportContext], Awaitable[None]]
 Notify = Callable[[ReportContext, Check], Awaitable[None]]
 
@@ -109,27 +104,21 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, client: ModelClient, db: Database, store: ImageStore, bus: Bus,
-                 prompts: Prompts, *, severity_threshold: int = 5,
-                 enrich: Enrich = no_enrichment, notify: Notify | None = None,
-                 translation_cache: int = 1024, max_tokens: int = 1024) -> None:
-        self.client = client
+    """Reads exams with the text services' model client; CHK through the text services."""
+
+    def __init__(self, text: TextServices, db: Database, store: ImageStore, bus: Bus, *,
+                 severity_threshold: int = 5, enrich: Enrich = no_enrichment,
+                 notify: Notify | None = None, max_tokens: int = 1024) -> None:
+        self.text = text
+        self.client = text.client
+        self.prompts = text.prompts
         self.db = db
         self.store = store
         self.bus = bus
-        self.prompts = prompts
         self.threshold = severity_threshold
         self.enrich = enrich
         self.notify = notify
-        self.translations: LRUCache[str, str] = LRUCache(maxsize=translation_cache)
         self.max_tokens = max_tokens
-
-    async def check_report(self, text: str) -> Check:
-        """CHK: positive, severity, confidence, summary of any report text (-1 when the
-        answer has no usable JSON)."""
-        result = await self.client.chat(check_messages(self.prompts, text), call="check",
-                                        temperature=0.0, max_tokens=256)
-        return parse_check(result.text)
 
     async def process_exam(self, uid: str, worker: str,
                            then: Callable[[Session], Any] | None = None,
@@ -153,7 +142,7 @@ class Pipeline:
                             exam.previous_report or None),
             call="report", max_tokens=self.max_tokens)
         report = parse_report(result.text)
-        check = await self.check_report(report.text)
+        check = await self.text.check_report(report.text)
 
         def store_and_complete(session: Session) -> Any:
             repo.save_ai_report(
@@ -177,29 +166,3 @@ class Pipeline:
         if self.notify is not None and check.severity >= self.threshold:
             await self.notify(exam, check)
         return Outcome(uid, report, check, result.endpoint, following)
-
-    async def translate_report(self, text: str) -> str:
-        """TRN: Romanian to English, cached by the text's hash (bounded LRU)."""
-        key = hashlib.sha256(text.encode()).hexdigest()
-        cached = self.translations.get(key)
-        if cached is not None:
-            return cached
-        result = await self.client.chat(
-            [{"role": "system", "content": self.prompts.trn}, {"role": "user", "content": text}],
-            call="translate", temperature=0.0, max_tokens=2048)
-        translated = result.text.strip()
-        self.translations[key] = translated
-        return translated
-
-    async def detailed_analysis(self, text: str) -> dict[str, str]:
-        """ANA: overview -> detail -> critique -> assessment, each pass seeing the earlier
-        ones."""
-        passes: dict[str, str] = {}
-        for step in ("OVERVIEW", "DETAIL", "CRITIQUE", "ASSESSMENT"):
-            earlier = "\n\n".join(f"{k}:\n{v}" for k, v in passes.items())
-            user = f"Report:\n{text}\n\n{earlier}\n\nStep: {step}".replace("\n\n\n", "\n\n")
-            result = await self.client.chat(
-                [{"role": "system", "content": self.prompts.ana},
-                 {"role": "user", "content": user}], call="analyse", max_tokens=768)
-            passes[step.lower()] = result.text.strip()
-        return passes

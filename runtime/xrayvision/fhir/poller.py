@@ -59,7 +59,7 @@ EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 class ReportChecker(Protocol):
-    """What the poller needs of the AI pipeline."""
+    """What the poller needs of the model's text services (``ai.text.TextServices``)."""
 
     async def check_report(self, text: str) -> Check: ...
 

@@ -17,7 +17,7 @@ async def run(rt: Runtime) -> None:
     if not settings.fhir.url:
         log.warning("the fhir role runs but [fhir] url is empty: no reports are fetched")
         await asyncio.Event().wait()
-    assert rt.pipeline is not None  # built for this role
-    poller = Poller(fhir_client(settings, rt.http), rt.db, rt.pipeline, rt.bus, settings)
+    assert rt.text is not None  # built for this role
+    poller = Poller(fhir_client(settings, rt.http), rt.db, rt.text, rt.bus, settings)
     log.info("FHIR poller starting", extra={"interval": settings.fhir.poll_interval})
     await rt.locks.run("fhir-poller", poller.run)

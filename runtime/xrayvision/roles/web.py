@@ -58,7 +58,7 @@ async def run(rt: Runtime) -> None:
     hub = Hub(rt.bus, lambda: dashboard_state(db))
     if rt.model is not None:  # until the first health event from a relay
         hub.health = dict(rt.model.healthy)
-    services.pipeline = rt.pipeline
+    services.text = rt.text
     services.db, services.bus, services.store, services.hub = db, rt.bus, rt.store, hub
     log.info("web role ready", extra={"port": settings.web.port})
     try:

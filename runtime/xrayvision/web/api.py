@@ -15,6 +15,7 @@ from aiohttp import web
 from xrayvision import __version__
 from xrayvision.agreement import PERIODS, Confusion, roll_up
 from xrayvision.ai.client import ModelError, ModelUnavailable
+from xrayvision.ai.text import TextServices
 from xrayvision.db import queue, repo, stats
 from xrayvision.db.engine import Database
 from xrayvision.db.models import STATUSES
@@ -358,17 +359,17 @@ async def _model_call(coro):
         raise web.HTTPBadGateway(text=f"the model failed: {exc}") from None
 
 
-def _pipeline(request: web.Request):
-    pipeline = services(request).pipeline
-    if pipeline is None:
+def _text_services(request: web.Request) -> TextServices:
+    text = services(request).text
+    if text is None:
         raise web.HTTPServiceUnavailable(text="no model endpoint is configured")
-    return pipeline
+    return text
 
 
 async def check(request: web.Request) -> web.Response:
     require(request, CHECK)
     text = _text_field(await json_body(request))
-    result = await _model_call(_pipeline(request).check_report(text))
+    result = await _model_call(_text_services(request).check_report(text))
     return web.json_response({"positive": result.positive, "severity": result.severity,
                               "confidence": result.confidence, "summary": result.summary})
 
@@ -376,7 +377,7 @@ async def check(request: web.Request) -> web.Response:
 async def analyse(request: web.Request) -> web.Response:
     require(request, CHECK)
     text = _text_field(await json_body(request))
-    passes = await _model_call(_pipeline(request).detailed_analysis(text))
+    passes = await _model_call(_text_services(request).detailed_analysis(text))
     return web.json_response(passes)
 
 

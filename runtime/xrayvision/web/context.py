@@ -12,7 +12,7 @@ from xrayvision.web.auth import Authenticator, Identity, LoginGuard
 from xrayvision.web.ratelimit import SlidingWindow
 
 if TYPE_CHECKING:
-    from xrayvision.ai.pipeline import Pipeline
+    from xrayvision.ai.text import TextServices
     from xrayvision.db.engine import Database
     from xrayvision.events import Bus
     from xrayvision.images import ImageStore
@@ -26,7 +26,7 @@ class Services:
     db: Database | None = None
     bus: Bus | None = None
     store: ImageStore | None = None
-    pipeline: Pipeline | None = None
+    text: TextServices | None = None
     hub: Hub | None = None
 
 
