@@ -2,6 +2,7 @@ import dataclasses
 import datetime as dt
 import sqlite3
 
+from support import records
 from xrayvision.config import Settings, load_settings
 from xrayvision.db import repo
 from xrayvision.db.models import DONE, ERROR, Exam, utcnow
@@ -17,7 +18,7 @@ def settings_for(tmp_path, **maintenance) -> Settings:
 
 
 def test_backup_is_a_consistent_copy_and_old_ones_are_rotated(sqlite_db, tmp_path):
-    sqlite_db.write_sync(repo.add_exam, ExamInfo(uid="1.1", status=DONE))
+    sqlite_db.write_sync(records.add_exam, ExamInfo(uid="1.1", status=DONE))
     source = tmp_path / "test.db"
     made = []
     for i in range(4):
@@ -34,7 +35,7 @@ def test_run_purges_old_errors_with_images_and_applies_image_retention(db, tmp_p
     store = FilesystemStore(tmp_path / "images")
     old = utcnow() - dt.timedelta(days=60)
     for uid, status in (("2.1", ERROR), ("2.2", ERROR), ("2.3", DONE), ("2.4", DONE)):
-        db.write_sync(repo.add_exam, ExamInfo(uid=uid, status=status))
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, status=status))
         store.put(uid, "png", b"png")
     store.put("2.1", "dcm", b"dcm")
     db.write_sync(lambda s: s.query(Exam).filter(Exam.uid.in_(["2.1", "2.3"]))
@@ -59,10 +60,10 @@ def test_run_purges_old_errors_with_images_and_applies_image_retention(db, tmp_p
 
 def test_run_with_everything_off_removes_nothing(sqlite_db, tmp_path):
     store = FilesystemStore(tmp_path / "images")
-    sqlite_db.write_sync(repo.add_exam, ExamInfo(uid="3.1", status=ERROR))
+    sqlite_db.write_sync(records.add_exam, ExamInfo(uid="3.1", status=ERROR))
     sqlite_db.write_sync(lambda s: s.query(Exam).update(
         {Exam.updated: utcnow() - dt.timedelta(days=900)}))
     report = Maintenance(settings_for(tmp_path, error_retention_days=0, backup_keep=0),
                          sqlite_db, store).run_once()
     assert report.errors_purged == 0 and report.backup is None
-    assert sqlite_db.read_sync(repo.count_exams) == 1
+    assert sqlite_db.read_sync(records.count_exams) == 1

@@ -6,6 +6,7 @@ import dataclasses
 
 import aiohttp
 
+from support import records
 from support.model_stub import Stub
 from support.pgserver import free_port
 from xrayvision import serve as serve_module
@@ -31,7 +32,7 @@ async def test_shutdown_releases_claimed_exams(tmp_path, monkeypatch):
     db = Database(DatabaseOptions(url=settings.database_url))
     upgrade(db.engine)
     for uid in ("1.1", "1.2"):
-        db.write_sync(repo.add_exam, ExamInfo(uid=uid, status=QUEUED))
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, status=QUEUED))
     db.write_sync(queue.claim, "this-process", 600)  # as the relay role will
     db.write_sync(queue.claim, "another-process", 600)
 

@@ -6,6 +6,7 @@ import contextlib
 
 import aiohttp
 
+from support import records
 from xrayvision import metrics
 from xrayvision.ai.client import Endpoint, ModelClient
 from xrayvision.ai.pipeline import ExamContext, Pipeline, report_messages
@@ -25,7 +26,7 @@ def add_exams(db, store, count, prefix="1.2.3"):
     uids = [f"{prefix}.{i}" for i in range(count)]
     for uid in uids:
         store.put(uid, "png", PNG)
-        db.write_sync(repo.add_exam, ExamInfo(uid=uid, region="chest", projection="PA",
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, region="chest", projection="PA",
                                               status=QUEUED),
                       PatientInfo(cnp="1800101123456", sex="M"))
     return uids
@@ -237,7 +238,7 @@ async def test_long_calls_renew_the_lease(db, tmp_path, stubs):
 async def test_queue_metrics_export(db):
     from xrayvision.ai.relay import export_queue_metrics
 
-    db.write_sync(repo.add_exam, ExamInfo(uid="5.1", status=QUEUED))
+    db.write_sync(records.add_exam, ExamInfo(uid="5.1", status=QUEUED))
     task = asyncio.create_task(export_queue_metrics(db, interval=0.05))
     await asyncio.sleep(0.3)
     task.cancel()

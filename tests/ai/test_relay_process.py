@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import records
 from support.model_stub import Stub
 from support.pgserver import free_port
 from xrayvision.db import repo
@@ -37,7 +38,7 @@ async def test_killed_relay_exam_is_reclaimed_and_processed_once(tmp_path):
     (tmp_path / "data").mkdir()
     upgrade(db.engine)
     FilesystemStore(tmp_path / "data" / "images").put("1.2.3", "png", b"\x89PNG fake")
-    db.write_sync(repo.add_exam, ExamInfo(uid="1.2.3", region="chest", status=QUEUED))
+    db.write_sync(records.add_exam, ExamInfo(uid="1.2.3", region="chest", status=QUEUED))
     stub = await Stub().start()
     stub.state.delay = 30  # the first relay will be killed while waiting for this
     first = relay_process(tmp_path, stub.url)

@@ -5,6 +5,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import text, update
 
+from support import records
 from xrayvision.agreement import Confusion, roll_up
 from xrayvision.db import repo
 from xrayvision.db.models import DONE, Exam
@@ -25,7 +26,7 @@ ROWS = [
 
 def load(db, unchecked_uid=None):
     for uid, region, rad_name, received, ai, rad in ROWS:
-        db.write_sync(repo.add_exam, ExamInfo(uid=uid, region=region, status=DONE))
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, region=region, status=DONE))
         when = dt.datetime.fromisoformat(received).replace(tzinfo=dt.UTC)
         db.write_sync(lambda s, uid=uid, when=when: s.execute(
             update(Exam).where(Exam.uid == uid).values(created=when)))

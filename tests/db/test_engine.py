@@ -4,6 +4,7 @@ import time
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from support import records
 from xrayvision import metrics
 from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database, DatabaseOptions, conninfo
@@ -26,7 +27,7 @@ def test_sqlite_pragmas(sqlite_db):
 
 
 def test_integrity_errors_are_not_retried(db):
-    db.write_sync(repo.add_exam, ExamInfo(uid="1.1"))
+    db.write_sync(records.add_exam, ExamInfo(uid="1.1"))
     before = metrics.DB_RETRIES._value.get()
     with pytest.raises(IntegrityError):
         db.write_sync(repo.save_ai_report, "1.1", confidence=500)
@@ -43,8 +44,8 @@ def _db_on(server) -> Database:
 def test_pool_survives_a_database_restart(own_pg):
     db = _db_on(own_pg)
     try:
-        db.write_sync(repo.add_exam, ExamInfo(uid="2.1", status="queued"))
-        db.write_sync(repo.add_exam, ExamInfo(uid="2.2", status="queued"))
+        db.write_sync(records.add_exam, ExamInfo(uid="2.1", status="queued"))
+        db.write_sync(records.add_exam, ExamInfo(uid="2.2", status="queued"))
         claimed = db.write_sync(queue.claim, "w", 60)
         own_pg.restart()  # every pooled connection is now dead
         db.write_sync(queue.complete, claimed.uid, "w")
@@ -57,7 +58,7 @@ def test_pool_survives_a_database_restart(own_pg):
 def test_operation_waits_out_a_short_outage(own_pg):
     db = _db_on(own_pg)
     try:
-        db.write_sync(repo.add_exam, ExamInfo(uid="3.1", status="queued"))
+        db.write_sync(records.add_exam, ExamInfo(uid="3.1", status="queued"))
         own_pg.stop()
         threading.Timer(0.5, own_pg.start).start()
         started = time.monotonic()
@@ -75,7 +76,7 @@ async def test_cancelled_write_finishes_before_the_cancellation_ends(sqlite_db):
 
     from xrayvision.db.models import QUEUED
 
-    sqlite_db.write_sync(repo.add_exam, ExamInfo(uid="4.1", status=QUEUED))
+    sqlite_db.write_sync(records.add_exam, ExamInfo(uid="4.1", status=QUEUED))
 
     def slow_claim(session):
         time.sleep(0.3)

@@ -2,6 +2,7 @@ import datetime as dt
 
 import pytest
 
+from support import records
 from xrayvision.db import queue, repo
 from xrayvision.db.models import DONE, ERROR, PROCESSING, QUEUED, REQUEUE, Exam, utcnow
 from xrayvision.db.repo import ExamInfo
@@ -9,7 +10,7 @@ from xrayvision.db.repo import ExamInfo
 
 def add(db, uid, *, priority=0, status=QUEUED, created=None):
     def _add(session):
-        exam, _ = repo.add_exam(session, ExamInfo(uid=uid, priority=priority, status=status))
+        exam, _ = records.add_exam(session, ExamInfo(uid=uid, priority=priority, status=status))
         if created is not None:
             exam.created = created
     db.write_sync(_add)
@@ -60,7 +61,7 @@ def test_lease_lost_rolls_back_the_whole_transaction(db):
 
     with pytest.raises(queue.LeaseLost):
         db.write_sync(report_and_complete)
-    assert db.read_sync(repo.get_ai_report, "2.2") is None
+    assert db.read_sync(records.get_ai_report, "2.2") is None
 
 
 def test_fail_retries_with_backoff_then_errors(db):

@@ -2,6 +2,7 @@ import datetime as dt
 
 import pytest
 
+from support import records
 from xrayvision.db import repo
 from xrayvision.db.models import DONE, ERROR, QUEUED, STATUSES, AuditLog, Exam, Patient, utcnow
 from xrayvision.db.repo import ExamFilter, ExamInfo, PatientInfo
@@ -10,7 +11,7 @@ from xrayvision.db.repo import ExamFilter, ExamInfo, PatientInfo
 def add(db, uid, *, cnp="1900101123456", name="Popescu Ion", status=DONE, region="chest",
         created=None, ai=None, rad=None):
     def _add(session):
-        exam, created_now = repo.add_exam(
+        exam, created_now = records.add_exam(
             session, ExamInfo(uid=uid, region=region, status=status, modality="DX"),
             PatientInfo(cnp=cnp, name=name) if cnp else None,
         )
@@ -27,7 +28,7 @@ def add(db, uid, *, cnp="1900101123456", name="Popescu Ion", status=DONE, region
 def test_add_exam_is_idempotent_per_sop_instance_uid(db):
     assert add(db, "1.2.3") is True
     assert add(db, "1.2.3", region="hand") is False
-    assert db.read_sync(repo.count_exams) == 1
+    assert db.read_sync(records.count_exams) == 1
     row = db.read_sync(repo.get_exam, "1.2.3")
     assert row.exam.region == "chest" and row.patient.name == "Popescu Ion"
 
@@ -75,12 +76,12 @@ def test_datetimes_round_trip_as_aware_utc(db):
 def test_reports_insert_update_and_unknown_fields(db):
     add(db, "1.7", ai={"text": "FINDINGS: none", "severity": 2, "confidence": 80})
     db.write_sync(repo.save_ai_report, "1.7", severity=7, summary="effusion")
-    ai = db.read_sync(repo.get_ai_report, "1.7")
+    ai = db.read_sync(records.get_ai_report, "1.7")
     assert (ai.text, ai.severity, ai.confidence, ai.summary) == ("FINDINGS: none", 7, 80,
                                                                  "effusion")
     db.write_sync(repo.save_rad_report, "1.7", text="Fără modificări", text_en="No changes",
                   severity=1, radiologist="Dr. Ionescu")
-    rad = db.read_sync(repo.get_rad_report, "1.7")
+    rad = db.read_sync(records.get_rad_report, "1.7")
     assert rad.text == "Fără modificări" and rad.positive == -1
     with pytest.raises(ValueError, match="unknown ai_reports fields: colour"):
         db.write_sync(repo.save_ai_report, "1.7", colour="red")
@@ -96,10 +97,10 @@ def test_report_ranges_are_enforced_by_the_database(db):
 
 def test_set_status(db):
     add(db, "1.9", status="none")
-    assert db.write_sync(repo.set_status, "1.9", QUEUED) is True
-    assert db.write_sync(repo.set_status, "9.9", QUEUED) is False
+    assert db.write_sync(records.set_status, "1.9", QUEUED) is True
+    assert db.write_sync(records.set_status, "9.9", QUEUED) is False
     with pytest.raises(ValueError):
-        db.write_sync(repo.set_status, "1.9", "lost")
+        db.write_sync(records.set_status, "1.9", "lost")
     assert db.read_sync(repo.exams_with_status, QUEUED) == ["1.9"]
 
 
@@ -208,12 +209,12 @@ def test_purge_error_exams_removes_old_errors_with_reports(db):
     add(db, "11.2", status=ERROR)
     add(db, "11.3", status=DONE)
     db.write_sync(lambda s: s.query(Exam).update({Exam.updated: old}))
-    db.write_sync(repo.set_status, "11.2", ERROR, "fresh error")  # updated now
+    db.write_sync(records.set_status, "11.2", ERROR, "fresh error")  # updated now
     purged = db.write_sync(repo.purge_error_exams, utcnow() - dt.timedelta(days=30))
     assert purged == ["11.1"]
     assert db.read_sync(repo.get_exam, "11.1") is None
-    assert db.read_sync(repo.get_ai_report, "11.1") is None
-    assert db.read_sync(repo.count_exams) == 2
+    assert db.read_sync(records.get_ai_report, "11.1") is None
+    assert db.read_sync(records.count_exams) == 2
 
 
 def test_exams_received_before_pages_by_uid(db):

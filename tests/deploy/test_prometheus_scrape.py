@@ -14,9 +14,9 @@ from pathlib import Path
 
 from conftest import ROOT
 from deploy.test_grafana import DASHBOARDS, concrete, expressions
+from support import records
 from support.pacs import wait_port
 from support.pgserver import free_port
-from xrayvision.db import repo
 from xrayvision.db.engine import Database, DatabaseOptions
 from xrayvision.db.migrate import upgrade
 from xrayvision.db.models import QUEUED
@@ -62,7 +62,7 @@ def test_prometheus_scrapes_and_dashboard_queries_return_data(tmp_path):
     for i in range(5):
         uid = f"1.2.3.{i}"
         store.put(uid, "png", b"\x89PNG\r\n\x1a\nfake")
-        db.write_sync(repo.add_exam, ExamInfo(uid=uid, region="chest", status=QUEUED))
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, region="chest", status=QUEUED))
     db.close()
     stub_port, web_port, prom_port = free_port(), free_port(), free_port()
     procs = []

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from pydicom.uid import generate_uid
 
+from support import records
 from support.pacs import DcmQrScp, Orthanc, storescu
 from support.xrays import make_xray, write
 from xrayvision.db import repo
@@ -73,7 +74,7 @@ async def test_loop_pulls_new_studies_once(tmp_path, db, peer, retrieve):
             await asyncio.sleep(2.5)  # two more runs: nothing is pulled again
             retrievals = await db.read(lambda s: s.query(Retrieval).all())
             assert [(r.status, r.attempts, r.instances) for r in retrievals] == [("done", 1, 3)]
-            assert await db.read(repo.count_exams) == 5
+            assert await db.read(records.count_exams) == 5
             assert await db.read(repo.get_state, "query_retrieve.last_success")
     finally:
         pacs.stop()
@@ -92,13 +93,13 @@ async def test_pacs_going_away_mid_move_leaves_whole_instances_and_is_retried(tm
         run = asyncio.create_task(asyncio.to_thread(qr.run_once))
 
         async def some_arrived():
-            return await db.read(repo.count_exams) > 0
+            return await db.read(records.count_exams) > 0
 
         await until(some_arrived)
         pacs.kill()
         report = await run
         assert report.failed and not report.retrieved
-        received = await db.read(repo.count_exams)
+        received = await db.read(records.count_exams)
         assert 0 < received < 40, "the move was cut short"
         counts = await ingest.converted()
         assert counts["error"] == 0, "every recorded instance is whole"
@@ -111,7 +112,7 @@ async def test_pacs_going_away_mid_move_leaves_whole_instances_and_is_retried(tm
             report = await asyncio.to_thread(qr.run_once)
             assert report.retrieved == 1 and not report.failed
             await ingest.converted()
-            assert await db.read(repo.count_exams) == 40
+            assert await db.read(records.count_exams) == 40
             assert (await db.read(repo.queue_counts))[QUEUED] == 40
         finally:
             pacs.stop()

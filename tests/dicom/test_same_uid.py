@@ -16,6 +16,7 @@ from pynetdicom import AE
 from sqlalchemy import select
 
 from dicom.conftest import ingest_settings, running_ingest
+from support import records
 from support.xrays import make_xray
 from xrayvision.db import repo
 from xrayvision.db.models import AuditLog
@@ -76,7 +77,7 @@ async def test_racing_senders_never_mix_patients(tmp_path, db, caplog):
             assert stored.PatientID == winner.PatientID
             assert stored.PixelData == winner.PixelData
         assert mixed == 0
-        assert await db.read(repo.count_exams) == PAIRS
+        assert await db.read(records.count_exams) == PAIRS
         audits = await db.read(lambda s: s.scalars(select(AuditLog).where(
             AuditLog.action == "dicom.conflict")).all())
         assert len(audits) == PAIRS
@@ -100,6 +101,6 @@ async def test_identical_copies_are_duplicates_before_and_after_conversion(tmp_p
         assert ingest.store.get(uid, "dcm") is None
         again = await asyncio.to_thread(race, ingest.port, [(same, other)])
         assert again == [(0x0000, 0x0111)]  # judged by the row once the file is gone
-        assert await db.read(repo.count_exams) == 1
+        assert await db.read(records.count_exams) == 1
         row = await db.read(repo.get_exam, uid)
         assert row.exam.cnp == PATIENTS[0]

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 from pydicom import dcmread
 
+from support import records
 from support.xrays import CT, make_xray, write
 from xrayvision.db import repo
-from xrayvision.db.models import ERROR, IGNORE, QUEUED, Exam
+from xrayvision.db.models import ERROR, IGNORE, QUEUED, AuditLog, Exam
 from xrayvision.dicom.staging import Staging
 from xrayvision.images import FilesystemStore
 
@@ -68,7 +69,7 @@ async def test_second_store_of_the_same_instance_is_not_a_second_exam(ingest, tm
     assert (await ingest.storescu(path, path)).returncode == 0
     assert (await ingest.storescu(path)).returncode == 0
     await ingest.converted()
-    assert await ingest.db.read(repo.count_exams) == 1
+    assert await ingest.db.read(records.count_exams) == 1
 
 
 async def test_instance_left_in_none_is_converted_at_start(tmp_path, db):
@@ -118,7 +119,7 @@ async def test_inconsistent_instances_get_a_failure_status(ingest, tmp_path):
     assert len(responses) == 4, result.stderr
     assert ["CannotUnderstand" in r for r in responses] == [True, True, False, True]
     counts = await ingest.converted()
-    assert counts[QUEUED] == 1 and await ingest.db.read(repo.count_exams) == 1
+    assert counts[QUEUED] == 1 and await ingest.db.read(records.count_exams) == 1
 
 
 async def test_unsupported_sop_class_is_refused_at_association(ingest, tmp_path):
@@ -126,7 +127,7 @@ async def test_unsupported_sop_class_is_refused_at_association(ingest, tmp_path)
     result = await ingest.storescu(path)
     assert result.returncode != 0
     assert "No presentation context for: (CT)" in result.stderr
-    assert await ingest.db.read(repo.count_exams) == 0
+    assert await ingest.db.read(records.count_exams) == 0
 
 
 async def test_calling_and_called_ae_rules(tmp_path, db):
@@ -138,14 +139,14 @@ async def test_calling_and_called_ae_rules(tmp_path, db):
         wrong_called = await ingest.storescu(path, calling="PACS1", called="OTHER")
         assert wrong_called.returncode != 0
         assert "Called AE Title Not Recognized" in wrong_called.stderr
-        assert await ingest.db.read(repo.count_exams) == 0
+        assert await ingest.db.read(records.count_exams) == 0
         audit = await ingest.db.read(
-            lambda s: [(r.action, r.username) for r in s.query(repo.AuditLog).all()])
+            lambda s: [(r.action, r.username) for r in s.query(AuditLog).all()])
         assert ("dicom.rejected", "INTRUDER") in audit
         ok = await ingest.storescu(path, calling="PACS1")
         assert ok.returncode == 0, ok.stderr
         await ingest.converted()
-        assert await ingest.db.read(repo.count_exams) == 1
+        assert await ingest.db.read(records.count_exams) == 1
 
 
 async def test_received_files_are_renamed_from_a_tmpdir_on_the_store(tmp_path, db, monkeypatch):

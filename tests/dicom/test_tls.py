@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from pydicom import dcmread
 
+from support import records
 from support.xrays import make_xray, write
-from xrayvision.db import repo
 from xrayvision.dicom.scp import TLSConfigError, tls_context
 
 from .conftest import count_streamed, ingest_settings, running_ingest
@@ -54,12 +54,12 @@ async def test_tls_rules(tmp_path, pki, db):
         assert plain.returncode != 0, "plain TCP to the TLS port"
         anonymous = await ingest.storescu(path, args=("+tla", *trust))
         assert anonymous.returncode != 0, "TLS without a client certificate"
-        assert await ingest.db.read(repo.count_exams) == 0
+        assert await ingest.db.read(records.count_exams) == 0
         good = await ingest.storescu(
             path, args=("+tls", str(pki / "client.key"), str(pki / "client.crt"), *trust))
         assert good.returncode == 0, good.stderr
         await ingest.converted()
-        assert await ingest.db.read(repo.count_exams) == 1
+        assert await ingest.db.read(records.count_exams) == 1
 
 
 async def test_tls_without_client_certificates(tmp_path, pki, sqlite_db):
@@ -69,7 +69,7 @@ async def test_tls_without_client_certificates(tmp_path, pki, sqlite_db):
         result = await ingest.storescu(path, args=("+tla", "+cf", str(pki / "ca.crt")))
         assert result.returncode == 0, result.stderr
         await ingest.converted()
-        assert await ingest.db.read(repo.count_exams) == 1
+        assert await ingest.db.read(records.count_exams) == 1
 
 
 async def test_a_large_instance_over_tls_takes_the_fragment_path_unchanged(

@@ -4,6 +4,7 @@ import datetime as dt
 import time
 
 from fhir_pkg.conftest import fhir_server
+from support import records
 from support.fhirpeer import patient
 from support.pgserver import free_port
 from xrayvision.db import repo
@@ -22,7 +23,7 @@ class Clock:
 
 
 def add(db, uid, cnp=None, name="", birth=None):
-    db.write_sync(repo.add_exam, ExamInfo(uid=uid, region="chest", status=QUEUED),
+    db.write_sync(records.add_exam, ExamInfo(uid=uid, region="chest", status=QUEUED),
                   PatientInfo(cnp=cnp, name=name, birth_date=birth) if cnp else None)
 
 

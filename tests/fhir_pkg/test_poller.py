@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from fhir_pkg.conftest import fhir_server
+from support import records
 from support.fhirpeer import diagnostic_report, patient, service_request
 from support.httppeer import serving
 from support.model_stub import Stub
@@ -29,7 +30,7 @@ RO = "Opacitate în baza dreaptă, sinusuri libere. ă â î ș ț"
 
 
 def add_exam(db, uid, cnp, *, study="", accession="", region="chest", when=DAY1):
-    db.write_sync(repo.add_exam,
+    db.write_sync(records.add_exam,
                   ExamInfo(uid=uid, study_uid=study, accession=accession, region=region,
                            series_datetime=when, status=DONE),
                   PatientInfo(cnp=cnp))
@@ -92,16 +93,16 @@ async def test_reports_are_matched_checked_translated_and_stored_once(db, tmp_pa
             assert model_calls == 6  # CHK + TRN for each of the three reports
 
             for uid in (f"{tag}.1", f"{tag}.2"):
-                rad = await db.read(repo.get_rad_report, uid)
+                rad = await db.read(records.get_rad_report, uid)
                 assert rad.text == RO  # Romanian diacritics unchanged
                 assert rad.text_en == "[en] " + RO
                 assert (rad.fhir_id, rad.radiologist, rad.severity, rad.positive) == (
                     f"r1-{tag}", "Dr. Ionescu", 6, 1)
                 assert rad.checked and rad.fhir_status == "final" and rad.fhir_version == "1"
-            knee = await db.read(repo.get_rad_report, f"{tag}.3")
+            knee = await db.read(records.get_rad_report, f"{tag}.3")
             assert (knee.fhir_id, knee.severity, knee.summary) == (f"r2-{tag}", 2,
                                                                    "mild arthrosis")
-            assert (await db.read(repo.get_rad_report, f"{tag}.4")).fhir_id == f"r3-{tag}"
+            assert (await db.read(records.get_rad_report, f"{tag}.4")).fhir_id == f"r3-{tag}"
             ready = [e for e in drain(events) if e.type == "rad_report.ready"]
             assert sorted(e.data["uid"] for e in ready) == [f"{tag}.{i}" for i in (1, 2, 3, 4)]
 
@@ -125,12 +126,12 @@ async def test_amended_report_replaces_the_final_one(db, tmp_path, sekmet, tag):
         drain(events)
         stats = await poller.poll_once()
         assert (stats.amended, stats.new, stats.patients) == (1, 0, 0)  # via the update search
-        rad = await db.read(repo.get_rad_report, f"{tag}.1")
+        rad = await db.read(records.get_rad_report, f"{tag}.1")
         assert rad.text == "Addendum: nodul 8 mm lob superior drept"
         assert rad.text_en == "[en] Addendum: nodul 8 mm lob superior drept"
         assert (rad.fhir_status, rad.fhir_version) == ("amended", "2")
         assert [e.data["amended"] for e in drain(events)] == [True]
-        assert await db.read(repo.count_exams) >= 1
+        assert await db.read(records.count_exams) >= 1
         rows = await db.read(repo.list_exams, repo.ExamFilter(search=cnp))
         assert rows.total == 1 and rows.rows[0].rad.fhir_id == f"r-{tag}"
 
@@ -144,8 +145,8 @@ async def test_ambiguous_match_is_not_linked(db, tmp_path, sekmet, tag):
     async with poller_for(db, tmp_path, sekmet.url) as (poller, stub, _):
         stats = await poller.poll_once()
     assert (stats.ambiguous, stats.new) == (1, 0)
-    assert await db.read(repo.get_rad_report, f"{tag}.1") is None
-    assert await db.read(repo.get_rad_report, f"{tag}.2") is None
+    assert await db.read(records.get_rad_report, f"{tag}.1") is None
+    assert await db.read(records.get_rad_report, f"{tag}.2") is None
     assert stub.state.requests == []
 
 
@@ -158,13 +159,13 @@ async def test_model_down_stores_unchecked_then_checks_later(db, tmp_path, sekme
         stub.state.mode = "500"
         stats = await poller.poll_once()
         assert (stats.new, stats.unchecked) == (1, 1)
-        rad = await db.read(repo.get_rad_report, f"{tag}.1")
+        rad = await db.read(records.get_rad_report, f"{tag}.1")
         assert rad.text == "Pneumonie" and not rad.checked and rad.severity == -1
         stub.state.mode = "ok"
         await poller.checker.client.check_all()  # what the role's health loop does
         stats = await poller.poll_once()
         assert (stats.rechecked, stats.new, stats.patients) == (1, 0, 0)
-        rad = await db.read(repo.get_rad_report, f"{tag}.1")
+        rad = await db.read(records.get_rad_report, f"{tag}.1")
         assert rad.checked and rad.severity == 6 and rad.text_en == "[en] Pneumonie"
 
 
@@ -198,7 +199,7 @@ async def test_fhir_failure_mid_paging_stores_nothing_twice_and_is_reported(db, 
             state["fail"] = False
             stats = await poller.poll_once()
             assert stats.ok and stats.new == 1
-            assert (await db.read(repo.get_rad_report, f"{tag}.1")).fhir_id == "r7"
+            assert (await db.read(records.get_rad_report, f"{tag}.1")).fhir_id == "r7"
             assert len(stub.state.requests) == 2
 
 

@@ -4,12 +4,12 @@ FHIR before the model call, then the poller links the radiologist's report."""
 import asyncio
 import datetime as dt
 
+from support import records
 from support.fhirpeer import PASSWORD, USER, diagnostic_report, patient
 from support.model_stub import Stub
 from support.pgserver import free_port
 from xrayvision import serve as serve_module
 from xrayvision.config import load_settings
-from xrayvision.db import repo
 from xrayvision.db.engine import Database, DatabaseOptions
 from xrayvision.db.migrate import upgrade
 from xrayvision.db.models import QUEUED
@@ -39,7 +39,7 @@ async def test_relay_and_fhir_roles_together(tmp_path, sekmet, tag):
     db = Database(DatabaseOptions(url=settings.database_url))
     upgrade(db.engine)
     FilesystemStore(settings.images_path).put(uid, "png", b"\x89PNG\r\n\x1a\nfake")
-    db.write_sync(repo.add_exam, ExamInfo(uid=uid, accession=f"A-{tag}",
+    db.write_sync(records.add_exam, ExamInfo(uid=uid, accession=f"A-{tag}",
                                           region="chest", status=QUEUED),
                   PatientInfo(cnp=cnp))
     stop = asyncio.Event()
@@ -47,7 +47,7 @@ async def test_relay_and_fhir_roles_together(tmp_path, sekmet, tag):
     try:
         for _ in range(300):
             assert not task.done(), "serve stopped by itself"
-            rad = db.read_sync(repo.get_rad_report, uid)
+            rad = db.read_sync(records.get_rad_report, uid)
             if rad is not None and rad.checked:
                 break
             await asyncio.sleep(0.1)

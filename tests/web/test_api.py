@@ -6,6 +6,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, update
 
+from support import records
 from web.conftest import basic
 from xrayvision.db import queue, repo
 from xrayvision.db.models import DONE, PROCESSING, QUEUED, AuditLog, Exam
@@ -44,7 +45,7 @@ def seed(db, store=None):
             ("1.2.3.3", QUEUED, "chest", "222", "Ionescu^Ana", None, None, None),
             ("1.2.3.4", "error", "chest", "222", "Ionescu^Ana", None, None, None)]
     for i, (uid, status, region, cnp, name, ai, rad, radiologist) in enumerate(rows):
-        db.write_sync(repo.add_exam, ExamInfo(uid=uid, region=region, status=status),
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, region=region, status=status),
                       PatientInfo(cnp=cnp, name=name))
         db.write_sync(lambda s, uid=uid, i=i: s.execute(
             update(Exam).where(Exam.uid == uid).values(created=t0 + dt.timedelta(days=i))))
@@ -221,7 +222,7 @@ async def test_review_is_stored_audited_and_announced(api):
         assert resp.status == 200
         event = await asyncio.wait_for(events.get(), 2)
     assert (event.type, event.data) == ("exam.reviewed", {"uid": "1.2.3.1", "correct": False})
-    ai = services.db.read_sync(repo.get_ai_report, "1.2.3.1")
+    ai = services.db.read_sync(records.get_ai_report, "1.2.3.1")
     assert (ai.reviewed, ai.review_correct, ai.review_note, ai.reviewed_by) == (
         True, 0, "<b>missed</b> effusion", "rad")
     audits = services.db.read_sync(lambda s: s.scalars(
@@ -319,7 +320,7 @@ async def test_totals_and_statistics_are_reused_for_their_ttl(aiohttp_client, tm
         seed(db)
         first = await (await client.get("/api/exams", headers=h)).json()
         stats = await (await client.get("/api/stats/global", headers=h)).json()
-        db.write_sync(repo.add_exam, ExamInfo(uid="1.2.3.9", status=QUEUED))
+        db.write_sync(records.add_exam, ExamInfo(uid="1.2.3.9", status=QUEUED))
         again = await (await client.get("/api/exams", headers=h)).json()
         assert len(again["exams"]) == 5  # the page itself is always fresh
         assert again["total"] == first["total"] == 4  # the total is reused

@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from conftest import ROOT
+from support import records
 from support.webproc import web_process
 from web.conftest import PASSWORDS, USERS
 from xrayvision.db import repo
@@ -39,7 +40,7 @@ async def main(url, uid):
     db = Database(DatabaseOptions(url=url))
     bus = make_bus(db.url)
     await bus.start()
-    await db.write(repo.add_exam, ExamInfo(uid=uid, region="chest", status="queued"),
+    await db.write(repo.insert_received, ExamInfo(uid=uid, region="chest", status="queued"),
                    PatientInfo(cnp="333", name="Nou^Pacient"))
     await bus.publish("exam.queued", uid=uid, region="chest")
     await bus.close()
@@ -52,7 +53,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 @pytest.fixture
 def dashboard(tmp_path, pg_db, pg_url):
     FilesystemStore(tmp_path / "data" / "images").put("1.2.840.1", "png", PNG)
-    pg_db.write_sync(repo.add_exam, ExamInfo(uid="1.2.840.1", region="chest", status=DONE),
+    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.1", region="chest", status=DONE),
                      PatientInfo(cnp="111", name="Popescu^Ion"))
     pg_db.write_sync(repo.save_ai_report, "1.2.840.1", text=f"FINDINGS: {XSS}",
                      summary=XSS, severity=7, confidence=80)
@@ -105,7 +106,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.wait_for_selector("#chart-severity svg")
         page.screenshot(path=str(SHOTS / "stats.png"))
         browser.close()
-    ai = pg_db.read_sync(repo.get_ai_report, "1.2.840.1")
+    ai = pg_db.read_sync(records.get_ai_report, "1.2.840.1")
     assert (ai.review_correct, ai.review_note, ai.reviewed_by) == (0, "missed effusion", "rad")
     assert dialogs == [], "an alert ran: report text was rendered as HTML"
     assert errors == []

@@ -5,9 +5,9 @@ import json
 
 import aiohttp
 
+from support import records
 from web.conftest import basic
 from xrayvision import metrics
-from xrayvision.db import repo
 from xrayvision.db.repo import ExamInfo
 from xrayvision.events import LocalBus
 from xrayvision.web.live import Client, Hub
@@ -21,7 +21,7 @@ async def receive(ws):
 
 async def test_dashboard_then_events(api):
     client, services = api
-    services.db.write_sync(repo.add_exam, ExamInfo(uid="1.2.3", status="queued"))
+    services.db.write_sync(records.add_exam, ExamInfo(uid="1.2.3", status="queued"))
     assert (await client.get("/ws")).status == 401
     async with client.ws_connect("/ws", headers=basic("viewer")) as ws:
         first = await receive(ws)

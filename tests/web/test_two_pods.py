@@ -6,15 +6,15 @@ import json
 
 import aiohttp
 
+from support import records
 from support.webproc import web_process
 from web.conftest import USERS, basic
-from xrayvision.db import repo
 from xrayvision.db.models import DONE
 from xrayvision.db.repo import ExamInfo
 
 
 async def test_requeue_on_one_pod_reaches_a_client_of_the_other(tmp_path, pg_db, pg_url):
-    pg_db.write_sync(repo.add_exam, ExamInfo(uid="1.2.9.1", region="chest", status=DONE))
+    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.9.1", region="chest", status=DONE))
     users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
     with web_process(tmp_path / "a", pg_url, users) as pod_a, \
             web_process(tmp_path / "b", pg_url, users) as pod_b:

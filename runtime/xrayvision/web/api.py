@@ -13,13 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from xrayvision import __version__
+from xrayvision.agreement import CLASSES as AGREEMENT_CLASSES
 from xrayvision.agreement import PERIODS, Confusion, roll_up
 from xrayvision.ai.client import ModelError, ModelUnavailable
 from xrayvision.ai.text import TextServices
 from xrayvision.db import queue, repo, stats
 from xrayvision.db.engine import Database
 from xrayvision.db.models import STATUSES
-from xrayvision.db.repo import AGREEMENT_CLASSES, ExamFilter, ExamRow, PageRow
+from xrayvision.db.repo import ExamFilter, ExamRow, PageRow
 from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed

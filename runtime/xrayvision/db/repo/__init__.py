@@ -1,0 +1,75 @@
+"""Repository functions, each ``fn(session, ...)``, one module per aggregate:
+
+- :mod:`.exams`: patients and exams as ingest records them, conversion's outcome, the
+  same-UID identity, enrichment of a patient, the retention purges;
+- :mod:`.worklist`: the dashboard's filtered, paged list of exams;
+- :mod:`.reports`: the AI's and the radiologist's reports, a read's context, reviews, the
+  FHIR poller's reads;
+- :mod:`.agreement`: AI versus radiologist, counted by group;
+- :mod:`.counts`: the queue's counts;
+- :mod:`.state`: persisted key/value state, query/retrieve records, the audit log.
+
+They never commit: ``Database.read``/``Database.write`` wrap each call in a transaction.
+Returned ORM objects are detached-safe (the sessions do not expire on commit, and the
+models have no lazy relationships). Callers use the package (``repo.get_exam``); the
+names below are its whole interface.
+"""
+
+from xrayvision.db.repo.agreement import AGREEMENT_GROUPS, agreement_condition, agreement_counts
+from xrayvision.db.repo.counts import oldest_claimable, queue_counts
+from xrayvision.db.repo.exams import (
+    IDENTITY_FIELDS,
+    ExamInfo,
+    ExamRow,
+    PatientInfo,
+    enrich_patient,
+    exam_exists,
+    exam_identity,
+    exams_received_before,
+    exams_with_status,
+    finish_conversion,
+    get_exam,
+    identity_of,
+    insert_received,
+    purge_error_exams,
+    upsert_patient,
+)
+from xrayvision.db.repo.reports import (
+    PollExam,
+    ReportContext,
+    poll_exams,
+    report_context,
+    review_ai_report,
+    save_ai_report,
+    save_rad_report,
+    unchecked_rad_reports,
+)
+from xrayvision.db.repo.state import (
+    audit,
+    get_state,
+    insert_state,
+    record_retrieval,
+    set_state,
+    study_needs_retrieval,
+)
+from xrayvision.db.repo.worklist import (
+    MAX_PAGE_SIZE,
+    ExamFilter,
+    Page,
+    PageRow,
+    count_matching,
+    exam_page,
+    list_exams,
+)
+
+__all__ = [
+    "AGREEMENT_GROUPS", "IDENTITY_FIELDS", "MAX_PAGE_SIZE", "ExamFilter", "ExamInfo", "ExamRow",
+    "Page", "PageRow", "PatientInfo", "PollExam", "ReportContext", "agreement_condition",
+    "agreement_counts", "audit", "count_matching", "enrich_patient", "exam_exists",
+    "exam_identity", "exam_page", "exams_received_before", "exams_with_status",
+    "finish_conversion", "get_exam", "get_state", "identity_of", "insert_received",
+    "insert_state", "list_exams", "oldest_claimable", "poll_exams", "purge_error_exams",
+    "queue_counts", "record_retrieval", "report_context", "review_ai_report",
+    "save_ai_report", "save_rad_report", "set_state", "study_needs_retrieval",
+    "unchecked_rad_reports", "upsert_patient",
+]

@@ -1,0 +1,170 @@
+"""The AI's and the radiologist's reports (upserts by exam UID), what a model read needs
+of an exam (:class:`ReportContext`), the radiologist's review of an AI report, and what
+the FHIR poller reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    bindparam,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from xrayvision.db.engine import rowcount
+from xrayvision.db.models import (
+    DONE,
+    AIReport,
+    Base,
+    Exam,
+    Patient,
+    RadReport,
+    utcnow,
+)
+
+_AI_FIELDS = {c.key for c in AIReport.__table__.columns} - {"uid", "created", "updated"}
+
+
+_RAD_FIELDS = {c.key for c in RadReport.__table__.columns} - {"uid", "created", "updated"}
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...]):
+    """INSERT ... ON CONFLICT (uid) DO UPDATE for one set of fields, built once: building
+    a statement costs more CPU than running it on the relay's per-exam path."""
+    table = Base.metadata.tables[table_name]
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    columns = ("uid", "created", "updated", *fields)
+    stmt = insert(table).values({c: bindparam(c, type_=table.c[c].type) for c in columns})
+    if fields:
+        return stmt.on_conflict_do_update(
+            index_elements=["uid"],
+            set_={**{f: stmt.excluded[f] for f in fields}, "updated": stmt.excluded.updated})
+    return stmt.on_conflict_do_nothing(index_elements=["uid"])
+
+
+def _upsert_report(session: Session, model: Any, allowed: set[str], uid: str,
+                   fields: dict) -> None:
+    """One INSERT ... ON CONFLICT DO UPDATE on the table (both backends): a single round
+    trip and no ORM bookkeeping, since this sits on the relay's per-exam path."""
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown {model.__tablename__} fields: {', '.join(sorted(unknown))}")
+    now = utcnow()
+    names = tuple(sorted(fields))
+    stmt = _upsert_statement(session.get_bind().dialect.name, model.__tablename__, names)
+    session.connection().execute(stmt, {"uid": uid, "created": now, "updated": now, **fields})
+
+
+def save_ai_report(session: Session, uid: str, **fields) -> None:
+    """Creates or updates the exam's AI report with ``fields`` (columns of ai_reports)."""
+    _upsert_report(session, AIReport, _AI_FIELDS, uid, fields)
+
+
+def save_rad_report(session: Session, uid: str, **fields) -> None:
+    """Creates or updates the exam's radiologist report (columns of rad_reports)."""
+    _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the AI pipeline needs of an exam, read in one Core query."""
+
+    uid: str
+    region: str
+    projection: str
+    created: dt.datetime
+    series_datetime: dt.datetime | None
+    cnp: str | None
+    patient_name: str
+    sex: str
+    birth_date: dt.date | None
+    previous_report: str
+
+
+def _report_context_statement():
+    e, p, a = Exam.__table__.c, Patient.__table__.c, AIReport.__table__.c
+    return (
+        select(e.uid, e.region, e.projection, e.created, e.series_datetime, e.cnp,
+               p.name, p.sex, p.birth_date, a.text)
+        .select_from(Exam.__table__.outerjoin(Patient.__table__, p.cnp == e.cnp)
+                     .outerjoin(AIReport.__table__, a.uid == e.uid))
+        .where(e.uid == bindparam("uid"))
+    )
+
+
+# Built once (module import): it runs for every exam the relay processes.
+_REPORT_CONTEXT = _report_context_statement()
+
+
+def report_context(session: Session, uid: str) -> ReportContext | None:
+    """The exam, its patient and its previous AI report text; None for an unknown exam."""
+    row = session.connection().execute(_REPORT_CONTEXT, {"uid": uid}).first()
+    if row is None:
+        return None
+    return ReportContext(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or "",
+                         row[7] or "", row[8], row[9] or "")
+
+
+@dataclass(frozen=True)
+class PollExam:
+    """A done exam as the FHIR poller sees it, with its radiologist report's FHIR link."""
+
+    uid: str
+    cnp: str
+    study_uid: str
+    accession: str
+    region: str
+    when: dt.datetime  # series date/time, else receipt
+    rad_fhir_id: str = ""  # "" when no radiologist report yet
+    rad_version: str = ""
+    rad_checked: bool = False
+    has_report: bool = False
+
+
+def poll_exams(session: Session, since: dt.datetime) -> list[PollExam]:
+    """Done exams received at or after ``since`` that have a patient id, with the FHIR id,
+    version and check state of their radiologist report (one Core query)."""
+    e, r = Exam.__table__.c, RadReport.__table__.c
+    rows = session.connection().execute(
+        select(e.uid, e.cnp, e.study_uid, e.accession, e.region, e.series_datetime, e.created,
+               r.fhir_id, r.fhir_version, r.checked, r.uid)
+        .select_from(Exam.__table__.outerjoin(RadReport.__table__, r.uid == e.uid))
+        .where(e.status == DONE, e.created >= since, e.cnp.is_not(None), e.cnp != "")
+        .order_by(e.cnp, e.created)
+    )
+    return [PollExam(uid=row[0], cnp=row[1], study_uid=row[2], accession=row[3],
+                     region=row[4], when=row[5] or row[6], rad_fhir_id=row[7] or "",
+                     rad_version=row[8] or "", rad_checked=bool(row[9]),
+                     has_report=row[10] is not None)
+            for row in rows]
+
+
+def unchecked_rad_reports(session: Session, uids: Sequence[str]) -> dict[str, str]:
+    """uid -> text of those radiologist reports among ``uids`` still waiting for CHK/TRN."""
+    if not uids:
+        return {}
+    rows = session.execute(select(RadReport.uid, RadReport.text)
+                           .where(RadReport.uid.in_(list(uids)), RadReport.checked.is_(False)))
+    return {uid: text for uid, text in rows}
+
+
+def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
+                     username: str) -> bool:
+    """Records a radiologist's verdict on the exam's AI report; False when the exam has no
+    AI report."""
+    result = session.execute(
+        update(AIReport).where(AIReport.uid == uid).values(
+            reviewed=True, review_correct=1 if correct else 0, review_note=note[:4000],
+            reviewed_by=username[:128], reviewed_at=utcnow(), updated=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(rowcount(result))
+

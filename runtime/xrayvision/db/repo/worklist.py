@@ -1,0 +1,167 @@
+"""The dashboard's worklist: exams filtered and paged in one Core query (plain rows, no
+ORM identity map), and the total for the pager."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    ColumnElement,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from xrayvision.db.models import (
+    STATUSES,
+    AIReport,
+    Exam,
+    Patient,
+    RadReport,
+)
+from xrayvision.db.repo.agreement import agreement_condition
+
+MAX_PAGE_SIZE = 500
+
+
+class PageRow(NamedTuple):
+    """A row of :func:`exam_page`: the same attributes as :class:`ExamRow`'s entities, on
+    plain objects (no ORM identity map)."""
+
+    exam: SimpleNamespace
+    patient: SimpleNamespace | None
+    ai: SimpleNamespace | None
+    rad: SimpleNamespace | None
+
+
+@dataclass(frozen=True)
+class ExamFilter:
+    statuses: tuple[str, ...] = ()
+    region: str = ""
+    severity_min: int | None = None  # AI severity
+    severity_max: int | None = None
+    positive: int | None = None  # AI positive: -1, 0, 1
+    reviewed: bool | None = None
+    since: dt.datetime | None = None  # received at or after
+    until: dt.datetime | None = None  # received before
+    search: str = ""  # patient id prefix or name substring
+    agreement: str = ""  # TP, TN, FP, FN at ``threshold``
+    threshold: int = 5
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[PageRow]
+    total: int
+    page: int
+    size: int
+    pages: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pages", max(1, -(-self.total // self.size)))
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _conditions(f: ExamFilter) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
+    if f.statuses:
+        bad = [s for s in f.statuses if s not in STATUSES]
+        if bad:
+            raise ValueError(f"unknown status {bad[0]!r}; expected one of {', '.join(STATUSES)}")
+        conds.append(Exam.status.in_(f.statuses))
+    if f.region:
+        conds.append(Exam.region == f.region)
+    if f.severity_min is not None:
+        conds.append(AIReport.severity >= f.severity_min)
+    if f.severity_max is not None:
+        conds.append(AIReport.severity <= f.severity_max)
+    if f.positive is not None:
+        conds.append(AIReport.positive == f.positive)
+    if f.reviewed is not None:
+        conds.append(AIReport.reviewed.is_(f.reviewed))
+    if f.since is not None:
+        conds.append(Exam.created >= f.since)
+    if f.until is not None:
+        conds.append(Exam.created < f.until)
+    if f.search:
+        needle = _escape_like(f.search.strip())
+        conds.append(
+            or_(
+                Exam.cnp.like(needle + "%", escape="\\"),
+                Patient.name.ilike("%" + needle + "%", escape="\\"),
+            )
+        )
+    if f.agreement:
+        conds.append(agreement_condition(f.agreement, f.threshold))
+    return conds
+
+
+_PAGE_TABLES = (("e", Exam), ("p", Patient), ("a", AIReport), ("r", RadReport))
+
+
+_PAGE_COLUMNS = [c.label(f"{prefix}_{c.key}") for prefix, model in _PAGE_TABLES
+                 for c in model.__table__.columns]
+
+
+def _row_of(mapping) -> PageRow:
+    """A PageRow of plain attribute objects from one Core row (no ORM identity map:
+    a page of 500 rows costs a fraction of what ORM entities cost)."""
+    parts: dict[str, dict[str, Any]] = {prefix: {} for prefix, _ in _PAGE_TABLES}
+    for key, value in mapping.items():
+        prefix, _, name = key.partition("_")
+        parts[prefix][name] = value
+    key_of = {"e": "uid", "p": "cnp", "a": "uid", "r": "uid"}
+    exam, patient, ai, rad = (SimpleNamespace(**parts[p]) if parts[p][key_of[p]] is not None
+                              else None for p, _ in _PAGE_TABLES)
+    assert exam is not None  # every row has its exam
+    return PageRow(exam, patient, ai, rad)
+
+
+def exam_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
+              size: int = 50) -> list[PageRow]:
+    """One page of exams (newest first) matching ``f``; ``size`` is capped at
+    MAX_PAGE_SIZE, ``page`` starts at 1. Raises ValueError for an unknown status or
+    agreement class. Rows are read-only attribute objects, not ORM entities."""
+    page = max(1, page)
+    size = max(1, min(size, MAX_PAGE_SIZE))
+    e, p, a, r = (m.__table__ for _, m in _PAGE_TABLES)
+    query = (
+        select(*_PAGE_COLUMNS)
+        .select_from(e.outerjoin(p, p.c.cnp == e.c.cnp).outerjoin(a, a.c.uid == e.c.uid)
+                     .outerjoin(r, r.c.uid == e.c.uid))
+        .where(*_conditions(f))
+        .order_by(e.c.created.desc(), e.c.uid.desc())
+        .offset((page - 1) * size)
+        .limit(size)
+    )
+    return [_row_of(row) for row in session.connection().execute(query).mappings()]
+
+
+def count_matching(session: Session, f: ExamFilter = ExamFilter()) -> int:
+    """How many exams match ``f`` (joins only the tables the filter needs)."""
+    count = select(func.count()).select_from(Exam)
+    if any(c is not None for c in (f.severity_min, f.severity_max, f.positive, f.reviewed)) or (
+        f.agreement
+    ):
+        count = count.outerjoin(AIReport, AIReport.uid == Exam.uid)
+    if f.agreement:
+        count = count.outerjoin(RadReport, RadReport.uid == Exam.uid)
+    if f.search:
+        count = count.outerjoin(Patient, Patient.cnp == Exam.cnp)
+    return session.scalar(count.where(*_conditions(f))) or 0
+
+
+def list_exams(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
+               size: int = 50) -> Page:
+    """:func:`exam_page` with :func:`count_matching` in one transaction."""
+    size = max(1, min(size, MAX_PAGE_SIZE))
+    return Page(rows=exam_page(session, f, page, size), total=count_matching(session, f),
+                page=max(1, page), size=size)
+

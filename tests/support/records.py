@@ -1,0 +1,48 @@
+"""Test-only repository helpers: rows put in place and read back directly, without the
+paths (ingest, relay, poller) the runtime writes them through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from xrayvision.db.engine import rowcount
+from xrayvision.db.models import STATUSES, AIReport, Exam, RadReport, utcnow
+from xrayvision.db.repo import ExamInfo, PatientInfo, insert_received
+
+
+def add_exam(session: Session, info: ExamInfo,
+             patient: PatientInfo | None = None) -> tuple[Exam, bool]:
+    """``insert_received``, returning (exam, created) with the exam as an ORM object."""
+    created = insert_received(session, info, patient)
+    exam = session.get(Exam, info.uid, populate_existing=True)
+    assert exam is not None
+    return exam, created
+
+
+def set_status(session: Session, uid: str, status: str, error: str = "") -> bool:
+    """Sets an exam's status (and error text); returns False when the exam is unknown."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    result = session.execute(
+        update(Exam).where(Exam.uid == uid).values(status=status, error=error, updated=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(rowcount(result))
+
+
+def get_ai_report(session: Session, uid: str) -> AIReport | None:
+    return session.get(AIReport, uid)
+
+
+def get_rad_report(session: Session, uid: str) -> RadReport | None:
+    return session.get(RadReport, uid)
+
+
+def count_exams(session: Session, uids: Iterable[str] | None = None) -> int:
+    query = select(func.count()).select_from(Exam)
+    if uids is not None:
+        query = query.where(Exam.uid.in_(list(uids)))
+    return session.scalar(query) or 0
