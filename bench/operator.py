@@ -23,11 +23,19 @@ import time  # noqa: E402
 
 from operator_pkg.crds import with_server_fields  # noqa: E402
 from operator_pkg.test_validate import FULL  # noqa: E402
-from xrayvision_operator.build import Resolved, build_xrayvision, diff  # noqa: E402
+from xrayvision_operator.build import Resolved, build_xrayvision, covers  # noqa: E402
 
 RESOLVED = Resolved(primary_url="http://m:8000", primary_model="mg",
                     secondary_url="http://s:8000", database_secret=("db", "url"),
                     service_monitors=True)
+
+
+def diff(desired: list[dict], live: dict) -> list[dict]:
+    """The desired objects that need an apply, as the reconciler decides it per object
+    (``build.covers``): absent, or with a field that differs."""
+    return [obj for obj in desired
+            if not covers(live.get((obj["apiVersion"], obj["kind"],
+                                    obj["metadata"]["name"])), obj)]
 
 
 def resources(n: int) -> list[dict]:

@@ -565,7 +565,7 @@ def build_model_endpoint(mep: Obj) -> list[Obj]:
     ]
 
 
-# --- diff ---------------------------------------------------------------------------------
+# --- comparison with the live object ---------------------------------------------------
 
 
 def covers(live: Any, desired: Any) -> bool:
@@ -578,10 +578,3 @@ def covers(live: Any, desired: Any) -> bool:
         return (isinstance(live, list) and len(live) == len(desired)
                 and all(covers(a, b) for a, b in zip(live, desired, strict=True)))
     return live == desired
-
-
-def diff(desired: list[Obj], live: dict[tuple[str, str, str], Obj]) -> list[Obj]:
-    """The desired objects that need an apply: absent, or with a field that differs."""
-    return [obj for obj in desired
-            if not covers(live.get((obj["apiVersion"], obj["kind"],
-                                    obj["metadata"]["name"])), obj)]
