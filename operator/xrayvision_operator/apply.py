@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import urllib.request
+from typing import Any, cast
 
 from kubernetes import client, config, dynamic
 from kubernetes.client.exceptions import ApiException
@@ -59,7 +60,7 @@ class KubeApplier:
             self._dynamic = dynamic.DynamicClient(self.api)
         return self._dynamic
 
-    def _resource(self, api_version: str, kind: str):
+    def _resource(self, api_version: str, kind: str) -> Any:  # a dynamic Resource
         """The dynamic resource of a kind; raises ResourceNotFoundError when the API
         server does not serve it (checked again after ``absent_ttl`` seconds)."""
         key = (api_version, kind)
@@ -83,12 +84,12 @@ class KubeApplier:
             body=obj, name=obj["metadata"]["name"],
             namespace=obj["metadata"].get("namespace"), field_manager=MANAGER,
             force_conflicts=True)
-        return result.to_dict()
+        return cast(Obj, result.to_dict())
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:
-            return self._resource(api_version, kind).get(name=name,
-                                                         namespace=namespace).to_dict()
+            return cast(Obj, self._resource(api_version, kind).get(
+                name=name, namespace=namespace).to_dict())
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -123,8 +124,8 @@ class KubeApplier:
                         name) is not None
 
     def list(self, api_version: str, kind: str, namespace: str) -> list[Obj]:
-        return self._resource(api_version, kind).get(namespace=namespace).to_dict().get(
-            "items", [])
+        found = self._resource(api_version, kind).get(namespace=namespace).to_dict()
+        return cast(builtins.list[Obj], found.get("items", []))
 
     def list_in(self, api_version: str, kind: str,
                 namespaces: builtins.list[str]) -> builtins.list[Obj]:
@@ -140,7 +141,7 @@ class KubeApplier:
             body={"metadata": {"annotations": annotations}},
             content_type="application/merge-patch+json")
 
-    def patch_status(self, obj: Obj, status: dict) -> None:
+    def patch_status(self, obj: Obj, status: Obj) -> None:
         self._resource(obj["apiVersion"], obj["kind"]).status.patch(
             name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
             body={"status": status}, content_type="application/merge-patch+json")
@@ -171,6 +172,6 @@ def probe_models(url: str, timeout: float = 5.0) -> bool:
     try:
         with urllib.request.urlopen(base + "/v1/models",  # noqa: S310 - http(s) by CRD pattern
                                     timeout=timeout) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except (OSError, ValueError):
         return False

@@ -28,7 +28,7 @@ WEBSOCKET_ANNOTATIONS = {
     "traefik.ingress.kubernetes.io/service.serversscheme": "http",
 }
 
-Obj = dict[str, Any]
+Obj = dict[str, Any]  # a Kubernetes object, or part of one, as JSON
 
 
 class SpecError(ValueError):
@@ -494,8 +494,8 @@ def served_model(mep: Obj) -> str:
     spec = mep.get("spec") or {}
     if spec.get("vllm"):
         vllm = spec["vllm"]
-        return vllm.get("servedModelName") or vllm.get("model", "google/medgemma-4b-it")
-    return spec.get("model", "")
+        return str(vllm.get("servedModelName") or vllm.get("model", "google/medgemma-4b-it"))
+    return str(spec.get("model", ""))
 
 
 def build_model_endpoint(mep: Obj) -> list[Obj]:
@@ -577,4 +577,4 @@ def covers(live: Any, desired: Any) -> bool:
     if isinstance(desired, list):
         return (isinstance(live, list) and len(live) == len(desired)
                 and all(covers(a, b) for a, b in zip(live, desired, strict=True)))
-    return live == desired
+    return bool(live == desired)

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -27,7 +28,7 @@ class RetryForever:
     """kopf's request back-offs (seconds): 1, 2, 5, then 10 for as long as it takes;
     a new iterator per request."""
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[float]:
         yield from (1, 2, 5)
         while True:
             yield 10

@@ -46,13 +46,13 @@ WATCHED_CHILDREN = (("apps", "v1", "deployments"), ("batch", "v1", "jobs"),
                     ("", "v1", "persistentvolumeclaims"))
 
 
-def _plain(body: Any) -> dict:
+def _plain(body: Any) -> dict[str, Any]:
     return {"apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
             "kind": body.get("kind"), "metadata": dict(body["metadata"]),
             "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
 
 
-def _timed(kind: str, fn: Callable[[], dict]) -> dict:
+def _timed(kind: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         result = fn()
@@ -79,16 +79,16 @@ class ObjectLocks:
 
 
 def register(registry: kopf.OperatorRegistry, applier: Applier,
-             probe: Callable[[str], bool]) -> dict[str, Callable]:
+             probe: Callable[[str], bool]) -> dict[str, Callable[..., Any]]:
     """Registers the handlers on ``registry``; returns them by name (tests and the
     resync call them)."""
     locks = ObjectLocks()
     # The status last computed for each object (by uid): the body a handler or a child's
     # event brings may have been read before that status was written, and a status that
     # old would post the same failure as a new Event once more.
-    computed: dict[str, dict] = {}
+    computed: dict[str, dict[str, Any]] = {}
 
-    def reconcile(body: dict) -> dict:
+    def reconcile(body: dict[str, Any]) -> dict[str, Any]:
         """Reconciles a custom resource (as the API server gave it); returns its status."""
         kind, meta = body.get("kind", ""), body["metadata"]
         with locks(kind, meta.get("namespace", ""), meta["name"]):
@@ -103,7 +103,7 @@ def register(registry: kopf.OperatorRegistry, applier: Applier,
                 computed[uid] = status
             return status
 
-    def handle(body, patch) -> None:
+    def handle(body: kopf.Body, patch: kopf.Patch) -> None:
         plain = _plain(body)
         try:
             status = reconcile(plain)
@@ -115,10 +115,10 @@ def register(registry: kopf.OperatorRegistry, applier: Applier,
             raise
         patch.status.update(status)
 
-    def xrayvision(body, patch, **_) -> None:
+    def xrayvision(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         handle(body, patch)
 
-    def model_endpoint(body, patch, **_) -> None:
+    def model_endpoint(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         handle(body, patch)
 
     def refresh(api_version: str, kind: str, namespace: str, name: str) -> None:
@@ -128,7 +128,7 @@ def register(registry: kopf.OperatorRegistry, applier: Applier,
             return
         applier.patch_status(owner, reconcile(owner))
 
-    def child_changed(body, **_) -> None:
+    def child_changed(body: kopf.Body, **_: Any) -> None:
         """An object the operator made changed or went away: reconcile its owner."""
         meta = body.get("metadata") or {}
         for ref in meta.get("ownerReferences") or []:

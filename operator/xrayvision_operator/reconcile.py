@@ -71,7 +71,7 @@ class Applier(Protocol):
 
     def event(self, obj: Obj, reason: str, message: str, warning: bool = False) -> None: ...
 
-    def patch_status(self, obj: Obj, status: dict) -> None:
+    def patch_status(self, obj: Obj, status: Obj) -> None:
         """Writes ``status`` through the status subresource."""
 
 
@@ -200,7 +200,7 @@ def immutable_changes(desired: list[Obj], live: dict[tuple[str, str, str], Obj])
     return found
 
 
-def _failed(owner: Obj, applier: Applier, previous: dict, failure: Failure) -> None:
+def _failed(owner: Obj, applier: Applier, previous: Obj, failure: Failure) -> None:
     """Logs a failure (WARNING) and records it as a Warning Event, once: while the
     Degraded condition already says the same, only a DEBUG line."""
     meta = owner["metadata"]

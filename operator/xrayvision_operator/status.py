@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+
+from xrayvision_operator.build import Obj
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
 
@@ -21,12 +22,13 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def condition(kind: str, ok: bool, reason: str, message: str, generation: int) -> dict:
+def condition(kind: str, ok: bool, reason: str, message: str, generation: int) -> Obj:
     return {"type": kind, "status": "True" if ok else "False", "reason": reason,
             "message": message[:1024], "observedGeneration": generation}
 
 
-def merge_conditions(old: list[dict] | None, new: list[dict], at: str | None = None) -> list:
+def merge_conditions(old: list[Obj] | None, new: list[Obj],
+                     at: str | None = None) -> list[Obj]:
     """The new conditions, keeping ``lastTransitionTime`` where the status is unchanged."""
     at = at or now()
     previous = {c.get("type"): c for c in old or []}
@@ -39,13 +41,14 @@ def merge_conditions(old: list[dict] | None, new: list[dict], at: str | None = N
     return merged
 
 
-def condition_of(status: dict | None, kind: str) -> dict:
+def condition_of(status: Obj | None, kind: str) -> Obj:
     """The condition of that type in a status; {} when absent."""
     return next((c for c in (status or {}).get("conditions") or [] if c.get("type") == kind),
                 {})
 
 
-def deployment_ready(deployment: dict | None, desired: int | None = None) -> tuple[int, int]:
+def deployment_ready(deployment: Obj | None,
+                     desired: int | None = None) -> tuple[int, int]:
     """(available replicas of the current revision, desired replicas) of a Deployment as
     the API reports it. ``desired`` is what the operator asked for (the live
     ``spec.replicas`` when None). A Deployment whose controller has not yet seen its
@@ -75,13 +78,13 @@ class Failure:
 def xrayvision_status(generation: int, components: dict[str, tuple[int, int]],
                       dicom: str, web_url: str, model: dict[str, str], *,
                       migrated: bool = True, failure: Failure | None = None,
-                      previous: list[dict] | None = None,
-                      at: str | None = None) -> dict[str, Any]:
+                      previous: list[Obj] | None = None,
+                      at: str | None = None) -> Obj:
     """The whole status of an XRayVision from what was applied and what runs;
     ``previous`` conditions keep their transition times where unchanged."""
     ready = sum(r for r, _ in components.values())
     desired = sum(d for _, d in components.values())
-    status: dict[str, Any] = {
+    status: Obj = {
         "observedGeneration": generation,
         "componentsReady": f"{ready}/{desired}",
         "components": {name: {"replicas": d, "readyReplicas": r}
@@ -114,8 +117,8 @@ def xrayvision_status(generation: int, components: dict[str, tuple[int, int]],
     return status
 
 
-def with_error(previous: dict | None, generation: int, message: str,
-               at: str | None = None) -> list[dict]:
+def with_error(previous: Obj | None, generation: int, message: str,
+               at: str | None = None) -> list[Obj]:
     """The conditions after a reconcile that raised (kopf retries it): Degraded with
     reason ReconcileError and the error; Ready and Progressing as they were."""
     kept = [c for c in (previous or {}).get("conditions") or [] if c.get("type") != "Degraded"]

@@ -24,13 +24,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, Engine, create_engine, event, exc
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from xrayvision import metrics
 from xrayvision.logs import first_line
@@ -109,7 +109,7 @@ PG_DISK_FULL = "53100"
 def rowcount(result: Any) -> int:
     """The rows an UPDATE/DELETE matched (``Session.execute`` types its result as a
     plain ``Result``; for these statements it is a ``CursorResult``)."""
-    return cast(CursorResult, result).rowcount
+    return cast(CursorResult[Any], result).rowcount
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -152,7 +152,8 @@ class Database:
         """Runs ``fn(session, *args)`` in a write transaction and commits, with retries."""
         return self._run(self._write, fn, args, kwargs)
 
-    def _run(self, factory: sessionmaker, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    def _run(self, factory: sessionmaker[Session], fn: Callable[..., T], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> T:
         name = getattr(fn, "__name__", "op")
         delay = 0.05
         for attempt in range(1, self.opts.retries + 1):
@@ -208,7 +209,8 @@ class Database:
         """:meth:`read`, waiting out a database outage as :meth:`write_patiently`."""
         return await self._patiently(self.read, fn, args, kwargs)
 
-    async def _patiently(self, call, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    async def _patiently(self, call: Callable[..., Awaitable[T]], fn: Callable[..., T],
+                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         while True:
             try:
                 return await call(fn, *args, **kwargs)

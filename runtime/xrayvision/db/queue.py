@@ -26,9 +26,20 @@ Contract:
 from __future__ import annotations
 
 import datetime as dt
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, delete, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
@@ -56,7 +67,7 @@ class LeaseLost(Exception):
     """The exam is no longer held by this worker (lease expired and was reclaimed)."""
 
 
-def _claim_statement(skip_locked: bool):
+def _claim_statement(skip_locked: bool) -> Update:
     # Built once: the queue is the hot path. The status test is literal SQL, not bound
     # parameters, so PostgreSQL's generic plans can still prove the partial index
     # ix_exams_claim applies.
@@ -97,7 +108,7 @@ _COMPLETE = (
 
 
 def claim(session: Session, worker: str, lease_seconds: float,
-          now: dt.datetime | None = None) -> Row | None:
+          now: dt.datetime | None = None) -> Row[Any] | None:
     """Leases the next exam to ``worker``; returns its ``exams`` row (status ``processing``,
     columns as attributes) or None when nothing is claimable."""
     now = now or utcnow()
@@ -112,11 +123,11 @@ def claim(session: Session, worker: str, lease_seconds: float,
     return exam
 
 
-def _held(uid: str, worker: str):
+def _held(uid: str, worker: str) -> ColumnElement[bool]:
     return and_(EXAMS.c.uid == uid, EXAMS.c.status == PROCESSING, EXAMS.c.lease_owner == worker)
 
 
-def _update_held(session: Session, uid: str, worker: str, **values) -> None:
+def _update_held(session: Session, uid: str, worker: str, **values: Any) -> None:
     result = session.connection().execute(update(EXAMS).where(_held(uid, worker)).values(**values))
     if result.rowcount != 1:
         raise LeaseLost(f"exam {uid} is not held by {worker}")
@@ -134,7 +145,7 @@ def complete(session: Session, uid: str, worker: str, now: dt.datetime | None = 
 
 def retry_delay(base: float, attempts: int) -> float:
     """Exponential back-off after ``attempts`` failures: base, 2·base, 4·base … (capped)."""
-    return min(base * 2 ** max(attempts - 1, 0), MAX_RETRY_DELAY)
+    return min(base * float(2 ** max(attempts - 1, 0)), MAX_RETRY_DELAY)
 
 
 def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: int,

@@ -7,20 +7,23 @@ from :func:`xrayvision.db.repo.agreement_counts`. All days are UTC.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, ColumnExpressionArgument, Select, func, select
 from sqlalchemy.orm import Session
 
 from xrayvision.db.models import DONE, AIReport, Exam, RadReport
 
+SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
 
-def _day(session: Session, column):
+
+def _day(session: Session, column: ColumnExpressionArgument[dt.datetime]) -> ColumnElement[Any]:
     if session.get_bind().dialect.name == "postgresql":
         column = func.timezone("UTC", column)
     return func.date(column)
 
 
-def _window(query, since: dt.datetime | None, until: dt.datetime | None):
+def _window(query: SelectT, since: dt.datetime | None, until: dt.datetime | None) -> SelectT:
     if since is not None:
         query = query.where(Exam.created >= since)
     if until is not None:

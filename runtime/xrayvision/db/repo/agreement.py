@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     SQLColumnExpression,
     and_,
     case,
@@ -26,7 +27,7 @@ from xrayvision.db.models import (
 )
 
 
-def agreement_condition(kind: str, threshold: int):
+def agreement_condition(kind: str, threshold: int) -> ColumnElement[bool]:
     """SQL condition for one agreement class between AI and radiologist severities.
 
     Positive means severity >= threshold; -1 (not assessed) on either side is in no class.

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from sqlalchemy import (
+    Select,
     bindparam,
     case,
     delete,
@@ -21,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from xrayvision.db.engine import rowcount
 from xrayvision.db.models import (
@@ -29,11 +31,15 @@ from xrayvision.db.models import (
     NONE,
     QUEUED,
     AIReport,
+    Base,
     Exam,
     Patient,
     RadReport,
     utcnow,
 )
+
+DialectInsert: TypeAlias = postgresql.Insert | sqlite.Insert
+InsertFn: TypeAlias = Callable[[type[Base]], DialectInsert]
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,14 @@ class ExamRow(NamedTuple):
 
 # Ingest records every received instance with these before it may acknowledge it, so
 # they are Core statements built once per dialect (building costs more CPU than running).
-def _dialect_insert(session: Session):
+def _dialect_insert(session: Session) -> InsertFn:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 @functools.lru_cache(maxsize=4)
-def _patient_upsert(insert):
+def _patient_upsert(insert: InsertFn) -> DialectInsert:
     table = Patient.__table__
-    stmt = insert(table).values({c: bindparam(c, type_=table.c[c].type)
+    stmt = insert(Patient).values({c: bindparam(c, type_=table.c[c].type)
                                  for c in ("cnp", "name", "birth_date", "sex", "created",
                                            "updated")})
     new = stmt.excluded
@@ -97,9 +103,9 @@ _EXAM_INSERT_COLUMNS = (*ExamInfo.__dataclass_fields__, "cnp", "created", "updat
 
 
 @functools.lru_cache(maxsize=4)
-def _exam_insert(insert):
+def _exam_insert(insert: InsertFn) -> ReturningInsert[str]:
     table = Exam.__table__
-    return insert(table).values(
+    return insert(Exam).values(
         {c: bindparam(c, type_=table.c[c].type) for c in _EXAM_INSERT_COLUMNS}
     ).on_conflict_do_nothing(index_elements=["uid"]).returning(table.c.uid)
 
@@ -192,7 +198,7 @@ def exams_with_status(session: Session, status: str, limit: int = 1000) -> list[
     )
 
 
-def _row_select():
+def _row_select() -> Select[Exam, Patient, AIReport, RadReport]:
     return (
         select(Exam, Patient, AIReport, RadReport)
         .outerjoin(Patient, Patient.cnp == Exam.cnp)

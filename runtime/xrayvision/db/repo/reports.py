@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Insert,
+    Select,
     bindparam,
     select,
     update,
@@ -36,7 +38,7 @@ _RAD_FIELDS = {c.key for c in RadReport.__table__.columns} - {"uid", "created", 
 
 
 @functools.lru_cache(maxsize=64)
-def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...]):
+def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...]) -> Insert:
     """INSERT ... ON CONFLICT (uid) DO UPDATE for one set of fields, built once: building
     a statement costs more CPU than running it on the relay's per-exam path."""
     table = Base.metadata.tables[table_name]
@@ -51,7 +53,7 @@ def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...]):
 
 
 def _upsert_report(session: Session, model: Any, allowed: set[str], uid: str,
-                   fields: dict) -> None:
+                   fields: dict[str, Any]) -> None:
     """One INSERT ... ON CONFLICT DO UPDATE on the table (both backends): a single round
     trip and no ORM bookkeeping, since this sits on the relay's per-exam path."""
     unknown = set(fields) - allowed
@@ -63,12 +65,12 @@ def _upsert_report(session: Session, model: Any, allowed: set[str], uid: str,
     session.connection().execute(stmt, {"uid": uid, "created": now, "updated": now, **fields})
 
 
-def save_ai_report(session: Session, uid: str, **fields) -> None:
+def save_ai_report(session: Session, uid: str, **fields: Any) -> None:
     """Creates or updates the exam's AI report with ``fields`` (columns of ai_reports)."""
     _upsert_report(session, AIReport, _AI_FIELDS, uid, fields)
 
 
-def save_rad_report(session: Session, uid: str, **fields) -> None:
+def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
     """Creates or updates the exam's radiologist report (columns of rad_reports)."""
     _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)
 
@@ -89,7 +91,7 @@ class ReportContext:
     previous_report: str
 
 
-def _report_context_statement():
+def _report_context_statement() -> Select[*tuple[Any, ...]]:
     e, p, a = Exam.__table__.c, Patient.__table__.c, AIReport.__table__.c
     return (
         select(e.uid, e.region, e.projection, e.created, e.series_datetime, e.cnp,

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
+    RowMapping,
     func,
     or_,
     select,
@@ -110,7 +111,7 @@ _PAGE_COLUMNS = [c.label(f"{prefix}_{c.key}") for prefix, model in _PAGE_TABLES
                  for c in model.__table__.columns]
 
 
-def _row_of(mapping) -> PageRow:
+def _row_of(mapping: RowMapping) -> PageRow:
     """A PageRow of plain attribute objects from one Core row (no ORM identity map:
     a page of 500 rows costs a fraction of what ORM entities cost)."""
     parts: dict[str, dict[str, Any]] = {prefix: {} for prefix, _ in _PAGE_TABLES}
