@@ -7,14 +7,11 @@ import ipaddress
 from sqlalchemy import select
 
 from web.conftest import basic, web_services, web_settings
-from xrayvision.db import repo
 from xrayvision.db.models import AuditLog
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
-from xrayvision.passwords import verify_password
-from xrayvision.roles.web import bootstrap_admin
 from xrayvision.web.app import init_app
-from xrayvision.web.auth import BOOTSTRAP_KEY, Authenticator, LoginGuard, parse_basic
+from xrayvision.web.auth import Authenticator, LoginGuard, parse_basic
 from xrayvision.web.health import Readiness
 from xrayvision.web.ratelimit import SlidingWindow, client_address
 
@@ -106,15 +103,6 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(aiohttp_client, t
         statuses = [(await client.get("/api/config", headers={
             **h, "X-Forwarded-For": f"203.0.113.{i}"})).status for i in range(3)]
         assert statuses == [200, 200, 429]  # all counted against the real peer
-
-
-async def test_first_start_admin_is_created_once_and_only_hashed(sqlite_db):
-    hashed, password = await bootstrap_admin(sqlite_db)
-    assert password and verify_password(password, hashed)
-    assert sqlite_db.read_sync(repo.get_state, BOOTSTRAP_KEY) == hashed
-    assert password not in hashed
-    again, none = await bootstrap_admin(sqlite_db)
-    assert (again, none) == (hashed, None)
 
 
 def test_login_guard_counts_per_name_and_address_and_locks_out():
