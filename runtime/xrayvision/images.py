@@ -33,8 +33,11 @@ from xrayvision.db.engine import Database, rowcount
 from xrayvision.db.models import Image, utcnow
 
 KINDS = ("png", "dcm")
-# DICOM UID: digits and dots, components without leading zeros, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# DICOM UID: digits and dots, at most 64 characters. PS3.5 9.1 forbids a component's
+# leading zero (``1.2.03``), but real modalities send such UIDs and DCMTK accepts them:
+# they are kept exactly as received (they are still only digits and dots, safe in a
+# path and a query).
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class InvalidUID(ValueError):

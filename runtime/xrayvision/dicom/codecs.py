@@ -1,9 +1,12 @@
-"""A pydicom decoding plugin for the lossless JPEG family, backed by imagecodecs.
+"""A pydicom decoding plugin for the lossless JPEG family and 12-bit JPEG Extended,
+backed by imagecodecs.
 
 pydicom tries its plugins (GDCM, pylibjpeg, ...) in a fixed order; pylibjpeg-libjpeg
 decodes a 3000x3000 JPEG-lossless X-ray in ~450 ms, imagecodecs' libjpeg-turbo in ~65 ms
 and its CharLS decodes JPEG-LS about four times faster too (bench/README.md,
 "Conversion"). Both give the same pixels bit for bit (tests/dicom/test_codecs.py).
+12-bit JPEG Extended (process 4, old CR and mammography) is decoded by libjpeg-turbo
+where pylibjpeg-libjpeg refuses some real files ("a misplaced marker segment").
 
 The plugin follows pydicom's decoder plugin contract (``is_available``,
 ``DECODER_DEPENDENCIES``, a ``_decode_frame(src, runner)`` returning the frame's bytes)
@@ -24,14 +27,15 @@ PLUGIN = "xrayvision-imagecodecs"
 
 _JPEG_LOSSLESS = (uid.JPEGLossless, uid.JPEGLosslessSV1)
 _JPEG_LS = (uid.JPEGLSLossless, uid.JPEGLSNearLossless)
+_JPEG_TURBO = (*_JPEG_LOSSLESS, uid.JPEGExtended12Bit)
 
-DECODER_DEPENDENCIES = {syntax: ("imagecodecs>=2024.1",) for syntax in _JPEG_LOSSLESS + _JPEG_LS}
+DECODER_DEPENDENCIES = {syntax: ("imagecodecs>=2024.1",) for syntax in _JPEG_TURBO + _JPEG_LS}
 
 
 def is_available(syntax: str) -> bool:
     """pydicom's plugin contract: True when this plugin can decode ``syntax`` here
     (imagecodecs is a dependency; its wheel may still lack a codec)."""
-    if syntax in _JPEG_LOSSLESS:
+    if syntax in _JPEG_TURBO:
         return bool(imagecodecs.JPEG8.available)
     return syntax in _JPEG_LS and bool(imagecodecs.JPEGLS.available)
 
@@ -42,8 +46,9 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
     # pydicom expects of this syntax: those are left to pydicom's own plugins.
     if runner.samples_per_pixel != 1:
         raise ValueError("only greyscale frames are decoded by this plugin")
-    if runner.transfer_syntax in _JPEG_LOSSLESS:
-        frame = imagecodecs.jpeg8_decode(src)  # libjpeg-turbo >= 3: 2-16 bits lossless
+    if runner.transfer_syntax in _JPEG_TURBO:
+        # libjpeg-turbo >= 3: 2-16 bits lossless, 8 and 12 bits lossy
+        frame = imagecodecs.jpeg8_decode(src)
     else:
         frame = imagecodecs.jpegls_decode(src)
     # The container follows the codestream's precision (uint8 up to 8 bits, else

@@ -2,11 +2,15 @@
 
 Order of operations, as DICOM PS3.3 C.11 renders a greyscale image:
 
-1. size check (rows x columns x frames) before anything is decoded;
-2. first frame of a multi-frame image; RGB (secondary capture) reduced to luminance;
+1. size check (rows x columns x frames) before anything is decoded; a compressed frame
+   whose codestream does not end with its end marker (EOI/EOC) is truncated and refused,
+   never decoded into a partly grey image;
+2. first frame of a multi-frame image; colour (RGB, YBR as RGB, PALETTE COLOR through
+   its LUTs) reduced to luminance;
 3. modality LUT (rescale slope/intercept or a Modality LUT Sequence);
 4. VOI: the VOI LUT Sequence, else Window Center/Width (the first of several by default),
-   else a percentile window over the pixels that are not padding;
+   else a percentile window over the pixels that are not padding (a range narrower than
+   1 after rescale is stretched linearly, PS3.3 C.11.2.1.3.2 LINEAR_EXACT);
 5. pixel padding value shown black; MONOCHROME1 inverted so bone is white;
 6. then, for the model, an adaptive gamma (identity when the mean is 0), an
    optional resize so the longest side is at most ``max_side``, and PNG encoding.
@@ -28,8 +32,10 @@ import numpy as np
 from isal import isal_zlib
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.uid import RLELossless
 
 from xrayvision.dicom import codecs
 
@@ -78,11 +84,33 @@ def check_size(ds: Dataset, max_pixels: int) -> None:
             f"image of {rows}x{cols}x{frames} pixels exceeds the limit of {max_pixels}")
 
 
+# JPEG, JPEG-LS and JPEG 2000 (HTJ2K too) codestreams all end with FF D9 (EOI/EOC).
+_END_MARKER = b"\xff\xd9"
+
+
+def check_codestream(ds: Dataset, frames: int) -> None:
+    """Raises ConversionError when the first frame's codestream lacks its end marker:
+    cut short in transit or on disk, it would decode to a partly grey image that looks
+    whole. Trailing padding (00 or FF bytes, as encoders pad to an even length) is
+    allowed. RLE has no end marker: its segment lengths are checked by the decoder."""
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception as exc:  # noqa: BLE001 - broken item tags, offset tables...
+        raise ConversionError(f"compressed pixel data is malformed: {exc}") from None
+    if not frame.rstrip(b"\x00\xff").endswith(_END_MARKER):
+        raise ConversionError(
+            f"compressed pixel data is truncated: the frame's {len(frame)} bytes end "
+            "without the codestream's end marker")
+
+
 def _first_frame(ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise ConversionError("no pixel data")
-    index = 0 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None  # first frame only
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    index = 0 if frames > 1 else None  # first frame only
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_encapsulated and syntax != RLELossless:
+        check_codestream(ds, frames)
     fast = codecs.plugin_for(syntax) if syntax else None
     if fast:
         try:
@@ -116,8 +144,11 @@ def _window_values(ds: Dataset, index: int) -> Window | None:
 
 
 def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
-    """DICOM linear window (PS3.3 C.11.2.1.2.1) to 0..255 floats."""
+    """DICOM linear window (PS3.3 C.11.2.1.2.1) to 0..255 floats; a window narrower
+    than 1 (real-valued pixels after rescale) maps linearly, as LINEAR_EXACT does."""
     c, w = window.center, window.width
+    if w < 1:
+        return np.clip((values - (c - w / 2)) / max(w, 1e-12) * 255.0, 0.0, 255.0)
     lower = c - 0.5 - (w - 1) / 2
     out = ((values - (c - 0.5)) / max(w - 1, 1e-9) + 0.5) * 255.0
     out = np.where(values <= lower, 0.0, out)
@@ -173,7 +204,13 @@ def percentile_window_from_histogram(values: np.ndarray, counts: np.ndarray,
     lo_at, hi_at = (np.searchsorted(cumulative, total * p / 100.0) for p in percentiles)
     lo = float(values[order][min(lo_at, order.size - 1)])
     hi = float(values[order][min(hi_at, order.size - 1)])
-    width = max(hi - lo, 1.0)
+    return _span(lo, hi)
+
+
+def _span(lo: float, hi: float) -> Window:
+    """The window from ``lo`` to ``hi``; one of width 1 at ``lo`` when they are equal
+    (a flat image), whatever the scale of the values."""
+    width = hi - lo if hi > lo else 1.0
     return Window(center=lo + width / 2, width=width)
 
 
@@ -218,9 +255,51 @@ def chosen_window(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> Windo
     return _lut(ds, arr, opts)[2]
 
 
-def _color_to_gray(arr: np.ndarray) -> np.ndarray:
-    # pydicom already returns YBR colour as RGB.
-    return cv2.cvtColor(np.ascontiguousarray(arr[..., :3]).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+def _color_to_gray(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Luminance of RGB samples of ``bits`` bits (pydicom already returns YBR as RGB)."""
+    rgb = np.ascontiguousarray(arr[..., :3])
+    if rgb.dtype != np.uint8 or bits != 8:
+        scale = 255.0 / max(2 ** min(bits, 32) - 1, 1)
+        rgb = np.rint(np.clip(rgb.astype(np.float64) * scale, 0, 255)).astype(np.uint8)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _palette_to_gray(ds: Dataset, arr: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR: indices through the palette's red, green and blue LUTs."""
+    try:
+        rgb = apply_color_lut(arr, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except Exception as exc:  # noqa: BLE001 - absent or malformed palette
+        raise ConversionError(f"palette colour lookup tables unusable: {exc}") from None
+    return _color_to_gray(rgb, 8 if bits <= 8 else 16)
+
+
+def _real_to_display(ds: Dataset, arr: np.ndarray, opts: ConvertOptions) -> np.ndarray:
+    """32-bit integer and floating-point pixels: too many values for a lookup table, so
+    the modality LUT and the window are applied to the pixels themselves."""
+    try:
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - a malformed modality LUT
+        raise ConversionError(f"modality LUT cannot be applied: {exc}") from None
+    usable = np.isfinite(values)
+    if "PixelPaddingValue" in ds:
+        low = ds.PixelPaddingValue
+        high = ds.get("PixelPaddingRangeLimit", low)
+        padding = (arr >= min(low, high)) & (arr <= max(low, high))
+        usable &= ~padding
+    else:
+        padding = None
+    window = _window_values(ds, opts.window_index)
+    if window is None:
+        found = values[usable]
+        window = (_span(*(float(v) for v in np.percentile(found, opts.percentiles)))
+                  if found.size else Window(0.5, 1.0))
+    out = apply_window(np.where(np.isfinite(values), values, 0.0), window)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 255.0 - out
+    if padding is not None:
+        out[padding] = 0.0
+    return np.rint(out).astype(np.uint8)
 
 
 def to_display(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> np.ndarray:
@@ -232,9 +311,13 @@ def to_display(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> np.ndarr
     check_size(ds, opts.max_pixels)
     arr = _first_frame(ds)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return _color_to_gray(arr)
+        return _color_to_gray(arr, int(ds.get("BitsStored", 8) or 8))
     if arr.ndim != 2:
         raise ConversionError(f"unexpected pixel array shape {arr.shape}")
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        return _palette_to_gray(ds, arr)
+    if arr.dtype.kind == "f" or arr.dtype.itemsize > 2:
+        return _real_to_display(ds, arr, opts)
     lut, domain, _window = _lut(ds, arr, opts)
     index = arr if not domain.offset else (arr.astype(np.int32) + domain.offset)
     return np.take(lut, index)

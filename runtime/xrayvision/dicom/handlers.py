@@ -28,6 +28,7 @@ from xrayvision.dicom.ingest import (
     record_instance,
 )
 from xrayvision.dicom.metadata import BadInstance
+from xrayvision.dicom.transport import GARBLED_SOP_CLASS
 from xrayvision.images import ImageStore
 from xrayvision.logs import first_line
 
@@ -37,6 +38,7 @@ SUCCESS = 0x0000
 DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4: the UID is allocated to another instance
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4
 CANNOT_UNDERSTAND = 0xC000
 
 
@@ -79,6 +81,10 @@ def handle_store(event, ctx: IngestContext) -> int:
     started = time.perf_counter()
     calling, _ = _peer(event)
     sop_class = str(event.context.abstract_syntax)
+    garbled = getattr(event.request, GARBLED_SOP_CLASS, None)
+    if garbled is not None:
+        return _failed(SOP_CLASS_NOT_SUPPORTED, calling, f"C-STORE names SOP Class "
+                       f"{garbled[:64]!r} on a presentation context for {sop_class}")
     unwritten = _write_failure(event)
     if unwritten is not None:  # the rest was read and dropped: this instance alone fails
         return _failed(OUT_OF_RESOURCES, calling, f"cannot store the received data set: "

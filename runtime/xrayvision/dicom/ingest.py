@@ -129,7 +129,10 @@ def check_pixel_header(ds: Dataset, max_pixels: int) -> None:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     actual = _pixel_length(ds)
     if syntax is not None and not syntax.is_compressed and actual is not None:
-        expected = rows * cols * frames * samples * allocated // 8
+        # 4:2:2 keeps two samples per pixel (Y Y Cb Cr per pair), not three; 1-bit
+        # pixels are packed, a frame's bits rounded up to a whole byte at the end.
+        per_pixel = 2 if photometric in ("YBR_FULL_422", "YBR_PARTIAL_422") else samples
+        expected = -(-rows * cols * frames * per_pixel * allocated // 8)
         if actual < expected:
             raise BadInstance(f"pixel data holds {actual} bytes, {rows}x{cols}x{frames} "
                               f"pixels of {allocated} bits need {expected}")

@@ -33,7 +33,8 @@ They rely on pynetdicom 3.0.4 (``pyproject.toml`` allows 3.0.x only): a copy of
 ``Association._run_reactor``; overrides of ``DULServiceProvider._read_pdu_data``,
 ``_decode_pdu``, ``_is_transport_event``, ``stop_dul``; the classes of what
 ``RequestHandler._create_association`` builds; and these private members:
-``Association._is_paused``, ``_reactor_checkpoint``, ``_kill``, ``_serve_request``;
+``Association._is_paused``, ``_reactor_checkpoint``, ``_kill``, ``_serve_request``
+(extended: a C-STORE of a garbled SOP class is refused alone), ``_accepted_cx``;
 ``DULServiceProvider._recv_pdu``, ``_run_loop_delay``, ``_idle_timer``;
 ``AssociationSocket._is_connected``; the DIMSE message's ``_data_set_file``.
 tests/dicom/test_transport_upstream.py fails with "re-sync dicom/transport.py" when
@@ -61,8 +62,11 @@ from typing import cast
 from pynetdicom import evt
 from pynetdicom._handlers import standard_pdu_recv_handler
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,8 @@ P_DATA_TF_TYPE = 0x04
 CONTROL_PDU_LIMIT = 256 * 1024
 UNLIMITED_PDU_CAP = 64 * 1024 * 1024
 A_ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
+# Set on a C-STORE request served under its context's SOP class: the class it named.
+GARBLED_SOP_CLASS = "xrayvision_garbled_sop_class"
 
 
 def _sync_file_range():
@@ -554,6 +560,21 @@ class BufferedAssociation(Association):
                     self.abort()
                 self.kill()
                 return
+
+    def _serve_request(self, msg: object, context_id: int) -> None:
+        """A C-STORE whose Affected SOP Class UID is no storage class (a sender garbled
+        it: ``dcmsend`` with a data set of VR UN elements sends what it reads there) is
+        served under its presentation context's class, so that our C-STORE handler
+        refuses that instance alone (:data:`GARBLED_SOP_CLASS` says what came); pynetdicom
+        would abort the association, and with it every instance the sender had queued."""
+        if isinstance(msg, C_STORE) and msg.AffectedSOPClassUID is not None:
+            context = self._accepted_cx.get(context_id)
+            requested = str(msg.AffectedSOPClassUID)
+            if context is not None and requested != context.abstract_syntax and (
+                    uid_to_service_class(requested) is not StorageServiceClass):
+                setattr(msg, GARBLED_SOP_CLASS, requested)
+                msg.AffectedSOPClassUID = context.abstract_syntax
+        super()._serve_request(msg, context_id)  # type: ignore[arg-type]
 
 
 class BufferedRequestHandler(RequestHandler):
