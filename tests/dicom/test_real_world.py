@@ -88,6 +88,9 @@ def all_un(ds: pydicom.Dataset, path: Path) -> Path:
     ("SC_rgb_rle_16bit.dcm", (), 0.999),  # 16-bit RGB: not cut to its low byte
     ("rtdose_1frame.dcm", ("--min-max-window",), 0.999),  # 32-bit pixels
     ("CT_small.dcm", ("--min-max-window",), 0.99),  # signed, rescaled
+    ("ExplVR_BigEnd.dcm", (), 0.999),  # RGB, planar configuration 1, big endian
+    ("SC_rgb_jpeg_dcmtk.dcm", (), 0.999),  # YBR_FULL in JPEG baseline
+    ("liver_1frame.dcm", ("--min-max-window",), 0.999),  # 1-bit
 ])
 def test_shipped_files_render_as_dcmtk_does(tmp_path, name, args, least):
     ours = to_display(dcmread(shipped(name)))
@@ -96,8 +99,10 @@ def test_shipped_files_render_as_dcmtk_does(tmp_path, name, args, least):
     assert correlation(ours, theirs) >= least
 
 
+# JPEG 2000 files among them (GDCMJ2K_TextGBR.dcm: YBR_RCT) have no DCMTK rendering to
+# compare with (DCMTK has no JPEG 2000 decoder): that they convert whole is checked here.
 @pytest.mark.parametrize("name", [
-    "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm",
+    "GDCMJ2K_TextGBR.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm",
     "JPEGLSNearLossless_16.dcm", "JPEG2000.dcm", "693_J2KI.dcm", "examples_jpeg2k.dcm",
 ])
 def test_a_truncated_codestream_is_refused_not_rendered(tmp_path, name):
@@ -105,6 +110,24 @@ def test_a_truncated_codestream_is_refused_not_rendered(tmp_path, name):
     cut = truncated(shipped(name), tmp_path / "cut.dcm")
     with pytest.raises(ConversionError, match="truncated"):
         to_display(dcmread(cut))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_a_window_or_a_voi_lut_applies_as_dcmtk_applies_it(tmp_path, photometric):
+    windowed = make_xray(bits=12, seed=6, photometric=photometric, window=(1800, 2400))
+    ours = to_display(windowed)
+    theirs = dcmj2pnm(write(windowed, tmp_path / "w.dcm"), tmp_path / "w.pgm", "--use-window", "1")
+    assert correlation(ours, theirs) >= 0.999
+    with_lut = make_xray(bits=12, seed=6, photometric=photometric)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.LUTData = [min(4095, int(4095 * (v / 4095) ** 0.5)) for v in range(4096)]
+    item["LUTData"].VR = "US"
+    with_lut.VOILUTSequence = [item]
+    ours = to_display(with_lut)
+    theirs = dcmj2pnm(write(with_lut, tmp_path / "l.dcm"), tmp_path / "l.pgm",
+                      "--use-voi-lut", "1")
+    assert correlation(ours, theirs) >= 0.999
 
 
 def test_htj2k_converts(tmp_path):
