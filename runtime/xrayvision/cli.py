@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import DICOM files and folders (recursively)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--migrate", action="store_true",
+                   help="create or upgrade the database schema first (a new data folder)")
 
     sub.add_parser("check-config", help="print the effective settings, secrets masked")
 
@@ -125,7 +127,7 @@ def cmd_migrate(settings: Settings, timeout: float) -> int:
         db.close()
 
 
-async def _import(settings: Settings, paths: list[Path]) -> int:
+async def _import(settings: Settings, paths: list[Path], migrate: bool = False) -> int:
     from xrayvision.db.migrate import schema_state
     from xrayvision.dicom.bulk import import_paths
     from xrayvision.events import make_bus
@@ -138,8 +140,11 @@ async def _import(settings: Settings, paths: list[Path]) -> int:
     db = open_database(settings)
     try:
         state = await db.run_in_pool(schema_state, db.engine)
+        if not state.is_current and migrate:
+            state = await db.run_in_pool(upgrade, db.engine)
         if not state.is_current:
-            print(f"xrayvision: {state.describe()}", file=sys.stderr)
+            print(f"xrayvision: {state.describe()}; or `xrayvision import --migrate`",
+                  file=sys.stderr)
             return 2
         bus = make_bus(db.url)
         await bus.start()
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return cmd_migrate(settings, args.timeout)
     if args.command == "import":
-        return asyncio.run(_import(settings, args.paths))
+        return asyncio.run(_import(settings, args.paths, args.migrate))
     try:
         return asyncio.run(serve(settings, migrate=args.migrate))
     except StartupError as exc:

@@ -350,6 +350,9 @@ class ProcessingSettings:
     lease_seconds: float = _setting(600.0, _float(1, 86400), "claim lease of a queued exam")
     page_size: int = _setting(50, _int(1, 1000), "dashboard page size")
     retry_delay: float = _setting(30.0, _float(0, 86400), "seconds before a failed exam is retried")
+    untagged: str = _setting("read", _choice("read", "ignore"),
+                             "an image without body part, protocol or descriptions: read "
+                             "(region unknown) or ignore")
 
 
 @dataclass(frozen=True)

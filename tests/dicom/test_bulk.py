@@ -47,3 +47,25 @@ def test_import_of_a_missing_path(tmp_path):
     result = subprocess.run([str(XRAYVISION), "import", "nope"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "no such file or folder: nope" in result.stderr
+
+
+def test_import_of_bare_data_sets_into_a_new_data_folder(tmp_path):
+    """No DICM prefix, no file meta (an old archive's export); a fresh folder (--migrate)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = make_xray(seed=9)
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, ds)
+    (tmp_path / "bare.dcm").write_bytes(buf.getvalue())
+    (tmp_path / "text.dcm").write_text("(0008,0018) 1.2.3\n")  # not a data set either
+    env = {"PATH": "/usr/bin:/bin", "XRAYVISION_DICOM_CONVERT_WORKERS": "1"}
+    refused = subprocess.run([str(XRAYVISION), "import", "bare.dcm"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "import --migrate" in refused.stderr
+    result = subprocess.run([str(XRAYVISION), "import", "--migrate", "bare.dcm", "text.dcm"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = result.stdout.splitlines()
+    assert "imported: 1" in lines and "failed: 1" in lines, result.stdout + result.stderr
+    assert any(line.startswith("  text.dcm: not a DICOM file") for line in lines)

@@ -50,3 +50,28 @@ def test_bad_sop_instance_uid(uid):
         ds.SOPInstanceUID = uid
     with pytest.raises(BadInstance, match="SOP Instance UID"):
         extract(ds, regions=DEFAULT_REGIONS)
+
+
+def test_a_uid_with_leading_zeros_is_kept_as_received():
+    ds = make_xray(uid="999.999.01.23.45.6789")  # a real CR's; PS3.5 forbids, DCMTK sends
+    exam, _ = extract(ds, regions=DEFAULT_REGIONS)
+    assert exam.uid == "999.999.01.23.45.6789"
+
+
+def test_patient_orientation_is_not_a_projection():
+    ds = make_xray()
+    del ds.ViewPosition
+    ds.PatientOrientation = ["L", "F"]
+    assert extract(ds, regions=DEFAULT_REGIONS)[0].projection == ""
+
+
+@pytest.mark.parametrize(("read_untagged", "texts", "region"), [
+    (True, ("", ""), "unknown"),  # anonymised or untagged: read with a generic prompt
+    (False, ("", ""), ""),  # [processing] untagged = ignore
+    (True, ("", "Something else"), ""),  # a text that names no rule's region: ignore
+    (True, ("CHEST", ""), "chest"),
+])
+def test_region_when_the_tags_say_nothing(read_untagged, texts, region):
+    ds = make_xray(body_part=texts[0], description=texts[1])
+    exam, _ = extract(ds, regions=DEFAULT_REGIONS, read_untagged=read_untagged)
+    assert exam.region == region

@@ -21,7 +21,7 @@ from pydicom.uid import HTJ2KLossless
 
 from support.xrays import make_xray, write
 from xrayvision.db import repo
-from xrayvision.db.models import ERROR, IGNORE, QUEUED
+from xrayvision.db.models import ERROR, IGNORE, QUEUED, AuditLog
 from xrayvision.dicom.convert import ConversionError, to_display
 from xrayvision.dicom.ingest import check_pixel_header
 
@@ -102,8 +102,9 @@ def test_shipped_files_render_as_dcmtk_does(tmp_path, name, args, least):
 # JPEG 2000 files among them (GDCMJ2K_TextGBR.dcm: YBR_RCT) have no DCMTK rendering to
 # compare with (DCMTK has no JPEG 2000 decoder): that they convert whole is checked here.
 @pytest.mark.parametrize("name", [
-    "GDCMJ2K_TextGBR.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm",
-    "JPEGLSNearLossless_16.dcm", "JPEG2000.dcm", "693_J2KI.dcm", "examples_jpeg2k.dcm",
+    "GDCMJ2K_TextGBR.dcm", "JPGExtended.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+    "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm", "JPEG2000.dcm",
+    "693_J2KI.dcm", "examples_jpeg2k.dcm",
 ])
 def test_a_truncated_codestream_is_refused_not_rendered(tmp_path, name):
     to_display(dcmread(shipped(name)))  # whole, it converts
@@ -178,16 +179,25 @@ async def test_one_association_of_real_world_files(ingest, tmp_path):
     assert len(responses) == len(files), result.stderr  # the association went on
     assert ["Success" in r for r in responses] == [True, True, False, True, True, True, True]
     assert "SOPClassNotSupported" in responses[2]
+    refusals = await ingest.db.read(lambda session: [
+        (r.username, r.target, r.detail) for r in session.query(AuditLog)
+        .filter(AuditLog.action == "dicom.refused")])
+    # found later, with who and why (the UIDs dcmsend read from the UN elements are junk)
+    assert len(refusals) == 1 and refusals[0][0] == "DCMSEND"
+    assert refusals[0][2].startswith("0x0122: C-STORE names SOP Class")
     counts = await ingest.converted()
-    assert counts[QUEUED] == 3 and counts[ERROR] == 1 and counts[IGNORE] == 2
+    # queued: the two DX chests, the leading-zero UID's, and the untagged YBR image
+    # (region "unknown"); ignored: JPEG-lossy.dcm, a whole-body bone scan
+    assert counts[QUEUED] == 4 and counts[ERROR] == 1 and counts[IGNORE] == 1
     cut = await ingest.db.read(repo.get_exam, CUT_UID)
     assert cut.exam.status == ERROR and "truncated" in cut.exam.error
     assert ingest.store.get(CUT_UID, "png") is None  # no image for the model or a reader
     stored = await ingest.db.read(repo.get_exam, "999.999.01.23.45.6789")  # as received
     assert stored is not None and stored.exam.status == QUEUED
-    for name in ("JPEG-lossy.dcm", "SC_ybr_full_422_uncompressed.dcm"):
+    for name, region in (("JPEG-lossy.dcm", ""), ("SC_ybr_full_422_uncompressed.dcm", "unknown")):
         uid = dcmread(shipped(name)).SOPInstanceUID
-        assert ingest.store.get(uid, "png") is not None  # converted (no region: ignore)
+        assert ingest.store.get(uid, "png") is not None  # converted
+        assert (await ingest.db.read(repo.get_exam, uid)).exam.region == region
     incoming = await asyncio.to_thread(
         lambda: [p for p in Path(ingest.settings.server.data_dir).rglob("*")
                  if "incoming" in str(p) and p.is_file()])

@@ -1,5 +1,9 @@
 """``xrayvision import PATH...``: DICOM files and folders (recursive) through the same
-record-then-convert path as the SCP, with progress and a summary."""
+record-then-convert path as the SCP, with progress and a summary.
+
+A bare data set without the DICM prefix and file meta (old archives, some modalities'
+exports; the network path receives data sets that way) is imported too: it is stored
+with the file meta its encoding implies."""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
 from xrayvision import metrics
@@ -71,9 +77,33 @@ class Progress:
         self.stream.flush()
 
 
+def read_dataset(data: bytes) -> tuple[Dataset, bytes]:
+    """The data set of a DICOM file and the file's bytes to store (pixel data stays
+    encoded: nothing is decoded). A bare data set gets the file meta its encoding implies
+    and is stored as a DICOM file; raises InvalidDicomError for anything that is neither."""
+    try:
+        return dcmread(io.BytesIO(data)), data
+    except InvalidDicomError as not_a_file:
+        try:
+            ds = dcmread(io.BytesIO(data), force=True)
+            bare = "SOPInstanceUID" in ds and "SOPClassUID" in ds
+        except Exception:  # noqa: BLE001 - whatever force made of it, it is not DICOM
+            bare = False
+        if not bare:
+            raise not_a_file from None
+    implicit, little = ds.original_encoding
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return ds, out.getvalue()
+
+
 def _read_and_record(settings: Settings, db: Database, store: ImageStore, path: Path):
-    data = path.read_bytes()
-    ds = dcmread(io.BytesIO(data))  # pixel data stays encoded bytes: nothing is decoded
+    ds, data = read_dataset(path.read_bytes())
     return record_instance(settings, db, store, ds, data)
 
 

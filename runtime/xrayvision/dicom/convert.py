@@ -99,8 +99,8 @@ def check_codestream(ds: Dataset, frames: int) -> None:
         raise ConversionError(f"compressed pixel data is malformed: {exc}") from None
     if not frame.rstrip(b"\x00\xff").endswith(_END_MARKER):
         raise ConversionError(
-            f"compressed pixel data is truncated: the frame's {len(frame)} bytes end "
-            "without the codestream's end marker")
+            f"compressed pixel data is truncated or damaged: the frame's {len(frame)} "
+            "bytes do not end with the codestream's end marker")
 
 
 def _first_frame(ds: Dataset) -> np.ndarray:

@@ -83,8 +83,8 @@ def handle_store(event, ctx: IngestContext) -> int:
     sop_class = str(event.context.abstract_syntax)
     garbled = getattr(event.request, GARBLED_SOP_CLASS, None)
     if garbled is not None:
-        return _failed(SOP_CLASS_NOT_SUPPORTED, calling, f"C-STORE names SOP Class "
-                       f"{garbled[:64]!r} on a presentation context for {sop_class}")
+        return _refused(ctx, event, SOP_CLASS_NOT_SUPPORTED, calling, f"C-STORE names SOP "
+                        f"Class {garbled[:64]!r} on a presentation context for {sop_class}")
     unwritten = _write_failure(event)
     if unwritten is not None:  # the rest was read and dropped: this instance alone fails
         return _failed(OUT_OF_RESOURCES, calling, f"cannot store the received data set: "
@@ -106,14 +106,15 @@ def handle_store(event, ctx: IngestContext) -> int:
         _audit_conflict(ctx, calling, _peer(event)[1], exc)
         return _failed(DUPLICATE_SOP_INSTANCE, calling, str(exc))
     except WrongSOPClass as exc:
-        return _failed(DATASET_DOES_NOT_MATCH_SOP_CLASS, calling, str(exc))
+        return _refused(ctx, event, DATASET_DOES_NOT_MATCH_SOP_CLASS, calling, str(exc))
     except BadInstance as exc:
-        return _failed(CANNOT_UNDERSTAND, calling, str(exc))
+        return _refused(ctx, event, CANNOT_UNDERSTAND, calling, str(exc))
     except (OSError, SQLAlchemyError) as exc:
         return _failed(OUT_OF_RESOURCES, calling, f"cannot record: {type(exc).__name__}: "
                        f"{first_line(exc)}")
     except Exception as exc:  # noqa: BLE001 - a malformed dataset can raise anything
-        return _failed(CANNOT_UNDERSTAND, calling, f"{type(exc).__name__}: {str(exc)[:200]}")
+        return _refused(ctx, event, CANNOT_UNDERSTAND, calling,
+                        f"{type(exc).__name__}: {str(exc)[:200]}")
     metrics.DICOM_STORE_SECONDS.observe(time.perf_counter() - started)
     metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "scp",
                                    recorded.exam.region or "none").inc()
@@ -133,6 +134,20 @@ def _audit_conflict(ctx: IngestContext, calling: str, remote: str,
                           remote=remote[:64], detail=f"differs in: {', '.join(exc.fields)}")
     except SQLAlchemyError:
         log.warning("could not audit a conflicting instance")
+
+
+def _refused(ctx: IngestContext, event, status: int, calling: str, reason: str) -> int:
+    """A refusal for what the instance is (not for a passing fault): logged, and audited
+    as ``dicom.refused`` with the status and the reason, so that it can be found later
+    (the sender's log may be all the site has otherwise). Never patient data: the
+    reasons name UIDs, attributes and sizes only."""
+    uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")[:64]
+    try:
+        ctx.db.write_sync(repo.audit, "dicom.refused", username=calling, target=uid,
+                          remote=_peer(event)[1][:64], detail=f"0x{status:04X}: {reason}")
+    except SQLAlchemyError:
+        log.warning("could not audit a refused instance")
+    return _failed(status, calling, reason)
 
 
 def _failed(status: int, calling: str, reason: str) -> int:

@@ -149,6 +149,7 @@ def _record(settings: Settings, db: Database, store: ImageStore, ds: Dataset,
     exam, patient = extract(
         ds, regions=settings.regions, calling_aet=calling_aet,
         priority=settings.priority_for(calling_aet),
+        read_untagged=settings.processing.untagged == "read",
     )
     check_pixel_header(ds, settings.dicom.max_pixels)
     mine = repo.identity_of(exam, patient)

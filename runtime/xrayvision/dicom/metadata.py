@@ -66,7 +66,12 @@ def _when(ds: Dataset, tz: dt.tzinfo) -> dt.datetime | None:
     return None
 
 
+UNKNOWN_REGION = "unknown"
+
+
 def _projection(ds: Dataset) -> str:
+    """View Position, else the View Code Sequence's meaning; "" when neither says (Patient
+    Orientation, e.g. ``L\\F``, gives the image's axes, not the view)."""
     view = _text(ds, "ViewPosition", 64)
     if view:
         return view
@@ -74,7 +79,7 @@ def _projection(ds: Dataset) -> str:
         meaning = _text(item, "CodeMeaning", 64)
         if meaning:
             return meaning
-    return _text(ds, "PatientOrientation", 64)
+    return ""
 
 
 def _sex(value: str) -> str:
@@ -83,10 +88,14 @@ def _sex(value: str) -> str:
 
 
 def extract(ds: Dataset, *, regions: Mapping, calling_aet: str = "", priority: int = 0,
-            tz: dt.tzinfo | None = None) -> tuple[ExamInfo, PatientInfo | None]:
+            tz: dt.tzinfo | None = None,
+            read_untagged: bool = False) -> tuple[ExamInfo, PatientInfo | None]:
     """Exam and patient fields from ``ds``; raises BadInstance without a valid SOP
     Instance UID. The region is classified here (status stays ``none`` until the
-    conversion worker has made the PNG)."""
+    conversion worker has made the PNG): the first rule a text matches; with
+    ``read_untagged``, :data:`UNKNOWN_REGION` when there is no text at all to match
+    (anonymised or untagged images: read with a generic prompt, not silently ignored).
+    Texts that match no rule leave the region empty (``ignore``)."""
     try:
         uid = validate_uid(_text(ds, "SOPInstanceUID", 80))
     except InvalidUID as exc:
@@ -96,13 +105,15 @@ def extract(ds: Dataset, *, regions: Mapping, calling_aet: str = "", priority: i
     protocol = _text(ds, "ProtocolName")
     study_desc = _text(ds, "StudyDescription")
     series_desc = _text(ds, "SeriesDescription")
+    texts = (body_part, protocol, series_desc, study_desc)
     exam = ExamInfo(
         uid=uid,
         study_uid=_text(ds, "StudyInstanceUID", 64),
         series_uid=_text(ds, "SeriesInstanceUID", 64),
         accession=_text(ds, "AccessionNumber", 64),
         modality=_text(ds, "Modality", 16),
-        region=identify_region(regions, (body_part, protocol, series_desc, study_desc)),
+        region=(identify_region(regions, texts) or
+                (UNKNOWN_REGION if read_untagged and not any(texts) else "")),
         projection=_projection(ds),
         protocol=protocol,
         body_part=body_part,
