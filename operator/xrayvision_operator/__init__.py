@@ -1,1 +1,2 @@
-"""The XRayVision Kubernetes operator (kopf). Built by the operator issue."""
+"""The XRayVision Kubernetes operator (kopf): XRayVision and ModelEndpoint resources into
+Deployments, Services, an Ingress, a migration Job and a managed vLLM server."""
