@@ -271,7 +271,9 @@ def _palette_to_gray(ds: Dataset, arr: np.ndarray) -> np.ndarray:
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
     except Exception as exc:  # noqa: BLE001 - absent or malformed palette
         raise ConversionError(f"palette colour lookup tables unusable: {exc}") from None
-    return _color_to_gray(rgb, 8 if bits <= 8 else 16)
+    # Entries declared 16-bit that never exceed 255 are 8-bit values in 16-bit words (as
+    # DCMTK also reads them): scaled as 16-bit they would show a black image.
+    return _color_to_gray(rgb, 16 if bits > 8 and int(rgb.max(initial=0)) > 255 else 8)
 
 
 def _real_to_display(ds: Dataset, arr: np.ndarray, opts: ConvertOptions) -> np.ndarray:
@@ -310,6 +312,8 @@ def to_display(ds: Dataset, opts: ConvertOptions = ConvertOptions()) -> np.ndarr
     """
     check_size(ds, opts.max_pixels)
     arr = _first_frame(ds)
+    if not arr.dtype.isnative:  # big endian data sets: the LUT path indexes native values
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         return _color_to_gray(arr, int(ds.get("BitsStored", 8) or 8))
     if arr.ndim != 2:
