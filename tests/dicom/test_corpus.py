@@ -4,6 +4,8 @@ damaged files). Each file's outcome is stated: rendered like DCMTK's ``dcmj2pnm`
 where DCMTK cannot decode it (JPEG 2000, 32-bit RGB, one of GDCM's palettes), like the
 same image in another encoding; or refused with its reason."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,7 @@ from xrayvision.dicom.convert import ConversionError, to_display
 from .test_real_world import correlation, dcmj2pnm
 
 CORPUS = Path(data_store.__file__).parent / "data"
+XRAYVISION = Path(sys.executable).parent / "xrayvision"
 
 MIN_MAX = ("--min-max-window",)
 WINDOW = ("--use-window", "1")
@@ -112,3 +115,29 @@ def test_converted(name):
 
 def test_the_palette_of_8_bit_values_in_16_bit_words_is_not_black():
     assert cv2.meanStdDev(shown("OBXXXX1A_expb.dcm"))[1][0][0] > 10
+
+
+EVERY_CLASS = ",".join((  # the corpus's SOP classes beyond CR, DX and SC
+    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.3.1",
+    "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.6",
+    "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.66.4"))
+
+
+def test_the_whole_corpus_through_import(tmp_path):
+    """One batch: each file its own outcome, none taking another down."""
+    env = {"PATH": "/usr/bin:/bin", "XRAYVISION_DICOM_CONVERT_WORKERS": "1",
+           "XRAYVISION_DICOM_EXTRA_SOP_CLASSES": EVERY_CLASS}
+    result = subprocess.run([str(XRAYVISION), "import", "--migrate", str(CORPUS)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    counts = {key: int(value) for key, _, value in (
+        line.partition(": ") for line in result.stdout.splitlines()
+        if not line.startswith(" ") and ": " in line)}
+    failures = [line.strip() for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert len(failures) == counts["failed"] == 2, result.stdout
+    # a SOP Instance UID of hex digits (not a UID: refused, it would name a file), and a
+    # file cut within its header
+    assert "bad_sequence.dcm: SOP Instance UID missing or invalid" in failures[0]
+    assert "emri_small_jpeg_2k_lossless_too_short.dcm: SOP Class (missing)" in failures[1]
+    total = counts["imported"] + counts["duplicates"] + counts["ignored (no region rule matched)"]
+    assert total == len(list(CORPUS.glob("*.dcm"))) - 2
+    assert counts["duplicates"] > 0  # the same images in several encodings share their UIDs
