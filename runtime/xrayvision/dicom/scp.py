@@ -26,7 +26,8 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from xrayvision.config import Settings
@@ -121,6 +122,15 @@ class IngestServer(ThreadedAssociationServer):
         super().finish_request(request, client_address)
 
 
+def register_storage_class(uid: str) -> None:
+    """Makes pynetdicom serve C-STOREs of ``uid`` (an ``[dicom] extra_sop_classes`` entry)
+    with its storage service: it maps only the storage classes it knows, and aborts the
+    association on a C-STORE of any other, retired ones included (Ultrasound Image
+    Storage 1.2.840.10008.5.1.4.1.1.6, still sent by old machines). Idempotent."""
+    if uid_to_service_class(uid) is not StorageServiceClass:
+        register_uid(uid, "XRayVisionStorage_" + uid.replace(".", "_"), StorageServiceClass)
+
+
 def make_ae(settings: Settings) -> AE:
     d = settings.dicom
     ae = IngestAE(ae_title=d.ae_title)
@@ -134,6 +144,7 @@ def make_ae(settings: Settings) -> AE:
     # thread, holding an association slot, for a connection dropped before one)
     ae.acse_timeout = min(30.0, d.read_timeout)
     for sop_class in storage_classes(settings):
+        register_storage_class(sop_class)
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     return ae
