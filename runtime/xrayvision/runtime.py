@@ -108,17 +108,17 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
     async with aiohttp.ClientSession() as http:
         rt = Runtime(settings, db, bus, locks, store, worker_id, app, http)
         if needs_model(settings):
-            publish = "relay" in settings.server.roles
+            relay_here = "relay" in settings.server.roles
 
             async def on_health(health: dict[str, bool]) -> None:
                 # The relays' view is the dashboard's: the model they read exams with.
-                if publish:
+                if relay_here:
                     await bus.publish(ENDPOINT_HEALTH, **health)
 
             rt.model = ModelClient(endpoints(settings), http,
                                    max_attempts=settings.ai.max_attempts, on_health=on_health)
             rt.text = TextServices(rt.model, load_prompts(settings.ai.prompts_dir))
-            if publish:
+            if relay_here:
                 rt.pipeline = Pipeline(
                     rt.text, db, store, bus,
                     severity_threshold=settings.processing.severity_threshold,

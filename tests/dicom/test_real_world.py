@@ -202,3 +202,13 @@ async def test_one_association_of_real_world_files(ingest, tmp_path):
         lambda: [p for p in Path(ingest.settings.server.data_dir).rglob("*")
                  if "incoming" in str(p) and p.is_file()])
     assert incoming == []  # the refused instance's file went with its refusal
+
+
+def test_32_bit_pixels_keep_their_padding_black():
+    ds = make_xray(bits=12, seed=4, padding=4095)  # padding brighter than any pixel
+    pixels = ds.pixel_array.astype(np.uint32) * 1000  # more values than a lookup table takes
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.PixelPaddingValue = 4095 * 1000
+    ds.PixelData = pixels.tobytes()
+    shown = to_display(ds)
+    assert shown[:, :8].max() == 0 and shown[:, 8:].std() > 30

@@ -182,14 +182,15 @@ def _histogram(arr: np.ndarray, domain: _Domain) -> np.ndarray:
     return np.bincount(flat, minlength=domain.values.size)
 
 
-def _padding(ds: Dataset, domain: _Domain) -> np.ndarray | None:
-    """LUT positions of the Pixel Padding Value (or range), on stored values."""
+def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Where ``stored`` (stored values: a LUT's domain, or the pixels) is the Pixel
+    Padding Value (or within its range); None without one."""
     if "PixelPaddingValue" not in ds:
         return None
     low = ds.PixelPaddingValue
     high = ds.get("PixelPaddingRangeLimit", low)
     low, high = min(low, high), max(low, high)
-    return (domain.values >= low) & (domain.values <= high)
+    return (stored >= low) & (stored <= high)
 
 
 def percentile_window_from_histogram(values: np.ndarray, counts: np.ndarray,
@@ -221,7 +222,7 @@ def _lut(ds: Dataset, arr: np.ndarray,
     domain = _domain(arr)
     counts: np.ndarray | None = None
     modality = np.asarray(apply_modality_lut(domain.values, ds), dtype=np.float64)
-    padding = _padding(ds, domain)
+    padding = _padding(ds, domain.values)
     window: Window | None = None
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[min(opts.window_index, len(ds.VOILUTSequence) - 1)]
@@ -284,13 +285,9 @@ def _real_to_display(ds: Dataset, arr: np.ndarray, opts: ConvertOptions) -> np.n
     except Exception as exc:  # noqa: BLE001 - a malformed modality LUT
         raise ConversionError(f"modality LUT cannot be applied: {exc}") from None
     usable = np.isfinite(values)
-    if "PixelPaddingValue" in ds:
-        low = ds.PixelPaddingValue
-        high = ds.get("PixelPaddingRangeLimit", low)
-        padding = (arr >= min(low, high)) & (arr <= max(low, high))
+    padding = _padding(ds, arr)
+    if padding is not None:
         usable &= ~padding
-    else:
-        padding = None
     window = _window_values(ds, opts.window_index)
     if window is None:
         found = values[usable]
