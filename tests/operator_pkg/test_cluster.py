@@ -6,6 +6,7 @@ marked by a status-only kubelet (tests/support/kubelet.py): no container runs he
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -290,7 +291,8 @@ def test_the_charts_namespaced_mode_needs_no_more_than_it_grants(kube, ns, tmp_p
         finally:
             proc.stop()
         log = proc.output()
-        assert "403" not in log and "Forbidden" not in log, log[-3000:]
+        # a bare 403 as a word: object UIDs in kopf's log may hold the digits
+        assert not re.search(r"\b403\b", log) and "Forbidden" not in log, log[-3000:]
     finally:
         subprocess.run([str(helm()), "uninstall", release, "--kubeconfig",
                         str(kube.kubeconfig), "--namespace", ns], capture_output=True)
