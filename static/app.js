@@ -56,6 +56,10 @@ function showDashboard(msg) {
     const pill = el("span", { class: "pill " + (msg.endpoints[name] ? "on" : "off") },
                     `${name} ${msg.endpoints[name] ? "up" : "down"}`);
     if (name === active && name !== names[0]) pill.classList.add("warn");
+    const last = (msg.endpoint_errors || {})[name];
+    if (last && last.error) {
+      pill.title = `last error${last.error_at ? " " + when(last.error_at) : ""}: ${last.error}`;
+    }
     endpoints.append(pill);
   }
   if (names.length && active && active !== names[0]) {

@@ -71,6 +71,19 @@ def test_env_sets_every_kind_of_value(tmp_path):
     assert s.priority_for("OTHER") == 0 and s.priority_for(None) == 0
 
 
+@pytest.mark.parametrize(("written", "base"), [
+    ("http://gpu1:8000/v1", "http://gpu1:8000"),
+    ("http://gpu1:8000/v1/", "http://gpu1:8000"),
+    ("http://gpu1:8000", "http://gpu1:8000"),
+    ("https://llm.example.org/openai/v1", "https://llm.example.org/openai"),
+    ("http://gpu1:8000/v10", "http://gpu1:8000/v10"),
+])
+def test_model_urls_written_the_openai_way_mean_the_same_server(tmp_path, written, base):
+    s = load_settings(tmp_path, env={"XRAYVISION_AI_PRIMARY_URL": written,
+                                     "XRAYVISION_AI_SECONDARY_URL": written})
+    assert s.ai.primary_url == base and s.ai.secondary_url == base
+
+
 @pytest.mark.parametrize("section,key,value,expected", [
     ("web", "port", "abc", "expected an integer from 1 to 65535"),
     ("web", "port", "70000", "expected an integer from 1 to 65535"),

@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from support.runtimes import MODEL, runtime_for, settings_for
+from xrayvision.ai.client import EndpointHealth
 from xrayvision.events import ENDPOINT_HEALTH
 from xrayvision.runtime import endpoints
 
@@ -38,14 +39,15 @@ async def test_only_relay_processes_publish_endpoint_health(tmp_path, sqlite_db,
     async with runtime_for(settings, sqlite_db, tmp_path) as rt:
         with rt.bus.subscribe() as events:
             assert rt.model is not None and rt.model.on_health is not None
-            await rt.model.on_health({"primary": False})
+            await rt.model.on_health({"primary": EndpointHealth(False, "HTTP 503", "t")})
             try:
                 event = await asyncio.wait_for(events.get(), 0.5)
             except TimeoutError:
                 event = None
     assert (event is not None and event.type == ENDPOINT_HEALTH) == published
     if published:
-        assert event.data == {"primary": False}
+        assert event.data == {"primary": {"healthy": False, "error": "HTTP 503",
+                                          "error_at": "t"}}
 
 
 def test_endpoints_in_failover_order(tmp_path):
@@ -57,3 +59,21 @@ def test_endpoints_in_failover_order(tmp_path):
                        XRAYVISION_AI_SECONDARY_URL="http://127.0.0.1:10")
     assert [(e.name, e.model) for e in endpoints(two)] == [
         ("primary", "medgemma"), ("secondary", "medgemma")]  # the primary's model by default
+
+
+async def test_a_model_url_ending_in_v1_reaches_the_same_server(tmp_path, sqlite_db):
+    """``[ai] primary_url = http://host:8000/v1``, as OpenAI clients are configured: the
+    health check and the chat completion reach the stub, not ``/v1/v1/...``."""
+    from support.model_stub import Stub
+
+    stub = await Stub().start()
+    try:
+        settings = settings_for(tmp_path, "relay", XRAYVISION_AI_PRIMARY_URL=stub.url + "/v1/")
+        async with runtime_for(settings, sqlite_db, tmp_path) as rt:
+            assert rt.model is not None
+            await rt.model.check_all()
+            assert rt.model.health()["primary"].error == ""
+            result = await rt.model.chat([{"role": "user", "content": "hi"}], call="report")
+    finally:
+        await stub.stop()
+    assert result.endpoint == "primary" and len(stub.state.requests) == 1

@@ -145,6 +145,14 @@ def _url(*schemes: str, optional: bool = True) -> Callable[[str], str]:
     return parse
 
 
+def _model_url(value: str) -> str:
+    """A model server's base URL. Written the OpenAI way (``http://host:8000/v1``) or
+    without the suffix, it means the same server: ``/v1`` is dropped once here and the
+    client adds ``/v1/chat/completions`` (and asks ``/health``, which has no ``/v1``)."""
+    text = _url("http", "https")(value)
+    return text.removesuffix("/v1").rstrip("/") if text.endswith("/v1") else text
+
+
 _AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
 
 
@@ -289,8 +297,9 @@ class PacsSettings:
 
 @dataclass(frozen=True)
 class AISettings:
-    primary_url: str = _setting("http://127.0.0.1:8000", _url("http", "https"), "primary model URL")
-    secondary_url: str = _setting("", _url("http", "https"), "secondary model URL")
+    primary_url: str = _setting("http://127.0.0.1:8000", _model_url,
+                                "primary model server (base URL; a trailing /v1 is dropped)")
+    secondary_url: str = _setting("", _model_url, "secondary model server; empty: none")
     model: str = _setting("google/medgemma-4b-it", _str, "served model name")
     api_key: str = _setting("", _str, "API key for the model endpoints", secret=True)
     timeout: float = _setting(300.0, _float(1, 3600), "seconds for one model request")

@@ -54,7 +54,8 @@ EXAM_REVIEWED = "exam.reviewed"  # uid, correct: a user reviewed the AI report
 REPORT_READY = "report.ready"  # uid, severity, positive, region: the AI report is stored
 RAD_REPORT_READY = "rad_report.ready"  # uid, region, severity, positive, checked: the
 #   radiologist's report is stored (or checked by the model later)
-ENDPOINT_HEALTH = "endpoint.health"  # {endpoint name: healthy}: model endpoints' health
+ENDPOINT_HEALTH = "endpoint.health"  # {endpoint name: {healthy, error, error_at}}: model
+#   endpoints' health and last error, when either changes
 GAP = "bus.gap"  # (none): this subscriber missed events; resynchronise from the database
 RECONNECTED = "bus.reconnected"  # (none): the listener was away; resynchronise
 _PENDING = "xrayvision.events"  # session.info key: events waiting for the commit

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from xrayvision.ai.client import Endpoint, ModelClient
+from xrayvision.ai.client import Endpoint, EndpointHealth, ModelClient
 from xrayvision.ai.parse import Check
 from xrayvision.ai.pipeline import Enrich, Notify, Pipeline, no_enrichment
 from xrayvision.ai.prompts import load_prompts
@@ -110,10 +110,11 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
         if needs_model(settings):
             relay_here = "relay" in settings.server.roles
 
-            async def on_health(health: dict[str, bool]) -> None:
+            async def on_health(health: dict[str, EndpointHealth]) -> None:
                 # The relays' view is the dashboard's: the model they read exams with.
                 if relay_here:
-                    await bus.publish(ENDPOINT_HEALTH, **health)
+                    await bus.publish(ENDPOINT_HEALTH,
+                                      **{name: h.as_dict() for name, h in health.items()})
 
             rt.model = ModelClient(endpoints(settings), http,
                                    max_attempts=settings.ai.max_attempts, on_health=on_health)

@@ -72,7 +72,50 @@ async def test_health_falls_back_to_v1_models():
     app.router.add_get("/v1/models", models)
     async with serving(app) as url, aiohttp.ClientSession() as session:
         client = ModelClient([Endpoint("primary", url, "m")], session)
-        assert await client.probe(client.endpoints[0]) is True
+        assert await client.probe(client.endpoints[0]) == ""
+
+
+async def test_every_failed_health_check_says_url_and_status(stubs, caplog):
+    primary, secondary = stubs
+    primary.state.healthy = False  # /health answers 503
+    async with aiohttp.ClientSession() as session:
+        seen = []
+
+        async def on_health(health):
+            seen.append(health)
+
+        client = client_for(session, primary, secondary, on_health=on_health)
+        with caplog.at_level("WARNING", logger="xrayvision.ai.client"):
+            await client.check_all()
+            await client.check_all()
+        failures = [r for r in caplog.records if r.getMessage() == "model health check failed"]
+        assert len(failures) == 2  # every failed check, not only the transition
+        assert all(r.reason.startswith(f"GET {primary.url}/health: HTTP 503")
+                   for r in failures)
+        health = client.health()
+        assert not health["primary"].healthy and health["primary"].error == failures[0].reason
+        assert health["primary"].error_at and health["secondary"].healthy
+        assert health["secondary"].error == ""
+        # One publication for the transition; the same reason again is no news.
+        assert len(seen) == 1 and seen[0]["primary"].error.endswith("HTTP 503")
+        primary.state.healthy = True
+        await client.check_all()
+        # Up again: the last error is still there to explain the flap.
+        assert client.health()["primary"].healthy
+        assert client.health()["primary"].error == failures[0].reason
+
+
+async def test_a_refused_connection_names_the_url_and_the_error(unused_tcp_port, caplog):
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    async with aiohttp.ClientSession() as session:
+        client = ModelClient([Endpoint("primary", url, "m", timeout=2)], session)
+        with caplog.at_level("WARNING", logger="xrayvision.ai.client"):
+            await client.check_all()
+        reason = client.health()["primary"].error
+        assert reason.startswith(f"GET {url}/health: ClientConnectorError")
+        assert any(getattr(r, "reason", "") == reason for r in caplog.records)
+        with pytest.raises(ModelUnavailable, match=f"POST {url}/v1/chat/completions"):
+            await client.chat(MSG, call="report")
 
 
 async def test_both_down_raises_unavailable_and_recovered_wakes(stubs):

@@ -50,7 +50,7 @@ async def web_services(app, db, store, bus, model_url=None):
         if model_url:
             model = ModelClient([Endpoint("primary", model_url, "m")], session, max_attempts=1)
             services.text = TextServices(model, load_prompts(None))
-            hub.health = dict(model.healthy)
+            hub.set_endpoints({n: h.as_dict() for n, h in model.health().items()})
         services.db, services.bus, services.store, services.hub = db, bus, store, hub
         task = asyncio.create_task(hub.run())
         try:

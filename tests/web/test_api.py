@@ -11,6 +11,7 @@ from web.conftest import basic
 from xrayvision.db import queue, repo
 from xrayvision.db.models import DONE, PROCESSING, QUEUED, AuditLog, Exam
 from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.events import ENDPOINT_HEALTH
 from xrayvision.web.api import load_spec
 
 PNG = b"\x89PNG\r\n\x1a\n image"
@@ -262,6 +263,27 @@ async def test_config_has_no_secrets_and_is_audited(api):
     assert "scrypt" not in text and "password" not in text
     actions = services.db.read_sync(lambda s: s.scalars(select(AuditLog.action)).all())
     assert actions.count("config.read") == 1 and actions.count("login") == 1
+
+
+async def test_config_carries_each_endpoints_last_error(api):
+    client, services = api
+    config = await (await client.get("/api/config", headers=basic("viewer"))).json()
+    assert config["endpoints"] == [{"name": "primary", "url": "http://127.0.0.1:8000",
+                                    "model": "google/medgemma-4b-it", "healthy": True,
+                                    "error": "", "error_at": ""}]
+    failure = {"healthy": False, "error": "GET http://gpu:8000/health: HTTP 503",
+               "error_at": "2026-12-02T10:00:00+00:00"}
+    await services.bus.publish(ENDPOINT_HEALTH, primary=failure)  # as a relay does
+    for _ in range(100):
+        config = await (await client.get("/api/config", headers=basic("viewer"))).json()
+        if config["endpoints"][0]["healthy"] is False:
+            break
+        await asyncio.sleep(0.02)
+    assert config["endpoints"][0] == {"name": "primary", "url": "http://127.0.0.1:8000",
+                                      "model": "google/medgemma-4b-it", **failure}
+    dashboard = await services.hub.dashboard()
+    assert dashboard["endpoints"] == {"primary": False}
+    assert dashboard["endpoint_errors"]["primary"]["error"] == failure["error"]
 
 
 async def test_logins_are_audited_and_failures_slowed(api):

@@ -4,7 +4,10 @@ Routing: the primary while it is healthy, else the secondary; back to the primar
 as a health check finds it up again. A request that fails (connection error, 5xx,
 timeout, a body that is not the expected JSON) marks that endpoint unhealthy and goes at
 once to the other one; after both, exponential back-off with jitter, up to
-``max_attempts`` rounds. Health: vLLM's ``GET /health``, else ``GET /v1/models``.
+``max_attempts`` rounds. Health: vLLM's ``GET /health``, else ``GET /v1/models``; every
+failed check is logged with its URL and the HTTP status or the error, and each endpoint's
+last error is kept (:meth:`ModelClient.health`) for the dashboard and ``/api/config``.
+Endpoint URLs are bases without ``/v1`` (``config`` strips it).
 
 Errors::
 
@@ -18,6 +21,7 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import random
@@ -96,6 +100,19 @@ def encode_body(body: dict) -> bytes:
     return encoded
 
 
+@dataclass(frozen=True)
+class EndpointHealth:
+    """What the dashboard shows of an endpoint: up or down, and its last failure (kept
+    after it recovers, so that a flapping endpoint can be explained)."""
+
+    healthy: bool
+    error: str = ""
+    error_at: str = ""  # ISO 8601 UTC; "" when it never failed
+
+    def as_dict(self) -> dict[str, object]:
+        return {"healthy": self.healthy, "error": self.error, "error_at": self.error_at}
+
+
 class _Failed(Exception):
     def __init__(self, outcome: str, detail: str) -> None:
         super().__init__(detail)
@@ -105,7 +122,8 @@ class _Failed(Exception):
 class ModelClient:
     def __init__(self, endpoints: list[Endpoint], session: aiohttp.ClientSession, *,
                  max_attempts: int = 3, backoff: float = 1.0, max_backoff: float = 30.0,
-                 on_health: Callable[[dict[str, bool]], Awaitable[None]] | None = None) -> None:
+                 on_health: Callable[[dict[str, EndpointHealth]], Awaitable[None]]
+                 | None = None) -> None:
         if not endpoints:
             raise ValueError("at least one model endpoint is needed")
         self.endpoints = endpoints
@@ -116,6 +134,7 @@ class ModelClient:
         self.on_health = on_health
         # Optimistic until a check or a request says otherwise.
         self.healthy = {e.name: True for e in endpoints}
+        self.errors: dict[str, tuple[str, str]] = {}  # name -> (last error, when)
         self.recovered = asyncio.Event()
         self.recovered.set()
         self._publish_metrics()
@@ -132,8 +151,19 @@ class ModelClient:
             metrics.MODEL_ENDPOINT_UP.labels(e.name).set(1 if self.healthy[e.name] else 0)
             metrics.MODEL_ACTIVE.labels(e.name).set(1 if active is e else 0)
 
+    def health(self) -> dict[str, EndpointHealth]:
+        """Each endpoint's state and last error, in failover order."""
+        return {e.name: EndpointHealth(self.healthy[e.name], *self.errors.get(e.name, ("", "")))
+                for e in self.endpoints}
+
     async def _set_health(self, endpoint: Endpoint, up: bool, reason: str = "") -> None:
-        if self.healthy[endpoint.name] == up:
+        changed = self.healthy[endpoint.name] != up
+        if not up and reason and self.errors.get(endpoint.name, ("",))[0] != reason:
+            changed = True  # a new reason (refused, then 503) is news to the dashboard
+        if not up and reason:
+            self.errors[endpoint.name] = (reason, dt.datetime.now(dt.UTC).isoformat(
+                timespec="seconds"))
+        if not changed:
             return
         self.healthy[endpoint.name] = up
         self._publish_metrics()
@@ -148,28 +178,38 @@ class ModelClient:
                 log.warning("no model endpoint healthy: exams wait in the queue until one "
                             "recovers")
         if self.on_health is not None:
-            await self.on_health(dict(self.healthy))
+            await self.on_health(self.health())
 
-    async def probe(self, endpoint: Endpoint) -> bool:
-        """True when ``/health`` (vLLM) answers 200; servers without ``/health`` (404)
-        are asked ``/v1/models`` instead."""
+    async def probe(self, endpoint: Endpoint) -> str:
+        """Asks ``/health`` (vLLM), or ``/v1/models`` on servers without it (404).
+        Returns "" when the endpoint is up, else why not: the URL asked and the HTTP
+        status, or the error."""
         timeout = aiohttp.ClientTimeout(total=min(10.0, endpoint.timeout))
+        reason = ""
         for path in ("/health", "/v1/models"):
+            url = endpoint.url + path
             try:
-                async with self.session.get(endpoint.url + path, headers=endpoint.headers(),
+                async with self.session.get(url, headers=endpoint.headers(),
                                             timeout=timeout) as resp:
                     if resp.status == 200:
-                        return True
+                        return ""
+                    body = (await resp.read())[:200].decode(errors="replace").strip()
+                    reason = f"GET {url}: HTTP {resp.status}" + (f" {body}" if body else "")
                     if resp.status != 404:
-                        return False
-            except (TimeoutError, aiohttp.ClientError):
-                return False
-        return False
+                        return reason
+            except TimeoutError:
+                return f"GET {url}: no answer within {timeout.total:g} s"
+            except aiohttp.ClientError as exc:
+                return f"GET {url}: {type(exc).__name__}: {exc}"
+        return reason
 
     async def check_all(self) -> None:
         for endpoint in self.endpoints:
-            up = await self.probe(endpoint)
-            await self._set_health(endpoint, up, "health check failed")
+            reason = await self.probe(endpoint)
+            if reason:
+                log.warning("model health check failed",
+                            extra={"endpoint": endpoint.name, "reason": reason})
+            await self._set_health(endpoint, not reason, reason)
 
     async def health_loop(self, interval: float) -> None:
         while True:
@@ -182,19 +222,21 @@ class ModelClient:
         timeout = aiohttp.ClientTimeout(total=endpoint.timeout)
         body = encode_body({**payload, "model": endpoint.model})
         headers = {**endpoint.headers(), "Content-Type": "application/json"}
+        url = endpoint.url + "/v1/chat/completions"
         try:
-            async with self.session.post(endpoint.url + "/v1/chat/completions", data=body,
-                                         headers=headers, timeout=timeout) as resp:
+            async with self.session.post(url, data=body, headers=headers,
+                                         timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 500:
-                    raise _Failed("error", f"HTTP {resp.status}")
+                    raise _Failed("error", f"POST {url}: HTTP {resp.status}")
                 if resp.status >= 400:
                     raise ModelRejected(f"{endpoint.name} answered HTTP {resp.status}: "
                                         f"{raw[:300].decode(errors='replace')}")
         except TimeoutError:
-            raise _Failed("timeout", f"no answer within {endpoint.timeout:g} s") from None
+            raise _Failed("timeout", f"POST {url}: no answer within {endpoint.timeout:g} s"
+                          ) from None
         except aiohttp.ClientError as exc:
-            raise _Failed("error", f"{type(exc).__name__}: {exc}") from None
+            raise _Failed("error", f"POST {url}: {type(exc).__name__}: {exc}") from None
         try:
             data = json.loads(raw)
             text = data["choices"][0]["message"]["content"]

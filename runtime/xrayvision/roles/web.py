@@ -57,7 +57,7 @@ async def run(rt: Runtime) -> None:
     services = app[SERVICES]
     hub = Hub(rt.bus, lambda: dashboard_state(db))
     if rt.model is not None:  # until the first health event from a relay
-        hub.health = dict(rt.model.healthy)
+        hub.set_endpoints({n: h.as_dict() for n, h in rt.model.health().items()})
     services.text = rt.text
     services.db, services.bus, services.store, services.hub = db, rt.bus, rt.store, hub
     log.info("web role ready", extra={"port": settings.web.port})

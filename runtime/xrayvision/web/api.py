@@ -17,6 +17,7 @@ from xrayvision.agreement import CLASSES as AGREEMENT_CLASSES
 from xrayvision.agreement import PERIODS, Confusion, roll_up
 from xrayvision.ai.client import ModelError, ModelUnavailable
 from xrayvision.ai.text import TextServices
+from xrayvision.config import Settings, mask_url
 from xrayvision.db import queue, repo, stats
 from xrayvision.db.engine import Database
 from xrayvision.db.models import STATUSES
@@ -26,6 +27,7 @@ from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
 from xrayvision.web.cache import AggregateCache
 from xrayvision.web.context import CLIENT_IP, IDENTITY, SERVICES, SETTINGS, Services
+from xrayvision.web.live import Hub
 
 MAX_TEXT = 20000
 
@@ -456,7 +458,22 @@ async def config(request: web.Request) -> web.Response:
         "regions": sorted(settings.regions),
         "statuses": list(STATUSES),
         "roles": list(settings.server.roles),
+        "endpoints": _endpoints(settings, services(request).hub),
     })
+
+
+def _endpoints(settings: Settings, hub: Hub | None) -> list[dict]:
+    """The model endpoints (base URL without credentials, model) with the relays' last
+    view of them: up or down and the last error."""
+    ai = settings.ai
+    configured = {"primary": (ai.primary_url, ai.model),
+                  "secondary": (ai.secondary_url, ai.secondary_model or ai.model)}
+    seen = {e["name"]: e for e in hub.endpoints()} if hub is not None else {}
+    return [{"name": name, "url": mask_url(url), "model": model,
+             "healthy": seen.get(name, {}).get("healthy"),
+             "error": seen.get(name, {}).get("error", ""),
+             "error_at": seen.get(name, {}).get("error_at", "")}
+            for name, (url, model) in configured.items() if url]
 
 
 def load_spec() -> dict:

@@ -61,6 +61,7 @@ class Hub:
         self.dashboard_interval = dashboard_interval
         self.clients: set[Client] = set()
         self.health: dict[str, bool] = {}
+        self.endpoint_errors: dict[str, dict[str, str]] = {}  # name -> {error, error_at}
         self._dashboard_due = asyncio.Event()
 
     def _offer(self, client: Client, text: str) -> None:
@@ -77,9 +78,22 @@ class Hub:
         for client in list(self.clients):
             self._offer(client, text)
 
+    def set_endpoints(self, health: dict[str, dict]) -> None:
+        """Takes an ``endpoint.health`` payload: {name: {healthy, error, error_at}}."""
+        self.health = {name: bool(h.get("healthy")) for name, h in health.items()}
+        self.endpoint_errors = {name: {"error": str(h.get("error") or ""),
+                                       "error_at": str(h.get("error_at") or "")}
+                                for name, h in health.items()}
+
+    def endpoints(self) -> list[dict]:
+        """Each model endpoint as the relays last saw it, with its last error."""
+        return [{"name": name, "healthy": up, **self.endpoint_errors.get(name, {})}
+                for name, up in self.health.items()]
+
     async def dashboard(self) -> dict:
         state = await self._state_cache.get("state", self.state)
-        return {"type": "dashboard", **state, "endpoints": dict(self.health)}
+        return {"type": "dashboard", **state, "endpoints": dict(self.health),
+                "endpoint_errors": dict(self.endpoint_errors)}
 
     async def run(self) -> None:
         """Forwards bus events until cancelled."""
@@ -93,7 +107,7 @@ class Hub:
 
     def _forward(self, event: Event) -> None:
         if event.type == ENDPOINT_HEALTH:
-            self.health = {k: bool(v) for k, v in event.data.items()}
+            self.set_endpoints({k: v for k, v in event.data.items() if isinstance(v, dict)})
         if event.type not in (GAP, RECONNECTED):
             self.broadcast({"type": event.type, **event.data})
         if event.type in QUEUE_EVENTS:
