@@ -107,14 +107,36 @@ async def test_requeued_exam_goes_through_the_review_prompt(db, tmp_path, stubs)
     primary, _ = stubs
     store = FilesystemStore(tmp_path)
     uid = add_exams(db, store, 1)[0]
-    async with relay_on(db, store, eps(primary)):
+    notified = []
+
+    async def notify(exam, check):
+        notified.append(exam.uid)
+
+    async with relay_on(db, store, eps(primary), notify=notify):
         await until_counts(db, lambda c: c[DONE] == 1)
+        assert await db.write(repo.review_ai_report, uid, correct=False, note="missed it",
+                              username="dr.a") == 1
         await db.write(queue.requeue, uid)
+        # Until the new read is stored, the current one (and its review) stays.
+        row = await db.read(repo.get_exam, uid)
+        assert row.ai.version == 1 and row.ai.review_note == "missed it"
         await until_counts(db, lambda c: c[DONE] == 1 and c["requeue"] == 0)
     texts = [r["messages"][1]["content"][0]["text"] for r in primary.state.requests
              if isinstance(r["messages"][1]["content"], list)]
     assert "Previous report:" not in texts[0]
     assert "Previous report:" in texts[1] and "Right lower lobe pneumonia" in texts[1]
+    # The second read is version 2, not reviewed; the first is kept with its review.
+    row = await db.read(repo.get_exam, uid)
+    assert row.ai.version == 2 and not row.ai.reviewed and row.ai.review_correct == -1
+    assert row.ai.prompt_version == load_prompts(None).version
+    history = await db.read(repo.ai_history, uid)
+    (first,) = history.versions
+    assert (first.version, first.review_correct, first.review_note, first.reviewed_by) == \
+        (1, 0, "missed it", "dr.a")
+    assert first.text.startswith("FINDINGS:") and first.created <= first.superseded
+    assert [(r.version, r.correct, r.username) for r in history.reviews] == \
+        [(1, False, "dr.a")]
+    assert notified == [uid, uid]  # severe both times: once per version
 
 
 async def test_primary_down_at_start_secondary_serves(db, tmp_path, stubs):
@@ -189,6 +211,7 @@ async def test_malformed_answers_end_in_error_after_max_attempts(db, tmp_path, s
         await until_counts(db, lambda c: c[ERROR] == 1)
     exam = (await db.read(repo.get_exam, uid)).exam
     assert exam.attempts == 2 and "ModelBadOutput" in exam.error
+    assert exam.reason_code == "model_bad_output"
 
 
 async def test_missing_png_fails_the_exam_with_the_reason(db, tmp_path, stubs):
@@ -198,7 +221,20 @@ async def test_missing_png_fails_the_exam_with_the_reason(db, tmp_path, stubs):
     store.delete(uid, "png")
     async with relay_on(db, store, eps(primary), max_attempts=1):
         await until_counts(db, lambda c: c[ERROR] == 1)
-    assert "no PNG stored" in (await db.read(repo.get_exam, uid)).exam.error
+    exam = (await db.read(repo.get_exam, uid)).exam
+    assert "no PNG stored" in exam.error and exam.reason_code == "image_missing"
+
+
+async def test_a_rejected_request_ends_in_error_with_its_reason(db, tmp_path, stubs):
+    primary, _ = stubs
+    store = FilesystemStore(tmp_path)
+    uid = add_exams(db, store, 1)[0]
+    primary.state.mode = "400"
+    async with relay_on(db, store, eps(primary), max_attempts=1):
+        await until_counts(db, lambda c: c[ERROR] == 1)
+    exam = (await db.read(repo.get_exam, uid)).exam
+    assert exam.reason_code == "model_rejected"
+    assert "HTTP 400" in exam.error and "At most 1 image" in exam.error
 
 
 async def test_concurrency_is_bounded(db, tmp_path, stubs):

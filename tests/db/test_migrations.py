@@ -69,3 +69,40 @@ def test_claim_index_exists_with_its_predicate(empty_db):
     names = {ix["name"] for ix in inspect(empty_db.engine).get_indexes("exams")}
     assert {"ix_exams_claim", "ix_exams_lease", "ix_exams_status_created",
             "ix_exams_region_created", "ix_exams_created", "ix_exams_cnp"} <= names
+
+
+def test_0007_carries_reviews_and_reasons_over(empty_db):
+    """Data written before 0007: a reviewed AI report's review becomes its first recorded
+    review (version 1); error and ignore exams get a reason code from their text."""
+    from alembic import command
+    from sqlalchemy import text
+
+    command.upgrade(migrate.alembic_config(empty_db.engine), "0006")
+    now = "2026-11-30 10:00:00"
+    with empty_db.engine.begin() as c:
+        for uid, status, error in (("1.1", "done", ""), ("1.2", "error", "conversion failed: x"),
+                                   ("1.3", "error", "ModelRejected: primary answered HTTP 400"),
+                                   ("1.4", "ignore", ""), ("1.5", "error", "lease expired: w")):
+            c.execute(text(
+                "INSERT INTO exams (uid, study_uid, series_uid, accession, modality, region, "
+                "projection, protocol, body_part, study_description, series_description, "
+                "calling_aet, priority, status, error, attempts, created, updated) VALUES "
+                "(:uid, '', '', '', 'CR', 'chest', '', '', '', '', '', '', 0, :status, "
+                ":error, 0, :now, :now)"), {"uid": uid, "status": status, "error": error,
+                                             "now": now})
+        c.execute(text(
+            "INSERT INTO ai_reports (uid, text, positive, severity, confidence, summary, model, "
+            "endpoint, latency, reviewed, review_correct, review_note, reviewed_by, "
+            "reviewed_at, created, updated) VALUES ('1.1', 'FINDINGS: x', 1, 7, 80, 's', 'm', "
+            "'primary', 1.5, :t, 0, 'missed it', 'dr.a', :now, :now, :now)"),
+            {"now": now, "t": True})
+    migrate.upgrade(empty_db.engine)
+    with empty_db.engine.connect() as c:
+        reviews = c.execute(text("SELECT uid, version, correct, note, username FROM reviews"
+                                 )).all()
+        report = c.execute(text("SELECT version, prompt_version, text FROM ai_reports")).one()
+        reasons = dict(c.execute(text("SELECT uid, reason_code FROM exams")).all())
+    assert [tuple(r) for r in reviews] == [("1.1", 1, False, "missed it", "dr.a")]
+    assert tuple(report) == (1, "", "FINDINGS: x")
+    assert reasons == {"1.1": "", "1.2": "decode_failed", "1.3": "model_rejected",
+                       "1.4": "no_region_rule", "1.5": "worker_lost"}

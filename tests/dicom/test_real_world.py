@@ -191,6 +191,7 @@ async def test_one_association_of_real_world_files(ingest, tmp_path):
     assert counts[QUEUED] == 4 and counts[ERROR] == 1 and counts[IGNORE] == 1
     cut = await ingest.db.read(repo.get_exam, CUT_UID)
     assert cut.exam.status == ERROR and "truncated" in cut.exam.error
+    assert cut.exam.reason_code == "decode_failed"
     assert ingest.store.get(CUT_UID, "png") is None  # no image for the model or a reader
     stored = await ingest.db.read(repo.get_exam, "999.999.01.23.45.6789")  # as received
     assert stored is not None and stored.exam.status == QUEUED

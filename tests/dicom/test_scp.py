@@ -61,7 +61,11 @@ async def test_every_instance_becomes_one_exam_with_metadata_region_and_png(inge
     regions = {dcmread(p).SOPInstanceUID: r for p, r in zip(
         files, ["chest", "hand", "", "chest"], strict=True)}
     for uid, region in regions.items():
-        assert (await ingest.db.read(repo.get_exam, uid)).exam.region == region
+        exam = (await ingest.db.read(repo.get_exam, uid)).exam
+        assert exam.region == region
+        if not region:  # ignored, and the reason names the text no rule matched
+            assert (exam.status, exam.reason_code) == (IGNORE, "no_region_rule")
+            assert exam.error == "no region rule matches study 'Something else'"
 
 
 async def test_second_store_of_the_same_instance_is_not_a_second_exam(ingest, tmp_path):

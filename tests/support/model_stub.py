@@ -3,7 +3,8 @@
 Told per request what to do through ``mode``: ``ok`` (a report, or CHK JSON for check
 prompts), ``delay`` (answer after ``delay`` seconds), ``500``, ``drop`` (close the
 connection), ``hang`` (never answer), ``malformed`` (broken JSON), ``chk_nojson`` (CHK
-answered in prose). ``capacity`` bounds concurrent requests (more wait), like a GPU.
+answered in prose), ``400`` (vLLM's answer to a request it refuses, e.g. too many
+images). ``capacity`` bounds concurrent requests (more wait), like a GPU.
 Translation prompts are answered with ``[en] `` and the user's text; ``checks`` maps a
 piece of report text to the CHK answer for reports containing it.
 """
@@ -71,6 +72,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     mode = state.mode
     if mode == "500":
         return web.Response(status=500, text="engine error")
+    if mode == "400":
+        return web.json_response({"object": "error", "type": "BadRequestError", "code": 400,
+                                  "message": "At most 1 image(s) may be provided in one "
+                                             "request."}, status=400)
     if mode == "drop":
         request.transport.close()
         return web.Response(status=500)

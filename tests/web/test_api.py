@@ -13,6 +13,7 @@ from xrayvision.db.models import DONE, PROCESSING, QUEUED, AuditLog, Exam
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.events import ENDPOINT_HEALTH
 from xrayvision.web.api import load_spec
+from xrayvision.web.context import SETTINGS
 
 PNG = b"\x89PNG\r\n\x1a\n image"
 
@@ -253,6 +254,69 @@ async def test_requeue(api):
     assert resp.status == 409
 
 
+async def test_a_requeue_keeps_the_review_and_the_read_it_replaces(api):
+    """Review, requeue, a new read: the first read and its review stay readable in the
+    exam's history; reviewing twice keeps both verdicts."""
+    client, services = api
+    seed(services.db)
+    h = basic("rad")
+    for correct, note in ((True, "fine"), (False, "missed the effusion")):
+        resp = await client.post("/api/rad_review", headers=h,
+                                 json={"uid": "1.2.3.1", "correct": correct, "note": note})
+        assert (await resp.json())["version"] == 1
+    assert (await client.post("/api/requeue", json={"uid": "1.2.3.1"}, headers=h)).status == 200
+    detail = await (await client.get("/api/exams/1.2.3.1", headers=h)).json()
+    assert detail["status"] == "requeue" and detail["ai"]["version"] == 1
+    assert detail["ai"]["review_note"] == "missed the effusion"  # until a new read exists
+    services.db.write_sync(repo.save_ai_read, "1.2.3.1", text="FINDINGS: effusion",
+                           severity=6, positive=1, model="m", endpoint="primary",
+                           prompt_version="abc")
+    detail = await (await client.get("/api/exams/1.2.3.1", headers=h)).json()
+    assert detail["ai"]["version"] == 2 and detail["ai"]["reviewed"] is False
+    assert detail["ai"]["prompt_version"] == "abc" and detail["ai"]["text"].endswith("effusion")
+    (first,) = detail["history"]["versions"]
+    assert (first["version"], first["severity"], first["review_correct"],
+            first["review_note"], first["reviewed_by"]) == (1, 7, 0, "missed the effusion",
+                                                            "rad")
+    assert first["text"] == "FINDINGS: x\nIMPRESSION: y" and first["superseded"]
+    assert [(r["version"], r["correct"], r["note"]) for r in detail["history"]["reviews"]] \
+        == [(1, True, "fine"), (1, False, "missed the effusion")]
+    listed = await (await client.get("/api/exams?region=chest", headers=h)).json()
+    assert next(e for e in listed["exams"] if e["uid"] == "1.2.3.1")["ai"]["version"] == 2
+
+
+async def test_ignored_and_failed_exams_say_why(api):
+    client, services = api
+    seed(services.db)
+    services.db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.2.3.4").values(
+        error="conversion failed: pixel data is truncated", reason_code="decode_failed")))
+    services.db.write_sync(records.add_exam, ExamInfo(uid="1.2.3.5", status="ignore",
+                                                      body_part="NECK"), None)
+    services.db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.2.3.5").values(
+        error="no region rule matches body part 'NECK'", reason_code="no_region_rule")))
+    h = basic("rad")
+    listed = await (await client.get("/api/exams?status=error,ignore", headers=h)).json()
+    reasons = {e["uid"]: (e["reason_code"], e["reason"]) for e in listed["exams"]}
+    assert reasons == {
+        "1.2.3.4": ("decode_failed", "conversion failed: pixel data is truncated"),
+        "1.2.3.5": ("no_region_rule", "no region rule matches body part 'NECK'")}
+    done = await (await client.get("/api/exams/1.2.3.1", headers=h)).json()
+    assert (done["reason_code"], done["reason"]) == ("", "")
+    # Sent to the model as a chosen region: the reason goes, the region is set.
+    bad = await client.post("/api/requeue", json={"uid": "1.2.3.5", "region": "neck"},
+                            headers=h)
+    assert bad.status == 400 and "region must be one of" in (await bad.json())["detail"]
+    resp = await client.post("/api/requeue", json={"uid": "1.2.3.5", "region": "chest"},
+                             headers=h)
+    assert resp.status == 200 and (await resp.json())["region"] == "chest"
+    exam = services.db.read_sync(repo.get_exam, "1.2.3.5").exam
+    assert (exam.status, exam.region, exam.reason_code, exam.error) == (
+        "requeue", "chest", "", "")
+    audit = services.db.read_sync(lambda s: s.scalars(select(AuditLog.detail).where(
+        AuditLog.action == "requeue", AuditLog.target == "1.2.3.5")).all())
+    assert audit == ["region chest"]
+
+
 async def test_config_has_no_secrets_and_is_audited(api):
     client, services = api
     resp = await client.get("/api/config", headers=basic("viewer"))
@@ -315,7 +379,10 @@ async def test_security_headers(api):
 async def test_spec_lists_exactly_the_routes(api):
     client, _ = api
     spec = await (await client.get("/api/spec", headers=basic("viewer"))).json()
-    assert spec == load_spec()
+    assert spec == load_spec(client.app[SETTINGS].regions)
+    region = spec["paths"]["/api/requeue"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]["region"]
+    assert region["enum"][:2] == ["", "abdomen"] and "chest" in region["enum"]
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     served = {(r.method, r.resource.canonical) for r in client.app.router.routes()
               if r.resource.canonical.startswith("/api/") and r.method != "HEAD"}

@@ -32,9 +32,13 @@ async def test_dashboard_then_events(api):
         assert event == {"type": "exam.queued", "uid": "1.2.4", "region": "chest"}
         refreshed = await receive(ws)  # queue sizes follow a queue event
         assert refreshed["type"] == "dashboard"
-        await services.bus.publish("endpoint.health", primary=False, secondary=True)
+        down = {"healthy": False, "error": "GET http://gpu:8000/health: HTTP 503",
+                "error_at": "2026-12-02T10:00:00+00:00"}
+        await services.bus.publish("endpoint.health", primary=down,
+                                   secondary={"healthy": True, "error": "", "error_at": ""})
         assert (await receive(ws))["type"] == "endpoint.health"
         assert services.hub.health == {"primary": False, "secondary": True}
+        assert services.hub.endpoint_errors["primary"]["error"] == down["error"]
 
 
 async def test_many_clients_and_disconnects(api):

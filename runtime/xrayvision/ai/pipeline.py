@@ -4,7 +4,9 @@ services of :mod:`xrayvision.ai.text`), stored with the exam's completion.
 :meth:`Pipeline.process_exam` runs both model calls (report, then CHK) before writing, and
 stores the report and completes the exam in one transaction: a crash or a lost lease
 leaves the exam to be processed again, never half-done. A requeued exam (one that already
-has a report) goes through the REV prompt with its previous report.
+has a report) goes through the REV prompt with its previous report, and its new report is
+the next version (the previous one is kept, with its review: ``repo.save_ai_read``); a
+severe finding is notified once per version.
 """
 
 from __future__ import annotations
@@ -145,11 +147,11 @@ class Pipeline:
         check = await self.text.check_report(report.text)
 
         def store_and_complete(session: Session) -> Any:
-            repo.save_ai_report(
+            repo.save_ai_read(
                 session, uid, text=report.text, positive=check.positive,
                 severity=check.severity, confidence=check.confidence, summary=check.summary,
                 model=result.model, endpoint=result.endpoint, latency=round(result.seconds, 3),
-                reviewed=False,
+                prompt_version=self.prompts.version,
             )
             queue.complete(session, uid, worker)
             self.bus.publish_in(session, REPORT_READY, uid=uid, severity=check.severity,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +24,13 @@ class Prompts:
     chk: str  # strict JSON: positive, severity, confidence, summary
     ana: str  # multi-pass analysis
     trn: str  # Romanian -> English
+
+    @functools.cached_property
+    def version(self) -> str:
+        """Names the prompts a report was read with (12 hex digits of a hash of REP, USR,
+        REV and CHK): two reads with the same version were asked the same way."""
+        text = "\0".join((self.rep, self.usr, self.rev, self.chk))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def default_dir() -> Path:

@@ -26,8 +26,8 @@ import socket
 from sqlalchemy.exc import SQLAlchemyError
 
 from xrayvision import metrics
-from xrayvision.ai.client import ModelUnavailable
-from xrayvision.ai.pipeline import Pipeline
+from xrayvision.ai.client import ModelBadOutput, ModelRejected, ModelUnavailable
+from xrayvision.ai.pipeline import MissingImage, Pipeline
 from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database, is_transient
 from xrayvision.db.models import utcnow
@@ -174,7 +174,7 @@ class Relay:
             reason = f"{type(exc).__name__}: {exc}"[:1000]
             status = await self._safe(queue.fail, uid, self.worker, reason,
                                       max_attempts=self.max_attempts,
-                                      base_delay=self.retry_delay)
+                                      base_delay=self.retry_delay, code=reason_code(exc))
             metrics.EXAMS_PROCESSED.labels("error" if status == "error" else "retry").inc()
             log.warning("exam failed", extra={"uid": uid, "reason": reason, "status": status})
         finally:
@@ -190,6 +190,17 @@ class Relay:
             return await self.db.write_patiently(fn, *args, **kwargs)
         except queue.LeaseLost:
             return None
+
+
+def reason_code(exc: Exception) -> str:
+    """The code an exam's failed read is recorded with (``models.REASON_CODES``)."""
+    if isinstance(exc, ModelRejected):
+        return "model_rejected"
+    if isinstance(exc, ModelBadOutput):
+        return "model_bad_output"
+    if isinstance(exc, MissingImage):
+        return "image_missing"
+    return "read_failed"
 
 
 async def export_queue_metrics(db: Database, interval: float = 15.0) -> None:

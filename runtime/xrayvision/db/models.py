@@ -36,6 +36,14 @@ NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE = (
 STATUSES = (NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE)
 CLAIMABLE = (QUEUED, REQUEUE)
 
+# Why an exam is ``ignore`` or ``error`` (``exams.reason_code``; ``exams.error`` holds the
+# plain-language reason): no region rule matched its text; the received DICOM is gone
+# from the store; its pixels cannot be converted; the model refused the request (4xx);
+# the model never answered a chat completion; the PNG is gone; the relay reading it
+# stopped (crash, lost lease) too often; any other failure of a read.
+REASON_CODES = ("no_region_rule", "dicom_missing", "decode_failed", "model_rejected",
+                "model_bad_output", "image_missing", "worker_lost", "read_failed")
+
 # Literal SQL shared by the partial indexes and the queries that must match them.
 CLAIMABLE_SQL = text("status IN ('queued', 'requeue')")
 PROCESSING_SQL = text("status = 'processing'")
@@ -114,7 +122,8 @@ class Exam(Base):
     calling_aet: Mapped[str] = mapped_column(String(16), default="")
     priority: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default=NONE)
-    error: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")  # the reason, in plain language
+    reason_code: Mapped[str] = mapped_column(String(32), default="", server_default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -152,6 +161,9 @@ class Exam(Base):
 
 
 class AIReport(Base):
+    """The exam's current AI read (the latest version) and the review of it; earlier
+    versions are in :class:`AIReportVersion`, every review in :class:`Review`."""
+
     __tablename__ = "ai_reports"
 
     uid: Mapped[str] = mapped_column(
@@ -165,6 +177,8 @@ class AIReport(Base):
     model: Mapped[str] = mapped_column(String(256), default="")
     endpoint: Mapped[str] = mapped_column(String(32), default="")  # primary / secondary
     latency: Mapped[float] = mapped_column(Float, default=0.0)  # seconds
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    prompt_version: Mapped[str] = mapped_column(String(16), default="", server_default="")
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)
     # A radiologist's verdict on this report: 1 correct, 0 incorrect, -1 not reviewed.
     review_correct: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
@@ -181,6 +195,49 @@ class AIReport(Base):
         CheckConstraint("review_correct BETWEEN -1 AND 1", name="review_correct"),
         Index("ix_ai_reports_severity", "severity"),
     )
+
+
+class AIReportVersion(Base):
+    """An AI read that a later one replaced (a requeue), kept as it was with the review it
+    had: nothing a model or a user produced is deleted by a new read."""
+
+    __tablename__ = "ai_report_versions"
+
+    uid: Mapped[str] = mapped_column(
+        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    positive: Mapped[int] = mapped_column(Integer, default=-1)
+    severity: Mapped[int] = mapped_column(Integer, default=-1)
+    confidence: Mapped[int] = mapped_column(Integer, default=-1)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(String(256), default="")
+    endpoint: Mapped[str] = mapped_column(String(32), default="")
+    latency: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_version: Mapped[str] = mapped_column(String(16), default="")
+    review_correct: Mapped[int] = mapped_column(Integer, default=-1)
+    review_note: Mapped[str] = mapped_column(Text, default="")
+    reviewed_by: Mapped[str] = mapped_column(String(128), default="")
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # when this read was stored
+    superseded: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Review(Base):
+    """Every verdict a radiologist gave on an AI read (the latest one per version is also
+    on the report): changing one's mind adds a row."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(ForeignKey("exams.uid", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)  # of the AI read reviewed
+    correct: Mapped[bool] = mapped_column(Boolean)
+    note: Mapped[str] = mapped_column(Text, default="")
+    username: Mapped[str] = mapped_column(String(128), default="")
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_reviews_uid", "uid"),)
 
 
 class RadReport(Base):

@@ -103,7 +103,7 @@ _COMPLETE = (
     update(EXAMS)
     .where(_HELD)
     .values(status=DONE, lease_owner=None, lease_expires=None, not_before=None, error="",
-            updated=bindparam("p_now"))
+            reason_code="", updated=bindparam("p_now"))
 )
 
 
@@ -149,12 +149,14 @@ def retry_delay(base: float, attempts: int) -> float:
 
 
 def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: int,
-         base_delay: float, now: dt.datetime | None = None) -> str:
+         base_delay: float, now: dt.datetime | None = None,
+         code: str = "read_failed") -> str:
     """Counts a failed attempt; returns the new status.
 
     Below ``max_attempts`` the exam goes back to ``queued``, deferred by the back-off;
-    at ``max_attempts`` it goes to ``error`` with ``reason``. Raises LeaseLost when
-    ``worker`` no longer holds the exam.
+    at ``max_attempts`` it goes to ``error``. Either way ``reason`` and ``code`` (one of
+    ``models.REASON_CODES``) say what went wrong last. Raises LeaseLost when ``worker``
+    no longer holds the exam.
     """
     now = now or utcnow()
     attempts = session.connection().scalar(
@@ -169,6 +171,7 @@ def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: 
         status=ERROR if final else QUEUED,
         attempts=attempts,
         error=reason[:2000],
+        reason_code=code,
         lease_owner=None,
         lease_expires=None,
         not_before=None if final else now + dt.timedelta(seconds=retry_delay(base_delay, attempts)),
@@ -206,15 +209,21 @@ def renew(session: Session, uid: str, worker: str, lease_seconds: float,
     _update_held(session, uid, worker, lease_expires=now + dt.timedelta(seconds=lease_seconds))
 
 
-def requeue(session: Session, uid: str, now: dt.datetime | None = None) -> bool:
-    """Puts an exam back for a new report (status ``requeue``, attempts reset).
+def requeue(session: Session, uid: str, now: dt.datetime | None = None,
+            region: str = "") -> bool:
+    """Puts an exam back for a new report (status ``requeue``, attempts reset, the last
+    reason cleared); with ``region``, read as that region (an ignored exam a user sends
+    to the model). Its reports are untouched: the new read becomes the next version.
 
     Returns False when the exam does not exist or is being processed right now.
     """
+    values: dict[str, Any] = {"status": REQUEUE, "attempts": 0, "error": "",
+                              "reason_code": "", "not_before": None,
+                              "updated": now or utcnow()}
+    if region:
+        values["region"] = region
     result = session.connection().execute(
-        update(EXAMS)
-        .where(EXAMS.c.uid == uid, EXAMS.c.status != PROCESSING)
-        .values(status=REQUEUE, attempts=0, error="", not_before=None, updated=now or utcnow())
+        update(EXAMS).where(EXAMS.c.uid == uid, EXAMS.c.status != PROCESSING).values(values)
     )
     if result.rowcount:
         metrics.QUEUE_TRANSITIONS.labels("requeue").inc()
@@ -236,7 +245,8 @@ def reclaim_expired(session: Session, *, max_attempts: int,
         .where(expired, EXAMS.c.attempts + 1 >= max_attempts)
         .values(
             status=ERROR, attempts=EXAMS.c.attempts + 1, lease_owner=None, lease_expires=None,
-            error="lease expired: the worker stopped before finishing", updated=now,
+            error="lease expired: the worker stopped before finishing",
+            reason_code="worker_lost", updated=now,
         )
     ).rowcount
     requeued = conn.execute(
@@ -302,7 +312,8 @@ def reclaim_gone(session: Session, workers: list[str], *, max_attempts: int,
         update(EXAMS).where(held, EXAMS.c.attempts + 1 >= max_attempts)
         .values(status=ERROR, attempts=EXAMS.c.attempts + 1, lease_owner=None,
                 lease_expires=None, updated=now,
-                error="the worker reading it stopped (crash) before finishing")).rowcount
+                error="the worker reading it stopped (crash) before finishing",
+                reason_code="worker_lost")).rowcount
     requeued = conn.execute(
         update(EXAMS).where(held)
         .values(status=QUEUED, attempts=EXAMS.c.attempts + 1, lease_owner=None,

@@ -98,6 +98,19 @@ def _timed_convert(source: bytes | str, opts: ConvertOptions):
     return png, time.perf_counter() - started
 
 
+def no_region_reason(exam: Exam) -> str:
+    """Why no region rule matched, with the header text the rules were tried on, so that
+    an administrator can see which rule to add (``[regions]``)."""
+    said, seen = [], set()
+    for label, value in (("body part", exam.body_part), ("study", exam.study_description),
+                         ("series", exam.series_description), ("protocol", exam.protocol)):
+        if value and value not in seen:  # modalities often repeat one text in all three
+            said.append(f"{label} {value!r}")
+            seen.add(value)
+    return ("no region rule matches " + ", ".join(said) if said
+            else "no region rule matched (the header names no body part or description)")
+
+
 class ConversionWorker:
     PAUSE = 0.2  # seconds without a new instance: the sender has paused
 
@@ -228,24 +241,28 @@ class ConversionWorker:
     async def convert(self, uid: str) -> str | None:
         """Converts one exam; returns its new status (None when already converted)."""
         source = await asyncio.to_thread(self._source, uid)
+        missing = "received DICOM missing from the store"
         if source is None:
-            return await self._finish(uid, ERROR, "received DICOM missing from the store")
+            return await self._finish(uid, ERROR, missing, "dicom_missing")
         try:
             converted, seconds = await self._run_in_pool(source)
         except FileNotFoundError:
-            return await self._finish(uid, ERROR, "received DICOM missing from the store")
+            return await self._finish(uid, ERROR, missing, "dicom_missing")
         except ConversionError as exc:
             log.warning("instance cannot be converted", extra={"uid": uid, "reason": str(exc)})
-            return await self._finish(uid, ERROR, f"conversion failed: {exc}")
+            return await self._finish(uid, ERROR, f"conversion failed: {exc}", "decode_failed")
         metrics.CONVERT_SECONDS.observe(seconds)
         await asyncio.to_thread(self.store.put, uid, "png", converted.png)
         row = await self.db.read(repo.get_exam, uid)
-        region = row.exam.region if row else ""
-        return await self._finish(uid, QUEUED if region else IGNORE)
+        if row is not None and row.exam.region:
+            return await self._finish(uid, QUEUED)
+        reason = no_region_reason(row.exam) if row is not None else "no region rule matched"
+        return await self._finish(uid, IGNORE, reason, "no_region_rule")
 
-    async def _finish(self, uid: str, status: str, error: str = "") -> str | None:
+    async def _finish(self, uid: str, status: str, error: str = "",
+                      code: str = "") -> str | None:
         def finish(session: Session) -> Exam | None:
-            exam = repo.finish_conversion(session, uid, status, error)
+            exam = repo.finish_conversion(session, uid, status, error, code)
             if exam is not None and status == QUEUED:
                 self.bus.publish_in(session, EXAM_QUEUED, uid=uid, region=exam.region,
                                     priority=exam.priority)

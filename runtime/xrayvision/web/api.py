@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
@@ -20,7 +21,7 @@ from xrayvision.ai.text import TextServices
 from xrayvision.config import Settings, mask_url
 from xrayvision.db import queue, repo, stats
 from xrayvision.db.engine import Database
-from xrayvision.db.models import STATUSES
+from xrayvision.db.models import ERROR, IGNORE, STATUSES
 from xrayvision.db.repo import ExamFilter, ExamRow, PageRow
 from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
 from xrayvision.images import InvalidUID, validate_uid
@@ -150,6 +151,9 @@ def exam_json(row: ExamRow | PageRow, *, full: bool = False) -> dict[str, Any]:
         "status": e.status, "region": e.region, "projection": e.projection,
         "modality": e.modality, "priority": e.priority, "created": _iso(e.created),
         "series_datetime": _iso(e.series_datetime),
+        # Why an exam is ignore or error; "" otherwise.
+        "reason_code": e.reason_code if e.status in (IGNORE, ERROR) else "",
+        "reason": e.error if e.status in (IGNORE, ERROR) else "",
         "patient": {"cnp": p.cnp, "name": p.name, "sex": p.sex,
                     "birth_date": _iso(p.birth_date)} if p is not None else None,
         "ai": None, "rad": None,
@@ -157,11 +161,13 @@ def exam_json(row: ExamRow | PageRow, *, full: bool = False) -> dict[str, Any]:
     if a is not None:
         out["ai"] = {"severity": a.severity, "positive": a.positive,
                      "confidence": a.confidence, "summary": a.summary,
-                     "reviewed": a.reviewed, "review_correct": a.review_correct}
+                     "reviewed": a.reviewed, "review_correct": a.review_correct,
+                     "version": a.version}
         if full:
             out["ai"].update(text=a.text, model=a.model, endpoint=a.endpoint,
-                             latency=a.latency, review_note=a.review_note,
-                             reviewed_by=a.reviewed_by, reviewed_at=_iso(a.reviewed_at),
+                             latency=a.latency, prompt_version=a.prompt_version,
+                             review_note=a.review_note, reviewed_by=a.reviewed_by,
+                             reviewed_at=_iso(a.reviewed_at), created=_iso(a.created),
                              updated=_iso(a.updated))
     if r is not None:
         out["rad"] = {"severity": r.severity, "positive": r.positive, "summary": r.summary,
@@ -218,13 +224,35 @@ def _path_uid(request: web.Request) -> str:
         raise web.HTTPNotFound(text="no exam with that uid (not a DICOM UID)") from None
 
 
+def history_json(history: repo.AIHistory) -> dict[str, Any]:
+    """Earlier AI reads (each with the review it had when replaced) and every review."""
+    return {
+        "versions": [{"version": v.version, "text": v.text, "severity": v.severity,
+                      "positive": v.positive, "confidence": v.confidence,
+                      "summary": v.summary, "model": v.model, "endpoint": v.endpoint,
+                      "latency": v.latency, "prompt_version": v.prompt_version,
+                      "review_correct": v.review_correct, "review_note": v.review_note,
+                      "reviewed_by": v.reviewed_by, "reviewed_at": _iso(v.reviewed_at),
+                      "created": _iso(v.created), "superseded": _iso(v.superseded)}
+                     for v in history.versions],
+        "reviews": [{"version": r.version, "correct": r.correct, "note": r.note,
+                     "by": r.username, "at": _iso(r.at)} for r in history.reviews],
+    }
+
+
 async def get_exam(request: web.Request) -> web.Response:
     require(request, READ)
     uid = _path_uid(request)
-    row = await database(request).read(repo.get_exam, uid)
-    if row is None:
+
+    def read(session):
+        row = repo.get_exam(session, uid)
+        return None if row is None else (row, repo.ai_history(session, uid))
+
+    found = await database(request).read(read)
+    if found is None:
         raise web.HTTPNotFound(text=f"no exam {uid}")
-    return web.json_response(exam_json(row, full=True))
+    row, history = found
+    return web.json_response({**exam_json(row, full=True), "history": history_json(history)})
 
 
 async def get_image(request: web.Request) -> web.Response:
@@ -398,34 +426,44 @@ async def rad_review(request: web.Request) -> web.Response:
     found = services(request)
 
     def write(session):
-        if not repo.review_ai_report(session, uid, correct=correct, note=note,
-                                     username=identity.username):
-            return False
+        version = repo.review_ai_report(session, uid, correct=correct, note=note,
+                                        username=identity.username)
+        if version is None:
+            return None
         repo.audit(session, "review", username=identity.username, target=uid,
-                   remote=request[CLIENT_IP], detail="correct" if correct else "incorrect")
+                   remote=request[CLIENT_IP],
+                   detail=f"{'correct' if correct else 'incorrect'} (version {version})")
         if found.bus is not None:
             found.bus.publish_in(session, EXAM_REVIEWED, uid=uid, correct=correct)
-        return True
+        return version
 
     assert found.db is not None
-    if not await found.db.write(write):
+    version = await found.db.write(write)
+    if version is None:
         raise web.HTTPNotFound(text=f"exam {uid} has no AI report to review")
-    return web.json_response({"uid": uid, "correct": correct})
+    return web.json_response({"uid": uid, "correct": correct, "version": version})
 
 
 async def requeue(request: web.Request) -> web.Response:
+    """A new model read of an exam (the current report stays until the new version
+    replaces it); ``region`` sends it as that region (an ignored exam, a wrong rule)."""
     require(request, REQUEUE)
-    uid = _uid_field(await json_body(request))
+    body = await json_body(request)
+    uid = _uid_field(body)
+    region = body.get("region", "")
+    regions = request.app[SETTINGS].regions
+    if not isinstance(region, str) or (region and region not in regions):
+        raise bad_request(f"region must be one of {', '.join(sorted(regions))}")
     identity = request[IDENTITY]
     found = services(request)
 
     def write(session):
         if repo.get_exam(session, uid) is None:
             return "missing"
-        if not queue.requeue(session, uid):
+        if not queue.requeue(session, uid, region=region):
             return "busy"
         repo.audit(session, "requeue", username=identity.username, target=uid,
-                   remote=request[CLIENT_IP])
+                   remote=request[CLIENT_IP], detail=f"region {region}" if region else "")
         if found.bus is not None:
             found.bus.publish_in(session, EXAM_REQUEUED, uid=uid)
         return "ok"
@@ -436,7 +474,8 @@ async def requeue(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"no exam {uid}")
     if outcome == "busy":
         raise web.HTTPConflict(text=f"exam {uid} is being processed now; try again later")
-    return web.json_response({"uid": uid, "status": "requeue"})
+    return web.json_response({"uid": uid, "status": "requeue", **({"region": region}
+                                                                  if region else {})})
 
 
 async def config(request: web.Request) -> web.Response:
@@ -476,8 +515,15 @@ def _endpoints(settings: Settings, hub: Hub | None) -> list[dict]:
             for name, (url, model) in configured.items() if url]
 
 
-def load_spec() -> dict:
-    return json.loads(resources.files("xrayvision.web").joinpath("openapi.json").read_text())
+def load_spec(regions: Iterable[str] | None = None) -> dict:
+    """The OpenAPI document; with ``regions`` (the configured ones), the region a requeue
+    may name is listed, as this server will accept it."""
+    spec = json.loads(resources.files("xrayvision.web").joinpath("openapi.json").read_text())
+    if regions is not None:
+        body = spec["paths"]["/api/requeue"]["post"]["requestBody"]
+        body["content"]["application/json"]["schema"]["properties"]["region"]["enum"] = \
+            ["", *sorted(regions)]
+    return spec
 
 
 async def spec(request: web.Request) -> web.Response:
@@ -492,7 +538,7 @@ STATS = web.AppKey("stats", AggregateCache)
 
 def setup_api_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
-    app[SPEC] = load_spec()
+    app[SPEC] = load_spec(settings.regions)
     app[TOTALS] = AggregateCache(settings.web.count_cache, size=512)
     app[STATS] = AggregateCache(settings.web.stats_cache, size=256, stale_while_revalidate=True)
     r = app.router

@@ -31,10 +31,12 @@ from xrayvision.db.models import (
     NONE,
     QUEUED,
     AIReport,
+    AIReportVersion,
     Base,
     Exam,
     Patient,
     RadReport,
+    Review,
     utcnow,
 )
 
@@ -173,8 +175,10 @@ def get_exam(session: Session, uid: str) -> ExamRow | None:
     return ExamRow(*row) if row else None
 
 
-def finish_conversion(session: Session, uid: str, status: str, error: str = "") -> Exam | None:
-    """Moves an exam out of ``none`` (to queued, ignore or error) after conversion.
+def finish_conversion(session: Session, uid: str, status: str, error: str = "",
+                      code: str = "") -> Exam | None:
+    """Moves an exam out of ``none`` (to queued, ignore or error) after conversion; for
+    ignore and error, ``error`` says why and ``code`` is one of ``REASON_CODES``.
 
     Returns the exam, or None when it was not in ``none`` any more (converted meanwhile
     by another process), so each conversion is announced once.
@@ -183,7 +187,7 @@ def finish_conversion(session: Session, uid: str, status: str, error: str = "") 
         raise ValueError(f"conversion cannot end in {status!r}")
     result = session.execute(
         update(Exam).where(Exam.uid == uid, Exam.status == NONE)
-        .values(status=status, error=error[:2000], updated=utcnow()),
+        .values(status=status, error=error[:2000], reason_code=code, updated=utcnow()),
         execution_options={"synchronize_session": False},
     )
     return session.get(Exam, uid) if rowcount(result) else None
@@ -225,7 +229,8 @@ def purge_error_exams(session: Session, older_than: dt.datetime, limit: int = 10
 def _delete_exams(session: Session, uids: Sequence[str]) -> None:
     if not uids:
         return
-    for model in (AIReport, RadReport, Exam):  # explicit: SQLite may run without FK cascades
+    # explicit: SQLite may run without FK cascades
+    for model in (AIReportVersion, Review, AIReport, RadReport, Exam):
         session.execute(
             delete(model).where(model.uid.in_(uids)),
             execution_options={"synchronize_session": False},

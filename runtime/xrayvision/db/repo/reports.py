@@ -1,6 +1,10 @@
 """The AI's and the radiologist's reports (upserts by exam UID), what a model read needs
 of an exam (:class:`ReportContext`), the radiologist's review of an AI report, and what
-the FHIR poller reads."""
+the FHIR poller reads.
+
+AI reads are versioned: :func:`save_ai_read` moves the current read (with its review) to
+``ai_report_versions`` before storing the new one as the next version, and every review is
+also appended to ``reviews``; nothing a model or a radiologist produced is overwritten."""
 
 from __future__ import annotations
 
@@ -14,20 +18,22 @@ from sqlalchemy import (
     Insert,
     Select,
     bindparam,
+    insert,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from xrayvision.db.engine import rowcount
 from xrayvision.db.models import (
     DONE,
     AIReport,
+    AIReportVersion,
     Base,
     Exam,
     Patient,
     RadReport,
+    Review,
     utcnow,
 )
 
@@ -38,22 +44,27 @@ _RAD_FIELDS = {c.key for c in RadReport.__table__.columns} - {"uid", "created", 
 
 
 @functools.lru_cache(maxsize=64)
-def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...]) -> Insert:
+def _upsert_statement(dialect: str, table_name: str, fields: tuple[str, ...],
+                      new_version: bool = False) -> Insert:
     """INSERT ... ON CONFLICT (uid) DO UPDATE for one set of fields, built once: building
-    a statement costs more CPU than running it on the relay's per-exam path."""
+    a statement costs more CPU than running it on the relay's per-exam path. With
+    ``new_version`` an existing row becomes the next version (its ``version`` + 1, created
+    now)."""
     table = Base.metadata.tables[table_name]
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
     columns = ("uid", "created", "updated", *fields)
-    stmt = insert(table).values({c: bindparam(c, type_=table.c[c].type) for c in columns})
+    stmt = insert_(table).values({c: bindparam(c, type_=table.c[c].type) for c in columns})
     if fields:
-        return stmt.on_conflict_do_update(
-            index_elements=["uid"],
-            set_={**{f: stmt.excluded[f] for f in fields}, "updated": stmt.excluded.updated})
+        set_: dict[str, Any] = {**{f: stmt.excluded[f] for f in fields},
+                                "updated": stmt.excluded.updated}
+        if new_version:
+            set_.update(version=table.c.version + 1, created=stmt.excluded.created)
+        return stmt.on_conflict_do_update(index_elements=["uid"], set_=set_)
     return stmt.on_conflict_do_nothing(index_elements=["uid"])
 
 
 def _upsert_report(session: Session, model: Any, allowed: set[str], uid: str,
-                   fields: dict[str, Any]) -> None:
+                   fields: dict[str, Any], new_version: bool = False) -> None:
     """One INSERT ... ON CONFLICT DO UPDATE on the table (both backends): a single round
     trip and no ORM bookkeeping, since this sits on the relay's per-exam path."""
     unknown = set(fields) - allowed
@@ -61,13 +72,44 @@ def _upsert_report(session: Session, model: Any, allowed: set[str], uid: str,
         raise ValueError(f"unknown {model.__tablename__} fields: {', '.join(sorted(unknown))}")
     now = utcnow()
     names = tuple(sorted(fields))
-    stmt = _upsert_statement(session.get_bind().dialect.name, model.__tablename__, names)
+    stmt = _upsert_statement(session.get_bind().dialect.name, model.__tablename__, names,
+                             new_version)
     session.connection().execute(stmt, {"uid": uid, "created": now, "updated": now, **fields})
 
 
 def save_ai_report(session: Session, uid: str, **fields: Any) -> None:
-    """Creates or updates the exam's AI report with ``fields`` (columns of ai_reports)."""
+    """Updates the exam's current AI read in place (or creates it) with ``fields``
+    (columns of ai_reports); a new read goes through :func:`save_ai_read`."""
     _upsert_report(session, AIReport, _AI_FIELDS, uid, fields)
+
+
+_VERSION_COLUMNS = ("uid", "version", "text", "positive", "severity", "confidence", "summary",
+                    "model", "endpoint", "latency", "prompt_version", "review_correct",
+                    "review_note", "reviewed_by", "reviewed_at", "created")
+
+
+def _archive_statement() -> Insert:
+    a = AIReport.__table__.c
+    return insert(AIReportVersion).from_select(
+        [*_VERSION_COLUMNS, "superseded"],
+        select(*(a[c] for c in _VERSION_COLUMNS),
+               bindparam("superseded", type_=AIReportVersion.__table__.c.superseded.type))
+        .where(a.uid == bindparam("uid")))
+
+
+# Built once (module import): it runs with every completed read.
+_ARCHIVE = _archive_statement()
+_UNREVIEWED = {"reviewed": False, "review_correct": -1, "review_note": "", "reviewed_by": "",
+               "reviewed_at": None}
+
+
+def save_ai_read(session: Session, uid: str, **fields: Any) -> None:
+    """Stores a new AI read of the exam as its current report: the read it replaces, if
+    any, is kept in ``ai_report_versions`` with its review, and the new one is version
+    n + 1 (1 for a first read), not reviewed yet. Two statements, no read."""
+    session.connection().execute(_ARCHIVE, {"uid": uid, "superseded": utcnow()})
+    _upsert_report(session, AIReport, _AI_FIELDS, uid, {**fields, **_UNREVIEWED},
+                   new_version=True)
 
 
 def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
@@ -159,14 +201,36 @@ def unchecked_rad_reports(session: Session, uids: Sequence[str]) -> dict[str, st
 
 
 def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
-                     username: str) -> bool:
-    """Records a radiologist's verdict on the exam's AI report; False when the exam has no
-    AI report."""
-    result = session.execute(
+                     username: str) -> int | None:
+    """Records a radiologist's verdict on the exam's current AI read (on the report, and
+    appended to ``reviews``); returns the version reviewed, None when the exam has no AI
+    report."""
+    now = utcnow()
+    version = session.connection().scalar(
         update(AIReport).where(AIReport.uid == uid).values(
             reviewed=True, review_correct=1 if correct else 0, review_note=note[:4000],
-            reviewed_by=username[:128], reviewed_at=utcnow(), updated=utcnow()),
-        execution_options={"synchronize_session": False},
-    )
-    return bool(rowcount(result))
+            reviewed_by=username[:128], reviewed_at=now, updated=now)
+        .returning(AIReport.version))
+    if version is None:
+        return None
+    session.connection().execute(insert(Review), {
+        "uid": uid, "version": version, "correct": correct, "note": note[:4000],
+        "username": username[:128], "at": now})
+    return int(version)
+
+
+@dataclass(frozen=True)
+class AIHistory:
+    """An exam's earlier AI reads (oldest first) and every review (oldest first)."""
+
+    versions: list[AIReportVersion]
+    reviews: list[Review]
+
+
+def ai_history(session: Session, uid: str) -> AIHistory:
+    versions = session.scalars(select(AIReportVersion).where(AIReportVersion.uid == uid)
+                               .order_by(AIReportVersion.version)).all()
+    reviews = session.scalars(select(Review).where(Review.uid == uid)
+                              .order_by(Review.at, Review.id)).all()
+    return AIHistory(list(versions), list(reviews))
 
