@@ -88,7 +88,7 @@ async def test_pacs_going_away_mid_move_leaves_whole_instances_and_is_retried(tm
     storescu(pacs.aet, pacs.port, files)
     settings = pacs_settings(base, pacs, "move")
     async with running_ingest(base, db, tmp_path) as ingest:
-        ctx = IngestContext(settings, db, ingest.store, on_stored=lambda uid: None)
+        ctx = IngestContext(settings, db, ingest.store, on_stored=lambda uid, priority: None)
         qr = QueryRetrieve(settings, ctx, attempts=1, backoff=0.1)
         run = asyncio.create_task(asyncio.to_thread(qr.run_once))
 

@@ -72,3 +72,40 @@ async def test_conversion_waits_no_longer_than_convert_defer(tmp_path, db):
 async def test_convert_defer_zero_converts_at_once(tmp_path, db):
     first, last_arrival = await converted_at(tmp_path, db, defer=0, arrivals=15, every=0.1)
     assert first < last_arrival - 1.0
+
+
+async def test_an_urgent_instance_does_not_wait_for_a_pause_in_a_burst(tmp_path, db):
+    """A burst of routine instances, a ``stat`` one in the middle: the stat one is
+    converted at once (not after the burst or convert_defer), ahead of the routine ones
+    that arrived before it and were waiting."""
+    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_CONVERT_DEFER="30",
+                               XRAYVISION_DICOM_CONVERT_WORKERS="1")
+    worker = ConversionWorker(settings, db, FilesystemStore(tmp_path / "images"), LocalBus())
+    loop = asyncio.get_running_loop()
+    started = {}
+
+    async def convert(uid):
+        started.setdefault(uid, loop.time())
+
+    worker.convert = convert
+    runner = asyncio.create_task(worker.run())
+    try:
+        for n in range(20):
+            if n == 8:
+                arrived = loop.time()
+                worker.submit_threadsafe("9.9.9", 3)  # stat
+            worker.submit_threadsafe(f"1.2.3.{n}", 0)
+            await asyncio.sleep(0.1)
+        last = loop.time()
+        for _ in range(100):
+            if len(started) == 21:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert started["9.9.9"] - arrived < 0.5  # while the burst went on
+    assert min(started, key=started.get) == "9.9.9"  # before the 8 routine ones before it
+    routine = [t for uid, t in started.items() if uid != "9.9.9"]
+    assert min(routine) >= last  # they waited for the pause, as before
+    assert worker._pending == {}  # every one converted once

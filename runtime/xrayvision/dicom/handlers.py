@@ -47,7 +47,7 @@ class IngestContext:
     settings: Settings
     db: Database
     store: ImageStore
-    on_stored: Callable[[str], None]  # hands the UID to the conversion worker
+    on_stored: Callable[[str, int], None]  # hands (UID, priority) to the conversion worker
 
 
 def _peer(event) -> tuple[str, str]:
@@ -119,7 +119,7 @@ def handle_store(event, ctx: IngestContext) -> int:
     metrics.DICOM_INSTANCES.labels(recorded.outcome.value, "scp",
                                    recorded.exam.region or "none").inc()
     if recorded.outcome is Outcome.STORED:
-        ctx.on_stored(recorded.exam.uid)
+        ctx.on_stored(recorded.exam.uid, recorded.exam.priority)
     log.info("instance received", extra={"uid": recorded.exam.uid, "calling_aet": calling,
                                           "outcome": recorded.outcome.value})
     return SUCCESS

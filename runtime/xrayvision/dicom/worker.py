@@ -6,11 +6,17 @@ Pixel work runs in a process pool, never on the event loop or in an association
 thread. Work arrives from the SCP's threads (:meth:`submit_threadsafe`), and a periodic
 sweep picks up whatever is still in ``none`` (left by a crash, or a missed wake-up), so
 a received instance is converted even when the process died right after the ACK.
+
+Urgent first: instances of ``urgent`` or higher priority (``[priority]`` by calling AE)
+are converted before routine ones and never wait for a pause in reception; a routine
+instance waiting for one steps aside when an urgent one arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -22,7 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
-from xrayvision.config import Settings
+from xrayvision.config import PRIORITIES, Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import ERROR, IGNORE, NONE, QUEUED, Exam
@@ -124,43 +130,72 @@ class ConversionWorker:
         self.workers = pool_size(settings)
         self.sweep_interval = sweep_interval
         self._pool: ProcessPoolExecutor | None = None
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._pending: set[str] = set()
+        # (-priority, arrival order, uid): the most urgent first, then in arrival order.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._pending: dict[str, int] = {}  # uid: its priority, while queued or converting
         self._deadlines: dict[str, float] = {}  # uid: loop time its conversion may wait to
         self._last_arrival = float("-inf")
+        self._urgent_queued = 0
+        self._urgent_arrived = asyncio.Event()
         # Built inside the running loop: the SCP's threads hand work over through it.
         self._loop = asyncio.get_running_loop()
 
-    def submit_threadsafe(self, uid: str) -> None:
-        """Asks for ``uid``, just received, to be converted; callable from any thread,
-        never blocks."""
+    def submit_threadsafe(self, uid: str, priority: int = 0) -> None:
+        """Asks for ``uid``, just received with ``priority``, to be converted; callable
+        from any thread, never blocks."""
         if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._arrived, uid)
+            self._loop.call_soon_threadsafe(self._arrived, uid, priority)
 
-    def _arrived(self, uid: str) -> None:
+    def _arrived(self, uid: str, priority: int = 0) -> None:
         self._last_arrival = self._loop.time()
         if uid not in self._pending:
-            self._deadlines[uid] = self._last_arrival + self.settings.dicom.convert_defer
-        self._submit(uid)
+            wait = 0.0 if self._urgent(priority) else self.settings.dicom.convert_defer
+            self._deadlines[uid] = self._last_arrival + wait
+        self._submit(uid, priority)
 
-    def _submit(self, uid: str) -> None:
+    @staticmethod
+    def _urgent(priority: int) -> bool:
+        return priority >= PRIORITIES["urgent"]
+
+    def _submit(self, uid: str, priority: int = 0) -> None:
         if uid not in self._pending:
-            self._pending.add(uid)
-            self._queue.put_nowait(uid)
+            self._pending[uid] = priority
+            self._put(uid, priority)
 
-    async def _yield_to_receiving(self, uid: str) -> None:
+    def _put(self, uid: str, priority: int) -> None:
+        self._queue.put_nowait((-priority, next(self._order), uid))
+        if self._urgent(priority):
+            self._urgent_queued += 1
+            self._urgent_arrived.set()
+
+    async def _take(self) -> str:
+        _, _, uid = await self._queue.get()
+        if self._urgent(self._pending.get(uid, 0)):
+            self._urgent_queued -= 1
+            if not self._urgent_queued:
+                self._urgent_arrived.clear()
+        return uid
+
+    async def _yield_to_receiving(self, uid: str) -> bool:
         """Waits while instances keep arriving, until a pause of :data:`PAUSE` seconds
-        or ``[dicom] convert_defer`` seconds after ``uid`` arrived. A sending PACS waits
-        for each response, and on a small node conversion next to reception slows it
-        (bench/README.md, "Ingest"); once an exam's time is up it is converted whatever
-        arrives, so under sustained load conversion runs as it would without this."""
-        deadline = self._deadlines.pop(uid, 0.0)
+        or ``[dicom] convert_defer`` seconds after ``uid`` arrived (urgent ones: none).
+        A sending PACS waits for each response, and on a small node conversion next to
+        reception slows it (bench/README.md, "Ingest"); once an exam's time is up it is
+        converted whatever arrives, so under sustained load conversion runs as it would
+        without this. Returns False when an urgent instance arrived meanwhile: this one
+        goes back to the queue (keeping its deadline) and the urgent one is taken."""
+        deadline = self._deadlines.get(uid, 0.0)
         while True:
+            if self._urgent_queued and not self._urgent(self._pending.get(uid, 0)):
+                return False
             now = self._loop.time()
             until = min(self._last_arrival + self.PAUSE, deadline)
             if now >= until:
-                return
-            await asyncio.sleep(until - now)
+                self._deadlines.pop(uid, None)
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent_arrived.wait(), until - now)
 
     async def start(self) -> None:
         """Starts the conversion processes and waits until they answer. A spawned process
@@ -202,9 +237,13 @@ class ConversionWorker:
 
     async def _consume(self) -> None:
         while True:
-            uid = await self._queue.get()
+            uid = await self._take()
+            done = True
             try:
-                await self._yield_to_receiving(uid)
+                if not await self._yield_to_receiving(uid):
+                    done = False
+                    self._put(uid, self._pending.get(uid, 0))  # after the urgent one
+                    continue
                 await self.convert(uid)
             except asyncio.CancelledError:
                 raise
@@ -212,7 +251,8 @@ class ConversionWorker:
                 log.exception("conversion failed unexpectedly; the sweep retries it",
                               extra={"uid": uid})
             finally:
-                self._pending.discard(uid)
+                if done:
+                    self._pending.pop(uid, None)
                 self._queue.task_done()
 
     async def _run_in_pool(self, source: bytes | str):
