@@ -106,3 +106,14 @@ def test_0007_carries_reviews_and_reasons_over(empty_db):
     assert tuple(report) == (1, "", "FINDINGS: x")
     assert reasons == {"1.1": "", "1.2": "decode_failed", "1.3": "model_rejected",
                        "1.4": "no_region_rule", "1.5": "worker_lost"}
+    with empty_db.engine.connect() as c:
+        order = c.execute(text("SELECT uid, severity, reviewed, triage FROM exams "
+                               "WHERE uid = '1.1'")).one()
+    assert tuple(order) == ("1.1", 7, True, 0)  # copied from its report (reviewed)
+    # Down again and up: the reports survive (SQLite's batch copies must not cascade).
+    command.downgrade(migrate.alembic_config(empty_db.engine), "0006")
+    migrate.upgrade(empty_db.engine)
+    with empty_db.engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM ai_reports")).scalar() == 1
+        if empty_db.is_sqlite:  # and the application's connections still enforce them
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -1,6 +1,7 @@
 import datetime as dt
 
 import pytest
+from sqlalchemy import update
 
 from support import records
 from xrayvision.db import repo
@@ -238,3 +239,45 @@ def test_report_context(db):
     bare = db.read_sync(repo.report_context, "13.2")
     assert bare.patient_name == "" and bare.previous_report == "" and bare.cnp is None
     assert db.read_sync(repo.report_context, "9.9") is None
+
+
+def test_urgent_first_order_critical_filter_and_retriage(db):
+    """Critical and not reviewed first (severity at the threshold or stat priority), then
+    priority, severity, newest; a review takes an exam out of the critical group; the
+    other sorts; a changed threshold reorders after retriage."""
+    t0 = dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+    exams = [  # uid, priority, severity (None: not read yet), minutes after t0
+        ("1.1", 0, 2, 0), ("1.2", 0, 8, 1), ("1.3", 3, None, 2), ("1.4", 0, 6, 3),
+        ("1.5", 1, 1, 4), ("1.6", 0, 9, 5), ("1.7", 0, None, 6)]
+    for uid, priority, severity, minute in exams:
+        db.write_sync(repo.insert_received, ExamInfo(uid=uid, region="chest", status=DONE,
+                                                     priority=priority))
+        db.write_sync(lambda s, uid=uid, m=minute: s.execute(update(Exam).where(
+            Exam.uid == uid).values(created=t0 + dt.timedelta(minutes=m))))
+        if severity is not None:
+            db.write_sync(repo.save_ai_read, uid, severity=severity, text="x", threshold=5)
+
+    def order(**kw):
+        rows = db.read_sync(repo.exam_page, ExamFilter(threshold=5, **kw), 1, 50)
+        return [r.exam.uid for r in rows]
+
+    # critical: 1.3 (stat, unread), then 1.6 (9), 1.2 (8), 1.4 (6); then priority 1.5; the
+    # rest by severity (1.1 read 2, 1.7 unread -1)
+    assert order() == ["1.3", "1.6", "1.2", "1.4", "1.5", "1.1", "1.7"]
+    assert order(critical=True) == ["1.3", "1.6", "1.2", "1.4"]
+    assert db.write_sync(repo.review_ai_report, "1.6", correct=True, note="", username="a") == 1
+    assert order(critical=True) == ["1.3", "1.2", "1.4"]
+    assert order()[:4] == ["1.3", "1.2", "1.4", "1.5"]  # reviewed: with the others
+    assert order(sort="received") == ["1.7", "1.6", "1.5", "1.4", "1.3", "1.2", "1.1"]
+    assert order(sort="severity") == ["1.6", "1.2", "1.4", "1.1", "1.5", "1.7", "1.3"]
+    assert order(sort="priority")[:2] == ["1.3", "1.5"]
+    assert db.read_sync(repo.count_matching, ExamFilter(critical=True)) == 3
+    # A new read of a reviewed exam is unreviewed again: critical again.
+    db.write_sync(repo.save_ai_read, "1.6", severity=9, text="y", threshold=5)
+    assert order(critical=True) == ["1.3", "1.6", "1.2", "1.4"]
+    # Threshold 7: 1.4 (6) is no longer critical; 1.3 stays (stat).
+    assert db.write_sync(repo.retriage, 7) == 1
+    assert order(critical=True) == ["1.3", "1.6", "1.2"]
+    assert db.write_sync(repo.retriage, 7) == 0  # nothing left to change
+    with pytest.raises(ValueError, match="unknown sort"):
+        db.read_sync(repo.exam_page, ExamFilter(sort="alphabetical"))

@@ -270,7 +270,7 @@ async def test_a_requeue_keeps_the_review_and_the_read_it_replaces(api):
     assert detail["ai"]["review_note"] == "missed the effusion"  # until a new read exists
     services.db.write_sync(repo.save_ai_read, "1.2.3.1", text="FINDINGS: effusion",
                            severity=6, positive=1, model="m", endpoint="primary",
-                           prompt_version="abc")
+                           prompt_version="abc", threshold=5)
     detail = await (await client.get("/api/exams/1.2.3.1", headers=h)).json()
     assert detail["ai"]["version"] == 2 and detail["ai"]["reviewed"] is False
     assert detail["ai"]["prompt_version"] == "abc" and detail["ai"]["text"].endswith("effusion")

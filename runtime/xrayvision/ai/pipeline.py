@@ -151,7 +151,7 @@ class Pipeline:
                 session, uid, text=report.text, positive=check.positive,
                 severity=check.severity, confidence=check.confidence, summary=check.summary,
                 model=result.model, endpoint=result.endpoint, latency=round(result.seconds, 3),
-                prompt_version=self.prompts.version,
+                prompt_version=self.prompts.version, threshold=self.threshold,
             )
             queue.complete(session, uid, worker)
             self.bus.publish_in(session, REPORT_READY, uid=uid, severity=check.severity,

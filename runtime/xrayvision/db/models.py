@@ -44,6 +44,15 @@ CLAIMABLE = (QUEUED, REQUEUE)
 REASON_CODES = ("no_region_rule", "dicom_missing", "decode_failed", "model_rejected",
                 "model_bad_output", "image_missing", "worker_lost", "read_failed")
 
+STAT = 3  # config.PRIORITIES["stat"]: critical whatever the model says
+
+
+def triage_of(severity: int, priority: int, reviewed: bool, threshold: int) -> int:
+    """1 when an exam needs a radiologist first: critical (the AI's severity at or above
+    ``threshold``, or ``stat`` priority) and its AI read not reviewed yet; else 0."""
+    return int(not reviewed and (severity >= threshold or priority >= STAT))
+
+
 # Literal SQL shared by the partial indexes and the queries that must match them.
 CLAIMABLE_SQL = text("status IN ('queued', 'requeue')")
 PROCESSING_SQL = text("status = 'processing'")
@@ -122,6 +131,13 @@ class Exam(Base):
     calling_aet: Mapped[str] = mapped_column(String(16), default="")
     priority: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default=NONE)
+    # The worklist's urgent-first order, kept with the exam so that one index serves it:
+    # the current AI read's severity (-1: none), whether it was reviewed, and triage 1
+    # while the exam is critical (severity at or above the threshold, or stat priority)
+    # and not reviewed (see :func:`triage_of`).
+    severity: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    triage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str] = mapped_column(Text, default="")  # the reason, in plain language
     reason_code: Mapped[str] = mapped_column(String(32), default="", server_default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -143,6 +159,8 @@ class Exam(Base):
         Index("ix_exams_created", "created"),
         Index("ix_exams_cnp", "cnp"),
         Index("ix_exams_study_uid", "study_uid"),
+        # The worklist, urgent first (read backwards: every key descending).
+        Index("ix_exams_triage", "triage", "priority", "severity", "created", "uid"),
         # The claim query's exact shape: highest priority first, then the oldest.
         Index(
             "ix_exams_claim",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from xrayvision.ai.relay import Relay, export_queue_metrics
+from xrayvision.db import repo
 from xrayvision.runtime import Runtime
 from xrayvision.tasks import run_together
 
@@ -21,6 +22,12 @@ async def run(rt: Runtime) -> None:
                   sweep_interval=settings.relay.sweep_interval,
                   max_attempts=settings.ai.max_attempts,
                   retry_delay=settings.processing.retry_delay)
+    # The severity threshold is a setting: the worklist's urgent-first order follows it.
+    changed = await rt.db.write_patiently(repo.retriage,
+                                          settings.processing.severity_threshold)
+    if changed:
+        log.info("worklist triage recomputed for the severity threshold",
+                 extra={"exams": changed})
     log.info("relay started", extra={"endpoints": ",".join(e.name for e in rt.model.endpoints),
                                      "concurrency": settings.relay.concurrency})
     await run_together(relay.run(),

@@ -5,6 +5,7 @@ two equal)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterable
@@ -150,6 +151,8 @@ def exam_json(row: ExamRow | PageRow, *, full: bool = False) -> dict[str, Any]:
         "uid": e.uid, "study_uid": e.study_uid, "accession": e.accession,
         "status": e.status, "region": e.region, "projection": e.projection,
         "modality": e.modality, "priority": e.priority, "created": _iso(e.created),
+        # Critical (severity at or above the threshold, or stat) and not reviewed yet.
+        "critical_unreviewed": bool(e.triage),
         "series_datetime": _iso(e.series_datetime),
         # Why an exam is ignore or error; "" otherwise.
         "reason_code": e.reason_code if e.status in (IGNORE, ERROR) else "",
@@ -197,6 +200,9 @@ async def list_exams(request: web.Request) -> web.Response:
     if agreement and agreement not in AGREEMENT_CLASSES:
         raise bad_request(f"agreement must be one of {', '.join(AGREEMENT_CLASSES)}")
     since, until = _window(request)
+    sort = q.get("sort", "urgent")
+    if sort not in repo.SORTS:
+        raise bad_request(f"sort must be one of {', '.join(repo.SORTS)}")
     f = ExamFilter(
         statuses=statuses, region=q.get("region", ""),
         severity_min=_int(q, "severity_min", None, -1, 10),
@@ -204,13 +210,16 @@ async def list_exams(request: web.Request) -> web.Response:
         positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
         since=since, until=until, search=_search(q), agreement=agreement,
         threshold=settings.processing.severity_threshold,
+        critical=_bool(q, "critical"), sort=sort,
     )
     page = _int(q, "page", 1, 1, 1_000_000)
     size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
     assert page is not None and size is not None  # they have defaults
     db = database(request)
     rows = await db.read(repo.exam_page, f, page, size)
-    total = await request.app[TOTALS].get(f, lambda: db.read(repo.count_matching, f))
+    # The total does not depend on the order: one cached count for every sort.
+    total = await request.app[TOTALS].get(dataclasses.replace(f, sort=""),
+                                          lambda: db.read(repo.count_matching, f))
     result = repo.Page(rows=rows, total=total, page=page, size=size)
     return web.json_response({"exams": [exam_json(r) for r in result.rows],
                               "total": result.total, "page": result.page,

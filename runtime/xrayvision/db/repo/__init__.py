@@ -41,6 +41,7 @@ from xrayvision.db.repo.reports import (
     ai_history,
     poll_exams,
     report_context,
+    retriage,
     review_ai_report,
     save_ai_read,
     save_ai_report,
@@ -57,6 +58,7 @@ from xrayvision.db.repo.state import (
 )
 from xrayvision.db.repo.worklist import (
     MAX_PAGE_SIZE,
+    SORTS,
     ExamFilter,
     Page,
     PageRow,
@@ -66,14 +68,14 @@ from xrayvision.db.repo.worklist import (
 )
 
 __all__ = [
-    "AGREEMENT_GROUPS", "AIHistory", "IDENTITY_FIELDS", "MAX_PAGE_SIZE", "ExamFilter",
+    "AGREEMENT_GROUPS", "AIHistory", "IDENTITY_FIELDS", "MAX_PAGE_SIZE", "SORTS", "ExamFilter",
     "ExamInfo", "ExamRow",
     "Page", "PageRow", "PatientInfo", "PollExam", "ReportContext", "agreement_condition",
     "agreement_counts", "ai_history", "audit", "count_matching", "enrich_patient", "exam_exists",
     "exam_identity", "exam_page", "exams_received_before", "exams_with_status",
     "finish_conversion", "get_exam", "get_state", "identity_of", "insert_received",
     "insert_state", "list_exams", "oldest_claimable", "poll_exams", "purge_error_exams",
-    "queue_counts", "record_retrieval", "report_context", "review_ai_report",
+    "queue_counts", "record_retrieval", "report_context", "retriage", "review_ai_report",
     "save_ai_read", "save_ai_report", "save_rad_report", "set_state", "study_needs_retrieval",
     "unchecked_rad_reports", "upsert_patient",
 ]

@@ -37,6 +37,7 @@ from xrayvision.db.models import (
     Patient,
     RadReport,
     Review,
+    triage_of,
     utcnow,
 )
 
@@ -101,7 +102,7 @@ def _patient_upsert(insert: InsertFn) -> DialectInsert:
     })
 
 
-_EXAM_INSERT_COLUMNS = (*ExamInfo.__dataclass_fields__, "cnp", "created", "updated")
+_EXAM_INSERT_COLUMNS = (*ExamInfo.__dataclass_fields__, "cnp", "triage", "created", "updated")
 
 
 @functools.lru_cache(maxsize=4)
@@ -164,8 +165,10 @@ def insert_received(session: Session, info: ExamInfo,
         _upsert_patient_row(session, patient)
     now = utcnow()
     values = {f: getattr(info, f) for f in ExamInfo.__dataclass_fields__}
+    # A stat exam is critical before the model has read it.
+    triage = triage_of(-1, info.priority, False, threshold=11)
     inserted = session.connection().execute(_exam_insert(_dialect_insert(session)), {
-        **values, "cnp": cnp, "created": now, "updated": now}).first()
+        **values, "cnp": cnp, "triage": triage, "created": now, "updated": now}).first()
     return inserted is not None
 
 

@@ -17,8 +17,12 @@ from typing import Any
 from sqlalchemy import (
     Insert,
     Select,
+    and_,
     bindparam,
+    case,
     insert,
+    literal,
+    or_,
     select,
     update,
 )
@@ -27,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from xrayvision.db.models import (
     DONE,
+    STAT,
     AIReport,
     AIReportVersion,
     Base,
@@ -103,13 +108,34 @@ _UNREVIEWED = {"reviewed": False, "review_correct": -1, "review_note": "", "revi
                "reviewed_at": None}
 
 
-def save_ai_read(session: Session, uid: str, **fields: Any) -> None:
+def _triage_sql(severity: Any, threshold: int) -> Any:
+    """:func:`models.triage_of` for an exam not reviewed, in SQL."""
+    return case((or_(severity >= threshold, Exam.priority >= STAT), 1), else_=0)
+
+
+def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -> None:
     """Stores a new AI read of the exam as its current report: the read it replaces, if
     any, is kept in ``ai_report_versions`` with its review, and the new one is version
-    n + 1 (1 for a first read), not reviewed yet. Two statements, no read."""
+    n + 1 (1 for a first read), not reviewed yet. The exam's worklist order follows
+    (severity, not reviewed, triage at ``threshold``). Three statements, no read."""
     session.connection().execute(_ARCHIVE, {"uid": uid, "superseded": utcnow()})
     _upsert_report(session, AIReport, _AI_FIELDS, uid, {**fields, **_UNREVIEWED},
                    new_version=True)
+    severity = int(fields.get("severity", -1))
+    session.connection().execute(
+        update(Exam).where(Exam.uid == uid).values(
+            severity=severity, reviewed=False, triage=_triage_sql(literal(severity),
+                                                                 threshold)))
+
+
+def retriage(session: Session, threshold: int) -> int:
+    """Recomputes every exam's triage for ``threshold`` (it is a setting: a changed one
+    reorders the worklist); returns how many exams changed. Cheap when none did."""
+    wanted = case((and_(Exam.reviewed.is_(False),
+                        or_(Exam.severity >= threshold, Exam.priority >= STAT)), 1), else_=0)
+    result = session.connection().execute(
+        update(Exam).where(Exam.triage != wanted).values(triage=wanted))
+    return int(result.rowcount or 0)
 
 
 def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
@@ -213,6 +239,8 @@ def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
         .returning(AIReport.version))
     if version is None:
         return None
+    session.connection().execute(update(Exam).where(Exam.uid == uid).values(
+        reviewed=True, triage=0))
     session.connection().execute(insert(Review), {
         "uid": uid, "version": version, "correct": correct, "note": note[:4000],
         "username": username[:128], "at": now})

@@ -52,7 +52,17 @@ class ExamFilter:
     search: str = ""  # patient id prefix or name substring
     agreement: str = ""  # TP, TN, FP, FN at ``threshold``
     threshold: int = 5
+    critical: bool | None = None  # True: critical and not reviewed yet (triage 1)
+    sort: str = "urgent"  # one of SORTS
 
+
+# The worklist's orders (every one ends in the newest first, then the UID: a total order,
+# so that pages neither repeat nor skip rows):
+#   urgent    critical and not reviewed first, then priority, AI severity, newest
+#   received  newest first
+#   severity  AI severity (highest first), then newest
+#   priority  priority (highest first), then newest
+SORTS = ("urgent", "received", "severity", "priority")
 
 @dataclass(frozen=True)
 class Page:
@@ -101,7 +111,18 @@ def _conditions(f: ExamFilter) -> list[ColumnElement[bool]]:
         )
     if f.agreement:
         conds.append(agreement_condition(f.agreement, f.threshold))
+    if f.critical is not None:
+        conds.append(Exam.triage == (1 if f.critical else 0))
     return conds
+
+
+def _order(sort: str) -> list[ColumnElement[Any]]:
+    e = Exam.__table__.c
+    keys = {"urgent": [e.triage, e.priority, e.severity], "received": [],
+            "severity": [e.severity], "priority": [e.priority]}
+    if sort not in keys:
+        raise ValueError(f"unknown sort {sort!r}; expected one of {', '.join(SORTS)}")
+    return [k.desc() for k in (*keys[sort], e.created, e.uid)]
 
 
 _PAGE_TABLES = (("e", Exam), ("p", Patient), ("a", AIReport), ("r", RadReport))
@@ -127,9 +148,10 @@ def _row_of(mapping: RowMapping) -> PageRow:
 
 def exam_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
               size: int = 50) -> list[PageRow]:
-    """One page of exams (newest first) matching ``f``; ``size`` is capped at
-    MAX_PAGE_SIZE, ``page`` starts at 1. Raises ValueError for an unknown status or
-    agreement class. Rows are read-only attribute objects, not ORM entities."""
+    """One page of exams matching ``f`` in the order ``f.sort`` (:data:`SORTS`); ``size``
+    is capped at MAX_PAGE_SIZE, ``page`` starts at 1. Raises ValueError for an unknown
+    status, agreement class or sort. Rows are read-only attribute objects, not ORM
+    entities."""
     page = max(1, page)
     size = max(1, min(size, MAX_PAGE_SIZE))
     e, p, a, r = (m.__table__ for _, m in _PAGE_TABLES)
@@ -138,7 +160,7 @@ def exam_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
         .select_from(e.outerjoin(p, p.c.cnp == e.c.cnp).outerjoin(a, a.c.uid == e.c.uid)
                      .outerjoin(r, r.c.uid == e.c.uid))
         .where(*_conditions(f))
-        .order_by(e.c.created.desc(), e.c.uid.desc())
+        .order_by(*_order(f.sort))
         .offset((page - 1) * size)
         .limit(size)
     )

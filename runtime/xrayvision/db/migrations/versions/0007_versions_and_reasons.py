@@ -1,5 +1,6 @@
 """AI reads kept by version (a requeue adds one, never overwrites), every review kept,
-and a machine-readable reason code for ignore and error
+a machine-readable reason code for ignore and error, and the worklist's urgent-first
+order kept on the exam (severity, reviewed, triage and their index)
 
 Revision ID: 0007
 Revises: 0006
@@ -20,13 +21,30 @@ UTC = xrayvision.db.models.UTCDateTime(timezone=True)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('exams') as batch:
-        batch.add_column(sa.Column('reason_code', sa.String(length=32), server_default='',
-                                   nullable=False))
-    with op.batch_alter_table('ai_reports') as batch:
-        batch.add_column(sa.Column('version', sa.Integer(), server_default='1', nullable=False))
-        batch.add_column(sa.Column('prompt_version', sa.String(length=16), server_default='',
-                                   nullable=False))
+    # Plain ADD COLUMN, no batch: on SQLite a batch copies and drops the exams table,
+    # and dropping it would cascade to every report.
+    op.add_column('exams', sa.Column('reason_code', sa.String(length=32), server_default='',
+                                     nullable=False))
+    op.add_column('exams', sa.Column('severity', sa.Integer(), server_default='-1',
+                                     nullable=False))
+    op.add_column('exams', sa.Column('reviewed', sa.Boolean(), server_default=sa.false(),
+                                     nullable=False))
+    op.add_column('exams', sa.Column('triage', sa.Integer(), server_default='0',
+                                     nullable=False))
+    op.create_index('ix_exams_triage', 'exams',
+                    ['triage', 'priority', 'severity', 'created', 'uid'], unique=False)
+    # Each exam's current read, copied from its report; triage at the default threshold
+    # (5): the relay recomputes it at start with the configured one.
+    op.execute("UPDATE exams SET severity = (SELECT a.severity FROM ai_reports a "
+               "WHERE a.uid = exams.uid), reviewed = (SELECT a.reviewed FROM ai_reports a "
+               "WHERE a.uid = exams.uid) "
+               "WHERE EXISTS (SELECT 1 FROM ai_reports a WHERE a.uid = exams.uid)")
+    op.execute(sa.text("UPDATE exams SET triage = 1 WHERE NOT reviewed "
+                       "AND (severity >= 5 OR priority >= 3)"))
+    op.add_column('ai_reports', sa.Column('version', sa.Integer(), server_default='1',
+                                          nullable=False))
+    op.add_column('ai_reports', sa.Column('prompt_version', sa.String(length=16),
+                                          server_default='', nullable=False))
     op.create_table(
         'ai_report_versions',
         sa.Column('uid', sa.String(length=64), nullable=False),
@@ -94,5 +112,9 @@ def downgrade() -> None:
     with op.batch_alter_table('ai_reports') as batch:
         batch.drop_column('prompt_version')
         batch.drop_column('version')
+    op.drop_index('ix_exams_triage', table_name='exams')
     with op.batch_alter_table('exams') as batch:
+        batch.drop_column('triage')
+        batch.drop_column('reviewed')
+        batch.drop_column('severity')
         batch.drop_column('reason_code')
