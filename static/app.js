@@ -99,12 +99,17 @@ function onEvent(msg) {
 
 // --- exam list -----------------------------------------------------------------------
 
+const PRIORITY = { 0: "routine", 1: "urgent", 2: "asap", 3: "stat" };
+
 function renderExams() {
   view().replaceChildren($("tpl-exams").content.cloneNode(true));
   const form = $("filters");
   for (const s of state.config.statuses) form.status.append(el("option", { value: s }, s));
   for (const r of state.config.regions) form.region.append(el("option", { value: r }, r));
-  for (const [k, v] of Object.entries(state.filters)) if (form[k]) form[k].value = v;
+  for (const [k, v] of Object.entries(state.filters)) {
+    if (form[k]?.type === "checkbox") form[k].checked = v === "true";
+    else if (form[k]) form[k].value = v;
+  }
   form.onsubmit = (e) => {
     e.preventDefault();
     state.filters = Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== ""));
@@ -122,21 +127,24 @@ async function loadExams(flashUid) {
   try {
     data = await api(`/api/exams?${params}`);
   } catch (err) {
-    $("exam-rows")?.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "error" }, err.message)));
+    $("exam-rows")?.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "error" }, err.message)));
     return;
   }
   const rows = $("exam-rows");
   if (!rows) return;
   if (state.page > data.pages) state.page = data.pages;
   rows.replaceChildren(...data.exams.map((e) => {
+    const status = e.reason ? el("span", { title: e.reason }, `${e.status}: ${e.reason_code}`) : e.status;
     const tr = el("tr", { dataset: { uid: e.uid } },
       el("td", {}, when(e.created)),
+      el("td", {}, PRIORITY[e.priority] || String(e.priority)),
       el("td", {}, e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : ""),
       el("td", {}, e.region),
-      el("td", {}, e.status),
+      el("td", {}, status),
       el("td", {}, e.ai ? badge(e.ai.severity, "severity (AI)") : ""),
       el("td", {}, e.rad ? badge(e.rad.severity, "severity (radiologist)") : ""),
       el("td", {}, e.ai ? e.ai.summary : ""));
+    if (e.critical_unreviewed) tr.classList.add("critical");
     if (e.uid === flashUid) tr.classList.add("flash");
     tr.onclick = () => { location.hash = `#/exam/${e.uid}`; };
     return tr;
@@ -188,9 +196,13 @@ function renderExam(uid) {
       loadExam(uid);
     } catch (err) { $("review-result").textContent = err.message; }
   };
+  for (const r of state.config.regions) $("requeue-region").append(el("option", { value: r }, r));
   $("requeue").onclick = async () => {
-    try { await post("/api/requeue", { uid }); $("requeue-result").textContent = "requeued"; loadExam(uid); }
-    catch (err) { $("requeue-result").textContent = err.message; }
+    const region = $("requeue-region").value;
+    try {
+      await post("/api/requeue", region ? { uid, region } : { uid });
+      $("requeue-result").textContent = "requeued"; loadExam(uid);
+    } catch (err) { $("requeue-result").textContent = err.message; }
   };
   loadExam(uid);
 }
@@ -204,8 +216,22 @@ async function loadExam(uid) {
   $("exam-title").textContent = `${e.region || "unknown region"} ${e.projection || ""} · ${who} · ${when(e.created)} · ${e.status}`;
   const ai = e.ai, rad = e.rad;
   $("ai-badges").replaceChildren(...(ai ? [badge(ai.severity, "severity (AI)"), badge(ai.confidence, "confidence %")] : []));
-  $("ai-text").textContent = ai ? ai.text : (e.error || "no AI report yet");
+  $("exam-reason").hidden = !e.reason;
+  $("exam-reason").textContent = e.reason ? `${e.status} (${e.reason_code}): ${e.reason}` : "";
+  $("ai-text").textContent = ai ? ai.text : "no AI report yet";
   $("ai-summary").textContent = ai ? ai.summary : "";
+  $("ai-version").textContent = ai
+    ? `version ${ai.version} · ${ai.model} (${ai.endpoint}) · ${when(ai.created)}` : "";
+  const h = e.history || { versions: [], reviews: [] };
+  $("history").hidden = !h.versions.length && !h.reviews.length;
+  $("history-versions").replaceChildren(...h.versions.map((v) => el("li", {},
+    el("p", { class: "muted" }, `version ${v.version} · severity ${v.severity} · ${v.model} · ` +
+      `${when(v.created)} · replaced ${when(v.superseded)}` +
+      (v.review_correct >= 0 ? ` · reviewed ${v.review_correct ? "correct" : "incorrect"} by ${v.reviewed_by}` : "")),
+    el("pre", {}, v.text))));
+  $("history-reviews").replaceChildren(...h.reviews.map((r) => el("li", {},
+    `version ${r.version}: ${r.correct ? "correct" : "incorrect"} · ${r.by} · ${when(r.at)}` +
+      (r.note ? ` · ${r.note}` : ""))));
   $("rad-badges").replaceChildren(...(rad ? [badge(rad.severity, "severity (radiologist)")] : []));
   $("rad-name").textContent = rad ? rad.radiologist : "";
   $("rad-text").textContent = rad ? rad.text : "no radiologist report yet";
@@ -213,7 +239,7 @@ async function loadExam(uid) {
   $("review").hidden = !(ai && state.config.can.review);
   $("review-state").textContent = ai && ai.reviewed
     ? `reviewed ${ai.review_correct === 1 ? "correct" : "incorrect"} by ${ai.reviewed_by}: ${ai.review_note}` : "";
-  $("requeue").hidden = !state.config.can.requeue;
+  $("requeue-box").hidden = !state.config.can.requeue;
 }
 
 // --- statistics ----------------------------------------------------------------------

@@ -274,6 +274,8 @@ async def test_a_requeue_keeps_the_review_and_the_read_it_replaces(api):
     detail = await (await client.get("/api/exams/1.2.3.1", headers=h)).json()
     assert detail["ai"]["version"] == 2 and detail["ai"]["reviewed"] is False
     assert detail["ai"]["prompt_version"] == "abc" and detail["ai"]["text"].endswith("effusion")
+    # nothing of the first read carries over into the second (it gave no summary)
+    assert (detail["ai"]["summary"], detail["ai"]["latency"]) == ("", 0.0)
     (first,) = detail["history"]["versions"]
     assert (first["version"], first["severity"], first["review_correct"],
             first["review_note"], first["reviewed_by"]) == (1, 7, 0, "missed the effusion",

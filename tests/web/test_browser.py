@@ -8,13 +8,14 @@ import time
 
 import pytest
 from playwright.sync_api import sync_playwright
+from sqlalchemy import update
 
 from conftest import ROOT
 from support import records
 from support.webproc import web_process
 from web.conftest import PASSWORDS, USERS
 from xrayvision.db import repo
-from xrayvision.db.models import DONE
+from xrayvision.db.models import DONE, IGNORE, Exam
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.images import FilesystemStore
 
@@ -55,8 +56,13 @@ def dashboard(tmp_path, pg_db, pg_url):
     FilesystemStore(tmp_path / "data" / "images").put("1.2.840.1", "png", PNG)
     pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.1", region="chest", status=DONE),
                      PatientInfo(cnp="111", name="Popescu^Ion"))
-    pg_db.write_sync(repo.save_ai_report, "1.2.840.1", text=f"FINDINGS: {XSS}",
-                     summary=XSS, severity=7, confidence=80)
+    pg_db.write_sync(repo.save_ai_read, "1.2.840.1", text=f"FINDINGS: {XSS}",
+                     summary=XSS, severity=7, confidence=80, model="medgemma",
+                     endpoint="primary", threshold=5)
+    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.3", status=IGNORE,
+                                                body_part="NECK"), None)
+    pg_db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.2.840.3").values(
+        error="no region rule matches body part 'NECK'", reason_code="no_region_rule")))
     users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
     with web_process(tmp_path, pg_url, users) as url:
         yield url
@@ -78,6 +84,11 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.wait_for_selector('tr[data-uid="1.2.840.1"]')
         page.wait_for_selector("#live.on")
         assert XSS in page.inner_text('tr[data-uid="1.2.840.1"]')
+        # severity 7 at threshold 5, not reviewed: marked, and first in the urgent order
+        assert page.get_attribute('tr[data-uid="1.2.840.1"]', "class") == "critical"
+        first = page.locator("#exam-rows tr").first.get_attribute("data-uid")
+        assert first == "1.2.840.1"
+        assert "ignore: no_region_rule" in page.inner_text('tr[data-uid="1.2.840.3"]')
         page.screenshot(path=str(SHOTS / "exams.png"))
 
         started = time.monotonic()
@@ -102,11 +113,26 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.wait_for_selector("#review-result:has-text('saved')")
         page.wait_for_selector("#review-state:has-text('incorrect')")
 
+        # Requeue, a new read arrives: the first one and its review stay, under history.
+        page.click("#requeue")
+        page.wait_for_selector("#requeue-result:has-text('requeued')")
+        pg_db.write_sync(repo.save_ai_read, "1.2.840.1", text="FINDINGS: second read",
+                         severity=3, model="medgemma", endpoint="secondary", threshold=5)
+        page.reload()
+        page.wait_for_selector("#ai-version:has-text('version 2')")
+        page.click("#history summary")
+        history = page.inner_text("#history")
+        assert "version 1 · severity 7" in history and "reviewed incorrect by rad" in history
+        assert "missed effusion" in history and XSS in history
+        assert page.locator("#history img").count() == 0
+        page.screenshot(path=str(SHOTS / "exam-history.png"), full_page=True)
+
         page.goto(dashboard + "/#/stats")
         page.wait_for_selector("#chart-severity svg")
         page.screenshot(path=str(SHOTS / "stats.png"))
         browser.close()
-    ai = pg_db.read_sync(records.get_ai_report, "1.2.840.1")
-    assert (ai.review_correct, ai.review_note, ai.reviewed_by) == (0, "missed effusion", "rad")
+    (first,) = pg_db.read_sync(repo.ai_history, "1.2.840.1").versions
+    assert (first.review_correct, first.review_note, first.reviewed_by) == (
+        0, "missed effusion", "rad")
     assert dialogs == [], "an alert ran: report text was rendered as HTML"
     assert errors == []

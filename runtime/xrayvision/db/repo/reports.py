@@ -104,6 +104,9 @@ def _archive_statement() -> Insert:
 
 # Built once (module import): it runs with every completed read.
 _ARCHIVE = _archive_statement()
+# A new read replaces all of these: what it does not give is not carried over.
+_NEW_READ = {"text": "", "positive": -1, "severity": -1, "confidence": -1, "summary": "",
+             "model": "", "endpoint": "", "latency": 0.0, "prompt_version": ""}
 _UNREVIEWED = {"reviewed": False, "review_correct": -1, "review_note": "", "reviewed_by": "",
                "reviewed_at": None}
 
@@ -119,7 +122,7 @@ def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -
     n + 1 (1 for a first read), not reviewed yet. The exam's worklist order follows
     (severity, not reviewed, triage at ``threshold``). Three statements, no read."""
     session.connection().execute(_ARCHIVE, {"uid": uid, "superseded": utcnow()})
-    _upsert_report(session, AIReport, _AI_FIELDS, uid, {**fields, **_UNREVIEWED},
+    _upsert_report(session, AIReport, _AI_FIELDS, uid, {**_NEW_READ, **fields, **_UNREVIEWED},
                    new_version=True)
     severity = int(fields.get("severity", -1))
     session.connection().execute(
