@@ -1,8 +1,9 @@
 """API benchmark: N exams bulk-loaded into PostgreSQL and into SQLite, a real
 `xrayvision serve --roles web` process on each, and:
 
-- 200 requests each (one client, one at a time) of the first page of ``/api/exams`` with
-  no filter and with two filters, an exam detail, ``/api/stats/global``: p50 and p99;
+- 200 requests each (one client, one at a time) of the first page of ``/api/exams`` in
+  its default order (urgent first), newest first, only the critical unreviewed ones and
+  with two filters, an exam detail, ``/api/stats/global``: p50 and p99;
 - W WebSocket clients connected at once; an event (a requeue through the API) must reach
   all of them: p50/p99 over all deliveries of E events;
 - the same requests (fewer) against a process with the list-total and statistics caches
@@ -11,8 +12,9 @@
     .venv/bin/python bench/api.py [--exams 1000000] [--requests 200] [--ws-clients 500]
                                   [--events 20] [--backends postgresql,sqlite]
 
-Data: one patient per 10 exams; 90% done with an AI report, 60% of those with a checked
-radiologist report; regions chest/leg/spine/hand/skull; receipt times over the last year.
+Data: one patient per 10 exams; 90% done with an AI report (90% of those reviewed), 60%
+of those with a checked radiologist report; 2% stat and 5% urgent priority; regions
+chest/leg/spine/hand/skull; receipt times over the last year.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ REGIONS = ("chest", "chest", "chest", "leg", "spine", "hand", "skull")
 EXAM_COLUMNS = ("uid", "study_uid", "series_uid", "accession", "cnp", "modality", "region",
                 "projection", "protocol", "body_part", "study_description",
                 "series_description", "series_datetime", "calling_aet", "priority", "status",
-                "error", "attempts", "created", "updated")
+                "error", "attempts", "severity", "reviewed", "triage", "created", "updated")
 
 
 def rows(count: int, seed: int = 7):
@@ -60,15 +62,19 @@ def rows(count: int, seed: int = 7):
         created = now - dt.timedelta(seconds=rnd.randrange(365 * 86400))
         done = rnd.random() < 0.9
         region = rnd.choice(REGIONS)
+        # 2% stat, 5% urgent (ED AE titles); 90% of AI reads reviewed by now
+        priority = rnd.choices((0, 1, 3), (93, 5, 2))[0]
+        severity = rnd.randrange(0, 11) if done else -1
+        reviewed = done and rnd.random() < 0.9
+        triage = int(not reviewed and (severity >= 5 or priority >= 3))
         exams.append((uid, f"{uid}.1", f"{uid}.2", f"A{i}", patients[i % len(patients)][0],
-                      "DX", region, "PA", "", "", "", "", created, "", 0,
+                      "DX", region, "PA", "", "", "", "", created, "", priority,
                       "done" if done else rnd.choice(("queued", "error", "ignore")), "", 0,
-                      created, created))
+                      severity, reviewed, triage, created, created))
         if done:
-            severity = rnd.randrange(0, 11)
             ai.append((uid, "FINDINGS: ...\nIMPRESSION: ...", int(severity >= 5), severity,
-                       rnd.randrange(50, 100), "summary", "medgemma", "primary", 2.5, False,
-                       -1, "", "", created, created))
+                       rnd.randrange(50, 100), "summary", "medgemma", "primary", 2.5, reviewed,
+                       int(rnd.random() < 0.8) if reviewed else -1, "", "", created, created))
             if rnd.random() < 0.6:
                 rad_severity = max(0, min(10, severity + rnd.randrange(-3, 4)))
                 rad.append((uid, f"DR{i}", "1", "final", "Raport ...", "Report ...",
@@ -194,7 +200,9 @@ def main() -> None:
     print(f"generated {args.exams} exams in {time.monotonic() - started:.0f} s", flush=True)
     users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
     probe_uid = data[1][len(data[1]) // 2][0]
-    paths = [("exams, no filter", "/api/exams"),
+    paths = [("exams, urgent first", "/api/exams"),
+             ("exams, newest first", "/api/exams?sort=received"),
+             ("exams, critical unreviewed", "/api/exams?critical=true"),
              ("exams, 2 filters", "/api/exams?status=done&region=spine"),
              ("exam detail", f"/api/exams/{probe_uid}"),
              ("stats/global", "/api/stats/global")]
@@ -244,9 +252,9 @@ def main() -> None:
             if pg is not None:
                 pg.stop()
                 pg = None
-        print(f"{'backend':<11}{'what':<28}{'samples':>8}{'p50 ms':>9}{'p99 ms':>9}")
+        print(f"{'backend':<11}{'what':<38}{'samples':>8}{'p50 ms':>9}{'p99 ms':>9}")
         for backend, label, n, p50, p99 in table:
-            print(f"{backend:<11}{label:<28}{n:>8}{p50:>9.1f}{p99:>9.1f}")
+            print(f"{backend:<11}{label:<38}{n:>8}{p50:>9.1f}{p99:>9.1f}")
     finally:
         if pg is not None:
             pg.stop()
