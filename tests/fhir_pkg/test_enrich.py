@@ -5,13 +5,14 @@ import time
 
 from fhir_pkg.conftest import fhir_server
 from support import records
-from support.fhirpeer import patient
+from support.fhirpeer import patient, service_request
 from support.pgserver import free_port
 from xrayvision.db import repo
 from xrayvision.db.models import QUEUED
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.fhir.client import FhirClient
 from xrayvision.fhir.enrich import PatientEnricher, lookup_key
+from xrayvision.fhir.resources import order_priority
 
 
 class Clock:
@@ -57,6 +58,37 @@ async def test_exam_without_patient_id_is_found_by_name_and_birth_date(db, sekme
     await enricher(ctx)
     ctx = await db.read(repo.report_context, f"{tag}.1")
     assert (ctx.cnp, ctx.sex, ctx.birth_date) == (f"2{tag}", "F", dt.date(1985, 7, 1))
+
+
+async def test_the_orders_priority_raises_the_exams(db, sekmet, http, tag):
+    """The ServiceRequest carrying the exam's accession says stat: the exam becomes stat
+    and critical until reviewed; an order saying routine never lowers an urgent exam."""
+    cnp = f"4{tag}"
+    sekmet.put(patient(f"p-{tag}", cnp, "Ordin", "Ana", "1970-01-01", "female"))
+    for n, priority in ((1, "stat"), (2, "routine")):
+        order = service_request(f"sr{n}-{tag}", f"p-{tag}", accession=f"A{n}-{tag}")
+        sekmet.put({**order, "priority": priority})
+    db.write_sync(records.add_exam, ExamInfo(uid=f"{tag}.1", region="chest", status=QUEUED,
+                                             accession=f"A1-{tag}"), PatientInfo(cnp=cnp))
+    db.write_sync(records.add_exam, ExamInfo(uid=f"{tag}.2", region="chest", status=QUEUED,
+                                             accession=f"A2-{tag}", priority=1),
+                  PatientInfo(cnp=cnp))
+    enricher = PatientEnricher(FhirClient(fhir_server(sekmet.url), http), db,
+                               identifier_system="urn:ro:cnp")
+    for uid in (f"{tag}.1", f"{tag}.2"):
+        await enricher(await db.read(repo.report_context, uid))
+    first = (await db.read(repo.get_exam, f"{tag}.1")).exam
+    assert (first.priority, first.triage) == (3, 1)
+    second = (await db.read(repo.get_exam, f"{tag}.2")).exam
+    assert (second.priority, second.triage) == (1, 0)
+
+
+def test_order_priority_of_the_request_with_the_accession():
+    orders = [{**service_request("a", "p", accession="X1"), "priority": "asap"},
+              service_request("b", "p", accession="X2")]
+    assert order_priority(orders, "X1") == 2
+    assert order_priority(orders, "X2") is None  # no priority stated
+    assert order_priority(orders, "X3") is None and order_priority(orders, "") is None
 
 
 async def test_unknown_patient_is_cached_as_a_miss(db, sekmet, http, tag):

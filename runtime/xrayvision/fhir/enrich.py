@@ -3,7 +3,10 @@
 The AI pipeline calls :class:`PatientEnricher` with each exam's context; it looks the
 patient up in the hospital system by patient id (CNP), else by name and birth date, and
 writes birth date, sex and (for an exam without one) the patient id to the database, so
-the model's prompt carries the right age and sex.
+the model's prompt carries the right age and sex. When the patient is found and the exam
+has an accession number, the order (ServiceRequest) carrying it is read too: a higher
+priority there (urgent, asap, stat) raises the exam's, for the worklist's urgent-first
+order. Orders are not cached (they change); patients are.
 
 FHIR never holds up AI processing: each lookup has a time budget, a failure only logs a
 warning, and after one the enricher stops asking for ``pause`` seconds. Answers (also
@@ -24,7 +27,7 @@ from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.db.repo import ReportContext
 from xrayvision.fhir.client import FhirClient, FhirError
-from xrayvision.fhir.resources import PatientDetails, patient_of
+from xrayvision.fhir.resources import PatientDetails, order_priority, patient_of
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +48,11 @@ def lookup_key(exam: ReportContext) -> tuple[str, ...] | None:
 class PatientEnricher:
     def __init__(self, client: FhirClient, db: Database, *, identifier_system: str = "",
                  ttl: float = 3600.0, size: int = 4096, budget: float = 10.0,
-                 pause: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 pause: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 severity_threshold: int = 5) -> None:
         self.client = client
         self.db = db
+        self.threshold = severity_threshold
         self.identifier_system = identifier_system
         self.cache: TTLCache = TTLCache(maxsize=size, ttl=ttl, timer=clock)
         self.budget = budget
@@ -94,9 +99,27 @@ class PatientEnricher:
         if details is None:
             return
         assert isinstance(details, PatientDetails)
+        await self._order_priority(exam, details)
         info = repo.PatientInfo(cnp=details.cnp, name=details.name,
                                 birth_date=details.birth_date, sex=details.sex)
         if (info.birth_date == exam.birth_date and (not info.sex or info.sex == exam.sex)
                 and exam.cnp):
             return  # nothing new: spare the write
         await self.db.write(repo.enrich_patient, exam.uid, info)
+
+    async def _order_priority(self, exam: ReportContext, details: PatientDetails) -> None:
+        """Raises the exam's priority to its order's; a failure only logs."""
+        if not exam.accession or not details.fhir_id:
+            return
+        try:
+            async with asyncio.timeout(self.budget):
+                requests = await self.client.service_requests(details.fhir_id)
+        except (FhirError, TimeoutError) as exc:
+            log.warning("the exam's order could not be read; its priority stays",
+                        extra={"uid": exam.uid, "error": str(exc) or type(exc).__name__})
+            return
+        priority = order_priority(requests, exam.accession)
+        if priority is not None and priority > exam.priority and await self.db.write(
+                repo.raise_priority, exam.uid, priority, self.threshold):
+            log.info("priority raised from the order", extra={"uid": exam.uid,
+                                                              "priority": priority})

@@ -246,6 +246,24 @@ def report_of(resource: dict, accession_system: str = "") -> FhirReport:
     )
 
 
+# FHIR request-priority codes, lowest first, as queue priorities (config.PRIORITIES).
+REQUEST_PRIORITIES = {"routine": 0, "urgent": 1, "asap": 2, "stat": 3}
+
+
+def order_priority(requests: list[dict], accession: str) -> int | None:
+    """The priority of the ServiceRequest among ``requests`` that carries ``accession``
+    (the order the exam was made for); None when no request carries it or it states no
+    priority (FHIR: absent means routine, but then the sender's AE title decides)."""
+    if not accession:
+        return None
+    for request in requests:
+        if request.get("resourceType") != "ServiceRequest":
+            continue
+        if accession in identifiers_of(request).accessions:
+            return REQUEST_PRIORITIES.get(str(request.get("priority") or ""))
+    return None
+
+
 def patient_of(resource: dict, identifier_system: str = "") -> PatientDetails:
     """A Patient resource: the identifier in ``identifier_system`` (the first one when no
     system is configured), name, birth date and sex."""

@@ -1,6 +1,7 @@
 """Alembic environment: the engine comes from ``config.attributes`` (see migrate.py)."""
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from xrayvision.db.models import Base
 
@@ -8,7 +9,7 @@ config = context.config
 engine = config.attributes["engine"]
 
 
-def _foreign_keys(connection, on: bool) -> None:
+def _foreign_keys(connection: Connection, on: bool) -> None:
     """Through the DB-API connection: SQLAlchemy's own execute would begin a transaction
     first, and SQLite ignores this pragma inside one."""
     cursor = connection.connection.cursor()

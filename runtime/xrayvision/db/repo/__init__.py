@@ -40,6 +40,7 @@ from xrayvision.db.repo.reports import (
     ReportContext,
     ai_history,
     poll_exams,
+    raise_priority,
     report_context,
     retriage,
     review_ai_report,
@@ -75,7 +76,8 @@ __all__ = [
     "exam_identity", "exam_page", "exams_received_before", "exams_with_status",
     "finish_conversion", "get_exam", "get_state", "identity_of", "insert_received",
     "insert_state", "list_exams", "oldest_claimable", "poll_exams", "purge_error_exams",
-    "queue_counts", "record_retrieval", "report_context", "retriage", "review_ai_report",
+    "queue_counts", "raise_priority", "record_retrieval", "report_context", "retriage",
+    "review_ai_report",
     "save_ai_read", "save_ai_report", "save_rad_report", "set_state", "study_needs_retrieval",
     "unchecked_rad_reports", "upsert_patient",
 ]

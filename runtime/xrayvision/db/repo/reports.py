@@ -160,13 +160,15 @@ class ReportContext:
     sex: str
     birth_date: dt.date | None
     previous_report: str
+    accession: str = ""
+    priority: int = 0
 
 
 def _report_context_statement() -> Select[*tuple[Any, ...]]:
     e, p, a = Exam.__table__.c, Patient.__table__.c, AIReport.__table__.c
     return (
         select(e.uid, e.region, e.projection, e.created, e.series_datetime, e.cnp,
-               p.name, p.sex, p.birth_date, a.text)
+               p.name, p.sex, p.birth_date, a.text, e.accession, e.priority)
         .select_from(Exam.__table__.outerjoin(Patient.__table__, p.cnp == e.cnp)
                      .outerjoin(AIReport.__table__, a.uid == e.uid))
         .where(e.uid == bindparam("uid"))
@@ -183,7 +185,20 @@ def report_context(session: Session, uid: str) -> ReportContext | None:
     if row is None:
         return None
     return ReportContext(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or "",
-                         row[7] or "", row[8], row[9] or "")
+                         row[7] or "", row[8], row[9] or "", row[10] or "", row[11] or 0)
+
+
+def raise_priority(session: Session, uid: str, priority: int, threshold: int) -> bool:
+    """Raises the exam's priority to ``priority`` (the order's, from the hospital system)
+    and its worklist triage with it (a stat order is critical until reviewed); never
+    lowers it. False when the exam is unknown or already had that priority or more."""
+    result = session.connection().execute(
+        update(Exam).where(Exam.uid == uid, Exam.priority < priority).values(
+            priority=priority,
+            triage=case((and_(Exam.reviewed.is_(False),
+                              or_(Exam.severity >= threshold, literal(priority) >= STAT)),
+                         1), else_=0)))
+    return bool(result.rowcount)
 
 
 @dataclass(frozen=True)
