@@ -513,6 +513,10 @@ def build_model_endpoint(mep: Obj) -> list[Obj]:
             "--tensor-parallel-size", str(gpus),
             "--host", "0.0.0.0", "--port", "8000",  # noqa: S104 - the pod's own address
             *vllm.get("extraArgs", [])]
+    if not any(a.startswith("--limit-mm-per-prompt") for a in vllm.get("extraArgs", [])):
+        # vLLM's default is one image per prompt; a study read sends several.
+        args += ["--limit-mm-per-prompt",
+                 json.dumps({"image": int(vllm.get("maxImagesPerPrompt", 4))})]
     resources = copy.deepcopy(vllm.get("resources") or {})
     resources.setdefault("limits", {})["nvidia.com/gpu"] = gpus
     resources.setdefault("requests", {})["nvidia.com/gpu"] = gpus

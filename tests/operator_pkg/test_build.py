@@ -173,6 +173,8 @@ def test_managed_vllm_endpoint():
     assert c["args"][:4] == ["--model", "google/medgemma-4b-it", "--served-model-name",
                              "google/medgemma-4b-it"]
     assert "--enforce-eager" in c["args"] and "8192" in c["args"] and "0.9" in c["args"]
+    limit = c["args"].index("--limit-mm-per-prompt")
+    assert c["args"][limit + 1] == '{"image": 4}'  # several images per study read
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}} \
         in c["env"]
@@ -186,6 +188,20 @@ def test_managed_vllm_endpoint():
                                   "kind": "ModelEndpoint", "metadata": {"name": "ext"},
                                   "spec": {"url": "http://gpu:8000", "model": "m"}})
     assert build_model_endpoint(url_mep) == [] and served_model(url_mep) == "m"
+
+
+def test_images_per_prompt_from_the_spec_unless_extra_args_set_it():
+    def args(vllm):
+        mep = with_server_fields({"apiVersion": "xrayvision.io/v1alpha1",
+                                  "kind": "ModelEndpoint", "metadata": {"name": "m"},
+                                  "spec": {"vllm": vllm}})
+        deployment = next(o for o in build_model_endpoint(mep) if o["kind"] == "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert args({"maxImagesPerPrompt": 8})[-2:] == ["--limit-mm-per-prompt", '{"image": 8}']
+    own = args({"maxImagesPerPrompt": 8, "extraArgs": ['--limit-mm-per-prompt={"image":2}']})
+    assert "--limit-mm-per-prompt" not in own
+    assert own[-1] == '--limit-mm-per-prompt={"image":2}'
 
 
 # --- schemas and CEL rules ---------------------------------------------------------------

@@ -161,6 +161,10 @@ class Exam(Base):
         Index("ix_exams_study_uid", "study_uid"),
         # The worklist, urgent first (read backwards: every key descending).
         Index("ix_exams_triage", "triage", "priority", "severity", "created", "uid"),
+        # ... of one region (the dashboard's most common filter): no sort of the region's
+        # exams (SQLite took 0.4 s at a million exams without it, bench/README.md).
+        Index("ix_exams_region_triage", "region", "triage", "priority", "severity", "created",
+              "uid"),
         # The claim query's exact shape: highest priority first, then the oldest.
         Index(
             "ix_exams_claim",

@@ -33,6 +33,9 @@ def upgrade() -> None:
                                      nullable=False))
     op.create_index('ix_exams_triage', 'exams',
                     ['triage', 'priority', 'severity', 'created', 'uid'], unique=False)
+    op.create_index('ix_exams_region_triage', 'exams',
+                    ['region', 'triage', 'priority', 'severity', 'created', 'uid'],
+                    unique=False)
     # Each exam's current read, copied from its report; triage at the default threshold
     # (5): the relay recomputes it at start with the configured one.
     op.execute("UPDATE exams SET severity = (SELECT a.severity FROM ai_reports a "
@@ -112,6 +115,7 @@ def downgrade() -> None:
     with op.batch_alter_table('ai_reports') as batch:
         batch.drop_column('prompt_version')
         batch.drop_column('version')
+    op.drop_index('ix_exams_region_triage', table_name='exams')
     op.drop_index('ix_exams_triage', table_name='exams')
     with op.batch_alter_table('exams') as batch:
         batch.drop_column('triage')
