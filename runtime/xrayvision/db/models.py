@@ -182,15 +182,10 @@ class Exam(Base):
     )
 
 
-class AIReport(Base):
-    """The exam's current AI read (the latest version) and the review of it; earlier
-    versions are in :class:`AIReportVersion`, every review in :class:`Review`."""
+class AIRead:
+    """What one AI read is: the report, the CHK result, who answered and how fast (the
+    columns the current read and its earlier versions share)."""
 
-    __tablename__ = "ai_reports"
-
-    uid: Mapped[str] = mapped_column(
-        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True
-    )
     text: Mapped[str] = mapped_column(Text, default="")
     positive: Mapped[int] = mapped_column(Integer, default=-1)
     severity: Mapped[int] = mapped_column(Integer, default=-1)
@@ -199,6 +194,17 @@ class AIReport(Base):
     model: Mapped[str] = mapped_column(String(256), default="")
     endpoint: Mapped[str] = mapped_column(String(32), default="")  # primary / secondary
     latency: Mapped[float] = mapped_column(Float, default=0.0)  # seconds
+
+
+class AIReport(AIRead, Base):
+    """The exam's current AI read (the latest version) and the review of it; earlier
+    versions are in :class:`AIReportVersion`, every review in :class:`Review`."""
+
+    __tablename__ = "ai_reports"
+
+    uid: Mapped[str] = mapped_column(
+        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True
+    )
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     prompt_version: Mapped[str] = mapped_column(String(16), default="", server_default="")
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -219,7 +225,7 @@ class AIReport(Base):
     )
 
 
-class AIReportVersion(Base):
+class AIReportVersion(AIRead, Base):
     """An AI read that a later one replaced (a requeue), kept as it was with the review it
     had: nothing a model or a user produced is deleted by a new read."""
 
@@ -228,14 +234,6 @@ class AIReportVersion(Base):
     uid: Mapped[str] = mapped_column(
         ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    text: Mapped[str] = mapped_column(Text, default="")
-    positive: Mapped[int] = mapped_column(Integer, default=-1)
-    severity: Mapped[int] = mapped_column(Integer, default=-1)
-    confidence: Mapped[int] = mapped_column(Integer, default=-1)
-    summary: Mapped[str] = mapped_column(Text, default="")
-    model: Mapped[str] = mapped_column(String(256), default="")
-    endpoint: Mapped[str] = mapped_column(String(32), default="")
-    latency: Mapped[float] = mapped_column(Float, default=0.0)
     prompt_version: Mapped[str] = mapped_column(String(16), default="")
     review_correct: Mapped[int] = mapped_column(Integer, default=-1)
     review_note: Mapped[str] = mapped_column(Text, default="")
