@@ -42,7 +42,7 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # noqa:
 from support.pacs import wait_port  # noqa: E402
 from support.pgserver import free_port  # noqa: E402
 from support.xrays import make_xray  # noqa: E402
-from web.conftest import PASSWORDS, USERS  # noqa: E402
+from web.conftest import USERS, basic  # noqa: E402
 
 XRAYVISION = Path(sys.executable).parent / "xrayvision"
 STUB = ROOT / "tests" / "support" / "model_stub.py"
@@ -79,8 +79,8 @@ def send(port: int, calling: str, batch: list[list], acks: dict[str, float]) -> 
 
 async def listen(base: str, reports: dict[str, float], images: int,
                  ready: asyncio.Event, complete: asyncio.Event) -> None:
-    auth = aiohttp.BasicAuth("admin", PASSWORDS["admin"])
-    async with aiohttp.ClientSession(auth=auth) as http, http.ws_connect(base + "/ws") as ws:
+    async with aiohttp.ClientSession(headers=basic("admin")) as http, \
+            http.ws_connect(base + "/ws") as ws:
         ready.set()
         async for msg in ws:
             event = msg.json()
