@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     Insert,
+    Integer,
     Select,
     and_,
     bindparam,
@@ -111,9 +112,18 @@ _UNREVIEWED = {"reviewed": False, "review_correct": -1, "review_note": "", "revi
                "reviewed_at": None}
 
 
-def _triage_sql(severity: Any, threshold: int) -> Any:
-    """:func:`models.triage_of` for an exam not reviewed, in SQL."""
-    return case((or_(severity >= threshold, Exam.priority >= STAT), 1), else_=0)
+def _exam_read_statement() -> Any:
+    """The exam's worklist keys after a new read: its severity, not reviewed, and triage
+    (:func:`models.triage_of` for an exam not reviewed, in SQL)."""
+    severity = bindparam("p_severity", type_=Integer())
+    return update(Exam).where(Exam.uid == bindparam("p_uid")).values(
+        severity=severity, reviewed=False,
+        triage=case((or_(severity >= bindparam("p_threshold", type_=Integer()),
+                         Exam.priority >= STAT), 1), else_=0))
+
+
+# Built once (module import), as the archive: the relay's per-exam path.
+_EXAM_READ = _exam_read_statement()
 
 
 def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -> None:
@@ -124,11 +134,8 @@ def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -
     session.connection().execute(_ARCHIVE, {"uid": uid, "superseded": utcnow()})
     _upsert_report(session, AIReport, _AI_FIELDS, uid, {**_NEW_READ, **fields, **_UNREVIEWED},
                    new_version=True)
-    severity = int(fields.get("severity", -1))
-    session.connection().execute(
-        update(Exam).where(Exam.uid == uid).values(
-            severity=severity, reviewed=False, triage=_triage_sql(literal(severity),
-                                                                 threshold)))
+    session.connection().execute(_EXAM_READ, {
+        "p_uid": uid, "p_severity": int(fields.get("severity", -1)), "p_threshold": threshold})
 
 
 def retriage(session: Session, threshold: int) -> int:
