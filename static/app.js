@@ -90,7 +90,9 @@ function connect() {
 function onEvent(msg) {
   const route = currentRoute();
   if (route.name === "exams") {
-    if (msg.type === "exam.queued" && state.page === 1) loadExams(msg.uid);
+    // New and newly critical exams come first (urgent order): page 1 shows them.
+    const critical = msg.type === "report.ready" && msg.severity >= state.config.severity_threshold;
+    if ((msg.type === "exam.queued" || critical) && state.page === 1) loadExams(msg.uid);
     else if (msg.uid && document.querySelector(`tr[data-uid="${CSS.escape(msg.uid)}"]`)) loadExams(msg.uid);
   } else if (route.name === "exam" && msg.uid === route.arg) {
     loadExam(route.arg);
@@ -214,6 +216,15 @@ async function loadExam(uid) {
   if (!$("exam-title")) return;
   const who = e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : "unknown patient";
   $("exam-title").textContent = `${e.region || "unknown region"} ${e.projection || ""} · ${who} · ${when(e.created)} · ${e.status}`;
+  const images = e.study_images || [];
+  $("study-images").replaceChildren(...(images.length > 1 ? [
+    el("span", { class: "muted" }, `study: ${images.length} images`),
+    ...images.map((i, n) => {
+      const label = `${n + 1}. ${i.projection || i.series_description || "image"}` +
+        (i.severity >= 0 ? ` (${i.severity})` : ` · ${i.status}`);
+      return i.uid === e.uid ? el("strong", {}, label)
+        : el("a", { href: `#/exam/${encodeURIComponent(i.uid)}` }, label);
+    })] : []));
   const ai = e.ai, rad = e.rad;
   $("ai-badges").replaceChildren(...(ai ? [badge(ai.severity, "severity (AI)"), badge(ai.confidence, "confidence %")] : []));
   $("exam-reason").hidden = !e.reason;

@@ -121,6 +121,10 @@ async def test_requeued_exam_goes_through_the_review_prompt(db, tmp_path, stubs)
         row = await db.read(repo.get_exam, uid)
         assert row.ai.version == 1 and row.ai.review_note == "missed it"
         await until_counts(db, lambda c: c[DONE] == 1 and c["requeue"] == 0)
+        for _ in range(100):  # the notice follows the commit
+            if len(notified) == 2:
+                break
+            await asyncio.sleep(0.05)
     texts = [r["messages"][1]["content"][0]["text"] for r in primary.state.requests
              if isinstance(r["messages"][1]["content"], list)]
     assert "Previous report:" not in texts[0]

@@ -30,7 +30,7 @@ def load(db, unchecked_uid=None):
         when = dt.datetime.fromisoformat(received).replace(tzinfo=dt.UTC)
         db.write_sync(lambda s, uid=uid, when=when: s.execute(
             update(Exam).where(Exam.uid == uid).values(created=when)))
-        db.write_sync(repo.save_ai_report, uid, severity=ai)
+        db.write_sync(records.save_ai_report, uid, severity=ai)
         db.write_sync(repo.save_rad_report, uid, severity=rad, radiologist=rad_name,
                       checked=uid != unchecked_uid)
 

@@ -30,7 +30,7 @@ def test_integrity_errors_are_not_retried(db):
     db.write_sync(records.add_exam, ExamInfo(uid="1.1"))
     before = metrics.DB_RETRIES._value.get()
     with pytest.raises(IntegrityError):
-        db.write_sync(repo.save_ai_report, "1.1", confidence=500)
+        db.write_sync(records.save_ai_report, "1.1", confidence=500)
     assert metrics.DB_RETRIES._value.get() == before
 
 

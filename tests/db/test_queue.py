@@ -56,7 +56,7 @@ def test_lease_lost_rolls_back_the_whole_transaction(db):
     db.write_sync(queue.claim, "w1", 60)
 
     def report_and_complete(session):
-        repo.save_ai_report(session, "2.2", text="late report")
+        records.save_ai_report(session, "2.2", text="late report")
         queue.complete(session, "2.2", "someone-else")
 
     with pytest.raises(queue.LeaseLost):

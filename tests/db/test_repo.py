@@ -19,7 +19,7 @@ def add(db, uid, *, cnp="1900101123456", name="Popescu Ion", status=DONE, region
         if created is not None:
             exam.created = created
         if ai is not None:
-            repo.save_ai_report(session, uid, **ai)
+            records.save_ai_report(session, uid, **ai)
         if rad is not None:
             repo.save_rad_report(session, uid, **rad)
         return created_now
@@ -76,7 +76,7 @@ def test_datetimes_round_trip_as_aware_utc(db):
 
 def test_reports_insert_update_and_unknown_fields(db):
     add(db, "1.7", ai={"text": "FINDINGS: none", "severity": 2, "confidence": 80})
-    db.write_sync(repo.save_ai_report, "1.7", severity=7, summary="effusion")
+    db.write_sync(records.save_ai_report, "1.7", severity=7, summary="effusion")
     ai = db.read_sync(records.get_ai_report, "1.7")
     assert (ai.text, ai.severity, ai.confidence, ai.summary) == ("FINDINGS: none", 7, 80,
                                                                  "effusion")
@@ -85,7 +85,7 @@ def test_reports_insert_update_and_unknown_fields(db):
     rad = db.read_sync(records.get_rad_report, "1.7")
     assert rad.text == "Fără modificări" and rad.positive == -1
     with pytest.raises(ValueError, match="unknown ai_reports fields: colour"):
-        db.write_sync(repo.save_ai_report, "1.7", colour="red")
+        db.write_sync(repo.save_ai_read, "1.7", colour="red", threshold=5)
 
 
 def test_report_ranges_are_enforced_by_the_database(db):
@@ -93,7 +93,7 @@ def test_report_ranges_are_enforced_by_the_database(db):
 
     add(db, "1.8")
     with pytest.raises(IntegrityError):
-        db.write_sync(repo.save_ai_report, "1.8", severity=11)
+        db.write_sync(repo.save_ai_read, "1.8", severity=11, threshold=5)
 
 
 def test_set_status(db):

@@ -33,6 +33,20 @@ def set_status(session: Session, uid: str, status: str, error: str = "") -> bool
     return bool(rowcount(result))
 
 
+def save_ai_report(session: Session, uid: str, **fields: object) -> AIReport:
+    """An AI report put in place (or changed) as given, without what a read does (no
+    version kept, no worklist keys): the relay writes through ``repo.save_ai_read``."""
+    unknown = set(fields) - {c.key for c in AIReport.__table__.columns}
+    if unknown:
+        raise ValueError(f"unknown ai_reports fields: {', '.join(sorted(unknown))}")
+    report = session.get(AIReport, uid) or AIReport(uid=uid)
+    for name, value in fields.items():
+        setattr(report, name, value)
+    session.add(report)
+    session.flush()
+    return report
+
+
 def get_ai_report(session: Session, uid: str) -> AIReport | None:
     return session.get(AIReport, uid)
 

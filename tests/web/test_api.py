@@ -52,7 +52,7 @@ def seed(db, store=None):
         db.write_sync(lambda s, uid=uid, i=i: s.execute(
             update(Exam).where(Exam.uid == uid).values(created=t0 + dt.timedelta(days=i))))
         if ai is not None:
-            db.write_sync(repo.save_ai_report, uid, text="FINDINGS: x\nIMPRESSION: y",
+            db.write_sync(records.save_ai_report, uid, text="FINDINGS: x\nIMPRESSION: y",
                           severity=ai, positive=int(ai >= 5), summary=f"summary {uid}",
                           endpoint="primary", latency=1.5)
         if rad is not None:
@@ -285,6 +285,20 @@ async def test_a_requeue_keeps_the_review_and_the_read_it_replaces(api):
         == [(1, True, "fine"), (1, False, "missed the effusion")]
     listed = await (await client.get("/api/exams?region=chest", headers=h)).json()
     assert next(e for e in listed["exams"] if e["uid"] == "1.2.3.1")["ai"]["version"] == 2
+
+
+async def test_the_exam_page_lists_the_images_of_its_study(api):
+    client, services = api
+    for n, view in enumerate(("PA", "LAT", "PA")):
+        services.db.write_sync(records.add_exam, ExamInfo(
+            uid=f"1.5.{n}", study_uid="1.5" if n < 2 else "1.6", projection=view,
+            status="queued"), None)
+    detail = await (await client.get("/api/exams/1.5.1", headers=basic("viewer"))).json()
+    assert [(i["uid"], i["projection"], i["severity"]) for i in detail["study_images"]] == [
+        ("1.5.0", "PA", -1), ("1.5.1", "LAT", -1)]
+    services.db.write_sync(records.add_exam, ExamInfo(uid="1.7.0"), None)  # no study UID
+    alone = await (await client.get("/api/exams/1.7.0", headers=basic("viewer"))).json()
+    assert alone["study_images"] == []
 
 
 async def test_ignored_and_failed_exams_say_why(api):

@@ -255,13 +255,21 @@ async def get_exam(request: web.Request) -> web.Response:
 
     def read(session):
         row = repo.get_exam(session, uid)
-        return None if row is None else (row, repo.ai_history(session, uid))
+        if row is None:
+            return None
+        return row, repo.ai_history(session, uid), repo.study_images(session,
+                                                                     row.exam.study_uid)
 
     found = await database(request).read(read)
     if found is None:
         raise web.HTTPNotFound(text=f"no exam {uid}")
-    row, history = found
-    return web.json_response({**exam_json(row, full=True), "history": history_json(history)})
+    row, history, images = found
+    return web.json_response({
+        **exam_json(row, full=True), "history": history_json(history),
+        "study_images": [{"uid": i.uid, "projection": i.projection,
+                          "series_description": i.series_description, "status": i.status,
+                          "severity": i.severity, "created": _iso(i.created)}
+                         for i in images]})
 
 
 async def get_image(request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ from xrayvision.db.repo.exams import (
     identity_of,
     insert_received,
     purge_error_exams,
+    study_images,
     upsert_patient,
 )
 from xrayvision.db.repo.reports import (
@@ -45,7 +46,6 @@ from xrayvision.db.repo.reports import (
     retriage,
     review_ai_report,
     save_ai_read,
-    save_ai_report,
     save_rad_report,
     unchecked_rad_reports,
 )
@@ -78,6 +78,6 @@ __all__ = [
     "insert_state", "list_exams", "oldest_claimable", "poll_exams", "purge_error_exams",
     "queue_counts", "raise_priority", "record_retrieval", "report_context", "retriage",
     "review_ai_report",
-    "save_ai_read", "save_ai_report", "save_rad_report", "set_state", "study_needs_retrieval",
-    "unchecked_rad_reports", "upsert_patient",
+    "save_ai_read", "save_rad_report", "set_state", "study_needs_retrieval",
+    "study_images", "unchecked_rad_reports", "upsert_patient",
 ]

@@ -178,6 +178,30 @@ def get_exam(session: Session, uid: str) -> ExamRow | None:
     return ExamRow(*row) if row else None
 
 
+@dataclass(frozen=True)
+class StudyImage:
+    """One image of a study, as the exam page lists the study's images."""
+
+    uid: str
+    projection: str
+    series_description: str
+    status: str
+    severity: int  # the current AI read's, -1: none
+    created: dt.datetime
+
+
+def study_images(session: Session, study_uid: str, limit: int = 100) -> list[StudyImage]:
+    """The images of a study in order of receipt (at most ``limit``); [] for no study
+    UID (an instance without one is a study of its own)."""
+    if not study_uid:
+        return []
+    rows = session.execute(
+        select(Exam.uid, Exam.projection, Exam.series_description, Exam.status,
+               Exam.severity, Exam.created)
+        .where(Exam.study_uid == study_uid).order_by(Exam.created, Exam.uid).limit(limit))
+    return [StudyImage(*row) for row in rows]
+
+
 def finish_conversion(session: Session, uid: str, status: str, error: str = "",
                       code: str = "") -> Exam | None:
     """Moves an exam out of ``none`` (to queued, ignore or error) after conversion; for

@@ -83,12 +83,6 @@ def _upsert_report(session: Session, model: Any, allowed: set[str], uid: str,
     session.connection().execute(stmt, {"uid": uid, "created": now, "updated": now, **fields})
 
 
-def save_ai_report(session: Session, uid: str, **fields: Any) -> None:
-    """Updates the exam's current AI read in place (or creates it) with ``fields``
-    (columns of ai_reports); a new read goes through :func:`save_ai_read`."""
-    _upsert_report(session, AIReport, _AI_FIELDS, uid, fields)
-
-
 _VERSION_COLUMNS = ("uid", "version", "text", "positive", "severity", "confidence", "summary",
                     "model", "endpoint", "latency", "prompt_version", "review_correct",
                     "review_note", "reviewed_by", "reviewed_at", "created")
