@@ -54,7 +54,11 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 @pytest.fixture
 def dashboard(tmp_path, pg_db, pg_url):
     FilesystemStore(tmp_path / "data" / "images").put("1.2.840.1", "png", PNG)
-    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.1", region="chest", status=DONE),
+    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.1", region="chest", status=DONE,
+                                                study_uid="1.2.840", projection="PA"),
+                     PatientInfo(cnp="111", name="Popescu^Ion"))
+    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.4", region="chest", status=DONE,
+                                                study_uid="1.2.840", projection="LAT"),
                      PatientInfo(cnp="111", name="Popescu^Ion"))
     pg_db.write_sync(repo.save_ai_read, "1.2.840.1", text=f"FINDINGS: {XSS}",
                      summary=XSS, severity=7, confidence=80, model="medgemma",
@@ -103,6 +107,9 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.wait_for_selector("#ai-text")
         page.wait_for_function("document.getElementById('ai-text').textContent.length > 0")
         assert page.inner_text("#ai-text") == f"FINDINGS: {XSS}"
+        # the study's other image is one click away
+        assert "study: 2 images" in page.inner_text("#study-images")
+        assert page.locator('#study-images a[href="#/exam/1.2.840.4"]').count() == 1
         assert page.locator("#ai-text img").count() == 0
         page.wait_for_function("document.getElementById('xray').naturalWidth > 0")
         page.screenshot(path=str(SHOTS / "exam.png"))
