@@ -141,7 +141,7 @@ async function loadExams(flashUid) {
       el("td", {}, when(e.created)),
       el("td", {}, PRIORITY[e.priority] || String(e.priority)),
       el("td", {}, e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : ""),
-      el("td", {}, e.region),
+      el("td", {}, e.study_size > 1 ? `${e.region} · ${e.projection || "image"} (study of ${e.study_size})` : e.region),
       el("td", {}, status),
       el("td", {}, e.ai ? badge(e.ai.severity, "severity (AI)") : ""),
       el("td", {}, e.rad ? badge(e.rad.severity, "severity (radiologist)") : ""),

@@ -296,6 +296,10 @@ async def test_the_exam_page_lists_the_images_of_its_study(api):
     detail = await (await client.get("/api/exams/1.5.1", headers=basic("viewer"))).json()
     assert [(i["uid"], i["projection"], i["severity"]) for i in detail["study_images"]] == [
         ("1.5.0", "PA", -1), ("1.5.1", "LAT", -1)]
+    listed = await (await client.get("/api/exams?sort=received", headers=basic("viewer"))
+                    ).json()
+    assert {e["uid"]: e["study_size"] for e in listed["exams"]} == {
+        "1.5.0": 2, "1.5.1": 2, "1.5.2": 1}
     services.db.write_sync(records.add_exam, ExamInfo(uid="1.7.0"), None)  # no study UID
     alone = await (await client.get("/api/exams/1.7.0", headers=basic("viewer"))).json()
     assert alone["study_images"] == []

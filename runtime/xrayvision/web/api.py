@@ -216,12 +216,19 @@ async def list_exams(request: web.Request) -> web.Response:
     size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
     assert page is not None and size is not None  # they have defaults
     db = database(request)
-    rows = await db.read(repo.exam_page, f, page, size)
+
+    def read(session):
+        rows = repo.exam_page(session, f, page, size)
+        return rows, repo.study_sizes(session, [r.exam.study_uid for r in rows])
+
+    rows, sizes = await db.read(read)
     # The total does not depend on the order: one cached count for every sort.
     total = await request.app[TOTALS].get(dataclasses.replace(f, sort=""),
                                           lambda: db.read(repo.count_matching, f))
     result = repo.Page(rows=rows, total=total, page=page, size=size)
-    return web.json_response({"exams": [exam_json(r) for r in result.rows],
+    return web.json_response({"exams": [{**exam_json(r),
+                                          "study_size": sizes.get(r.exam.study_uid, 1)}
+                                         for r in result.rows],
                               "total": result.total, "page": result.page,
                               "size": result.size, "pages": result.pages})
 

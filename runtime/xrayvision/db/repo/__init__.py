@@ -33,6 +33,7 @@ from xrayvision.db.repo.exams import (
     insert_received,
     purge_error_exams,
     study_images,
+    study_sizes,
     upsert_patient,
 )
 from xrayvision.db.repo.reports import (
@@ -79,5 +80,5 @@ __all__ = [
     "queue_counts", "raise_priority", "record_retrieval", "report_context", "retriage",
     "review_ai_report",
     "save_ai_read", "save_rad_report", "set_state", "study_needs_retrieval",
-    "study_images", "unchecked_rad_reports", "upsert_patient",
+    "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
 ]

@@ -202,6 +202,17 @@ def study_images(session: Session, study_uid: str, limit: int = 100) -> list[Stu
     return [StudyImage(*row) for row in rows]
 
 
+def study_sizes(session: Session, study_uids: Sequence[str]) -> dict[str, int]:
+    """How many images each of ``study_uids`` has received (one indexed count per page
+    of the worklist); UIDs with none are absent."""
+    wanted = sorted({u for u in study_uids if u})
+    if not wanted:
+        return {}
+    rows = session.execute(select(Exam.study_uid, func.count()).where(
+        Exam.study_uid.in_(wanted)).group_by(Exam.study_uid))
+    return {uid: int(n) for uid, n in rows}
+
+
 def finish_conversion(session: Session, uid: str, status: str, error: str = "",
                       code: str = "") -> Exam | None:
     """Moves an exam out of ``none`` (to queued, ignore or error) after conversion; for
