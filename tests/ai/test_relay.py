@@ -53,6 +53,14 @@ async def relay_on(db, store, endpoints, *, concurrency=4, notify=None, max_atte
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def until(predicate, wait=5.0):
+    """Waits for what follows a commit (a notice is sent after the read is stored)."""
+    for _ in range(int(wait / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+
+
 async def until_counts(db, predicate, wait=30.0):
     for _ in range(int(wait / 0.05)):
         counts = await db.read(repo.queue_counts)
@@ -92,6 +100,7 @@ async def test_happy_path(db, tmp_path, stubs):
         events = bus.subscribe()
         await until_counts(db, lambda c: c[DONE] == 1)
         assert (await asyncio.wait_for(events.get(), 5)).type == "report.ready"
+        await until(lambda: notified)
     row = await db.read(repo.get_exam, uid)
     assert row.ai.text.startswith("FINDINGS:\nRight lower lobe consolidation")
     assert (row.ai.positive, row.ai.severity, row.ai.confidence) == (1, 6, 85)
@@ -121,10 +130,7 @@ async def test_requeued_exam_goes_through_the_review_prompt(db, tmp_path, stubs)
         row = await db.read(repo.get_exam, uid)
         assert row.ai.version == 1 and row.ai.review_note == "missed it"
         await until_counts(db, lambda c: c[DONE] == 1 and c["requeue"] == 0)
-        for _ in range(100):  # the notice follows the commit
-            if len(notified) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: len(notified) == 2)
     texts = [r["messages"][1]["content"][0]["text"] for r in primary.state.requests
              if isinstance(r["messages"][1]["content"], list)]
     assert "Previous report:" not in texts[0]
