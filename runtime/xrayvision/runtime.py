@@ -91,8 +91,7 @@ def _enrichment(settings: Settings, db: Database, http: aiohttp.ClientSession) -
     return PatientEnricher(fhir_client(settings, http), db,
                            identifier_system=settings.fhir.identifier_system,
                            ttl=settings.fhir.cache_seconds,
-                           budget=min(10.0, settings.fhir.timeout),
-                           severity_threshold=settings.processing.severity_threshold)
+                           budget=min(10.0, settings.fhir.timeout))
 
 
 def needs_model(settings: Settings) -> bool:

@@ -1,6 +1,7 @@
 """The conversion worker's process pool."""
 
 import asyncio
+import contextlib
 import multiprocessing
 
 from xrayvision.dicom.worker import ConversionWorker
@@ -31,11 +32,11 @@ async def test_start_brings_every_conversion_process_up(tmp_path, db):
     assert await gone(started)
 
 
-async def converted_at(tmp_path, db, defer: float, arrivals: int, every: float):
-    """Loop times at which the first instance's conversion started and the last instance
-    arrived, with ``arrivals`` instances ``every`` seconds apart."""
-    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_CONVERT_DEFER=str(defer))
-    worker = ConversionWorker(settings, db, FilesystemStore(tmp_path / "images"), LocalBus())
+@contextlib.asynccontextmanager
+async def conversions(tmp_path, db, **env):
+    """A running worker whose conversion only notes when it started: {uid: loop time}."""
+    worker = ConversionWorker(ingest_settings(tmp_path, **env), db,
+                              FilesystemStore(tmp_path / "images"), LocalBus())
     loop = asyncio.get_running_loop()
     started = {}
 
@@ -45,18 +46,31 @@ async def converted_at(tmp_path, db, defer: float, arrivals: int, every: float):
     worker.convert = convert
     runner = asyncio.create_task(worker.run())
     try:
+        yield worker, started
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def until_started(started, count, wait=10.0):
+    for _ in range(int(wait / 0.1)):
+        if len(started) >= count:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def converted_at(tmp_path, db, defer: float, arrivals: int, every: float):
+    """Loop times at which the first instance's conversion started and the last instance
+    arrived, with ``arrivals`` instances ``every`` seconds apart."""
+    loop = asyncio.get_running_loop()
+    async with conversions(tmp_path, db, XRAYVISION_DICOM_CONVERT_DEFER=str(defer)) as (
+            worker, started):
         for n in range(arrivals):
             worker.submit_threadsafe(f"1.2.3.{n}")
             await asyncio.sleep(every)
         last = loop.time() - every
-        for _ in range(100):
-            if "1.2.3.0" in started:
-                break
-            await asyncio.sleep(0.1)
+        await until_started(started, 1)
         return started["1.2.3.0"], last
-    finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
 
 
 async def test_conversion_waits_while_instances_keep_arriving(tmp_path, db):
@@ -78,18 +92,9 @@ async def test_an_urgent_instance_does_not_wait_for_a_pause_in_a_burst(tmp_path,
     """A burst of routine instances, a ``stat`` one in the middle: the stat one is
     converted at once (not after the burst or convert_defer), ahead of the routine ones
     that arrived before it and were waiting."""
-    settings = ingest_settings(tmp_path, XRAYVISION_DICOM_CONVERT_DEFER="30",
-                               XRAYVISION_DICOM_CONVERT_WORKERS="1")
-    worker = ConversionWorker(settings, db, FilesystemStore(tmp_path / "images"), LocalBus())
     loop = asyncio.get_running_loop()
-    started = {}
-
-    async def convert(uid):
-        started.setdefault(uid, loop.time())
-
-    worker.convert = convert
-    runner = asyncio.create_task(worker.run())
-    try:
+    async with conversions(tmp_path, db, XRAYVISION_DICOM_CONVERT_DEFER="30",
+                           XRAYVISION_DICOM_CONVERT_WORKERS="1") as (worker, started):
         for n in range(20):
             if n == 8:
                 arrived = loop.time()
@@ -97,15 +102,9 @@ async def test_an_urgent_instance_does_not_wait_for_a_pause_in_a_burst(tmp_path,
             worker.submit_threadsafe(f"1.2.3.{n}", 0)
             await asyncio.sleep(0.1)
         last = loop.time()
-        for _ in range(100):
-            if len(started) == 21:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        await until_started(started, 21)
     assert started["9.9.9"] - arrived < 0.5  # while the burst went on
     assert min(started, key=started.get) == "9.9.9"  # before the 8 routine ones before it
     routine = [t for uid, t in started.items() if uid != "9.9.9"]
     assert min(routine) >= last  # they waited for the pause, as before
-    assert worker._pending == {}  # every one converted once
+    assert len(started) == 21 and worker._pending == {}  # every one converted once

@@ -38,7 +38,11 @@ async def test_dashboard_then_events(api):
                                    secondary={"healthy": True, "error": "", "error_at": ""})
         assert (await receive(ws))["type"] == "endpoint.health"
         assert services.hub.health == {"primary": False, "secondary": True}
-        assert services.hub.endpoint_errors["primary"]["error"] == down["error"]
+        assert services.hub.endpoints()[0] == {"name": "primary", **down}
+        # a relay of an earlier version, during a rolling upgrade: {name: healthy}
+        await services.bus.publish("endpoint.health", primary=True)
+        assert (await receive(ws))["type"] == "endpoint.health"
+        assert services.hub.health == {"primary": True}
 
 
 async def test_many_clients_and_disconnects(api):

@@ -157,13 +157,12 @@ class ModelClient:
                 for e in self.endpoints}
 
     async def _set_health(self, endpoint: Endpoint, up: bool, reason: str = "") -> None:
-        changed = self.healthy[endpoint.name] != up
-        if not up and reason and self.errors.get(endpoint.name, ("",))[0] != reason:
-            changed = True  # a new reason (refused, then 503) is news to the dashboard
+        new_reason = False  # refused, then 503: news to the dashboard
         if not up and reason:
-            self.errors[endpoint.name] = (reason, dt.datetime.now(dt.UTC).isoformat(
-                timespec="seconds"))
-        if not changed:
+            new_reason = self.errors.get(endpoint.name, ("",))[0] != reason
+            self.errors[endpoint.name] = (
+                reason, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        if self.healthy[endpoint.name] == up and not new_reason:
             return
         self.healthy[endpoint.name] = up
         self._publish_metrics()

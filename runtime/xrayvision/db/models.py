@@ -47,12 +47,6 @@ REASON_CODES = ("no_region_rule", "dicom_missing", "decode_failed", "model_rejec
 STAT = 3  # config.PRIORITIES["stat"]: critical whatever the model says
 
 
-def triage_of(severity: int, priority: int, reviewed: bool, threshold: int) -> int:
-    """1 when an exam needs a radiologist first: critical (the AI's severity at or above
-    ``threshold``, or ``stat`` priority) and its AI read not reviewed yet; else 0."""
-    return int(not reviewed and (severity >= threshold or priority >= STAT))
-
-
 # Literal SQL shared by the partial indexes and the queries that must match them.
 CLAIMABLE_SQL = text("status IN ('queued', 'requeue')")
 PROCESSING_SQL = text("status = 'processing'")
@@ -134,7 +128,7 @@ class Exam(Base):
     # The worklist's urgent-first order, kept with the exam so that one index serves it:
     # the current AI read's severity (-1: none), whether it was reviewed, and triage 1
     # while the exam is critical (severity at or above the threshold, or stat priority)
-    # and not reviewed (see :func:`triage_of`).
+    # and not reviewed (``repo.reports.critical``).
     severity: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     triage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

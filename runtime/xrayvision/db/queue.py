@@ -50,6 +50,7 @@ from xrayvision.db.models import (
     PROCESSING,
     PROCESSING_SQL,
     QUEUED,
+    REASON_CODES,
     REQUEUE,
     Exam,
     Worker,
@@ -158,6 +159,8 @@ def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: 
     ``models.REASON_CODES``) say what went wrong last. Raises LeaseLost when ``worker``
     no longer holds the exam.
     """
+    if code not in REASON_CODES:
+        raise ValueError(f"unknown reason code {code!r}")
     now = now or utcnow()
     attempts = session.connection().scalar(
         select(EXAMS.c.attempts).where(_held(uid, worker)).with_for_update()

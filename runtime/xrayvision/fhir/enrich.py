@@ -48,11 +48,9 @@ def lookup_key(exam: ReportContext) -> tuple[str, ...] | None:
 class PatientEnricher:
     def __init__(self, client: FhirClient, db: Database, *, identifier_system: str = "",
                  ttl: float = 3600.0, size: int = 4096, budget: float = 10.0,
-                 pause: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 severity_threshold: int = 5) -> None:
+                 pause: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.db = db
-        self.threshold = severity_threshold
         self.identifier_system = identifier_system
         self.cache: TTLCache = TTLCache(maxsize=size, ttl=ttl, timer=clock)
         self.budget = budget
@@ -108,18 +106,22 @@ class PatientEnricher:
         await self.db.write(repo.enrich_patient, exam.uid, info)
 
     async def _order_priority(self, exam: ReportContext, details: PatientDetails) -> None:
-        """Raises the exam's priority to its order's; a failure only logs."""
-        if not exam.accession or not details.fhir_id:
+        """Raises the exam's priority to its order's. One request per read (orders change;
+        not cached), within the budget; a failure only logs and pauses lookups, as for
+        patients, so that a slow HIS does not delay every read."""
+        if not exam.accession or not details.fhir_id or self.clock() < self._paused_until:
             return
         try:
             async with asyncio.timeout(self.budget):
                 requests = await self.client.service_requests(details.fhir_id)
         except (FhirError, TimeoutError) as exc:
+            self._paused_until = self.clock() + self.pause
             log.warning("the exam's order could not be read; its priority stays",
-                        extra={"uid": exam.uid, "error": str(exc) or type(exc).__name__})
+                        extra={"uid": exam.uid, "error": str(exc) or type(exc).__name__,
+                               "pause_seconds": self.pause})
             return
         priority = order_priority(requests, exam.accession)
         if priority is not None and priority > exam.priority and await self.db.write(
-                repo.raise_priority, exam.uid, priority, self.threshold):
+                repo.raise_priority, exam.uid, priority):
             log.info("priority raised from the order", extra={"uid": exam.uid,
                                                               "priority": priority})

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSCloseCode, web
 
@@ -60,8 +61,8 @@ class Hub:
         self.heartbeat = heartbeat
         self.dashboard_interval = dashboard_interval
         self.clients: set[Client] = set()
-        self.health: dict[str, bool] = {}
-        self.endpoint_errors: dict[str, dict[str, str]] = {}  # name -> {error, error_at}
+        # name -> {healthy, error, error_at}: the relays' last view of each model endpoint
+        self.endpoint_state: dict[str, dict] = {}
         self._dashboard_due = asyncio.Event()
 
     def _offer(self, client: Client, text: str) -> None:
@@ -78,22 +79,29 @@ class Hub:
         for client in list(self.clients):
             self._offer(client, text)
 
-    def set_endpoints(self, health: dict[str, dict]) -> None:
-        """Takes an ``endpoint.health`` payload: {name: {healthy, error, error_at}}."""
-        self.health = {name: bool(h.get("healthy")) for name, h in health.items()}
-        self.endpoint_errors = {name: {"error": str(h.get("error") or ""),
-                                       "error_at": str(h.get("error_at") or "")}
-                                for name, h in health.items()}
+    def set_endpoints(self, health: dict[str, Any]) -> None:
+        """Takes an ``endpoint.health`` payload: {name: {healthy, error, error_at}}; a
+        bare {name: healthy}, as relays of earlier versions send during a rolling
+        upgrade, is taken too."""
+        self.endpoint_state = {
+            name: {"healthy": bool(h.get("healthy")), "error": str(h.get("error") or ""),
+                   "error_at": str(h.get("error_at") or "")} if isinstance(h, dict)
+            else {"healthy": bool(h), "error": "", "error_at": ""}
+            for name, h in health.items()}
+
+    @property
+    def health(self) -> dict[str, bool]:
+        return {name: h["healthy"] for name, h in self.endpoint_state.items()}
 
     def endpoints(self) -> list[dict]:
         """Each model endpoint as the relays last saw it, with its last error."""
-        return [{"name": name, "healthy": up, **self.endpoint_errors.get(name, {})}
-                for name, up in self.health.items()]
+        return [{"name": name, **h} for name, h in self.endpoint_state.items()]
 
     async def dashboard(self) -> dict:
         state = await self._state_cache.get("state", self.state)
-        return {"type": "dashboard", **state, "endpoints": dict(self.health),
-                "endpoint_errors": dict(self.endpoint_errors)}
+        return {"type": "dashboard", **state, "endpoints": self.health,
+                "endpoint_errors": {name: {"error": h["error"], "error_at": h["error_at"]}
+                                    for name, h in self.endpoint_state.items()}}
 
     async def run(self) -> None:
         """Forwards bus events until cancelled."""
@@ -107,7 +115,7 @@ class Hub:
 
     def _forward(self, event: Event) -> None:
         if event.type == ENDPOINT_HEALTH:
-            self.set_endpoints({k: v for k, v in event.data.items() if isinstance(v, dict)})
+            self.set_endpoints(event.data)
         if event.type not in (GAP, RECONNECTED):
             self.broadcast({"type": event.type, **event.data})
         if event.type in QUEUE_EVENTS:

@@ -30,6 +30,8 @@ from xrayvision.db.models import (
     IGNORE,
     NONE,
     QUEUED,
+    REASON_CODES,
+    STAT,
     AIReport,
     AIReportVersion,
     Base,
@@ -37,7 +39,6 @@ from xrayvision.db.models import (
     Patient,
     RadReport,
     Review,
-    triage_of,
     utcnow,
 )
 
@@ -165,8 +166,7 @@ def insert_received(session: Session, info: ExamInfo,
         _upsert_patient_row(session, patient)
     now = utcnow()
     values = {f: getattr(info, f) for f in ExamInfo.__dataclass_fields__}
-    # A stat exam is critical before the model has read it.
-    triage = triage_of(-1, info.priority, False, threshold=11)
+    triage = int(info.priority >= STAT)  # a stat exam is critical before any read
     inserted = session.connection().execute(_exam_insert(_dialect_insert(session)), {
         **values, "cnp": cnp, "triage": triage, "created": now, "updated": now}).first()
     return inserted is not None
@@ -223,6 +223,8 @@ def finish_conversion(session: Session, uid: str, status: str, error: str = "",
     """
     if status not in (QUEUED, IGNORE, ERROR):
         raise ValueError(f"conversion cannot end in {status!r}")
+    if code and code not in REASON_CODES:
+        raise ValueError(f"unknown reason code {code!r}")
     result = session.execute(
         update(Exam).where(Exam.uid == uid, Exam.status == NONE)
         .values(status=status, error=error[:2000], reason_code=code, updated=utcnow()),

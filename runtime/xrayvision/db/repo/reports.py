@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Insert,
     Integer,
     Select,
@@ -22,7 +23,6 @@ from sqlalchemy import (
     bindparam,
     case,
     insert,
-    literal,
     or_,
     select,
     update,
@@ -106,14 +106,20 @@ _UNREVIEWED = {"reviewed": False, "review_correct": -1, "review_note": "", "revi
                "reviewed_at": None}
 
 
+def critical(severity: Any, threshold: Any) -> ColumnElement[bool]:
+    """An exam is critical when its AI severity is at or above ``threshold`` or its
+    priority is ``stat`` (SQL; the worklist's triage is 1 while it is critical and its
+    read not reviewed)."""
+    return or_(severity >= threshold, Exam.priority >= STAT)
+
+
 def _exam_read_statement() -> Any:
-    """The exam's worklist keys after a new read: its severity, not reviewed, and triage
-    (:func:`models.triage_of` for an exam not reviewed, in SQL)."""
+    """The exam's worklist keys after a new read: its severity, not reviewed, and triage."""
     severity = bindparam("p_severity", type_=Integer())
     return update(Exam).where(Exam.uid == bindparam("p_uid")).values(
         severity=severity, reviewed=False,
-        triage=case((or_(severity >= bindparam("p_threshold", type_=Integer()),
-                         Exam.priority >= STAT), 1), else_=0))
+        triage=case((critical(severity, bindparam("p_threshold", type_=Integer())), 1),
+                    else_=0))
 
 
 # Built once (module import), as the archive: the relay's per-exam path.
@@ -135,8 +141,8 @@ def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -
 def retriage(session: Session, threshold: int) -> int:
     """Recomputes every exam's triage for ``threshold`` (it is a setting: a changed one
     reorders the worklist); returns how many exams changed. Cheap when none did."""
-    wanted = case((and_(Exam.reviewed.is_(False),
-                        or_(Exam.severity >= threshold, Exam.priority >= STAT)), 1), else_=0)
+    wanted = case((and_(Exam.reviewed.is_(False), critical(Exam.severity, threshold)), 1),
+                  else_=0)
     result = session.connection().execute(
         update(Exam).where(Exam.triage != wanted).values(triage=wanted))
     return int(result.rowcount or 0)
@@ -189,16 +195,15 @@ def report_context(session: Session, uid: str) -> ReportContext | None:
                          row[7] or "", row[8], row[9] or "", row[10] or "", row[11] or 0)
 
 
-def raise_priority(session: Session, uid: str, priority: int, threshold: int) -> bool:
-    """Raises the exam's priority to ``priority`` (the order's, from the hospital system)
-    and its worklist triage with it (a stat order is critical until reviewed); never
-    lowers it. False when the exam is unknown or already had that priority or more."""
+def raise_priority(session: Session, uid: str, priority: int) -> bool:
+    """Raises the exam's priority to ``priority`` (the order's, from the hospital system),
+    never lowers it; a ``stat`` order makes the exam critical until its read is reviewed.
+    False when the exam is unknown or already had that priority or more."""
+    values: dict[str, Any] = {"priority": priority}
+    if priority >= STAT:
+        values["triage"] = case((Exam.reviewed.is_(False), 1), else_=0)
     result = session.connection().execute(
-        update(Exam).where(Exam.uid == uid, Exam.priority < priority).values(
-            priority=priority,
-            triage=case((and_(Exam.reviewed.is_(False),
-                              or_(Exam.severity >= threshold, literal(priority) >= STAT)),
-                         1), else_=0)))
+        update(Exam).where(Exam.uid == uid, Exam.priority < priority).values(values))
     return bool(result.rowcount)
 
 
