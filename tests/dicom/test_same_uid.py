@@ -98,6 +98,12 @@ async def test_identical_copies_are_duplicates_before_and_after_conversion(tmp_p
         statuses = await asyncio.to_thread(race, ingest.port, [(same, same)])
         assert statuses == [(0, 0)]
         await ingest.converted()
+        # the received copy is removed just after the conversion commits (never before:
+        # a crash in between must leave the DICOM, not lose it)
+        for _ in range(100):
+            if ingest.store.get(uid, "dcm") is None:
+                break
+            await asyncio.sleep(0.05)
         assert ingest.store.get(uid, "dcm") is None
         again = await asyncio.to_thread(race, ingest.port, [(same, other)])
         assert again == [(0x0000, 0x0111)]  # judged by the row once the file is gone
