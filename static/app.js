@@ -89,12 +89,14 @@ function connect() {
 
 function onEvent(msg) {
   const route = currentRoute();
+  // A study's read names the study and the images it covers.
+  const uids = [msg.uid, ...(msg.images || [])].filter(Boolean);
   if (route.name === "exams") {
     // New and newly critical exams come first (urgent order): page 1 shows them.
     const critical = msg.type === "report.ready" && msg.severity >= state.config.severity_threshold;
     if ((msg.type === "exam.queued" || critical) && state.page === 1) loadExams(msg.uid);
-    else if (msg.uid && document.querySelector(`tr[data-uid="${CSS.escape(msg.uid)}"]`)) loadExams(msg.uid);
-  } else if (route.name === "exam" && msg.uid === route.arg) {
+    else if (uids.some((u) => document.querySelector(`tr[data-uid="${CSS.escape(u)}"]`))) loadExams(msg.uid);
+  } else if (route.name === "exam" && uids.includes(route.arg)) {
     loadExam(route.arg);
   }
 }

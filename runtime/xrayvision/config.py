@@ -308,6 +308,15 @@ class AISettings:
     secondary_model: str = _setting("", _str, "model name on the secondary; empty: model")
     prompts_dir: Path | None = _setting(None, _optional_path, "prompt folder; empty: ./prompts")
     max_tokens: int = _setting(1024, _int(16, 32768), "longest report, in tokens")
+    read_per: str = _setting(
+        "study", _choice("study", "image"),
+        "what one model read covers: a study (its images in one request) or each image")
+    study_quiet: float = _setting(
+        10.0, _float(0, 3600), "seconds without a new image before a study is read "
+                               "(urgent, asap and stat studies: at once)")
+    max_images: int = _setting(
+        4, _int(1, 32), "images of a study in one request (vLLM --limit-mm-per-prompt: the "
+                        "ModelEndpoint's vllm.maxImagesPerPrompt must allow as many)")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ EXAM_UPDATED = "exam.updated"  # uid, status: converted into ignore or error
 EXAM_REQUEUED = "exam.requeued"  # uid: a user asked the model to read it again
 EXAM_REVIEWED = "exam.reviewed"  # uid, correct: a user reviewed the AI report
 REPORT_READY = "report.ready"  # uid, severity, positive, region: the AI report is stored
+# (read per study: uid is the study's key, region its regions, images the exams it covers)
 RAD_REPORT_READY = "rad_report.ready"  # uid, region, severity, positive, checked: the
 #   radiologist's report is stored (or checked by the model later)
 ENDPOINT_HEALTH = "endpoint.health"  # {endpoint name: {healthy, error, error_at}}: model

@@ -124,6 +124,7 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
                     rt.text, db, store, bus,
                     severity_threshold=settings.processing.severity_threshold,
                     notify=_notifier(settings, http), max_tokens=settings.ai.max_tokens,
+                    max_images=settings.ai.max_images,
                     enrich=_enrichment(settings, db, http))
         yield rt
 

@@ -117,3 +117,61 @@ def test_0007_carries_reviews_and_reasons_over(empty_db):
         assert c.execute(text("SELECT count(*) FROM ai_reports")).scalar() == 1
         if empty_db.is_sqlite:  # and the application's connections still enforce them
             assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_0008_makes_studies_of_existing_exams(empty_db):
+    """Data written before 0008: each study UID becomes a study with its images' rollup
+    (an instance without one, a study of its own); exams keep their reads (read_uid is
+    their own UID); a study with an image still waiting is queued, one read is done,
+    one whose images were all ignored is ignore. Down and up again keeps the reads."""
+    from alembic import command
+    from sqlalchemy import text
+
+    command.upgrade(migrate.alembic_config(empty_db.engine), "0007")
+    with empty_db.engine.begin() as c:
+        for uid, study, status, region, projection, priority, t in (
+                ("1.1", "2.1", "done", "chest", "PA", 0, "2026-11-30 10:00:00"),
+                ("1.2", "2.1", "done", "chest", "LATERAL", 1, "2026-11-30 10:00:05"),
+                ("1.3", "2.2", "queued", "hand", "", 0, "2026-11-30 11:00:00"),
+                ("1.4", "2.2", "ignore", "", "", 0, "2026-11-30 11:00:01"),
+                ("1.5", "2.3", "ignore", "", "", 0, "2026-11-30 12:00:00"),
+                ("1.6", "", "error", "chest", "", 0, "2026-11-30 13:00:00")):
+            c.execute(text(
+                "INSERT INTO exams (uid, study_uid, series_uid, accession, modality, region, "
+                "projection, protocol, body_part, study_description, series_description, "
+                "calling_aet, priority, status, error, attempts, created, updated, severity, "
+                "reviewed, triage, reason_code) VALUES (:uid, :study, '', 'A1', 'CR', "
+                ":region, :projection, '', '', 'XR', '', 'ED', :priority, :status, '', 0, "
+                ":t, :t, -1, :f, 0, '')"),
+                {"uid": uid, "study": study, "status": status, "region": region,
+                 "projection": projection, "priority": priority, "t": t, "f": False})
+        c.execute(text(
+            "INSERT INTO ai_reports (uid, text, positive, severity, confidence, summary, model, "
+            "endpoint, latency, reviewed, review_correct, review_note, reviewed_by, "
+            "reviewed_at, created, updated, version, prompt_version) VALUES ('1.1', 'x', 1, 7, "
+            "80, 's', 'm', 'primary', 1.5, :f, -1, '', '', NULL, :now, :now, 1, '')"),
+            {"now": "2026-11-30 10:01:00", "f": False})
+    migrate.upgrade(empty_db.engine)
+    with empty_db.engine.connect() as c:
+        studies = {r[0]: tuple(r[1:]) for r in c.execute(text(
+            "SELECT uid, status, images, readable, regions, priority, accession "
+            "FROM studies"))}
+        reads = dict(c.execute(text("SELECT uid, read_uid FROM exams")).all())
+    assert studies == {"2.1": ("done", 2, 2, "chest", 1, "A1"),
+                       "2.2": ("queued", 2, 1, "hand", 0, "A1"),
+                       "2.3": ("ignore", 1, 0, "", 0, "A1"),
+                       "1.6": ("error", 1, 0, "chest", 0, "A1")}
+    assert reads == {u: u for u in ("1.1", "1.2", "1.3", "1.4", "1.5", "1.6")}
+    command.downgrade(migrate.alembic_config(empty_db.engine), "0007")
+    migrate.upgrade(empty_db.engine)
+    with empty_db.engine.begin() as c:
+        assert c.execute(text("SELECT count(*) FROM ai_reports")).scalar() == 1
+        # a read of a study cannot go down to 0007 (no exam to hang it on): refused
+        c.execute(text(
+            "INSERT INTO ai_reports (uid, text, positive, severity, confidence, summary, model, "
+            "endpoint, latency, reviewed, review_correct, review_note, reviewed_by, "
+            "created, updated, version, prompt_version) VALUES ('2.1', 'y', 0, 2, 80, '', "
+            "'m', 'primary', 1.0, :f, -1, '', '', :now, :now, 1, '')"),
+            {"now": "2026-11-30 10:02:00", "f": False})
+    with pytest.raises(RuntimeError, match="AI reads are of studies"):
+        command.downgrade(migrate.alembic_config(empty_db.engine), "0007")

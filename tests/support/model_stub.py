@@ -3,8 +3,9 @@
 Told per request what to do through ``mode``: ``ok`` (a report, or CHK JSON for check
 prompts), ``delay`` (answer after ``delay`` seconds), ``500``, ``drop`` (close the
 connection), ``hang`` (never answer), ``malformed`` (broken JSON), ``chk_nojson`` (CHK
-answered in prose), ``400`` (vLLM's answer to a request it refuses, e.g. too many
-images). ``capacity`` bounds concurrent requests (more wait), like a GPU.
+answered in prose), ``400`` (vLLM's answer to a request it refuses). A request with more
+images than ``max_images`` is refused with vLLM's 400, as ``--limit-mm-per-prompt``
+does. ``capacity`` bounds concurrent requests (more wait), like a GPU.
 Translation prompts are answered with ``[en] `` and the user's text; ``checks`` maps a
 piece of report text to the CHK answer for reports containing it.
 """
@@ -36,6 +37,8 @@ class StubState:
     in_flight: int = 0
     peak: int = 0
     health_checks: int = 0
+    # vLLM's --limit-mm-per-prompt: a request with more images is refused with 400
+    max_images: int = 4
 
 
 KEY = web.AppKey("state", StubState)
@@ -61,6 +64,13 @@ def _user_text(body: dict) -> str:
     return content if isinstance(content, str) else ""
 
 
+def images_of(body: dict) -> list[str]:
+    """The data URIs of a request's image parts (every message)."""
+    return [part["image_url"]["url"] for message in body.get("messages", [])
+            if isinstance(message.get("content"), list)
+            for part in message["content"] if part.get("type") == "image_url"]
+
+
 def _is_check(body: dict) -> bool:
     return "JSON" in _system(body)
 
@@ -76,6 +86,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response({"object": "error", "type": "BadRequestError", "code": 400,
                                   "message": "At most 1 image(s) may be provided in one "
                                              "request."}, status=400)
+    if len(images_of(body)) > state.max_images:
+        return web.json_response({"object": "error", "type": "BadRequestError", "code": 400,
+                                  "message": f"At most {state.max_images} image(s) may be "
+                                             "provided in one request."}, status=400)
     if mode == "drop":
         request.transport.close()
         return web.Response(status=500)

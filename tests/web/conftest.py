@@ -33,10 +33,12 @@ def basic(user: str, password: str | None = None) -> dict:
     return {"Authorization": f"Basic {token}"}
 
 
-def web_settings(tmp_path, **web):
-    """Caches off unless asked for: tests read right after they write."""
+def web_settings(tmp_path, read_per="image", **web):
+    """Caches off unless asked for: tests read right after they write. Read per image
+    unless asked for (the seeded exams carry reads of their own)."""
     web = {"count_cache": 0.0, "stats_cache": 0.0, **web}
-    settings = load_settings(tmp_path, env={"XRAYVISION_SERVER_ROLES": "web"})
+    settings = load_settings(tmp_path, env={"XRAYVISION_SERVER_ROLES": "web",
+                                            "XRAYVISION_AI_READ_PER": read_per})
     return dataclasses.replace(settings, users=USERS,
                                web=dataclasses.replace(settings.web, **web))
 

@@ -21,6 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n image"
 ROUTES = [
     ("GET", "/api/exams", None, "read"),
     ("GET", "/api/exams/1.2.3.1", None, "read"),
+    ("GET", "/api/studies", None, "read"),
     ("GET", "/api/images/1.2.3.1", None, "read"),
     ("GET", "/api/stats/global", None, "read"),
     ("GET", "/api/stats/regional", None, "read"),

@@ -16,7 +16,7 @@ import base64
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -29,7 +29,7 @@ from xrayvision.ai.text import TextServices
 from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
-from xrayvision.db.repo import ReportContext
+from xrayvision.db.repo import ReportContext, StudyContext
 from xrayvision.events import REPORT_READY, Bus
 from xrayvision.images import ImageStore
 
@@ -71,20 +71,40 @@ def exam_context(exam: ReportContext) -> ExamContext:
                        age=age_at(exam.birth_date, exam.series_datetime or exam.created))
 
 
+def _image_part(png: bytes) -> dict:
+    image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": image}}
+
+
 def report_messages(prompts: Prompts, ctx: ExamContext, png: bytes,
                     previous: str | None = None) -> list[dict]:
     """The chat-completions messages for a report (pure): system REP; user USR with the
     context, REV with the previous report on a second reading, and the PNG as a data URI."""
+    return study_messages(prompts, ctx, [png], previous=previous)
+
+
+def describe_views(views: list[str], total: int) -> str:
+    """How many images a study request carries and their views, in order (pure)."""
+    head = f"Images: {len(views)} of the study's {max(total, len(views))}, in order"
+    return head + ": " + "; ".join(f"{i}. {v or 'view unknown'}"
+                                   for i, v in enumerate(views, 1))
+
+
+def study_messages(prompts: Prompts, ctx: ExamContext, pngs: list[bytes], *,
+                   views: list[str] | None = None, total: int = 0,
+                   previous: str | None = None) -> list[dict]:
+    """The messages of one read of several images (pure): as :func:`report_messages`,
+    with one ``image_url`` part per PNG and, given ``views``, a line saying how many
+    images of the study's ``total`` there are and which views, in the parts' order."""
     text = f"{prompts.usr}\n\n{ctx.describe()}"
+    if views is not None:
+        text += "\n" + describe_views(views, max(total, len(views)))
     if previous:
         text += f"\n\n{prompts.rev}\n{previous}"
-    image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return [
         {"role": "system", "content": prompts.rep},
-        {"role": "user", "content": [
-            {"type": "text", "text": text},
-            {"type": "image_url", "image_url": {"url": image}},
-        ]},
+        {"role": "user", "content": [{"type": "text", "text": text},
+                                     *(_image_part(png) for png in pngs)]},
     ]
 
 
@@ -110,7 +130,8 @@ class Pipeline:
 
     def __init__(self, text: TextServices, db: Database, store: ImageStore, bus: Bus, *,
                  severity_threshold: int = 5, enrich: Enrich = no_enrichment,
-                 notify: Notify | None = None, max_tokens: int = 1024) -> None:
+                 notify: Notify | None = None, max_tokens: int = 1024,
+                 max_images: int = 4) -> None:
         self.text = text
         self.client = text.client
         self.prompts = text.prompts
@@ -121,6 +142,7 @@ class Pipeline:
         self.enrich = enrich
         self.notify = notify
         self.max_tokens = max_tokens
+        self.max_images = max_images
 
     async def process_exam(self, uid: str, worker: str,
                            then: Callable[[Session], Any] | None = None,
@@ -168,3 +190,64 @@ class Pipeline:
         if self.notify is not None and check.severity >= self.threshold:
             await self.notify(exam, check)
         return Outcome(uid, report, check, result.endpoint, following)
+
+    async def process_study(self, key: str, worker: str,
+                            then: Callable[[Session], Any] | None = None,
+                            study: StudyContext | None = None) -> Outcome:
+        """Reports on a claimed study (``queue.STUDIES``): its first ``max_images``
+        readable images in one request, the read stored for the study and covering all
+        its readable images, completed in one transaction with ``then`` as
+        :meth:`process_exam`. Raises as :meth:`process_exam` (MissingImage when none of
+        the images' PNGs is stored)."""
+        if study is None:
+            study = await self.db.read(repo.study_context, key)
+        if study is None:
+            raise MissingImage(f"study {key} has no readable image")
+        if self.enrich is not no_enrichment:
+            await self.enrich(study.lead)
+            study = await self.db.read(repo.study_context, key) or study
+        sent: list[repo.StudyImageRef] = []
+        pngs: list[bytes] = []
+        for image in study.images:
+            if len(pngs) == self.max_images:
+                break
+            png = await asyncio.to_thread(self.store.get, image.uid, "png")
+            if png is not None:  # a lost PNG: the others are still read
+                sent.append(image)
+                pngs.append(png)
+        if not pngs:
+            raise MissingImage(f"no PNG stored for any image of study {key}")
+        ctx = replace(exam_context(study.lead), region=study.regions,
+                      projection=",".join(dict.fromkeys(i.projection for i in sent
+                                                        if i.projection)))
+        result: ChatResult = await self.client.chat(
+            study_messages(self.prompts, ctx, pngs, views=[i.projection for i in sent],
+                           total=len(study.images), previous=study.previous_report or None),
+            call="report", max_tokens=self.max_tokens)
+        report = parse_report(result.text)
+        check = await self.text.check_report(report.text)
+
+        def store_and_complete(session: Session) -> Any:
+            repo.save_study_read(
+                session, key, [i.uid for i in study.images], text=report.text,
+                positive=check.positive, severity=check.severity,
+                confidence=check.confidence, summary=check.summary, model=result.model,
+                endpoint=result.endpoint, latency=round(result.seconds, 3),
+                prompt_version=self.prompts.version, threshold=self.threshold)
+            queue.complete(session, key, worker, table=queue.STUDIES)
+            self.bus.publish_in(session, REPORT_READY, uid=key, severity=check.severity,
+                                positive=check.positive, region=study.regions,
+                                images=[i.uid for i in study.images][:40])  # NOTIFY size
+            return then(session) if then is not None else None
+
+        following = await self.db.write(store_and_complete)
+        for region in study.regions.split(",") if study.regions else ["none"]:
+            metrics.SEVERITY.labels("ai", region, str(check.severity)).inc()
+        metrics.RECEIPT_TO_REPORT_SECONDS.observe(
+            max(0.0, (utcnow() - study.lead.created).total_seconds()))
+        log.info("study reported", extra={"uid": key, "severity": check.severity,
+                                          "images": len(pngs), "endpoint": result.endpoint,
+                                          "seconds": round(result.seconds, 2)})
+        if self.notify is not None and check.severity >= self.threshold:
+            await self.notify(study.lead, check)
+        return Outcome(key, report, check, result.endpoint, following)

@@ -1,4 +1,5 @@
-"""The relay loop: claims exams and runs the pipeline
+"""The relay loop: claims exams (or studies, read per study: ``queue.STUDIES``) and runs
+the pipeline
 with up to ``[relay] concurrency`` model calls in flight (vLLM batches them), wakes on
 ``exam.queued`` events and on a periodic sweep, renews leases during long calls, and
 sleeps while no model endpoint is healthy, waking as soon as one recovers.
@@ -13,6 +14,9 @@ held when the relay started (a previous run of the role died) are released at on
 Each relay beats every :data:`HEARTBEAT_SECONDS` (``workers`` table); at start and on each
 beat it reclaims the exams of workers that stopped beating, or whose process on this host
 is gone, so a crashed relay's exams wait seconds, not a whole lease.
+
+Read per study, a study waits for its quiet time (``not_before``): an idle relay sleeps
+until the earliest one is due (or an event, or the sweep), not a whole sweep interval.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
 WAKE_EVENTS = {EXAM_QUEUED, EXAM_REQUEUED, GAP, RECONNECTED}
+Context = repo.ReportContext | repo.StudyContext | None  # what a claim read
 
 
 HEARTBEAT_SECONDS = 10.0
@@ -53,7 +58,8 @@ def running_pids() -> frozenset[int] | None:
 class Relay:
     def __init__(self, pipeline: Pipeline, db: Database, bus: Bus, worker: str, *,
                  concurrency: int = 4, lease_seconds: float = 600, sweep_interval: float = 30,
-                 max_attempts: int = 3, retry_delay: float = 30) -> None:
+                 max_attempts: int = 3, retry_delay: float = 30,
+                 read_per_study: bool = False) -> None:
         self.pipeline = pipeline
         self.db = db
         self.bus = bus
@@ -63,6 +69,8 @@ class Relay:
         self.sweep_interval = sweep_interval
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        self.per_study = read_per_study
+        self.table = queue.STUDIES if read_per_study else queue.EXAMS
         self.host, self.pid = socket.gethostname(), os.getpid()
         self._wake = asyncio.Event()
 
@@ -76,13 +84,15 @@ class Relay:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                await self.db.write(queue.reclaim_expired, max_attempts=self.max_attempts)
+                await self.db.write(queue.reclaim_expired, max_attempts=self.max_attempts,
+                                    table=self.table)
             except Exception:  # noqa: BLE001 - the next sweep tries again
                 log.warning("lease reclaim failed", exc_info=True)
             self._wake.set()
 
     async def run(self) -> None:
-        released = await self.db.write_patiently(queue.release_worker, self.worker)
+        released = await self.db.write_patiently(queue.release_worker, self.worker,
+                                                 table=self.table)
         if released:  # held by this worker's previous run (the role was restarted)
             log.warning("released exams held by an earlier run of this relay",
                         extra={"count": released})
@@ -93,7 +103,7 @@ class Relay:
                                *(self._slot() for _ in range(self.concurrency)))
         finally:
             with contextlib.suppress(Exception):
-                await self.db.write(queue.release_worker, self.worker)
+                await self.db.write(queue.release_worker, self.worker, table=self.table)
                 await self.db.write(queue.forget_worker, self.worker)
 
     async def _beat(self) -> None:
@@ -108,7 +118,8 @@ class Relay:
             gone = queue.gone_workers(session, stale_after=STALE_AFTER_SECONDS,
                                       me=self.worker, host=self.host, pid=self.pid,
                                       alive=running_pids())
-            return gone, queue.reclaim_gone(session, gone, max_attempts=self.max_attempts)
+            return gone, queue.reclaim_gone(session, gone, max_attempts=self.max_attempts,
+                                            table=self.table)
 
         gone, count = await self.db.write_patiently(reclaim)
         if gone:
@@ -120,11 +131,12 @@ class Relay:
         """One model call in flight at a time. After an exam is done, the transaction that
         completes it also claims this slot's next exam (one transaction per exam)."""
         client = self.pipeline.client
-        following: tuple[str, repo.ReportContext | None] | None = None
+        following: tuple[str, Context] | None = None
         while True:
             if client.active() is None:
                 if following is not None:  # claimed while finishing; give it back
-                    await self._safe(queue.release, following[0], self.worker)
+                    await self._safe(queue.release, following[0], self.worker,
+                                     table=self.table)
                     following = None
                 await client.recovered.wait()
             claimed = following or await self.db.write_patiently(self._claim_next)
@@ -132,33 +144,50 @@ class Relay:
             if claimed is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
+                    await asyncio.wait_for(self._wake.wait(), await self._idle_wait())
                 continue
             following = await self._process(*claimed)
 
-    def _claim_next(self, session) -> tuple[str, repo.ReportContext | None] | None:
-        """Claims an exam and reads what the pipeline needs of it, in one transaction."""
-        exam = queue.claim(session, self.worker, self.lease)
-        return None if exam is None else (exam.uid, repo.report_context(session, exam.uid))
+    async def _idle_wait(self) -> float:
+        """Seconds to sleep with nothing claimable: until the next study's quiet time
+        ends (or a back-off), at most a sweep interval."""
+        due = await self.db.read_patiently(queue.next_due, table=self.table)
+        if due is None:
+            return self.sweep_interval
+        return min(self.sweep_interval, max(0.05, (due - utcnow()).total_seconds()))
+
+    def _claim_next(self, session) -> tuple[str, Context] | None:
+        """Claims an exam (a study) and reads what the pipeline needs of it, in one
+        transaction."""
+        row = queue.claim(session, self.worker, self.lease, table=self.table)
+        if row is None:
+            return None
+        if self.per_study:
+            return row.uid, repo.study_context(session, row.uid)
+        return row.uid, repo.report_context(session, row.uid)
 
     async def _renew(self, uid: str) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            await self.db.write(queue.renew, uid, self.worker, self.lease)
+            await self.db.write(queue.renew, uid, self.worker, self.lease, table=self.table)
 
-    async def _process(self, uid: str, context: repo.ReportContext | None):
-        """Runs the pipeline on a claimed exam; returns the next claim or None."""
+    async def _process(self, uid: str, context: Context):
+        """Runs the pipeline on a claimed exam (study); returns the next claim or None."""
         renewing = asyncio.create_task(self._renew(uid))
         try:
-            outcome = await self.pipeline.process_exam(uid, self.worker, then=self._claim_next,
-                                                       exam=context)
+            if isinstance(context, repo.StudyContext) or (self.per_study and context is None):
+                outcome = await self.pipeline.process_study(
+                    uid, self.worker, then=self._claim_next, study=context)
+            else:
+                outcome = await self.pipeline.process_exam(
+                    uid, self.worker, then=self._claim_next, exam=context)
             metrics.EXAMS_PROCESSED.labels("done").inc()
             return outcome.following
         except ModelUnavailable as exc:
             # Not the exam's fault: it waits in the queue, its attempts untouched.
             log.warning("model unavailable; exam back in the queue",
                         extra={"uid": uid, "reason": str(exc)})
-            await self._safe(queue.release, uid, self.worker)
+            await self._safe(queue.release, uid, self.worker, table=self.table)
             metrics.EXAMS_PROCESSED.labels("released").inc()
         except queue.LeaseLost:
             log.warning("lease lost; another worker has the exam", extra={"uid": uid})
@@ -168,13 +197,14 @@ class Relay:
             # The database went away mid-exam: not the exam's fault, no attempt counted.
             log.warning("database unavailable during an exam; it goes back to the queue "
                         "once the database answers", extra={"uid": uid})
-            await self._safe(queue.release, uid, self.worker)
+            await self._safe(queue.release, uid, self.worker, table=self.table)
             metrics.EXAMS_PROCESSED.labels("released").inc()
         except Exception as exc:  # noqa: BLE001 - ModelRejected, MissingImage, bad data...
             reason = f"{type(exc).__name__}: {exc}"[:1000]
             status = await self._safe(queue.fail, uid, self.worker, reason,
                                       max_attempts=self.max_attempts,
-                                      base_delay=self.retry_delay, code=reason_code(exc))
+                                      base_delay=self.retry_delay, code=reason_code(exc),
+                                      table=self.table)
             metrics.EXAMS_PROCESSED.labels("error" if status == "error" else "retry").inc()
             log.warning("exam failed", extra={"uid": uid, "reason": reason, "status": status})
         finally:

@@ -7,6 +7,7 @@ Field ranges: positive -1/0/1, severity -1..10, confidence
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -54,6 +55,11 @@ PROCESSING_SQL = text("status = 'processing'")
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _own_uid(context: Any) -> str:
+    """An exam's read is its own until a study read covers it."""
+    return str(context.get_current_parameters()["uid"])
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -125,6 +131,9 @@ class Exam(Base):
     calling_aet: Mapped[str] = mapped_column(String(16), default="")
     priority: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default=NONE)
+    # The read that covers this image: its own UID (read per image) or its study's key
+    # (read per study: ``Study.uid``); ``ai_reports.uid`` is one of the two.
+    read_uid: Mapped[str] = mapped_column(String(64), default=_own_uid, server_default="")
     # The worklist's urgent-first order, kept with the exam so that one index serves it:
     # the current AI read's severity (-1: none), whether it was reviewed, and triage 1
     # while the exam is critical (severity at or above the threshold, or stat priority)
@@ -176,6 +185,60 @@ class Exam(Base):
     )
 
 
+class Study(Base):
+    """A study (Study Instance UID) rolled up from its images, and, read per study, the
+    unit the model reads (its read queue: the same lease columns as :class:`Exam`, used by
+    ``db/queue.py``). Kept by ``repo.refresh_study`` when an image's conversion ends."""
+
+    __tablename__ = "studies"
+
+    # The Study Instance UID; an instance without one is a study of its own (its SOP
+    # Instance UID).
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cnp: Mapped[str | None] = mapped_column(ForeignKey("patients.cnp", ondelete="SET NULL"))
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(256), default="")
+    regions: Mapped[str] = mapped_column(String(256), default="")  # "chest" or "chest,hand"
+    views: Mapped[str] = mapped_column(String(256), default="")  # the images' projections
+    calling_aet: Mapped[str] = mapped_column(String(16), default="")
+    study_datetime: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    images: Mapped[int] = mapped_column(Integer, default=0)  # instances received
+    readable: Mapped[int] = mapped_column(Integer, default=0)  # converted, a region matched
+    status: Mapped[str] = mapped_column(String(16), default=NONE)
+    # An image became readable while the study was being read: read it again after.
+    pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    severity: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    triage: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[str] = mapped_column(Text, default="")
+    reason_code: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Quiet time (no new image before it) or back-off after a failure.
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)  # 1st image
+    last_image: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('none', 'queued', 'processing', 'done', 'error', 'ignore', 'requeue')",
+            name="status",
+        ),
+        Index("ix_studies_triage", "triage", "priority", "severity", "created", "uid"),
+        Index("ix_studies_created", "created"),
+        Index("ix_studies_cnp", "cnp"),
+        Index("ix_studies_accession", "accession"),
+        Index("ix_studies_claim", text("priority DESC"), "created",
+              postgresql_where=CLAIMABLE_SQL, sqlite_where=CLAIMABLE_SQL),
+        Index("ix_studies_lease", "lease_expires",
+              postgresql_where=PROCESSING_SQL, sqlite_where=PROCESSING_SQL),
+    )
+
+
 class AIRead:
     """What one AI read is: the report, the CHK result, who answered and how fast (the
     columns the current read and its earlier versions share)."""
@@ -196,9 +259,9 @@ class AIReport(AIRead, Base):
 
     __tablename__ = "ai_reports"
 
-    uid: Mapped[str] = mapped_column(
-        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True
-    )
+    # What was read: an exam's SOP Instance UID or a study's key (``exams.read_uid``);
+    # no foreign key, as the key may name either.
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     prompt_version: Mapped[str] = mapped_column(String(16), default="", server_default="")
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -225,8 +288,7 @@ class AIReportVersion(AIRead, Base):
 
     __tablename__ = "ai_report_versions"
 
-    uid: Mapped[str] = mapped_column(
-        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)  # as AIReport.uid
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt_version: Mapped[str] = mapped_column(String(16), default="")
     review_correct: Mapped[int] = mapped_column(Integer, default=-1)
@@ -244,7 +306,7 @@ class Review(Base):
     __tablename__ = "reviews"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    uid: Mapped[str] = mapped_column(ForeignKey("exams.uid", ondelete="CASCADE"))
+    uid: Mapped[str] = mapped_column(String(64))  # as AIReport.uid
     version: Mapped[int] = mapped_column(Integer)  # of the AI read reviewed
     correct: Mapped[bool] = mapped_column(Boolean)
     note: Mapped[str] = mapped_column(Text, default="")

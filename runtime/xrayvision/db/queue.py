@@ -1,4 +1,7 @@
-"""The exam queue: the ``exams`` table with leases.
+"""The read queues: the ``exams`` table with leases (a read per image) and the
+``studies`` table with the same lease columns (a read per study). Every function takes
+``table`` (:data:`EXAMS`, the default, or :data:`STUDIES`); "exam" below means a row of
+either.
 
 Every function takes the session of a write transaction (``Database.write``) as its first
 argument and does not commit; callers combine them with other writes (store a report *and*
@@ -21,6 +24,9 @@ Contract:
   :func:`reclaim_expired` does. The lease then bounds only a worker that hangs while it
   still beats.
 - After ``max_attempts`` failures an exam goes to ``error`` with the last reason.
+- A study whose ``pending`` flag was set while it was read (an image arrived meanwhile)
+  goes back to ``queued`` when the read completes (keeping its ``not_before``, the new
+  image's quiet time), so the late image is read too, as the next version.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     delete,
+    func,
     or_,
     select,
     update,
@@ -53,6 +61,7 @@ from xrayvision.db.models import (
     REASON_CODES,
     REQUEUE,
     Exam,
+    Study,
     Worker,
     utcnow,
 )
@@ -61,6 +70,7 @@ MAX_RETRY_DELAY = 3600.0
 # Queue statements are Core statements on the table: the queue is the hot path, and the
 # ORM's bulk-update machinery costs more than the round trip itself.
 EXAMS = cast(Table, Exam.__table__)
+STUDIES = cast(Table, Study.__table__)
 WORKERS = cast(Table, Worker.__table__)
 
 
@@ -68,54 +78,58 @@ class LeaseLost(Exception):
     """The exam is no longer held by this worker (lease expired and was reclaimed)."""
 
 
-def _claim_statement(skip_locked: bool) -> Update:
-    # Built once: the queue is the hot path. The status test is literal SQL, not bound
-    # parameters, so PostgreSQL's generic plans can still prove the partial index
-    # ix_exams_claim applies.
+def _claim_statement(table: Table, skip_locked: bool) -> Update:
+    # Built once per table: the queue is the hot path. The status test is literal SQL,
+    # not bound parameters, so PostgreSQL's generic plans can still prove the partial
+    # index (ix_exams_claim, ix_studies_claim) applies.
     candidate = (
-        select(EXAMS.c.uid)
+        select(table.c.uid)
         .where(CLAIMABLE_SQL)
-        .where(or_(EXAMS.c.not_before.is_(None), EXAMS.c.not_before <= bindparam("p_now")))
-        .order_by(EXAMS.c.priority.desc(), EXAMS.c.created)
+        .where(or_(table.c.not_before.is_(None), table.c.not_before <= bindparam("p_now")))
+        .order_by(table.c.priority.desc(), table.c.created)
         .limit(1)
     )
     if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True)
     return (
-        update(EXAMS)
-        .where(EXAMS.c.uid == candidate.scalar_subquery())
+        update(table)
+        .where(table.c.uid == candidate.scalar_subquery())
         .values(
             status=PROCESSING,
             lease_owner=bindparam("p_worker"),
             lease_expires=bindparam("p_expires"),
             updated=bindparam("p_now"),
         )
-        .returning(EXAMS)
+        .returning(table)
     )
 
 
-_CLAIM = {"postgresql": _claim_statement(True), "sqlite": _claim_statement(False)}
-_HELD = and_(
-    EXAMS.c.uid == bindparam("p_uid"),
-    EXAMS.c.status == PROCESSING,
-    EXAMS.c.lease_owner == bindparam("p_worker"),
-)
-_COMPLETE = (
-    update(EXAMS)
-    .where(_HELD)
-    .values(status=DONE, lease_owner=None, lease_expires=None, not_before=None, error="",
-            reason_code="", updated=bindparam("p_now"))
-)
+def _complete_statement(table: Table) -> Update:
+    held = and_(table.c.uid == bindparam("p_uid"), table.c.status == PROCESSING,
+                table.c.lease_owner == bindparam("p_worker"))
+    values: dict[str, Any] = {"status": DONE, "not_before": None}
+    if "pending" in table.c:  # a study that got an image while it was read: again
+        values = {"status": case((table.c.pending, QUEUED), else_=DONE),
+                  "not_before": case((table.c.pending, table.c.not_before), else_=None),
+                  "pending": False}
+    return update(table).where(held).values(
+        lease_owner=None, lease_expires=None, error="", reason_code="",
+        updated=bindparam("p_now"), **values)
+
+
+_CLAIM = {(dialect, t.name): _claim_statement(t, dialect == "postgresql")
+          for dialect in ("postgresql", "sqlite") for t in (EXAMS, STUDIES)}
+_COMPLETE = {t.name: _complete_statement(t) for t in (EXAMS, STUDIES)}
 
 
 def claim(session: Session, worker: str, lease_seconds: float,
-          now: dt.datetime | None = None) -> Row[Any] | None:
-    """Leases the next exam to ``worker``; returns its ``exams`` row (status ``processing``,
+          now: dt.datetime | None = None, *, table: Table = EXAMS) -> Row[Any] | None:
+    """Leases the next exam to ``worker``; returns its row (status ``processing``,
     columns as attributes) or None when nothing is claimable."""
     now = now or utcnow()
     conn = session.connection()
     exam = conn.execute(
-        _CLAIM[conn.dialect.name],
+        _CLAIM[conn.dialect.name, table.name],
         {"p_now": now, "p_worker": worker,
          "p_expires": now + dt.timedelta(seconds=lease_seconds)},
     ).first()
@@ -124,20 +138,34 @@ def claim(session: Session, worker: str, lease_seconds: float,
     return exam
 
 
-def _held(uid: str, worker: str) -> ColumnElement[bool]:
-    return and_(EXAMS.c.uid == uid, EXAMS.c.status == PROCESSING, EXAMS.c.lease_owner == worker)
+def next_due(session: Session, now: dt.datetime | None = None, *,
+             table: Table = EXAMS) -> dt.datetime | None:
+    """When the next claimable exam waiting for its ``not_before`` (a study's quiet time,
+    a failure's back-off) becomes claimable; None when none waits."""
+    due: dt.datetime | None = session.connection().scalar(
+        select(func.min(table.c.not_before))
+        .where(CLAIMABLE_SQL, table.c.not_before > (now or utcnow())))
+    return due
 
 
-def _update_held(session: Session, uid: str, worker: str, **values: Any) -> None:
-    result = session.connection().execute(update(EXAMS).where(_held(uid, worker)).values(**values))
+def _held(uid: str, worker: str, table: Table = EXAMS) -> ColumnElement[bool]:
+    return and_(table.c.uid == uid, table.c.status == PROCESSING, table.c.lease_owner == worker)
+
+
+def _update_held(session: Session, uid: str, worker: str, table: Table = EXAMS,
+                 **values: Any) -> None:
+    result = session.connection().execute(
+        update(table).where(_held(uid, worker, table)).values(**values))
     if result.rowcount != 1:
         raise LeaseLost(f"exam {uid} is not held by {worker}")
 
 
-def complete(session: Session, uid: str, worker: str, now: dt.datetime | None = None) -> None:
-    """Marks a held exam ``done``; raises LeaseLost when ``worker`` no longer holds it."""
+def complete(session: Session, uid: str, worker: str, now: dt.datetime | None = None, *,
+             table: Table = EXAMS) -> None:
+    """Marks a held exam ``done`` (a study with ``pending`` set: ``queued`` again);
+    raises LeaseLost when ``worker`` no longer holds it."""
     result = session.connection().execute(
-        _COMPLETE, {"p_uid": uid, "p_worker": worker, "p_now": now or utcnow()}
+        _COMPLETE[table.name], {"p_uid": uid, "p_worker": worker, "p_now": now or utcnow()}
     )
     if result.rowcount != 1:
         raise LeaseLost(f"exam {uid} is not held by {worker}")
@@ -151,7 +179,7 @@ def retry_delay(base: float, attempts: int) -> float:
 
 def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: int,
          base_delay: float, now: dt.datetime | None = None,
-         code: str = "read_failed") -> str:
+         code: str = "read_failed", table: Table = EXAMS) -> str:
     """Counts a failed attempt; returns the new status.
 
     Below ``max_attempts`` the exam goes back to ``queued``, deferred by the back-off;
@@ -163,14 +191,14 @@ def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: 
         raise ValueError(f"unknown reason code {code!r}")
     now = now or utcnow()
     attempts = session.connection().scalar(
-        select(EXAMS.c.attempts).where(_held(uid, worker)).with_for_update()
+        select(table.c.attempts).where(_held(uid, worker, table)).with_for_update()
     )
     if attempts is None:
         raise LeaseLost(f"exam {uid} is not held by {worker}")
     attempts += 1
     final = attempts >= max_attempts
     _update_held(
-        session, uid, worker,
+        session, uid, worker, table,
         status=ERROR if final else QUEUED,
         attempts=attempts,
         error=reason[:2000],
@@ -184,21 +212,23 @@ def fail(session: Session, uid: str, worker: str, reason: str, *, max_attempts: 
     return ERROR if final else QUEUED
 
 
-def release(session: Session, uid: str, worker: str, now: dt.datetime | None = None) -> None:
+def release(session: Session, uid: str, worker: str, now: dt.datetime | None = None, *,
+            table: Table = EXAMS) -> None:
     """Gives a held exam back to the queue without counting an attempt (shutdown, both
     model endpoints down). Raises LeaseLost when ``worker`` no longer holds it."""
     _update_held(
-        session, uid, worker,
+        session, uid, worker, table,
         status=QUEUED, lease_owner=None, lease_expires=None, updated=now or utcnow(),
     )
     metrics.QUEUE_TRANSITIONS.labels("release").inc()
 
 
-def release_worker(session: Session, worker: str, now: dt.datetime | None = None) -> int:
+def release_worker(session: Session, worker: str, now: dt.datetime | None = None, *,
+                   table: Table = EXAMS) -> int:
     """Releases every exam ``worker`` holds; returns how many (used at shutdown)."""
     result = session.connection().execute(
-        update(EXAMS)
-        .where(EXAMS.c.status == PROCESSING, EXAMS.c.lease_owner == worker)
+        update(table)
+        .where(table.c.status == PROCESSING, table.c.lease_owner == worker)
         .values(status=QUEUED, lease_owner=None, lease_expires=None, updated=now or utcnow())
     )
     metrics.QUEUE_TRANSITIONS.labels("release").inc(result.rowcount)
@@ -206,14 +236,15 @@ def release_worker(session: Session, worker: str, now: dt.datetime | None = None
 
 
 def renew(session: Session, uid: str, worker: str, lease_seconds: float,
-          now: dt.datetime | None = None) -> None:
+          now: dt.datetime | None = None, *, table: Table = EXAMS) -> None:
     """Extends the lease during a long call; raises LeaseLost when it was already lost."""
     now = now or utcnow()
-    _update_held(session, uid, worker, lease_expires=now + dt.timedelta(seconds=lease_seconds))
+    _update_held(session, uid, worker, table,
+                 lease_expires=now + dt.timedelta(seconds=lease_seconds))
 
 
 def requeue(session: Session, uid: str, now: dt.datetime | None = None,
-            region: str = "") -> bool:
+            region: str = "", *, table: Table = EXAMS) -> bool:
     """Puts an exam back for a new report (status ``requeue``, attempts reset, the last
     reason cleared); with ``region``, read as that region (an ignored exam a user sends
     to the model). Its reports are untouched: the new read becomes the next version.
@@ -224,9 +255,9 @@ def requeue(session: Session, uid: str, now: dt.datetime | None = None,
                               "reason_code": "", "not_before": None,
                               "updated": now or utcnow()}
     if region:
-        values["region"] = region
+        values["regions" if table is STUDIES else "region"] = region
     result = session.connection().execute(
-        update(EXAMS).where(EXAMS.c.uid == uid, EXAMS.c.status != PROCESSING).values(values)
+        update(table).where(table.c.uid == uid, table.c.status != PROCESSING).values(values)
     )
     if result.rowcount:
         metrics.QUEUE_TRANSITIONS.labels("requeue").inc()
@@ -234,29 +265,29 @@ def requeue(session: Session, uid: str, now: dt.datetime | None = None,
 
 
 def reclaim_expired(session: Session, *, max_attempts: int,
-                    now: dt.datetime | None = None) -> int:
+                    now: dt.datetime | None = None, table: Table = EXAMS) -> int:
     """Returns exams whose lease expired to the queue (or to ``error`` at max attempts).
 
     The lost lease counts as an attempt, so an exam that kills every worker that takes it
     ends in ``error`` instead of looping. Returns how many exams were reclaimed.
     """
     now = now or utcnow()
-    expired = and_(PROCESSING_SQL, EXAMS.c.lease_expires < now)
+    expired = and_(PROCESSING_SQL, table.c.lease_expires < now)
     conn = session.connection()
     failed = conn.execute(
-        update(EXAMS)
-        .where(expired, EXAMS.c.attempts + 1 >= max_attempts)
+        update(table)
+        .where(expired, table.c.attempts + 1 >= max_attempts)
         .values(
-            status=ERROR, attempts=EXAMS.c.attempts + 1, lease_owner=None, lease_expires=None,
+            status=ERROR, attempts=table.c.attempts + 1, lease_owner=None, lease_expires=None,
             error="lease expired: the worker stopped before finishing",
             reason_code="worker_lost", updated=now,
         )
     ).rowcount
     requeued = conn.execute(
-        update(EXAMS)
+        update(table)
         .where(expired)
         .values(
-            status=QUEUED, attempts=EXAMS.c.attempts + 1, lease_owner=None, lease_expires=None,
+            status=QUEUED, attempts=table.c.attempts + 1, lease_owner=None, lease_expires=None,
             updated=now,
         )
     ).rowcount
@@ -302,24 +333,24 @@ def gone_workers(session: Session, *, stale_after: float, me: str = "", host: st
 
 
 def reclaim_gone(session: Session, workers: list[str], *, max_attempts: int,
-                 now: dt.datetime | None = None) -> int:
+                 now: dt.datetime | None = None, table: Table = EXAMS) -> int:
     """Returns the exams held by ``workers`` (gone) to the queue, or to ``error`` at
     ``max_attempts`` (the crash counts as an attempt), and forgets those workers.
     Returns how many exams."""
     if not workers:
         return 0
     now = now or utcnow()
-    held = and_(PROCESSING_SQL, EXAMS.c.lease_owner.in_(workers))
+    held = and_(PROCESSING_SQL, table.c.lease_owner.in_(workers))
     conn = session.connection()
     failed = conn.execute(
-        update(EXAMS).where(held, EXAMS.c.attempts + 1 >= max_attempts)
-        .values(status=ERROR, attempts=EXAMS.c.attempts + 1, lease_owner=None,
+        update(table).where(held, table.c.attempts + 1 >= max_attempts)
+        .values(status=ERROR, attempts=table.c.attempts + 1, lease_owner=None,
                 lease_expires=None, updated=now,
                 error="the worker reading it stopped (crash) before finishing",
                 reason_code="worker_lost")).rowcount
     requeued = conn.execute(
-        update(EXAMS).where(held)
-        .values(status=QUEUED, attempts=EXAMS.c.attempts + 1, lease_owner=None,
+        update(table).where(held)
+        .values(status=QUEUED, attempts=table.c.attempts + 1, lease_owner=None,
                 lease_expires=None, updated=now)).rowcount
     session.execute(delete(Worker).where(Worker.id.in_(workers)))
     metrics.QUEUE_TRANSITIONS.labels("reclaim").inc(failed + requeued)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, ColumnExpressionArgument, Select, func, select
 from sqlalchemy.orm import Session
 
-from xrayvision.db.models import DONE, AIReport, Exam, RadReport
+from xrayvision.db.models import DONE, AIReport, Exam, RadReport, Study
 
 SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
 
@@ -31,15 +31,31 @@ def _window(query: SelectT, since: dt.datetime | None, until: dt.datetime | None
     return query
 
 
+def _reads(query: SelectT, since: dt.datetime | None, until: dt.datetime | None) -> SelectT:
+    """``query`` on ``ai_reports`` limited to reads of exams or studies received in the
+    window (a read is an exam's or a study's: received when it, or its first image, was)."""
+    query = (query.outerjoin(Exam, Exam.uid == AIReport.uid)
+             .outerjoin(Study, Study.uid == AIReport.uid))
+    received = func.coalesce(Exam.created, Study.created)
+    if since is not None:
+        query = query.where(received >= since)
+    if until is not None:
+        query = query.where(received < until)
+    return query
+
+
 def severity_histogram(session: Session, source: str, since: dt.datetime | None = None,
                        until: dt.datetime | None = None) -> dict[int, int]:
     """Reports by severity (-1..10, zeros included) of ``source`` ai or rad."""
     model = AIReport if source == "ai" else RadReport
-    query = select(model.severity, func.count()).join(Exam, Exam.uid == model.uid)
+    query = select(model.severity, func.count())
     if model is RadReport:
-        query = query.where(RadReport.checked.is_(True))
+        query = _window(query.join(Exam, Exam.uid == model.uid)
+                        .where(RadReport.checked.is_(True)), since, until)
+    else:
+        query = _reads(query.select_from(AIReport), since, until)
     counts = dict.fromkeys(range(-1, 11), 0)
-    for severity, n in session.execute(_window(query, since, until).group_by(model.severity)):
+    for severity, n in session.execute(query.group_by(model.severity)):
         counts[int(severity)] = n
     return counts
 
@@ -47,11 +63,11 @@ def severity_histogram(session: Session, source: str, since: dt.datetime | None 
 def review_counts(session: Session, since: dt.datetime | None = None,
                   until: dt.datetime | None = None) -> dict[str, int]:
     """AI reports reviewed correct, incorrect, and not reviewed."""
-    query = (select(AIReport.review_correct, func.count())
-             .join(Exam, Exam.uid == AIReport.uid).group_by(AIReport.review_correct))
+    query = _reads(select(AIReport.review_correct, func.count()).select_from(AIReport),
+                   since, until).group_by(AIReport.review_correct)
     names = {1: "correct", 0: "incorrect", -1: "not_reviewed"}
     counts = dict.fromkeys(names.values(), 0)
-    for verdict, n in session.execute(_window(query, since, until)):
+    for verdict, n in session.execute(query):
         counts[names.get(int(verdict), "not_reviewed")] += n
     return counts
 
@@ -86,7 +102,7 @@ def counts_by(session: Session, column: str, since: dt.datetime | None = None,
 def model_latency(session: Session, since: dt.datetime | None = None,
                   until: dt.datetime | None = None) -> dict[str, dict[str, float]]:
     """Average model latency (seconds) and report count per endpoint."""
-    query = (select(AIReport.endpoint, func.avg(AIReport.latency), func.count())
-             .join(Exam, Exam.uid == AIReport.uid).group_by(AIReport.endpoint))
+    query = _reads(select(AIReport.endpoint, func.avg(AIReport.latency), func.count())
+                   .select_from(AIReport), since, until).group_by(AIReport.endpoint)
     return {str(e or ""): {"avg_seconds": round(float(avg or 0.0), 3), "reports": n}
-            for e, avg, n in session.execute(_window(query, since, until))}
+            for e, avg, n in session.execute(query)}

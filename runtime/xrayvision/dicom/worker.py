@@ -301,8 +301,15 @@ class ConversionWorker:
 
     async def _finish(self, uid: str, status: str, error: str = "",
                       code: str = "") -> str | None:
+        ai = self.settings.ai
+
         def finish(session: Session) -> Exam | None:
             exam = repo.finish_conversion(session, uid, status, error, code)
+            if exam is not None:  # its study, rolled up (and queued, read per study)
+                repo.refresh_study(
+                    session, exam.study_uid, uid, became_readable=status == QUEUED,
+                    read_per_study=ai.read_per == "study", quiet=ai.study_quiet,
+                    threshold=self.settings.processing.severity_threshold)
             if exam is not None and status == QUEUED:
                 self.bus.publish_in(session, EXAM_QUEUED, uid=uid, region=exam.region,
                                     priority=exam.priority)

@@ -21,7 +21,8 @@ async def run(rt: Runtime) -> None:
                   lease_seconds=settings.processing.lease_seconds,
                   sweep_interval=settings.relay.sweep_interval,
                   max_attempts=settings.ai.max_attempts,
-                  retry_delay=settings.processing.retry_delay)
+                  retry_delay=settings.processing.retry_delay,
+                  read_per_study=settings.ai.read_per == "study")
     # The severity threshold is a setting: the worklist's urgent-first order follows it.
     changed = await rt.db.write_patiently(repo.retriage,
                                           settings.processing.severity_threshold)

@@ -233,6 +233,59 @@ async def list_exams(request: web.Request) -> web.Response:
                               "size": result.size, "pages": result.pages})
 
 
+def study_json(row: repo.StudyRow) -> dict[str, Any]:
+    s, p, a = row
+    return {
+        "uid": s.uid, "accession": s.accession, "status": s.status,
+        "regions": [r for r in s.regions.split(",") if r],
+        "views": [v for v in s.views.split(",") if v], "modality": s.modality,
+        "description": s.description, "priority": s.priority, "images": s.images,
+        "readable": s.readable, "calling_aet": s.calling_aet,
+        "study_datetime": _iso(s.study_datetime), "created": _iso(s.created),
+        "last_image": _iso(s.last_image), "critical_unreviewed": bool(s.triage),
+        "reason_code": s.reason_code if s.status in (IGNORE, ERROR) else "",
+        "reason": s.error if s.status in (IGNORE, ERROR) else "",
+        "patient": {"cnp": p.cnp, "name": p.name, "sex": p.sex,
+                    "birth_date": _iso(p.birth_date)} if p is not None else None,
+        "ai": {"severity": a.severity, "positive": a.positive, "confidence": a.confidence,
+               "summary": a.summary, "reviewed": a.reviewed,
+               "review_correct": a.review_correct, "version": a.version}
+        if a is not None else None,
+    }
+
+
+async def list_studies(request: web.Request) -> web.Response:
+    """Studies, urgent first by default: the filters and sorts of ``/api/exams`` (but
+    ``agreement``); a study's severity is its current AI read's."""
+    require(request, READ)
+    q = request.query
+    settings = request.app[SETTINGS]
+    statuses = tuple(s for s in q.get("status", "").split(",") if s)
+    if any(s not in STATUSES for s in statuses):
+        raise bad_request(f"status must be among {', '.join(STATUSES)}")
+    since, until = _window(request)
+    sort = q.get("sort", "urgent")
+    if sort not in repo.SORTS:
+        raise bad_request(f"sort must be one of {', '.join(repo.SORTS)}")
+    f = ExamFilter(
+        statuses=statuses, region=q.get("region", ""),
+        severity_min=_int(q, "severity_min", None, -1, 10),
+        severity_max=_int(q, "severity_max", None, -1, 10),
+        positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
+        since=since, until=until, search=_search(q), critical=_bool(q, "critical"),
+        sort=sort)
+    page = _int(q, "page", 1, 1, 1_000_000)
+    size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
+    assert page is not None and size is not None  # they have defaults
+    db = database(request)
+    rows = await db.read(repo.study_page, f, page, size)
+    total = await request.app[TOTALS].get(("studies", dataclasses.replace(f, sort="")),
+                                          lambda: db.read(repo.count_studies, f))
+    pages = max(1, -(-total // size))
+    return web.json_response({"studies": [study_json(r) for r in rows], "total": total,
+                              "page": page, "size": size, "pages": pages})
+
+
 def _path_uid(request: web.Request) -> str:
     try:
         return validate_uid(request.match_info["uid"])
@@ -469,8 +522,9 @@ async def rad_review(request: web.Request) -> web.Response:
 
 
 async def requeue(request: web.Request) -> web.Response:
-    """A new model read of an exam (the current report stays until the new version
-    replaces it); ``region`` sends it as that region (an ignored exam, a wrong rule)."""
+    """A new model read of an exam, read per study of its study (the current report
+    stays until the new version replaces it); ``region`` sends it as that region (an
+    ignored exam, a wrong rule)."""
     require(request, REQUEUE)
     body = await json_body(request)
     uid = _uid_field(body)
@@ -480,11 +534,23 @@ async def requeue(request: web.Request) -> web.Response:
         raise bad_request(f"region must be one of {', '.join(sorted(regions))}")
     identity = request[IDENTITY]
     found = services(request)
+    per_study = request.app[SETTINGS].ai.read_per == "study"
 
     def write(session):
-        if repo.get_exam(session, uid) is None:
+        exam = repo.get_exam(session, uid)
+        if per_study:  # an image's study (or a study's key) is read again, all of it
+            key = repo.study_key(exam.exam.study_uid, uid) if exam is not None else uid
+            study = repo.get_study(session, key)
+            if study is None:
+                return "busy" if exam is not None else "missing"  # not converted yet
+            if not study.readable and not region:
+                return "unreadable"
+            done = repo.requeue_study(session, key, region=region)
+        elif exam is None:
             return "missing"
-        if not queue.requeue(session, uid, region=region):
+        else:
+            done = queue.requeue(session, uid, region=region)
+        if not done:
             return "busy"
         repo.audit(session, "requeue", username=identity.username, target=uid,
                    remote=request[CLIENT_IP], detail=f"region {region}" if region else "")
@@ -498,6 +564,9 @@ async def requeue(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"no exam {uid}")
     if outcome == "busy":
         raise web.HTTPConflict(text=f"exam {uid} is being processed now; try again later")
+    if outcome == "unreadable":
+        raise web.HTTPConflict(text=f"no image of study {uid} matched a region rule: "
+                                    "name the region to read it as")
     return web.json_response({"uid": uid, "status": "requeue", **({"region": region}
                                                                   if region else {})})
 
@@ -568,6 +637,7 @@ def setup_api_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/exams", list_exams)
     r.add_get("/api/exams/{uid}", get_exam)
+    r.add_get("/api/studies", list_studies)
     r.add_get("/api/images/{uid}", get_image)
     r.add_get("/api/stats/global", stats_global)
     r.add_get("/api/stats/regional", stats_regional)

@@ -5,6 +5,8 @@
 - :mod:`.worklist`: the dashboard's filtered, paged list of exams;
 - :mod:`.reports`: the AI's and the radiologist's reports, a read's context, reviews, the
   FHIR poller's reads;
+- :mod:`.studies`: a study rolled up from its images, its read-per-study queue state,
+  a study read's context and storage;
 - :mod:`.agreement`: AI versus radiologist, counted by group;
 - :mod:`.counts`: the queue's counts;
 - :mod:`.state`: persisted key/value state, query/retrieve records, the audit log.
@@ -43,6 +45,7 @@ from xrayvision.db.repo.reports import (
     ai_history,
     poll_exams,
     raise_priority,
+    read_of,
     report_context,
     retriage,
     review_ai_report,
@@ -58,15 +61,29 @@ from xrayvision.db.repo.state import (
     set_state,
     study_needs_retrieval,
 )
+from xrayvision.db.repo.studies import (
+    StudyContext,
+    StudyImageRef,
+    get_study,
+    refresh_study,
+    requeue_study,
+    rollup,
+    save_study_read,
+    study_context,
+    study_key,
+)
 from xrayvision.db.repo.worklist import (
     MAX_PAGE_SIZE,
     SORTS,
     ExamFilter,
     Page,
     PageRow,
+    StudyRow,
     count_matching,
+    count_studies,
     exam_page,
     list_exams,
+    study_page,
 )
 
 __all__ = [
@@ -80,5 +97,9 @@ __all__ = [
     "queue_counts", "raise_priority", "record_retrieval", "report_context", "retriage",
     "review_ai_report",
     "save_ai_read", "save_rad_report", "set_state", "study_needs_retrieval",
+    "StudyContext", "StudyImageRef", "get_study", "read_of", "refresh_study",
+    "requeue_study", "rollup",
+    "save_study_read", "study_context", "study_key", "StudyRow", "count_studies",
+    "study_page",
     "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
 ]

@@ -77,7 +77,7 @@ def agreement_counts(session: Session, threshold: int, by: str = "all",
     query = (
         select(key, *sums, func.sum(case((not_assessed, 1), else_=0)))
         .select_from(Exam)
-        .join(AIReport, AIReport.uid == Exam.uid)
+        .join(AIReport, AIReport.uid == Exam.read_uid)
         .join(RadReport, RadReport.uid == Exam.uid)
         .where(RadReport.checked.is_(True))
         .group_by(key)

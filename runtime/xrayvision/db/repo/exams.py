@@ -246,7 +246,7 @@ def _row_select() -> Select[Exam, Patient, AIReport, RadReport]:
     return (
         select(Exam, Patient, AIReport, RadReport)
         .outerjoin(Patient, Patient.cnp == Exam.cnp)
-        .outerjoin(AIReport, AIReport.uid == Exam.uid)
+        .outerjoin(AIReport, AIReport.uid == Exam.read_uid)
         .outerjoin(RadReport, RadReport.uid == Exam.uid)
     )
 

@@ -40,6 +40,7 @@ from xrayvision.db.models import (
     Patient,
     RadReport,
     Review,
+    Study,
     utcnow,
 )
 
@@ -126,14 +127,20 @@ def _exam_read_statement() -> Any:
 _EXAM_READ = _exam_read_statement()
 
 
+def _archive_and_upsert(session: Session, uid: str, fields: dict[str, Any]) -> None:
+    """The current read of ``uid`` (an exam's or a study's) to ``ai_report_versions``,
+    the new one in its place as the next version, not reviewed."""
+    session.connection().execute(_ARCHIVE, {"uid": uid, "superseded": utcnow()})
+    _upsert_report(session, AIReport, _AI_FIELDS, uid, {**_NEW_READ, **fields, **_UNREVIEWED},
+                   new_version=True)
+
+
 def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -> None:
     """Stores a new AI read of the exam as its current report: the read it replaces, if
     any, is kept in ``ai_report_versions`` with its review, and the new one is version
     n + 1 (1 for a first read), not reviewed yet. The exam's worklist order follows
     (severity, not reviewed, triage at ``threshold``). Three statements, no read."""
-    session.connection().execute(_ARCHIVE, {"uid": uid, "superseded": utcnow()})
-    _upsert_report(session, AIReport, _AI_FIELDS, uid, {**_NEW_READ, **fields, **_UNREVIEWED},
-                   new_version=True)
+    _archive_and_upsert(session, uid, fields)
     session.connection().execute(_EXAM_READ, {
         "p_uid": uid, "p_severity": int(fields.get("severity", -1)), "p_threshold": threshold})
 
@@ -145,7 +152,11 @@ def retriage(session: Session, threshold: int) -> int:
                   else_=0)
     result = session.connection().execute(
         update(Exam).where(Exam.triage != wanted).values(triage=wanted))
-    return int(result.rowcount or 0)
+    study_wanted = case((and_(Study.reviewed.is_(False), or_(
+        Study.severity >= threshold, Study.priority >= STAT)), 1), else_=0)
+    studies = session.connection().execute(
+        update(Study).where(Study.triage != study_wanted).values(triage=study_wanted))
+    return int(result.rowcount or 0) + int(studies.rowcount or 0)
 
 
 def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
@@ -177,7 +188,7 @@ def _report_context_statement() -> Select[*tuple[Any, ...]]:
         select(e.uid, e.region, e.projection, e.created, e.series_datetime, e.cnp,
                p.name, p.sex, p.birth_date, a.text, e.accession, e.priority)
         .select_from(Exam.__table__.outerjoin(Patient.__table__, p.cnp == e.cnp)
-                     .outerjoin(AIReport.__table__, a.uid == e.uid))
+                     .outerjoin(AIReport.__table__, a.uid == e.read_uid))
         .where(e.uid == bindparam("uid"))
     )
 
@@ -196,15 +207,23 @@ def report_context(session: Session, uid: str) -> ReportContext | None:
 
 
 def raise_priority(session: Session, uid: str, priority: int) -> bool:
-    """Raises the exam's priority to ``priority`` (the order's, from the hospital system),
-    never lowers it; a ``stat`` order makes the exam critical until its read is reviewed.
-    False when the exam is unknown or already had that priority or more."""
-    values: dict[str, Any] = {"priority": priority}
-    if priority >= STAT:
-        values["triage"] = case((Exam.reviewed.is_(False), 1), else_=0)
-    result = session.connection().execute(
-        update(Exam).where(Exam.uid == uid, Exam.priority < priority).values(values))
-    return bool(result.rowcount)
+    """Raises the exam's and its study's priority to ``priority`` (the order's, from the
+    hospital system), never lowers it; a ``stat`` order makes them critical until their
+    read is reviewed. False when the exam is unknown or both already had that priority
+    or more."""
+    def raise_in(model: type[Exam] | type[Study], key: Any) -> int:
+        values: dict[str, Any] = {"priority": priority}
+        if priority >= STAT:
+            values["triage"] = case((model.reviewed.is_(False), 1), else_=0)
+        result = session.connection().execute(
+            update(model).where(model.uid == key, model.priority < priority).values(values))
+        return int(result.rowcount or 0)
+
+    raised = raise_in(Exam, uid)
+    # ... and its study's (read per study, the order is the study's)
+    study = select(case((Exam.study_uid == "", Exam.uid), else_=Exam.study_uid)) \
+        .where(Exam.uid == uid).scalar_subquery()
+    return bool(raised + raise_in(Study, study))
 
 
 @dataclass(frozen=True)
@@ -250,23 +269,35 @@ def unchecked_rad_reports(session: Session, uids: Sequence[str]) -> dict[str, st
     return {uid: text for uid, text in rows}
 
 
+def read_of(session: Session, uid: str) -> str:
+    """The key of the read that covers ``uid``: an exam's ``read_uid`` (its own UID, or
+    its study's key once read per study); any other ``uid`` (a study's key) itself."""
+    return session.scalar(select(Exam.read_uid).where(Exam.uid == uid)) or uid
+
+
 def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
                      username: str) -> int | None:
-    """Records a radiologist's verdict on the exam's current AI read (on the report, and
-    appended to ``reviews``); returns the version reviewed, None when the exam has no AI
-    report."""
+    """Records a radiologist's verdict on the current AI read covering ``uid`` (an exam,
+    or a study's key; read per study the verdict is the study's): on the report, appended
+    to ``reviews``, and the worklist order of every image and study it covers. Returns
+    the version reviewed, None when there is no AI read."""
     now = utcnow()
+    key = read_of(session, uid)
     version = session.connection().scalar(
-        update(AIReport).where(AIReport.uid == uid).values(
+        update(AIReport).where(AIReport.uid == key).values(
             reviewed=True, review_correct=1 if correct else 0, review_note=note[:4000],
             reviewed_by=username[:128], reviewed_at=now, updated=now)
         .returning(AIReport.version))
     if version is None:
         return None
-    session.connection().execute(update(Exam).where(Exam.uid == uid).values(
+    # (the covered images by indexed columns: their own UID or their study's)
+    session.connection().execute(update(Exam).where(
+        or_(Exam.uid == key, Exam.study_uid == key), Exam.read_uid == key).values(
+        reviewed=True, triage=0))
+    session.connection().execute(update(Study).where(Study.uid == key).values(
         reviewed=True, triage=0))
     session.connection().execute(insert(Review), {
-        "uid": uid, "version": version, "correct": correct, "note": note[:4000],
+        "uid": key, "version": version, "correct": correct, "note": note[:4000],
         "username": username[:128], "at": now})
     return int(version)
 
@@ -280,6 +311,8 @@ class AIHistory:
 
 
 def ai_history(session: Session, uid: str) -> AIHistory:
+    """The history of the read covering ``uid`` (as :func:`review_ai_report`)."""
+    uid = read_of(session, uid)
     versions = session.scalars(select(AIReportVersion).where(AIReportVersion.uid == uid)
                                .order_by(AIReportVersion.version)).all()
     reviews = session.scalars(select(Review).where(Review.uid == uid)

@@ -1,5 +1,5 @@
-"""The dashboard's worklist: exams filtered and paged in one Core query (plain rows, no
-ORM identity map), and the total for the pager."""
+"""The dashboard's worklists: exams (or studies) filtered and paged in one Core query
+(plain rows, no ORM identity map), and the total for the pager."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from xrayvision.db.models import (
     Exam,
     Patient,
     RadReport,
+    Study,
 )
 from xrayvision.db.repo.agreement import agreement_condition
 
@@ -157,7 +158,7 @@ def exam_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
     e, p, a, r = (m.__table__ for _, m in _PAGE_TABLES)
     query = (
         select(*_PAGE_COLUMNS)
-        .select_from(e.outerjoin(p, p.c.cnp == e.c.cnp).outerjoin(a, a.c.uid == e.c.uid)
+        .select_from(e.outerjoin(p, p.c.cnp == e.c.cnp).outerjoin(a, a.c.uid == e.c.read_uid)
                      .outerjoin(r, r.c.uid == e.c.uid))
         .where(*_conditions(f))
         .order_by(*_order(f.sort))
@@ -173,7 +174,7 @@ def count_matching(session: Session, f: ExamFilter = ExamFilter()) -> int:
     if any(c is not None for c in (f.severity_min, f.severity_max, f.positive, f.reviewed)) or (
         f.agreement
     ):
-        count = count.outerjoin(AIReport, AIReport.uid == Exam.uid)
+        count = count.outerjoin(AIReport, AIReport.uid == Exam.read_uid)
     if f.agreement:
         count = count.outerjoin(RadReport, RadReport.uid == Exam.uid)
     if f.search:
@@ -188,3 +189,105 @@ def list_exams(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
     return Page(rows=exam_page(session, f, page, size), total=count_matching(session, f),
                 page=max(1, page), size=size)
 
+
+
+# --- the study list --------------------------------------------------------------------------
+
+
+class StudyRow(NamedTuple):
+    """A row of :func:`study_page`: the study, its patient and its current AI read."""
+
+    study: SimpleNamespace
+    patient: SimpleNamespace | None
+    ai: SimpleNamespace | None
+
+
+_STUDY_TABLES = (("s", Study), ("p", Patient), ("a", AIReport))
+_STUDY_COLUMNS = [c.label(f"{prefix}_{c.key}") for prefix, model in _STUDY_TABLES
+                  for c in model.__table__.columns]
+
+
+def _study_conditions(f: ExamFilter) -> list[ColumnElement[bool]]:
+    """:class:`ExamFilter`'s fields on studies (``region``: one of the study's regions;
+    ``agreement`` is not available per study yet)."""
+    if f.agreement:
+        raise ValueError("agreement is not a filter of the study list")
+    conds: list[ColumnElement[bool]] = []
+    if f.statuses:
+        bad = [s for s in f.statuses if s not in STATUSES]
+        if bad:
+            raise ValueError(f"unknown status {bad[0]!r}; expected one of {', '.join(STATUSES)}")
+        conds.append(Study.status.in_(f.statuses))
+    if f.region:
+        r = _escape_like(f.region)
+        conds.append(or_(Study.regions == f.region,
+                         Study.regions.like(r + ",%", escape="\\"),
+                         Study.regions.like("%," + r, escape="\\"),
+                         Study.regions.like("%," + r + ",%", escape="\\")))
+    if f.severity_min is not None:
+        conds.append(Study.severity >= f.severity_min)
+    if f.severity_max is not None:
+        conds.append(Study.severity <= f.severity_max)
+    if f.positive is not None:
+        conds.append(AIReport.positive == f.positive)
+    if f.reviewed is not None:
+        conds.append(Study.reviewed.is_(f.reviewed))
+    if f.since is not None:
+        conds.append(Study.created >= f.since)
+    if f.until is not None:
+        conds.append(Study.created < f.until)
+    if f.search:
+        needle = _escape_like(f.search.strip())
+        conds.append(or_(Study.cnp.like(needle + "%", escape="\\"),
+                         Patient.name.ilike("%" + needle + "%", escape="\\")))
+    if f.critical is not None:
+        conds.append(Study.triage == (1 if f.critical else 0))
+    return conds
+
+
+def _study_order(sort: str) -> list[ColumnElement[Any]]:
+    s = Study.__table__.c
+    keys = {"urgent": [s.triage, s.priority, s.severity], "received": [],
+            "severity": [s.severity], "priority": [s.priority]}
+    if sort not in keys:
+        raise ValueError(f"unknown sort {sort!r}; expected one of {', '.join(SORTS)}")
+    return [k.desc() for k in (*keys[sort], s.created, s.uid)]
+
+
+def study_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
+               size: int = 50) -> list[StudyRow]:
+    """One page of studies matching ``f`` in the order ``f.sort`` (as :func:`exam_page`;
+    the keys are the study's: its read's severity, its priority, its first image's
+    receipt). Raises ValueError as :func:`exam_page` does, and for ``agreement``."""
+    page = max(1, page)
+    size = max(1, min(size, MAX_PAGE_SIZE))
+    s, p, a = (m.__table__ for _, m in _STUDY_TABLES)
+    query = (
+        select(*_STUDY_COLUMNS)
+        .select_from(s.outerjoin(p, p.c.cnp == s.c.cnp).outerjoin(a, a.c.uid == s.c.uid))
+        .where(*_study_conditions(f))
+        .order_by(*_study_order(f.sort))
+        .offset((page - 1) * size)
+        .limit(size)
+    )
+    rows = []
+    for mapping in session.connection().execute(query).mappings():
+        parts: dict[str, dict[str, Any]] = {prefix: {} for prefix, _ in _STUDY_TABLES}
+        for key, value in mapping.items():
+            prefix, _, name = key.partition("_")
+            parts[prefix][name] = value
+        study, patient, ai = (SimpleNamespace(**parts[k]) if parts[k][pk] is not None
+                              else None for k, pk in (("s", "uid"), ("p", "cnp"), ("a", "uid")))
+        assert study is not None
+        rows.append(StudyRow(study, patient, ai))
+    return rows
+
+
+def count_studies(session: Session, f: ExamFilter = ExamFilter()) -> int:
+    """How many studies match ``f`` (joins only the tables the filter needs)."""
+    count = select(func.count()).select_from(Study)
+    if f.positive is not None:
+        count = count.outerjoin(AIReport, AIReport.uid == Study.uid)
+    if f.search:
+        count = count.outerjoin(Patient, Patient.cnp == Study.cnp)
+    return session.scalar(count.where(*_study_conditions(f))) or 0
