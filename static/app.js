@@ -126,10 +126,12 @@ function renderExams() {
 }
 
 async function loadExams(flashUid) {
+  const studies = state.config.read_per === "study";
   const params = new URLSearchParams({ ...state.filters, page: state.page });
+  if (studies) params.delete("agreement");  // compared per image only
   let data;
   try {
-    data = await api(`/api/exams?${params}`);
+    data = await api(`/api/${studies ? "studies" : "exams"}?${params}`);
   } catch (err) {
     $("exam-rows")?.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "error" }, err.message)));
     return;
@@ -137,23 +139,30 @@ async function loadExams(flashUid) {
   const rows = $("exam-rows");
   if (!rows) return;
   if (state.page > data.pages) state.page = data.pages;
-  rows.replaceChildren(...data.exams.map((e) => {
+  const items = studies ? data.studies : data.exams;
+  rows.replaceChildren(...items.map((e) => {
     const status = e.reason ? el("span", { title: e.reason }, `${e.status}: ${e.reason_code}`) : e.status;
+    const what = studies
+      ? `${e.regions.join(", ") || "unknown"} · ${e.views.join(", ") || "views unknown"} (${e.images} image${e.images === 1 ? "" : "s"})`
+      : e.study_size > 1 ? `${e.region} · ${e.projection || "image"} (study of ${e.study_size})` : e.region;
     const tr = el("tr", { dataset: { uid: e.uid } },
       el("td", {}, when(e.created)),
       el("td", {}, PRIORITY[e.priority] || String(e.priority)),
       el("td", {}, e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : ""),
-      el("td", {}, e.study_size > 1 ? `${e.region} · ${e.projection || "image"} (study of ${e.study_size})` : e.region),
+      el("td", {}, what),
       el("td", {}, status),
       el("td", {}, e.ai ? badge(e.ai.severity, "severity (AI)") : ""),
       el("td", {}, e.rad ? badge(e.rad.severity, "severity (radiologist)") : ""),
       el("td", {}, e.ai ? e.ai.summary : ""));
     if (e.critical_unreviewed) tr.classList.add("critical");
     if (e.uid === flashUid) tr.classList.add("flash");
-    tr.onclick = () => { location.hash = `#/exam/${e.uid}`; };
+    const page = studies ? e.first_image : e.uid;
+    tr.onclick = () => { location.hash = `#/exam/${page}`; };
     return tr;
   }));
-  $("page-info").textContent = `page ${data.page} of ${data.pages} · ${data.total} exams`;
+  $("page-info").textContent = `page ${data.page} of ${data.pages} · ${data.total} ${studies ? "studies" : "exams"}`;
+  $("list-unit").textContent = studies ? "Study" : "Region";
+  $("agreement-filter").style.display = studies ? "none" : "";
 }
 
 // --- one exam ------------------------------------------------------------------------
@@ -234,7 +243,8 @@ async function loadExam(uid) {
   $("ai-text").textContent = ai ? ai.text : "no AI report yet";
   $("ai-summary").textContent = ai ? ai.summary : "";
   $("ai-version").textContent = ai
-    ? `version ${ai.version} · ${ai.model} (${ai.endpoint}) · ${when(ai.created)}` : "";
+    ? `${ai.of === "study" ? `read of the study (${images.length || 1} images) · ` : ""}` +
+      `version ${ai.version} · ${ai.model} (${ai.endpoint}) · ${when(ai.created)}` : "";
   const h = e.history || { versions: [], reviews: [] };
   $("history").hidden = !h.versions.length && !h.reviews.length;
   $("history-versions").replaceChildren(...h.versions.map((v) => el("li", {},

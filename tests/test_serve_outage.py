@@ -56,7 +56,7 @@ def serve_env(url: str, tmp_path: Path, stub: Stub, roles: str,
            "XRAYVISION_WEB_PORT": str(web), "XRAYVISION_DICOM_PORT": str(dicom),
            "XRAYVISION_DICOM_CONVERT_WORKERS": "1", "XRAYVISION_DICOM_CONVERT_DEFER": "0",
            "XRAYVISION_AI_PRIMARY_URL": stub.url, "XRAYVISION_AI_MODEL": "m",
-           "XRAYVISION_SERVER_ROLES": roles, **extra}
+           "XRAYVISION_SERVER_ROLES": roles, "XRAYVISION_AI_STUDY_QUIET": "1", **extra}
     return env, web, dicom
 
 
@@ -174,8 +174,9 @@ async def test_a_killed_relays_exams_are_reclaimed_at_once_by_the_next(tmp_path)
                     stdout=out, stderr=subprocess.STDOUT))
             return procs[-1]
 
-        def counts() -> dict[str, int]:
-            out = pg.psql("xrayvision", "SELECT status, count(*) FROM exams GROUP BY status")
+        def counts(table: str = "studies") -> dict[str, int]:
+            """Read per study (the default), the relay holds studies (one image each)."""
+            out = pg.psql("xrayvision", f"SELECT status, count(*) FROM {table} GROUP BY status")
             return {k: int(v) for k, v in (line.split("|") for line in out.split())}
 
         async def until(what, check, seconds):
@@ -205,6 +206,7 @@ async def test_a_killed_relays_exams_are_reclaimed_at_once_by_the_next(tmp_path)
         done_at = await until("every exam read by the next process", lambda: counts().get(
             "done") == 3, 60)
         assert done_at - restarted < 30  # not the 600 s lease
+        assert counts("exams") == {"done": 3}
         assert "reclaimed the exams of relay workers that stopped" in log.read_text()
         print(f"SIGKILL with 3 exams held: all read {done_at - restarted:.1f} s after the "
               "restart (lease 600 s)")

@@ -89,3 +89,27 @@ def test_date_range_and_unchecked_reports_are_left_out(db):
 def test_unknown_group_is_refused(db):
     with pytest.raises(ValueError, match="group must be one of"):
         db.read_sync(repo.agreement_counts, 5, "week")
+
+
+def test_per_study_compares_the_studys_read_with_its_report(db):
+    """Two studies of two images each: per study each counts once (the study's AI read
+    against the study's report), per image each image counts."""
+    for study, severity, rad in (("2.1", 8, 7), ("2.2", 2, 9)):  # TP, FN
+        for i in (1, 2):
+            uid = f"{study}.{i}"
+
+            def receive(session, uid=uid, study=study):
+                records.add_exam(session, ExamInfo(uid=uid, study_uid=study, region="chest"))
+                repo.finish_conversion(session, uid, "queued")
+                repo.refresh_study(session, study, uid, became_readable=True,
+                                   read_per_study=True, quiet=0, threshold=5)
+            db.write_sync(receive)
+            db.write_sync(repo.save_rad_report, uid, severity=rad, radiologist="Dr. A",
+                          checked=True)
+            db.write_sync(repo.link_rad_report, uid, study)
+        db.write_sync(repo.save_study_read, study, [f"{study}.1", f"{study}.2"],
+                      threshold=5, severity=severity)
+    studies = db.read_sync(repo.agreement_counts, 5, "region", per_study=True)
+    assert studies == {"chest": Confusion(tp=1, fn=1)}
+    images = db.read_sync(repo.agreement_counts, 5, "region")
+    assert images == {"chest": Confusion(tp=2, fn=2)}

@@ -45,7 +45,8 @@ def test_models_and_migrations_agree(empty_db):
     def include(obj, name, type_, reflected, compare_to):
         # Alembic cannot reflect SQLite's expression index (priority DESC) and would report
         # it as changed; PostgreSQL compares it fully, and the next test checks it exists.
-        return not (sqlite and type_ == "index" and name == "ix_exams_claim")
+        return not (sqlite and type_ == "index"
+                    and name in ("ix_exams_claim", "ix_studies_claim"))
 
     with empty_db.engine.connect() as conn:
         ctx = MigrationContext.configure(
@@ -69,6 +70,8 @@ def test_claim_index_exists_with_its_predicate(empty_db):
     names = {ix["name"] for ix in inspect(empty_db.engine).get_indexes("exams")}
     assert {"ix_exams_claim", "ix_exams_lease", "ix_exams_status_created",
             "ix_exams_region_created", "ix_exams_created", "ix_exams_cnp"} <= names
+    studies = {ix["name"] for ix in inspect(empty_db.engine).get_indexes("studies")}
+    assert {"ix_studies_claim", "ix_studies_lease", "ix_studies_triage"} <= studies
 
 
 def test_0007_carries_reviews_and_reasons_over(empty_db):
@@ -151,8 +154,14 @@ def test_0008_makes_studies_of_existing_exams(empty_db):
             "reviewed_at, created, updated, version, prompt_version) VALUES ('1.1', 'x', 1, 7, "
             "80, 's', 'm', 'primary', 1.5, :f, -1, '', '', NULL, :now, :now, 1, '')"),
             {"now": "2026-11-30 10:01:00", "f": False})
+        c.execute(text(
+            "INSERT INTO rad_reports (uid, fhir_id, fhir_version, fhir_status, text, text_en, "
+            "radiologist, positive, severity, summary, checked, created, updated) VALUES "
+            "('1.2', 'r1', '1', 'final', 'Pneumonie', '', 'Dr. A', 1, 7, '', :t, :now, :now)"),
+            {"now": "2026-11-30 12:00:00", "t": True})
     migrate.upgrade(empty_db.engine)
     with empty_db.engine.connect() as c:
+        rad = dict(c.execute(text("SELECT uid, fhir_id FROM rad_reports")).all())
         studies = {r[0]: tuple(r[1:]) for r in c.execute(text(
             "SELECT uid, status, images, readable, regions, priority, accession "
             "FROM studies"))}
@@ -162,10 +171,12 @@ def test_0008_makes_studies_of_existing_exams(empty_db):
                        "2.3": ("ignore", 1, 0, "", 0, "A1"),
                        "1.6": ("error", 1, 0, "chest", 0, "A1")}
     assert reads == {u: u for u in ("1.1", "1.2", "1.3", "1.4", "1.5", "1.6")}
+    assert rad == {"1.2": "r1", "2.1": "r1"}  # the image's report, linked to its study
     command.downgrade(migrate.alembic_config(empty_db.engine), "0007")
     migrate.upgrade(empty_db.engine)
     with empty_db.engine.begin() as c:
         assert c.execute(text("SELECT count(*) FROM ai_reports")).scalar() == 1
+        assert c.execute(text("SELECT count(*) FROM rad_reports")).scalar() == 2
         # a read of a study cannot go down to 0007 (no exam to hang it on): refused
         c.execute(text(
             "INSERT INTO ai_reports (uid, text, positive, severity, confidence, summary, model, "

@@ -62,7 +62,7 @@ def test_prometheus_scrapes_and_dashboard_queries_return_data(tmp_path):
     for i in range(5):
         uid = f"1.2.3.{i}"
         store.put(uid, "png", b"\x89PNG\r\n\x1a\nfake")
-        db.write_sync(records.add_exam, ExamInfo(uid=uid, region="chest", status=QUEUED))
+        db.write_sync(records.add_converted, ExamInfo(uid=uid, region="chest", status=QUEUED))
     db.close()
     stub_port, web_port, prom_port = free_port(), free_port(), free_port()
     procs = []

@@ -103,6 +103,10 @@ async def test_reports_are_matched_checked_translated_and_stored_once(db, tmp_pa
             assert (knee.fhir_id, knee.severity, knee.summary) == (f"r2-{tag}", 2,
                                                                    "mild arthrosis")
             assert (await db.read(records.get_rad_report, f"{tag}.4")).fhir_id == f"r3-{tag}"
+            # ... and linked to the studies (read per study, agreement compares these)
+            for study, report in ((f"S1-{tag}", f"r1-{tag}"), (f"S2-{tag}", f"r2-{tag}"),
+                                  (f"S3-{tag}", f"r3-{tag}")):
+                assert (await db.read(records.get_rad_report, study)).fhir_id == report
             ready = [e for e in drain(events) if e.type == "rad_report.ready"]
             assert sorted(e.data["uid"] for e in ready) == [f"{tag}.{i}" for i in (1, 2, 3, 4)]
 

@@ -39,8 +39,8 @@ async def test_relay_and_fhir_roles_together(tmp_path, sekmet, tag):
     db = Database(DatabaseOptions(url=settings.database_url))
     upgrade(db.engine)
     FilesystemStore(settings.images_path).put(uid, "png", b"\x89PNG\r\n\x1a\nfake")
-    db.write_sync(records.add_exam, ExamInfo(uid=uid, accession=f"A-{tag}",
-                                          region="chest", status=QUEUED),
+    db.write_sync(records.add_converted, ExamInfo(uid=uid, accession=f"A-{tag}",
+                                                region="chest", status=QUEUED),
                   PatientInfo(cnp=cnp))
     stop = asyncio.Event()
     task = asyncio.create_task(serve_module.serve(settings, stop=stop))

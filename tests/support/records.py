@@ -3,6 +3,7 @@ paths (ingest, relay, poller) the runtime writes them through."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from sqlalchemy import func, select, update
@@ -10,7 +11,13 @@ from sqlalchemy.orm import Session
 
 from xrayvision.db.engine import rowcount
 from xrayvision.db.models import STATUSES, AIReport, Exam, RadReport, utcnow
-from xrayvision.db.repo import ExamInfo, PatientInfo, insert_received
+from xrayvision.db.repo import (
+    ExamInfo,
+    PatientInfo,
+    finish_conversion,
+    insert_received,
+    refresh_study,
+)
 
 
 def add_exam(session: Session, info: ExamInfo,
@@ -60,3 +67,18 @@ def count_exams(session: Session, uids: Iterable[str] | None = None) -> int:
     if uids is not None:
         query = query.where(Exam.uid.in_(list(uids)))
     return session.scalar(query) or 0
+
+
+def add_converted(session: Session, info: ExamInfo, patient: PatientInfo | None = None, *,
+                  per_study: bool = True, quiet: float = 0.0, threshold: int = 5) -> Exam:
+    """An instance recorded and converted as ingest does it: the row (status ``none``),
+    then its conversion's end in ``info.status`` (queued, ignore or error) with its
+    study's refresh (read per study: queued after ``quiet`` seconds)."""
+    status = info.status if info.status != "none" else "queued"
+    exam, _ = add_exam(session, dataclasses.replace(info, status="none"), patient)
+    ignored = status == "ignore"
+    finish_conversion(session, info.uid, status, "no region rule matched" if ignored else "",
+                      "no_region_rule" if ignored else "")
+    refresh_study(session, info.study_uid, info.uid, became_readable=status == "queued",
+                  read_per_study=per_study, quiet=quiet, threshold=threshold)
+    return exam

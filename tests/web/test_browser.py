@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium (Debian's, driven by Playwright), against a real web
-process on PostgreSQL; another process inserts an exam and publishes it, as ingest does.
-Screenshots go to build/screenshots/ (test artefacts)."""
+process on PostgreSQL, read per study (the default): the list shows studies; another
+process records and converts an instance and publishes it, as ingest does. Screenshots go
+to build/screenshots/ (test artefacts)."""
 
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from conftest import ROOT
 from support import records
 from support.webproc import web_process
 from web.conftest import PASSWORDS, USERS
-from xrayvision.db import repo
-from xrayvision.db.models import DONE, IGNORE, Exam
+from xrayvision.db import queue, repo
+from xrayvision.db.models import IGNORE, Exam
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.images import FilesystemStore
 
@@ -41,8 +42,13 @@ async def main(url, uid):
     db = Database(DatabaseOptions(url=url))
     bus = make_bus(db.url)
     await bus.start()
-    await db.write(repo.insert_received, ExamInfo(uid=uid, region="chest", status="queued"),
-                   PatientInfo(cnp="333", name="Nou^Pacient"))
+    def record(session):
+        repo.insert_received(session, ExamInfo(uid=uid, region="chest"),
+                             PatientInfo(cnp="333", name="Nou^Pacient"))
+        repo.finish_conversion(session, uid, "queued")
+        repo.refresh_study(session, "", uid, became_readable=True, read_per_study=True,
+                           quiet=10, threshold=5)
+    await db.write(record)
     await bus.publish("exam.queued", uid=uid, region="chest")
     await bus.close()
     db.close()
@@ -51,20 +57,26 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
+def study_read(db, text: str, severity: int, **fields) -> None:
+    """A read of study 1.2.840 as the relay stores it (claimed, stored, completed)."""
+    def read(session):
+        assert queue.claim(session, "relay", 60, table=queue.STUDIES).uid == "1.2.840"
+        repo.save_study_read(session, "1.2.840", ["1.2.840.1", "1.2.840.4"], threshold=5,
+                             text=text, severity=severity, model="medgemma", **fields)
+        queue.complete(session, "1.2.840", "relay", table=queue.STUDIES)
+    db.write_sync(read)
+
+
 @pytest.fixture
 def dashboard(tmp_path, pg_db, pg_url):
     FilesystemStore(tmp_path / "data" / "images").put("1.2.840.1", "png", PNG)
-    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.1", region="chest", status=DONE,
-                                                study_uid="1.2.840", projection="PA"),
-                     PatientInfo(cnp="111", name="Popescu^Ion"))
-    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.4", region="chest", status=DONE,
-                                                study_uid="1.2.840", projection="LAT"),
-                     PatientInfo(cnp="111", name="Popescu^Ion"))
-    pg_db.write_sync(repo.save_ai_read, "1.2.840.1", text=f"FINDINGS: {XSS}",
-                     summary=XSS, severity=7, confidence=80, model="medgemma",
-                     endpoint="primary", threshold=5)
-    pg_db.write_sync(records.add_exam, ExamInfo(uid="1.2.840.3", status=IGNORE,
-                                                body_part="NECK"), None)
+    for uid, view in (("1.2.840.1", "PA"), ("1.2.840.4", "LAT")):
+        pg_db.write_sync(records.add_converted, ExamInfo(uid=uid, region="chest",
+                                                         study_uid="1.2.840", projection=view),
+                         PatientInfo(cnp="111", name="Popescu^Ion"))
+    study_read(pg_db, f"FINDINGS: {XSS}", 7, summary=XSS, confidence=80, endpoint="primary")
+    pg_db.write_sync(records.add_converted, ExamInfo(uid="1.2.840.3", status=IGNORE,
+                                                     body_part="NECK"), None)
     pg_db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.2.840.3").values(
         error="no region rule matches body part 'NECK'", reason_code="no_region_rule")))
     users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
@@ -85,13 +97,15 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(dashboard + "/")
-        page.wait_for_selector('tr[data-uid="1.2.840.1"]')
+        page.wait_for_selector('tr[data-uid="1.2.840"]')  # the study
         page.wait_for_selector("#live.on")
-        assert XSS in page.inner_text('tr[data-uid="1.2.840.1"]')
+        row = page.inner_text('tr[data-uid="1.2.840"]')
+        assert XSS in row and "PA, LAT (2 images)" in row
         # severity 7 at threshold 5, not reviewed: marked, and first in the urgent order
-        assert page.get_attribute('tr[data-uid="1.2.840.1"]', "class") == "critical"
+        assert page.get_attribute('tr[data-uid="1.2.840"]', "class") == "critical"
         first = page.locator("#exam-rows tr").first.get_attribute("data-uid")
-        assert first == "1.2.840.1"
+        assert first == "1.2.840"
+        assert "studies" in page.inner_text("#page-info")
         assert "ignore: no_region_rule" in page.inner_text('tr[data-uid="1.2.840.3"]')
         page.screenshot(path=str(SHOTS / "exams.png"))
 
@@ -103,10 +117,11 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert shown - inserted <= 2.0, (
             f"took {shown - inserted:.2f} s (insert {inserted - started:.2f} s)")
 
-        page.click('tr[data-uid="1.2.840.1"]')
+        page.click('tr[data-uid="1.2.840"]')  # its first image's page
         page.wait_for_selector("#ai-text")
         page.wait_for_function("document.getElementById('ai-text').textContent.length > 0")
         assert page.inner_text("#ai-text") == f"FINDINGS: {XSS}"
+        assert "read of the study (2 images)" in page.inner_text("#ai-version")
         # the study's other image is one click away
         assert "study: 2 images" in page.inner_text("#study-images")
         assert page.locator('#study-images a[href="#/exam/1.2.840.4"]').count() == 1
@@ -123,8 +138,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         # Requeue, a new read arrives: the first one and its review stay, under history.
         page.click("#requeue")
         page.wait_for_selector("#requeue-result:has-text('requeued')")
-        pg_db.write_sync(repo.save_ai_read, "1.2.840.1", text="FINDINGS: second read",
-                         severity=3, model="medgemma", endpoint="secondary", threshold=5)
+        study_read(pg_db, "FINDINGS: second read", 3, endpoint="secondary")
         page.reload()
         page.wait_for_selector("#ai-version:has-text('version 2')")
         page.click("#history summary")

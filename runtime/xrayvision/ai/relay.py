@@ -143,8 +143,9 @@ class Relay:
             following = None
             if claimed is None:
                 self._wake.clear()
+                idle = await self._idle_wait()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), await self._idle_wait())
+                    await asyncio.wait_for(self._wake.wait(), idle)
                 continue
             following = await self._process(*claimed)
 

@@ -319,9 +319,9 @@ class Review(Base):
 class RadReport(Base):
     __tablename__ = "rad_reports"
 
-    uid: Mapped[str] = mapped_column(
-        ForeignKey("exams.uid", ondelete="CASCADE"), primary_key=True
-    )
+    # An exam's SOP Instance UID, or a study's key (the same report, linked to the study:
+    # agreement read per study compares it with the study's AI read).
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     fhir_id: Mapped[str] = mapped_column(String(128), default="")
     fhir_version: Mapped[str] = mapped_column(String(64), default="", server_default="")
     fhir_status: Mapped[str] = mapped_column(String(16), default="", server_default="")

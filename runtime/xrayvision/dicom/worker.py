@@ -215,7 +215,8 @@ class ConversionWorker:
         consumers = [asyncio.create_task(self._consume()) for _ in range(self.workers)]
         try:
             while True:
-                for uid in await self.db.read(repo.exams_with_status, NONE, 10_000):
+                # a database outage is waited out here (the SCP refuses meanwhile)
+                for uid in await self.db.read_patiently(repo.exams_with_status, NONE, 10_000):
                     self._submit(uid)
                 await asyncio.sleep(self.sweep_interval)
         finally:

@@ -11,8 +11,9 @@ One cycle:
 4. Each report is matched to exams (:mod:`xrayvision.fhir.match`); when several reports
    match one exam the latest wins. A report new to an exam, or a new version of it
    (amended, corrected), is checked by the model (CHK: severity, positive, summary) and
-   translated (TRN, Romanian to English), then stored for each exam of the study in one
-   transaction that also publishes ``rad_report.ready``. A model that is down leaves the
+   translated (TRN, Romanian to English), then stored for each exam of the study and
+   for the study itself (``repo.link_rad_report``) in one transaction that also
+   publishes ``rad_report.ready``. A model that is down leaves the
    report stored with ``checked = false``; later cycles check it then.
 5. Agreement counts by region go to the metrics.
 
@@ -106,6 +107,7 @@ class Poller:
         self.fhir = settings.fhir
         self.regions = settings.regions
         self.threshold = settings.processing.severity_threshold
+        self.per_study = settings.ai.read_per == "study"
         self.clock = clock
         self._sleep = sleep
         self.window = dt.timedelta(days=self.fhir.match_window_days)
@@ -271,13 +273,17 @@ class Poller:
                            strict=True))
 
         def store(session: Session) -> None:
-            for exam, report in changes:
+            # the latest report last: it is the one its study keeps
+            for exam, report in sorted(changes, key=lambda c: (c[1].when or EARLIEST,
+                                                                c[1].fhir_id)):
                 res = results[report.text]
                 repo.save_rad_report(
                     session, exam.uid, fhir_id=report.fhir_id, fhir_version=report.version,
                     fhir_status=report.status, text=report.text, radiologist=report.radiologist,
                     severity=res.severity, positive=res.positive, summary=res.summary,
                     text_en=res.text_en, checked=res.checked)
+                repo.link_rad_report(session, exam.uid, repo.study_key(exam.study_uid,
+                                                                       exam.uid))
                 self.bus.publish_in(session, RAD_REPORT_READY, **_event(exam, res))
 
         await self.db.write(store)
@@ -323,6 +329,7 @@ class Poller:
                 repo.save_rad_report(session, uid, severity=res.severity,
                                      positive=res.positive, summary=res.summary,
                                      text_en=res.text_en, checked=True)
+                repo.link_rad_report(session, uid, repo.study_key(exam.study_uid, uid))
                 self.bus.publish_in(session, RAD_REPORT_READY, **_event(exam, res))
 
             await self.db.write(store)
@@ -331,7 +338,8 @@ class Poller:
 
     async def _export_agreement(self, now: dt.datetime) -> None:
         counts = await self.db.read(repo.agreement_counts, self.threshold, "region",
-                                    now - dt.timedelta(days=self.fhir.lookback_days))
+                                    now - dt.timedelta(days=self.fhir.lookback_days),
+                                    per_study=self.per_study)
         metrics.AGREEMENT.clear()
         for region, confusion in counts.items():
             label = region or "none"

@@ -167,7 +167,8 @@ def exam_json(row: ExamRow | PageRow, *, full: bool = False) -> dict[str, Any]:
                      "reviewed": a.reviewed, "review_correct": a.review_correct,
                      "version": a.version}
         if full:
-            out["ai"].update(text=a.text, model=a.model, endpoint=a.endpoint,
+            out["ai"].update(of="study" if a.uid != e.uid else "image",
+                             text=a.text, model=a.model, endpoint=a.endpoint,
                              latency=a.latency, prompt_version=a.prompt_version,
                              review_note=a.review_note, reviewed_by=a.reviewed_by,
                              reviewed_at=_iso(a.reviewed_at), created=_iso(a.created),
@@ -234,9 +235,10 @@ async def list_exams(request: web.Request) -> web.Response:
 
 
 def study_json(row: repo.StudyRow) -> dict[str, Any]:
-    s, p, a = row
+    s, p, a, r = row
     return {
-        "uid": s.uid, "accession": s.accession, "status": s.status,
+        "uid": s.uid, "first_image": s.first_image, "accession": s.accession,
+        "status": s.status,
         "regions": [r for r in s.regions.split(",") if r],
         "views": [v for v in s.views.split(",") if v], "modality": s.modality,
         "description": s.description, "priority": s.priority, "images": s.images,
@@ -251,6 +253,9 @@ def study_json(row: repo.StudyRow) -> dict[str, Any]:
                "summary": a.summary, "reviewed": a.reviewed,
                "review_correct": a.review_correct, "version": a.version}
         if a is not None else None,
+        "rad": {"severity": r.severity, "positive": r.positive, "summary": r.summary,
+                "radiologist": r.radiologist, "checked": r.checked}
+        if r is not None else None,
     }
 
 
@@ -358,13 +363,20 @@ async def cached(request: web.Request, read):
     return await request.app[STATS].get(key, lambda: db.read(read))
 
 
+def _per_study(request: web.Request) -> bool:
+    """Whether reads are per study: agreement then compares studies with studies."""
+    return request.app[SETTINGS].ai.read_per == "study"
+
+
 async def stats_global(request: web.Request) -> web.Response:
     require(request, READ)
     since, until = _window(request)
     threshold = request.app[SETTINGS].processing.severity_threshold
+    per_study = _per_study(request)
 
     def read(session):
-        overall = repo.agreement_counts(session, threshold, "all", since, until)
+        overall = repo.agreement_counts(session, threshold, "all", since, until,
+                                    per_study=per_study)
         return {
             "threshold": threshold,
             "statuses": repo.queue_counts(session),
@@ -383,10 +395,12 @@ async def _grouped(request: web.Request, group: str, listing: str, count: str) -
     require(request, READ)
     since, until = _window(request)
     threshold = request.app[SETTINGS].processing.severity_threshold
+    per_study = _per_study(request)
 
     def read(session):
         counts = stats.counts_by(session, group, since, until)
-        agreement = repo.agreement_counts(session, threshold, group, since, until)
+        agreement = repo.agreement_counts(session, threshold, group, since, until,
+                                    per_study=per_study)
         return {"threshold": threshold, listing: [
             {group: key, count: n, "agreement": agreement.get(key, Confusion()).as_dict()}
             for key, n in sorted(counts.items())]}
@@ -409,10 +423,12 @@ async def stats_timeline(request: web.Request) -> web.Response:
         raise bad_request(f"period must be one of {', '.join(PERIODS)}")
     since, until = _window(request)
     threshold = request.app[SETTINGS].processing.severity_threshold
+    per_study = _per_study(request)
 
     def read(session):
         return (stats.throughput(session, since, until),
-                repo.agreement_counts(session, threshold, "day", since, until))
+                repo.agreement_counts(session, threshold, "day", since, until,
+                                    per_study=per_study))
 
     days, agreement = await cached(request, read)
     periods: dict[str, dict] = {}
@@ -434,9 +450,11 @@ async def stats_insights(request: web.Request) -> web.Response:
     require(request, READ)
     since, until = _window(request)
     threshold = request.app[SETTINGS].processing.severity_threshold
+    per_study = _per_study(request)
 
     def read(session):
-        return (repo.agreement_counts(session, threshold, "region", since, until),
+        return (repo.agreement_counts(session, threshold, "region", since, until,
+                                    per_study=per_study),
                 stats.review_counts(session, since, until),
                 stats.model_latency(session, since, until))
 
@@ -534,7 +552,7 @@ async def requeue(request: web.Request) -> web.Response:
         raise bad_request(f"region must be one of {', '.join(sorted(regions))}")
     identity = request[IDENTITY]
     found = services(request)
-    per_study = request.app[SETTINGS].ai.read_per == "study"
+    per_study = _per_study(request)
 
     def write(session):
         exam = repo.get_exam(session, uid)
@@ -542,7 +560,7 @@ async def requeue(request: web.Request) -> web.Response:
             key = repo.study_key(exam.exam.study_uid, uid) if exam is not None else uid
             study = repo.get_study(session, key)
             if study is None:
-                return "busy" if exam is not None else "missing"  # not converted yet
+                return "converting" if exam is not None else "missing"
             if not study.readable and not region:
                 return "unreadable"
             done = repo.requeue_study(session, key, region=region)
@@ -564,6 +582,8 @@ async def requeue(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"no exam {uid}")
     if outcome == "busy":
         raise web.HTTPConflict(text=f"exam {uid} is being processed now; try again later")
+    if outcome == "converting":
+        raise web.HTTPConflict(text=f"exam {uid} is still being converted; try again later")
     if outcome == "unreadable":
         raise web.HTTPConflict(text=f"no image of study {uid} matched a region rule: "
                                     "name the region to read it as")
@@ -589,6 +609,7 @@ async def config(request: web.Request) -> web.Response:
         "page_size": settings.processing.page_size,
         "regions": sorted(settings.regions),
         "statuses": list(STATUSES),
+        "read_per": settings.ai.read_per,
         "roles": list(settings.server.roles),
         "endpoints": _endpoints(settings, services(request).hub),
     })

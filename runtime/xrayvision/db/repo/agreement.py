@@ -1,5 +1,5 @@
 """Agreement between the AI's and the radiologist's severities (TP, TN, FP, FN at a
-threshold), counted overall or by region, radiologist or day."""
+threshold), counted overall or by region, radiologist or day, of exams or of studies."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from xrayvision.db.models import (
     AIReport,
     Exam,
     RadReport,
+    Study,
 )
 
 
@@ -53,21 +54,25 @@ AGREEMENT_GROUPS = ("all", "region", "radiologist", "day")
 
 def agreement_counts(session: Session, threshold: int, by: str = "all",
                      since: dt.datetime | None = None,
-                     until: dt.datetime | None = None) -> dict[str, Confusion]:
+                     until: dt.datetime | None = None, *,
+                     per_study: bool = False) -> dict[str, Confusion]:
     """TP/TN/FP/FN and not-assessed counts of exams with both reports, at ``threshold``,
     grouped ``by`` all (key ""), region, radiologist or day of receipt (UTC,
-    YYYY-MM-DD); :func:`xrayvision.agreement.roll_up` makes weeks and months of days."""
+    YYYY-MM-DD); :func:`xrayvision.agreement.roll_up` makes weeks and months of days.
+    ``per_study``: of studies (the study's AI read against the study's radiologist
+    report; the region key is the study's regions, e.g. "chest" or "chest,hand")."""
     if by not in AGREEMENT_GROUPS:
         raise ValueError(f"group must be one of {', '.join(AGREEMENT_GROUPS)}")
+    unit: Any = Study if per_study else Exam
     key: SQLColumnExpression[Any]
     if by == "region":
-        key = Exam.region
+        key = Study.regions if per_study else Exam.region
     elif by == "radiologist":
         key = RadReport.radiologist
     elif by == "day":
-        created: SQLColumnExpression[Any] = Exam.created
+        created: SQLColumnExpression[Any] = unit.created
         if session.get_bind().dialect.name == "postgresql":
-            created = func.timezone("UTC", Exam.created)
+            created = func.timezone("UTC", unit.created)
         key = func.date(created)
     else:
         key = literal("")
@@ -76,19 +81,18 @@ def agreement_counts(session: Session, threshold: int, by: str = "all",
             for k in AGREEMENT_CLASSES]
     query = (
         select(key, *sums, func.sum(case((not_assessed, 1), else_=0)))
-        .select_from(Exam)
-        .join(AIReport, AIReport.uid == Exam.read_uid)
-        .join(RadReport, RadReport.uid == Exam.uid)
+        .select_from(unit)
+        .join(AIReport, AIReport.uid == (Study.uid if per_study else Exam.read_uid))
+        .join(RadReport, RadReport.uid == unit.uid)
         .where(RadReport.checked.is_(True))
         .group_by(key)
     )
     if since is not None:
-        query = query.where(Exam.created >= since)
+        query = query.where(unit.created >= since)
     if until is not None:
-        query = query.where(Exam.created < until)
+        query = query.where(unit.created < until)
     result: dict[str, Confusion] = {}
     for row in session.execute(query):
         tp, tn, fp, fn, na = (int(v or 0) for v in row[1:])
         result[str(row[0] or "")] = Confusion(tp=tp, tn=tn, fp=fp, fn=fn, not_assessed=na)
     return result
-

@@ -164,6 +164,23 @@ def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
     _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)
 
 
+def link_rad_report(session: Session, uid: str, key: str) -> bool:
+    """Stores exam ``uid``'s radiologist report also as its study's (``key``: a report
+    covers a study; read per study, agreement compares it with the study's AI read), but
+    never over another report of the study updated later. Returns whether it did."""
+    if key == uid:
+        return False
+    row = session.get(RadReport, uid, populate_existing=True)
+    if row is None:
+        return False
+    current = session.get(RadReport, key, populate_existing=True)
+    if current is not None and current.fhir_id != row.fhir_id and current.updated > row.updated:
+        return False
+    _upsert_report(session, RadReport, _RAD_FIELDS, key,
+                   {f: getattr(row, f) for f in _RAD_FIELDS})
+    return True
+
+
 @dataclass(frozen=True)
 class ReportContext:
     """What the AI pipeline needs of an exam, read in one Core query."""

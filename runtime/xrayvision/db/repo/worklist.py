@@ -195,16 +195,21 @@ def list_exams(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
 
 
 class StudyRow(NamedTuple):
-    """A row of :func:`study_page`: the study, its patient and its current AI read."""
+    """A row of :func:`study_page`: the study (with ``first_image``, the UID of its first
+    image received), its patient, its current AI read and its radiologist report."""
 
     study: SimpleNamespace
     patient: SimpleNamespace | None
     ai: SimpleNamespace | None
+    rad: SimpleNamespace | None
 
 
-_STUDY_TABLES = (("s", Study), ("p", Patient), ("a", AIReport))
-_STUDY_COLUMNS = [c.label(f"{prefix}_{c.key}") for prefix, model in _STUDY_TABLES
-                  for c in model.__table__.columns]
+_STUDY_TABLES = (("s", Study), ("p", Patient), ("a", AIReport), ("r", RadReport))
+_FIRST_IMAGE = (select(Exam.uid).where(or_(Exam.study_uid == Study.uid, Exam.uid == Study.uid))
+                .order_by(Exam.created, Exam.uid).limit(1).correlate(Study).scalar_subquery())
+_STUDY_COLUMNS = [*(c.label(f"{prefix}_{c.key}") for prefix, model in _STUDY_TABLES
+                    for c in model.__table__.columns),
+                  _FIRST_IMAGE.label("s_first_image")]
 
 
 def _study_conditions(f: ExamFilter) -> list[ColumnElement[bool]]:
@@ -261,10 +266,11 @@ def study_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
     receipt). Raises ValueError as :func:`exam_page` does, and for ``agreement``."""
     page = max(1, page)
     size = max(1, min(size, MAX_PAGE_SIZE))
-    s, p, a = (m.__table__ for _, m in _STUDY_TABLES)
+    s, p, a, r = (m.__table__ for _, m in _STUDY_TABLES)
     query = (
         select(*_STUDY_COLUMNS)
-        .select_from(s.outerjoin(p, p.c.cnp == s.c.cnp).outerjoin(a, a.c.uid == s.c.uid))
+        .select_from(s.outerjoin(p, p.c.cnp == s.c.cnp).outerjoin(a, a.c.uid == s.c.uid)
+                     .outerjoin(r, r.c.uid == s.c.uid))
         .where(*_study_conditions(f))
         .order_by(*_study_order(f.sort))
         .offset((page - 1) * size)
@@ -276,10 +282,11 @@ def study_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
         for key, value in mapping.items():
             prefix, _, name = key.partition("_")
             parts[prefix][name] = value
-        study, patient, ai = (SimpleNamespace(**parts[k]) if parts[k][pk] is not None
-                              else None for k, pk in (("s", "uid"), ("p", "cnp"), ("a", "uid")))
+        study, patient, ai, rad = (
+            SimpleNamespace(**parts[k]) if parts[k][pk] is not None else None
+            for k, pk in (("s", "uid"), ("p", "cnp"), ("a", "uid"), ("r", "uid")))
         assert study is not None
-        rows.append(StudyRow(study, patient, ai))
+        rows.append(StudyRow(study, patient, ai, rad))
     return rows
 
 

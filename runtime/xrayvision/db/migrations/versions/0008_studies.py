@@ -26,7 +26,8 @@ depends_on = None
 UTC = xrayvision.db.models.UTCDateTime(timezone=True)
 CLAIMABLE = sa.text("status IN ('queued', 'requeue')")
 PROCESSING = sa.text("status = 'processing'")
-FOREIGN_KEYS = (('ai_reports', 'fk_ai_reports_uid_exams'),
+FOREIGN_KEYS = (('rad_reports', 'fk_rad_reports_uid_exams'),
+                ('ai_reports', 'fk_ai_reports_uid_exams'),
                 ('ai_report_versions', 'fk_ai_report_versions_uid_exams'),
                 ('reviews', 'fk_reviews_uid_exams'))
 
@@ -115,6 +116,17 @@ def upgrade() -> None:
               FROM exams) AS e
         GROUP BY k
     """)
+    # Each study's radiologist report: its images' (the same report; the latest updated).
+    rows = op.get_bind().execute(sa.text(
+        "SELECT e.study_uid, r.uid FROM rad_reports r JOIN exams e ON e.uid = r.uid "
+        "WHERE e.study_uid != '' ORDER BY e.study_uid, r.updated, r.uid")).all()
+    latest = {study: uid for study, uid in rows}
+    columns = ("fhir_id, fhir_version, fhir_status, text, text_en, radiologist, positive, "
+               "severity, summary, checked, created, updated")
+    for study, uid in latest.items():
+        op.execute(sa.text(f"INSERT INTO rad_reports (uid, {columns}) SELECT :study, "
+                           f"{columns} FROM rad_reports WHERE uid = :uid")
+                   .bindparams(study=study, uid=uid))
 
 
 def downgrade() -> None:
@@ -126,6 +138,8 @@ def downgrade() -> None:
         raise RuntimeError(f"{orphans} AI reads are of studies, which revision 0007 cannot "
                            "hold; downgrading would delete them (and their reviews)")
     op.drop_table('studies')
+    # the radiologists' reports linked to studies are copies of their images' ones
+    op.execute("DELETE FROM rad_reports WHERE uid NOT IN (SELECT uid FROM exams)")
     for table, name in FOREIGN_KEYS:
         with op.batch_alter_table(table) as batch:
             batch.create_foreign_key(name, 'exams', ['uid'], ['uid'], ondelete='CASCADE')
