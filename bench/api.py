@@ -1,9 +1,11 @@
-"""API benchmark: N exams bulk-loaded into PostgreSQL and into SQLite, a real
-`xrayvision serve --roles web` process on each, and:
+"""API benchmark: N exams (images) in studies of 1-4 bulk-loaded into PostgreSQL and into
+SQLite, a real `xrayvision serve --roles web` process on each (read per study, the
+default), and:
 
-- 200 requests each (one client, one at a time) of the first page of ``/api/exams`` in
-  its default order (urgent first), newest first, only the critical unreviewed ones and
-  with two filters, an exam detail, ``/api/stats/global``: p50 and p99;
+- 200 requests each (one client, one at a time) of the first page of ``/api/studies``
+  and of ``/api/exams`` in their default order (urgent first), newest first, only the
+  critical unreviewed ones and with two filters, an exam detail, ``/api/stats/global``:
+  p50 and p99;
 - W WebSocket clients connected at once; an event (a requeue through the API) must reach
   all of them: p50/p99 over all deliveries of E events;
 - the same requests (fewer) against a process with the list-total and statistics caches
@@ -12,8 +14,10 @@
     .venv/bin/python bench/api.py [--exams 1000000] [--requests 200] [--ws-clients 500]
                                   [--events 20] [--backends postgresql,sqlite]
 
-Data: one patient per 10 exams; 90% done with an AI report (90% of those reviewed), 60%
-of those with a checked radiologist report; 2% stat and 5% urgent priority; regions
+Data: studies of 1-4 images (2.5 on average: 400,000 studies for a million images), one
+patient per 4 studies; 90% of studies read (an AI read of the study, 90% of those
+reviewed), 60% of those with a checked radiologist report (stored for the study and each
+of its images, as the poller does); 2% stat and 5% urgent priority; regions
 chest/leg/spine/hand/skull; receipt times over the last year.
 """
 
@@ -47,18 +51,26 @@ REGIONS = ("chest", "chest", "chest", "leg", "spine", "hand", "skull")
 EXAM_COLUMNS = ("uid", "study_uid", "series_uid", "accession", "cnp", "modality", "region",
                 "projection", "protocol", "body_part", "study_description",
                 "series_description", "series_datetime", "calling_aet", "priority", "status",
-                "error", "attempts", "severity", "reviewed", "triage", "created", "updated")
+                "error", "attempts", "severity", "reviewed", "triage", "read_uid", "created",
+                "updated")
+STUDY_COLUMNS = ("uid", "cnp", "accession", "modality", "description", "regions", "views",
+                 "calling_aet", "study_datetime", "priority", "images", "readable", "status",
+                 "pending", "severity", "reviewed", "triage", "error", "reason_code",
+                 "attempts", "created", "last_image", "updated")
 
 
 def rows(count: int, seed: int = 7):
-    """(patients, exams, ai reports, radiologist reports) as tuples, deterministic."""
+    """(patients, exams, studies, ai reports, radiologist reports) as tuples,
+    deterministic; ``count`` images."""
     rnd = random.Random(seed)
     now = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
     patients = [(f"{1000000000000 + i}", f"Pacient^{i}", "M" if i % 2 else "F", now, now)
                 for i in range(max(1, count // 10))]
-    exams, ai, rad = [], [], []
-    for i in range(count):
-        uid = f"1.2.826.0.1.3680043.10.{i}"
+    exams, studies, ai, rad = [], [], [], []
+    i = s = 0
+    while i < count:
+        study = f"1.2.826.0.1.3680043.11.{s}"
+        size = min(rnd.randint(1, 4), count - i)
         created = now - dt.timedelta(seconds=rnd.randrange(365 * 86400))
         done = rnd.random() < 0.9
         region = rnd.choice(REGIONS)
@@ -67,20 +79,32 @@ def rows(count: int, seed: int = 7):
         severity = rnd.randrange(0, 11) if done else -1
         reviewed = done and rnd.random() < 0.9
         triage = int(not reviewed and (severity >= 5 or priority >= 3))
-        exams.append((uid, f"{uid}.1", f"{uid}.2", f"A{i}", patients[i % len(patients)][0],
-                      "DX", region, "PA", "", "", "", "", created, "", priority,
-                      "done" if done else rnd.choice(("queued", "error", "ignore")), "", 0,
-                      severity, reviewed, triage, created, created))
+        status = "done" if done else rnd.choice(("queued", "error", "ignore"))
+        cnp = patients[s % len(patients)][0]
+        views = ("PA", "LAT", "PA", "LAT")[:size]
+        studies.append((study, cnp, f"A{s}", "DX", "XR", region, ",".join(dict.fromkeys(views)),
+                        "", created, priority, size, size if status != "ignore" else 0,
+                        status, False, severity, reviewed, triage, "", "", 0, created,
+                        created + dt.timedelta(seconds=size), created))
+        uids = [f"{study}.{n}" for n in range(size)]
+        for n, uid in enumerate(uids):
+            at = created + dt.timedelta(seconds=n)
+            exams.append((uid, study, f"{study}.9", f"A{s}", cnp, "DX", region, views[n], "",
+                          "", "", "", at, "", priority, status, "", 0, severity, reviewed,
+                          triage, study if done else uid, at, at))
         if done:
-            ai.append((uid, "FINDINGS: ...\nIMPRESSION: ...", int(severity >= 5), severity,
+            ai.append((study, "FINDINGS: ...\nIMPRESSION: ...", int(severity >= 5), severity,
                        rnd.randrange(50, 100), "summary", "medgemma", "primary", 2.5, reviewed,
                        int(rnd.random() < 0.8) if reviewed else -1, "", "", created, created))
             if rnd.random() < 0.6:
                 rad_severity = max(0, min(10, severity + rnd.randrange(-3, 4)))
-                rad.append((uid, f"DR{i}", "1", "final", "Raport ...", "Report ...",
-                            f"Dr. {i % 20}", int(rad_severity >= 5), rad_severity, "summary",
-                            True, created, created))
-    return patients, exams, ai, rad
+                for key in (study, *uids):
+                    rad.append((key, f"DR{s}", "1", "final", "Raport ...", "Report ...",
+                                f"Dr. {s % 20}", int(rad_severity >= 5), rad_severity,
+                                "summary", True, created, created))
+        i += size
+        s += 1
+    return patients, exams, studies, ai, rad
 
 
 AI_COLUMNS = ("uid", "text", "positive", "severity", "confidence", "summary", "model",
@@ -90,15 +114,15 @@ RAD_COLUMNS = ("uid", "fhir_id", "fhir_version", "fhir_status", "text", "text_en
                "radiologist", "positive", "severity", "summary", "checked", "created",
                "updated")
 PATIENT_COLUMNS = ("cnp", "name", "sex", "created", "updated")
+TABLES = (("patients", PATIENT_COLUMNS), ("exams", EXAM_COLUMNS), ("studies", STUDY_COLUMNS),
+          ("ai_reports", AI_COLUMNS), ("rad_reports", RAD_COLUMNS))
 
 
 def load_postgresql(db: Database, data) -> None:
     raw = db.engine.raw_connection()
     try:
         cur = raw.cursor()
-        for table, columns, values in zip(
-                ("patients", "exams", "ai_reports", "rad_reports"),
-                (PATIENT_COLUMNS, EXAM_COLUMNS, AI_COLUMNS, RAD_COLUMNS), data, strict=True):
+        for (table, columns), values in zip(TABLES, data, strict=True):
             with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for row in values:
                     copy.write_row(row)
@@ -116,9 +140,7 @@ def load_sqlite(db: Database, data) -> None:
         return tuple(v.replace(tzinfo=None) if isinstance(v, dt.datetime) else v for v in row)
 
     with db.engine.begin() as conn:
-        for table, columns, values in zip(
-                ("patients", "exams", "ai_reports", "rad_reports"),
-                (PATIENT_COLUMNS, EXAM_COLUMNS, AI_COLUMNS, RAD_COLUMNS), data, strict=True):
+        for (table, columns), values in zip(TABLES, data, strict=True):
             placeholders = ", ".join("?" for _ in columns)
             conn.exec_driver_sql(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
@@ -197,10 +219,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="xrv-bench-api-"))
     started = time.monotonic()
     data = rows(args.exams)
-    print(f"generated {args.exams} exams in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"generated {args.exams} exams in {len(data[2])} studies in "
+          f"{time.monotonic() - started:.0f} s", flush=True)
     users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
     probe_uid = data[1][len(data[1]) // 2][0]
-    paths = [("exams, urgent first", "/api/exams"),
+    paths = [("studies, urgent first", "/api/studies"),
+             ("studies, newest first", "/api/studies?sort=received"),
+             ("studies, critical unreviewed", "/api/studies?critical=true"),
+             ("studies, 2 filters", "/api/studies?status=done&region=spine"),
+             ("exams, urgent first", "/api/exams"),
              ("exams, newest first", "/api/exams?sort=received"),
              ("exams, critical unreviewed", "/api/exams?critical=true"),
              ("exams, 2 filters", "/api/exams?status=done&region=spine"),

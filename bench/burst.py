@@ -2,15 +2,18 @@
 to one `xrayvision serve` (ingest, relay, web; SQLite, as `make run`), a stub model
 answering each call after L seconds, and one `stat` study (from an AE title mapped to
 ``stat``) sent last. For every study: the time from the ACK of its last image to the last
-``report.ready`` of its images on the dashboard's WebSocket.
+``report.ready`` covering its images on the dashboard's WebSocket. Each ``--read-per``
+mode (study, image: both by default) runs on a fresh server in the same run.
 
     .venv/bin/python bench/burst.py [--latency 1.0] [--studies 40] [--senders 4]
-                                    [--size 1024] [--defer 5]
+                                    [--size 1024] [--defer 5] [--quiet 10]
+                                    [--read-per study,image]
 
-A read is two model calls (report, then CHK), so one image's read takes 2 L at best; the
-relay reads 4 images at a time (``[relay] concurrency``), so the burst is a backlog of
-about (images x 2 L / 4) seconds. The stat study should be read about as soon as it is
-converted and a relay slot frees: within 2 L + 2 s of its ACK.
+A read is two model calls (report, then CHK), so one read takes 2 L at best; the relay
+reads 4 at a time (``[relay] concurrency``). Read per image the burst is a backlog of about
+(images x 2 L / 4) seconds; read per study (studies x 2 L / 4), and a routine study is
+read once no image of it arrived for ``[ai] study_quiet`` seconds. The stat study should
+be read about as soon as it is converted and a relay slot frees: within 2 L + 2 s.
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ async def listen(base: str, reports: dict[str, float], images: int,
         async for msg in ws:
             event = msg.json()
             if event.get("type") == "report.ready":
-                reports.setdefault(event["uid"], time.monotonic())
+                # read per study: the study's key, and the images the read covers
+                for uid in (event["uid"], *event.get("images", [])):
+                    reports.setdefault(uid, time.monotonic())
                 if len(reports) >= images:
                     complete.set()
                     return
@@ -97,7 +102,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def processes(args, tmp: Path) -> Iterator[tuple[str, int]]:
+def processes(args, tmp: Path, read_per: str) -> Iterator[tuple[str, int]]:
     """The stub model and `xrayvision serve` (every role, SQLite); yields (web base URL,
     DICOM port)."""
     model_port, web_port, dicom_port = free_port(), free_port(), free_port()
@@ -107,6 +112,8 @@ def processes(args, tmp: Path) -> Iterator[tuple[str, int]]:
                 "XRAYVISION_WEB_PORT": str(web_port), "XRAYVISION_DICOM_PORT": str(dicom_port),
                 "XRAYVISION_AI_PRIMARY_URL": f"http://127.0.0.1:{model_port}",
                 "XRAYVISION_DICOM_CONVERT_DEFER": str(args.defer),
+                "XRAYVISION_AI_READ_PER": read_per,
+                "XRAYVISION_AI_STUDY_QUIET": str(args.quiet),
                 "XRAYVISION_PRIORITY_ER_STAT": "stat", "XRAYVISION_WEB_RATE_LIMIT": "0",
                 "XRAYVISION_USERS_ADMIN": f"admin:{USERS['admin'].password_hash}"})
     with open(tmp / "serve.log", "wb") as log:
@@ -173,20 +180,25 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--size", type=int, default=1024, help="image rows and columns")
     parser.add_argument("--defer", type=float, default=5.0, help="[dicom] convert_defer")
+    parser.add_argument("--quiet", type=float, default=10.0, help="[ai] study_quiet")
+    parser.add_argument("--read-per", default="study,image", help="modes, in order")
     args = parser.parse_args()
     routine = studies(args.studies, args.size)
     stat = studies(1, args.size, seed=99)[0]
-    tmp = Path(tempfile.mkdtemp(prefix="xrv-bench-burst-"))
-    try:
-        with processes(args, tmp) as (base, dicom_port):
-            rows = asyncio.run(measure(args, base, dicom_port, routine, stat))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    table = []
+    for mode in args.read_per.split(","):
+        tmp = Path(tempfile.mkdtemp(prefix="xrv-bench-burst-"))
+        try:
+            with processes(args, tmp, mode) as (base, dicom_port):
+                table += [(mode, *row) for row in
+                          asyncio.run(measure(args, base, dicom_port, routine, stat))]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"model latency L = {args.latency:g} s per call (2 calls per read); "
-          f"convert_defer {args.defer:g} s")
-    print(f"{'what':<18}{'studies':>8}{'read':>6}{'p50 s':>8}{'p99 s':>8}")
-    for label, n, read, p50, p99 in rows:
-        print(f"{label:<18}{n:>8}{read:>6}{seconds(p50)}{seconds(p99)}")
+          f"convert_defer {args.defer:g} s; study_quiet {args.quiet:g} s")
+    print(f"{'read per':<10}{'what':<18}{'studies':>8}{'read':>6}{'p50 s':>8}{'p99 s':>8}")
+    for mode, label, n, read, p50, p99 in table:
+        print(f"{mode:<10}{label:<18}{n:>8}{read:>6}{seconds(p50)}{seconds(p99)}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class Resolved:
     primary_model: str = ""
     secondary_url: str = ""
     secondary_model: str = ""
+    # images per request the managed vLLM endpoints accept (0: unknown, the app's default)
+    max_images: int = 0
     database_secret: tuple[str, str] | None = None  # (name, key)
     service_monitors: bool = False
     keda: bool = False
@@ -109,6 +111,8 @@ def runtime_env(xrv: Obj, resolved: Resolved) -> dict[str, str]:
     }
     if resolved.primary_model:
         env["XRAYVISION_AI_MODEL"] = resolved.primary_model
+    if resolved.max_images:  # a study read never sends more than its vLLM accepts
+        env["XRAYVISION_AI_MAX_IMAGES"] = str(min(resolved.max_images, 32))
     if resolved.secondary_url:
         env["XRAYVISION_AI_SECONDARY_URL"] = resolved.secondary_url
         if resolved.secondary_model:
@@ -498,6 +502,26 @@ def served_model(mep: Obj) -> str:
     return str(spec.get("model", ""))
 
 
+def images_per_prompt(mep: Obj) -> int:
+    """How many images the managed vLLM accepts in one request (pure): its
+    ``--limit-mm-per-prompt`` given in ``vllm.extraArgs`` (JSON ``{"image": N}`` or the
+    older ``image=N``), else ``vllm.maxImagesPerPrompt`` (default 4); 0 when the extra
+    argument cannot be read."""
+    vllm = (mep.get("spec") or {}).get("vllm") or {}
+    extra = [str(a) for a in vllm.get("extraArgs", [])]
+    for i, arg in enumerate(extra):
+        if arg == "--limit-mm-per-prompt" or arg.startswith("--limit-mm-per-prompt="):
+            value = arg.partition("=")[2] if "=" in arg else (
+                extra[i + 1] if i + 1 < len(extra) else "")
+            try:
+                parsed = json.loads(value)
+                return int(parsed.get("image", 0)) if isinstance(parsed, dict) else 0
+            except ValueError:
+                pairs = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
+                return int(pairs["image"]) if pairs.get("image", "").isdigit() else 0
+    return int(vllm.get("maxImagesPerPrompt", 4))
+
+
 def build_model_endpoint(mep: Obj) -> list[Obj]:
     """The vLLM Deployment, Service and cache PVC of a managed endpoint; [] for a url."""
     spec = mep.get("spec") or {}
@@ -516,7 +540,7 @@ def build_model_endpoint(mep: Obj) -> list[Obj]:
     if not any(a.startswith("--limit-mm-per-prompt") for a in vllm.get("extraArgs", [])):
         # vLLM's default is one image per prompt; a study read sends several.
         args += ["--limit-mm-per-prompt",
-                 json.dumps({"image": int(vllm.get("maxImagesPerPrompt", 4))})]
+                 json.dumps({"image": images_per_prompt(mep)})]
     resources = copy.deepcopy(vllm.get("resources") or {})
     resources.setdefault("limits", {})["nvidia.com/gpu"] = gpus
     resources.setdefault("requests", {})["nvidia.com/gpu"] = gpus

@@ -80,12 +80,14 @@ def _key(obj: Obj) -> tuple[str, str, str]:
 
 
 def resolve_endpoint(ref: Obj | None, namespace: str, applier: Applier,
-                     role: str) -> tuple[str, str]:
-    """(url, model) of a spec.model.primary/secondary reference; raises SpecError."""
+                     role: str) -> tuple[str, str, int]:
+    """(url, model, images per request) of a spec.model.primary/secondary reference (the
+    images a managed vLLM accepts in one request; 0 when unknown: an external server);
+    raises SpecError."""
     if not ref:
-        return "", ""
+        return "", "", 0
     if ref.get("url"):
-        return ref["url"], ref.get("model", "")
+        return ref["url"], ref.get("model", ""), 0
     name = ref.get("modelEndpoint", "")
     mep = applier.get(build.API_VERSION, "ModelEndpoint", namespace, name)
     if mep is None:
@@ -93,7 +95,8 @@ def resolve_endpoint(ref: Obj | None, namespace: str, applier: Applier,
                         f"namespace {namespace}")
     spec = mep.get("spec") or {}
     url = spec.get("url") or (build.vllm_url(mep) if spec.get("vllm") else "")
-    return url, build.served_model(mep)
+    images = build.images_per_prompt(mep) if spec.get("vllm") and not spec.get("url") else 0
+    return url, build.served_model(mep), images
 
 
 def require_secret(applier: Applier, namespace: str, field: str, name: str,
@@ -136,8 +139,10 @@ def resolve(xrv: Obj, applier: Applier) -> tuple[Resolved, list[Obj]]:
     users = (spec.get("web") or {}).get("usersSecret")
     if users:
         require_secret(applier, ns, "spec.web.usersSecret", users["name"], [])
+    limits = [n for n in (primary[2], secondary[2]) if n]
     return Resolved(primary_url=primary[0], primary_model=primary[1],
                     secondary_url=secondary[0], secondary_model=secondary[1],
+                    max_images=min(limits) if limits else 0,
                     database_secret=database,
                     service_monitors=applier.crd_exists(SERVICE_MONITOR_CRD),
                     keda=applier.crd_exists(KEDA_CRD)), extra

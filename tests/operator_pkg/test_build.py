@@ -13,6 +13,8 @@ from xrayvision_operator.build import (
     SpecError,
     build_model_endpoint,
     build_xrayvision,
+    images_per_prompt,
+    runtime_env,
     served_model,
     vllm_url,
 )
@@ -302,3 +304,22 @@ def test_ingest_streams_received_files_onto_the_images_mount(images):
         m for m in mounts if store == m or store.startswith(m + "/"))
     relay = objs[("Deployment", "triage-relay")]["spec"]["template"]["spec"]["containers"][0]
     assert "TMPDIR" not in {e["name"] for e in relay["env"]}
+
+
+@pytest.mark.parametrize("vllm,expected", [
+    ({}, 4),
+    ({"maxImagesPerPrompt": 2}, 2),
+    ({"extraArgs": ["--limit-mm-per-prompt", '{"image": 6}']}, 6),
+    ({"extraArgs": ['--limit-mm-per-prompt={"image": 3}']}, 3),
+    ({"extraArgs": ["--limit-mm-per-prompt", "image=5"]}, 5),
+    ({"extraArgs": ["--limit-mm-per-prompt", "{oops"]}, 0),
+])
+def test_images_per_prompt_follows_what_vllm_is_told(vllm, expected):
+    assert images_per_prompt({"spec": {"vllm": vllm}}) == expected
+
+
+def test_the_app_never_sends_more_images_than_its_vllm_accepts():
+    env = runtime_env({"spec": {}}, Resolved(primary_url="http://m", max_images=2))
+    assert env["XRAYVISION_AI_MAX_IMAGES"] == "2"
+    assert "XRAYVISION_AI_MAX_IMAGES" not in runtime_env({"spec": {}}, Resolved(
+        primary_url="http://m"))  # an external server: the app's setting

@@ -190,15 +190,17 @@ def exam_json(row: ExamRow | PageRow, *, full: bool = False) -> dict[str, Any]:
 # --- exams and images ----------------------------------------------------------------------
 
 
-async def list_exams(request: web.Request) -> web.Response:
-    require(request, READ)
+def _list_query(request: web.Request, *,
+                agreement: bool = True) -> tuple[ExamFilter, int, int]:
+    """The filter, page and size of a list request (``/api/exams``, ``/api/studies``:
+    ``agreement`` only for exams); raises 400 for a bad value."""
     q = request.query
     settings = request.app[SETTINGS]
     statuses = tuple(s for s in q.get("status", "").split(",") if s)
     if any(s not in STATUSES for s in statuses):
         raise bad_request(f"status must be among {', '.join(STATUSES)}")
-    agreement = q.get("agreement", "").upper()
-    if agreement and agreement not in AGREEMENT_CLASSES:
+    kind = q.get("agreement", "").upper() if agreement else ""
+    if kind and kind not in AGREEMENT_CLASSES:
         raise bad_request(f"agreement must be one of {', '.join(AGREEMENT_CLASSES)}")
     since, until = _window(request)
     sort = q.get("sort", "urgent")
@@ -209,13 +211,19 @@ async def list_exams(request: web.Request) -> web.Response:
         severity_min=_int(q, "severity_min", None, -1, 10),
         severity_max=_int(q, "severity_max", None, -1, 10),
         positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
-        since=since, until=until, search=_search(q), agreement=agreement,
+        since=since, until=until, search=_search(q), agreement=kind,
         threshold=settings.processing.severity_threshold,
         critical=_bool(q, "critical"), sort=sort,
     )
     page = _int(q, "page", 1, 1, 1_000_000)
     size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
     assert page is not None and size is not None  # they have defaults
+    return f, page, size
+
+
+async def list_exams(request: web.Request) -> web.Response:
+    require(request, READ)
+    f, page, size = _list_query(request)
     db = database(request)
 
     def read(session):
@@ -263,25 +271,7 @@ async def list_studies(request: web.Request) -> web.Response:
     """Studies, urgent first by default: the filters and sorts of ``/api/exams`` (but
     ``agreement``); a study's severity is its current AI read's."""
     require(request, READ)
-    q = request.query
-    settings = request.app[SETTINGS]
-    statuses = tuple(s for s in q.get("status", "").split(",") if s)
-    if any(s not in STATUSES for s in statuses):
-        raise bad_request(f"status must be among {', '.join(STATUSES)}")
-    since, until = _window(request)
-    sort = q.get("sort", "urgent")
-    if sort not in repo.SORTS:
-        raise bad_request(f"sort must be one of {', '.join(repo.SORTS)}")
-    f = ExamFilter(
-        statuses=statuses, region=q.get("region", ""),
-        severity_min=_int(q, "severity_min", None, -1, 10),
-        severity_max=_int(q, "severity_max", None, -1, 10),
-        positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
-        since=since, until=until, search=_search(q), critical=_bool(q, "critical"),
-        sort=sort)
-    page = _int(q, "page", 1, 1, 1_000_000)
-    size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)
-    assert page is not None and size is not None  # they have defaults
+    f, page, size = _list_query(request, agreement=False)
     db = database(request)
     rows = await db.read(repo.study_page, f, page, size)
     total = await request.app[TOTALS].get(("studies", dataclasses.replace(f, sort="")),

@@ -81,44 +81,59 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _conditions(f: ExamFilter) -> list[ColumnElement[bool]]:
+def _region_in_list(regions: Any, region: str) -> ColumnElement[bool]:
+    """``region`` is one of the comma-separated ``regions`` (a study's)."""
+    r = _escape_like(region)
+    return or_(regions == region, regions.like(r + ",%", escape="\\"),
+               regions.like("%," + r, escape="\\"), regions.like("%," + r + ",%", escape="\\"))
+
+
+def _conditions(f: ExamFilter, unit: Any = Exam) -> list[ColumnElement[bool]]:
+    """The filter on exams, or on studies (``unit=Study``: its own read's severity and
+    review, one of its regions; ``agreement`` is per image only)."""
+    study = unit is Study
+    if study and f.agreement:
+        raise ValueError("agreement is not a filter of the study list")
+    severity, reviewed = ((Study.severity, Study.reviewed) if study
+                          else (AIReport.severity, AIReport.reviewed))
     conds: list[ColumnElement[bool]] = []
     if f.statuses:
         bad = [s for s in f.statuses if s not in STATUSES]
         if bad:
             raise ValueError(f"unknown status {bad[0]!r}; expected one of {', '.join(STATUSES)}")
-        conds.append(Exam.status.in_(f.statuses))
+        conds.append(unit.status.in_(f.statuses))
     if f.region:
-        conds.append(Exam.region == f.region)
+        conds.append(_region_in_list(Study.regions, f.region) if study
+                     else Exam.region == f.region)
     if f.severity_min is not None:
-        conds.append(AIReport.severity >= f.severity_min)
+        conds.append(severity >= f.severity_min)
     if f.severity_max is not None:
-        conds.append(AIReport.severity <= f.severity_max)
+        conds.append(severity <= f.severity_max)
     if f.positive is not None:
         conds.append(AIReport.positive == f.positive)
     if f.reviewed is not None:
-        conds.append(AIReport.reviewed.is_(f.reviewed))
+        conds.append(reviewed.is_(f.reviewed))
     if f.since is not None:
-        conds.append(Exam.created >= f.since)
+        conds.append(unit.created >= f.since)
     if f.until is not None:
-        conds.append(Exam.created < f.until)
+        conds.append(unit.created < f.until)
     if f.search:
         needle = _escape_like(f.search.strip())
         conds.append(
             or_(
-                Exam.cnp.like(needle + "%", escape="\\"),
+                unit.cnp.like(needle + "%", escape="\\"),
                 Patient.name.ilike("%" + needle + "%", escape="\\"),
             )
         )
     if f.agreement:
         conds.append(agreement_condition(f.agreement, f.threshold))
     if f.critical is not None:
-        conds.append(Exam.triage == (1 if f.critical else 0))
+        conds.append(unit.triage == (1 if f.critical else 0))
     return conds
 
 
-def _order(sort: str) -> list[ColumnElement[Any]]:
-    e = Exam.__table__.c
+def _order(sort: str, unit: Any = Exam) -> list[ColumnElement[Any]]:
+    e = unit.__table__.c
     keys = {"urgent": [e.triage, e.priority, e.severity], "received": [],
             "severity": [e.severity], "priority": [e.priority]}
     if sort not in keys:
@@ -212,53 +227,6 @@ _STUDY_COLUMNS = [*(c.label(f"{prefix}_{c.key}") for prefix, model in _STUDY_TAB
                   _FIRST_IMAGE.label("s_first_image")]
 
 
-def _study_conditions(f: ExamFilter) -> list[ColumnElement[bool]]:
-    """:class:`ExamFilter`'s fields on studies (``region``: one of the study's regions;
-    ``agreement`` is not available per study yet)."""
-    if f.agreement:
-        raise ValueError("agreement is not a filter of the study list")
-    conds: list[ColumnElement[bool]] = []
-    if f.statuses:
-        bad = [s for s in f.statuses if s not in STATUSES]
-        if bad:
-            raise ValueError(f"unknown status {bad[0]!r}; expected one of {', '.join(STATUSES)}")
-        conds.append(Study.status.in_(f.statuses))
-    if f.region:
-        r = _escape_like(f.region)
-        conds.append(or_(Study.regions == f.region,
-                         Study.regions.like(r + ",%", escape="\\"),
-                         Study.regions.like("%," + r, escape="\\"),
-                         Study.regions.like("%," + r + ",%", escape="\\")))
-    if f.severity_min is not None:
-        conds.append(Study.severity >= f.severity_min)
-    if f.severity_max is not None:
-        conds.append(Study.severity <= f.severity_max)
-    if f.positive is not None:
-        conds.append(AIReport.positive == f.positive)
-    if f.reviewed is not None:
-        conds.append(Study.reviewed.is_(f.reviewed))
-    if f.since is not None:
-        conds.append(Study.created >= f.since)
-    if f.until is not None:
-        conds.append(Study.created < f.until)
-    if f.search:
-        needle = _escape_like(f.search.strip())
-        conds.append(or_(Study.cnp.like(needle + "%", escape="\\"),
-                         Patient.name.ilike("%" + needle + "%", escape="\\")))
-    if f.critical is not None:
-        conds.append(Study.triage == (1 if f.critical else 0))
-    return conds
-
-
-def _study_order(sort: str) -> list[ColumnElement[Any]]:
-    s = Study.__table__.c
-    keys = {"urgent": [s.triage, s.priority, s.severity], "received": [],
-            "severity": [s.severity], "priority": [s.priority]}
-    if sort not in keys:
-        raise ValueError(f"unknown sort {sort!r}; expected one of {', '.join(SORTS)}")
-    return [k.desc() for k in (*keys[sort], s.created, s.uid)]
-
-
 def study_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
                size: int = 50) -> list[StudyRow]:
     """One page of studies matching ``f`` in the order ``f.sort`` (as :func:`exam_page`;
@@ -271,8 +239,8 @@ def study_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
         select(*_STUDY_COLUMNS)
         .select_from(s.outerjoin(p, p.c.cnp == s.c.cnp).outerjoin(a, a.c.uid == s.c.uid)
                      .outerjoin(r, r.c.uid == s.c.uid))
-        .where(*_study_conditions(f))
-        .order_by(*_study_order(f.sort))
+        .where(*_conditions(f, Study))
+        .order_by(*_order(f.sort, Study))
         .offset((page - 1) * size)
         .limit(size)
     )
@@ -297,4 +265,4 @@ def count_studies(session: Session, f: ExamFilter = ExamFilter()) -> int:
         count = count.outerjoin(AIReport, AIReport.uid == Study.uid)
     if f.search:
         count = count.outerjoin(Patient, Patient.cnp == Study.cnp)
-    return session.scalar(count.where(*_study_conditions(f))) or 0
+    return session.scalar(count.where(*_conditions(f, Study))) or 0
