@@ -88,8 +88,8 @@ async def listen(base: str, reports: dict[str, float], images: int,
         async for msg in ws:
             event = msg.json()
             if event.get("type") == "report.ready":
-                # read per study: the study's key, and the images the read covers
-                for uid in (event["uid"], *event.get("images", [])):
+                # read per study: the images the read covers (uid is the study's key)
+                for uid in event.get("images") or [event["uid"]]:
                     reports.setdefault(uid, time.monotonic())
                 if len(reports) >= images:
                     complete.set()

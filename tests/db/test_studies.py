@@ -242,3 +242,19 @@ def test_versions_of_a_study_read_are_kept(db):
         db.write_sync(repo.requeue_study, "2.1")
     kept = db.read_sync(lambda s: s.scalars(select(AIReportVersion.severity)).all())
     assert kept == [4]
+
+
+def test_a_study_is_not_read_while_an_image_of_it_is_being_converted(db):
+    """A stat study sent as two images: the first converted, the second received but not
+    converted yet; the study waits for it (read once, with both), quiet time or not."""
+    receive(db, "1.1", "2.1", priority=3)
+    db.write_sync(records.add_exam, ExamInfo(uid="1.2", study_uid="2.1", region="chest",
+                                             priority=3))  # status none: converting
+    assert db.write_sync(queue.claim, "w", 60, table=queue.STUDIES) is None
+    def convert(session):
+        repo.finish_conversion(session, "1.2", QUEUED)
+        repo.refresh_study(session, "2.1", "1.2", became_readable=True, read_per_study=True,
+                           quiet=10, threshold=5)
+    db.write_sync(convert)
+    assert db.write_sync(queue.claim, "w", 60, table=queue.STUDIES).uid == "2.1"
+    assert [i.uid for i in db.read_sync(repo.study_context, "2.1").images] == ["1.1", "1.2"]

@@ -24,6 +24,8 @@ Contract:
   :func:`reclaim_expired` does. The lease then bounds only a worker that hangs while it
   still beats.
 - After ``max_attempts`` failures an exam goes to ``error`` with the last reason.
+- A study is not claimed while one of its images is received but not converted yet
+  (status ``none``): a stat study sent as two images is read once, with both.
 - A study whose ``pending`` flag was set while it was read (an image arrived meanwhile)
   goes back to ``queued`` when the read completes (keeping its ``not_before``, the new
   image's quiet time), so the late image is read too, as the next version.
@@ -43,6 +45,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     or_,
     select,
@@ -89,6 +92,9 @@ def _claim_statement(table: Table, skip_locked: bool) -> Update:
         .order_by(table.c.priority.desc(), table.c.created)
         .limit(1)
     )
+    if table is STUDIES:  # never while an image of it is still being converted
+        candidate = candidate.where(~exists().where(
+            EXAMS.c.study_uid == table.c.uid, EXAMS.c.status == "none"))
     if skip_locked:
         candidate = candidate.with_for_update(skip_locked=True)
     return (
