@@ -7,8 +7,8 @@ from sqlalchemy import text, update
 
 from support import records
 from xrayvision.agreement import Confusion, roll_up
-from xrayvision.db import repo
-from xrayvision.db.models import DONE, Exam
+from xrayvision.db import repo, stats
+from xrayvision.db.models import DONE, Exam, utcnow
 from xrayvision.db.repo import ExamInfo
 
 # (uid, region, radiologist, received, ai severity, rad severity)
@@ -113,3 +113,11 @@ def test_per_study_compares_the_studys_read_with_its_report(db):
     assert studies == {"chest": Confusion(tp=1, fn=1)}
     images = db.read_sync(repo.agreement_counts, 5, "region")
     assert images == {"chest": Confusion(tp=2, fn=2)}
+    # the severity histograms count the same units: studies' reads and reports
+    rad = db.read_sync(stats.severity_histogram, "rad", per_study=True)
+    assert (rad[7], rad[9]) == (1, 1)
+    assert db.read_sync(stats.severity_histogram, "rad")[7] == 2  # per image
+    ai = db.read_sync(stats.severity_histogram, "ai")
+    assert (ai[8], ai[2]) == (1, 1)
+    window = db.read_sync(stats.severity_histogram, "ai", utcnow() - dt.timedelta(hours=1))
+    assert window == ai

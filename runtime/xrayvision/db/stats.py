@@ -34,6 +34,8 @@ def _window(query: SelectT, since: dt.datetime | None, until: dt.datetime | None
 def _reads(query: SelectT, since: dt.datetime | None, until: dt.datetime | None) -> SelectT:
     """``query`` on ``ai_reports`` limited to reads of exams or studies received in the
     window (a read is an exam's or a study's: received when it, or its first image, was)."""
+    if since is None and until is None:  # every read: no join
+        return query
     query = (query.outerjoin(Exam, Exam.uid == AIReport.uid)
              .outerjoin(Study, Study.uid == AIReport.uid))
     received = func.coalesce(Exam.created, Study.created)
@@ -45,11 +47,19 @@ def _reads(query: SelectT, since: dt.datetime | None, until: dt.datetime | None)
 
 
 def severity_histogram(session: Session, source: str, since: dt.datetime | None = None,
-                       until: dt.datetime | None = None) -> dict[int, int]:
-    """Reports by severity (-1..10, zeros included) of ``source`` ai or rad."""
+                       until: dt.datetime | None = None, *,
+                       per_study: bool = False) -> dict[int, int]:
+    """Reports by severity (-1..10, zeros included) of ``source`` ai or rad; radiologist
+    reports of images, or ``per_study`` of studies (as the AI reads are then)."""
     model = AIReport if source == "ai" else RadReport
     query = select(model.severity, func.count())
-    if model is RadReport:
+    if model is RadReport and per_study:
+        query = query.join(Study, Study.uid == model.uid).where(RadReport.checked.is_(True))
+        if since is not None:
+            query = query.where(Study.created >= since)
+        if until is not None:
+            query = query.where(Study.created < until)
+    elif model is RadReport:
         query = _window(query.join(Exam, Exam.uid == model.uid)
                         .where(RadReport.checked.is_(True)), since, until)
     else:
