@@ -159,3 +159,21 @@ async def test_a_cancelled_read_goes_back_and_is_read_once(db, tmp_path, stubs):
         await until_studies_done(db, ["2.1"])
     report = await db.read(lambda s: s.get(AIReport, "2.1"))
     assert report.version == 1
+
+
+async def test_holds_of_the_other_mode_are_reclaimed_too(db, tmp_path, stubs):
+    """A relay that read per image died holding an image; the relay now reading per study
+    puts that image back (nothing stays held across a change of ``read_per``)."""
+    primary, _ = stubs
+    store = FilesystemStore(tmp_path)
+    receive(db, store, "1.1", "2.1", quiet=60)  # the study waits: only the image is read
+    dead = next(pid for pid in range(2 ** 22 + 7, 2 ** 23) if pid not in running_pids())
+    db.write_sync(queue.heartbeat, "dead-worker", socket.gethostname(), dead)
+    assert db.write_sync(queue.claim, "dead-worker", 600).uid == "1.1"  # per image
+    async with study_relay(db, store, eps(primary)):
+        for _ in range(100):
+            exam = (await db.read(repo.get_exam, "1.1")).exam
+            if exam.status != "processing":
+                break
+            await asyncio.sleep(0.05)
+    assert exam.status == QUEUED and exam.lease_owner is None and exam.attempts == 1

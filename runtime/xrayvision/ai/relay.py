@@ -17,6 +17,9 @@ is gone, so a crashed relay's exams wait seconds, not a whole lease.
 
 Read per study, a study waits for its quiet time (``not_before``): an idle relay sleeps
 until the earliest one is due (or an event, or the sweep), not a whole sweep interval.
+Leases are reclaimed and released on both queues whatever this relay reads, so that
+nothing held under the other setting (``[ai] read_per`` changed in a rolling update)
+is left behind.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from xrayvision.tasks import run_together
 log = logging.getLogger(__name__)
 WAKE_EVENTS = {EXAM_QUEUED, EXAM_REQUEUED, GAP, RECONNECTED}
 Context = repo.ReportContext | repo.StudyContext | None  # what a claim read
+QUEUES = (queue.EXAMS, queue.STUDIES)
 
 
 HEARTBEAT_SECONDS = 10.0
@@ -84,15 +88,18 @@ class Relay:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                await self.db.write(queue.reclaim_expired, max_attempts=self.max_attempts,
-                                    table=self.table)
+                for table in QUEUES:
+                    await self.db.write(queue.reclaim_expired,
+                                        max_attempts=self.max_attempts, table=table)
             except Exception:  # noqa: BLE001 - the next sweep tries again
                 log.warning("lease reclaim failed", exc_info=True)
             self._wake.set()
 
     async def run(self) -> None:
-        released = await self.db.write_patiently(queue.release_worker, self.worker,
-                                                 table=self.table)
+        released = 0
+        for table in QUEUES:
+            released += await self.db.write_patiently(queue.release_worker, self.worker,
+                                                      table=table)
         if released:  # held by this worker's previous run (the role was restarted)
             log.warning("released exams held by an earlier run of this relay",
                         extra={"count": released})
@@ -103,7 +110,8 @@ class Relay:
                                *(self._slot() for _ in range(self.concurrency)))
         finally:
             with contextlib.suppress(Exception):
-                await self.db.write(queue.release_worker, self.worker, table=self.table)
+                for table in QUEUES:
+                    await self.db.write(queue.release_worker, self.worker, table=table)
                 await self.db.write(queue.forget_worker, self.worker)
 
     async def _beat(self) -> None:
@@ -118,8 +126,9 @@ class Relay:
             gone = queue.gone_workers(session, stale_after=STALE_AFTER_SECONDS,
                                       me=self.worker, host=self.host, pid=self.pid,
                                       alive=running_pids())
-            return gone, queue.reclaim_gone(session, gone, max_attempts=self.max_attempts,
-                                            table=self.table)
+            # both queues before the gone workers are forgotten
+            return gone, sum(queue.reclaim_gone(session, gone, max_attempts=self.max_attempts,
+                                                table=table) for table in QUEUES)
 
         gone, count = await self.db.write_patiently(reclaim)
         if gone:
