@@ -8,6 +8,7 @@ import datetime as dt
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from fhir_pkg.conftest import fhir_server
 from support import records
@@ -84,9 +85,14 @@ async def test_reports_are_matched_checked_translated_and_stored_once(db, tmp_pa
     stub = await Stub().start()
     stub.state.checks = {"artroză": {"positive": 0, "severity": 2, "confidence": 70,
                                      "summary": "mild arthrosis"}}
+    chest_6 = {"source": "rad", "region": "chest", "severity": "6"}
+    before = REGISTRY.get_sample_value("xrayvision_severity_total", chest_6) or 0
     try:
         async with poller_for(db, tmp_path, sekmet.url, stub=stub) as (poller, _, events):
             stats = await poller.poll_once()
+            # read per study (the default) the metric counts studies: S1 (two images), S3
+            assert REGISTRY.get_sample_value("xrayvision_severity_total", chest_6) == (
+                before + 2)
             assert (stats.patients, stats.new, stats.ambiguous, stats.errors) == (1, 4, 0, [])
             assert stats.requests == 1  # one search for the patient, nothing per exam
             model_calls = len(stub.state.requests)

@@ -287,6 +287,7 @@ class Poller:
                 self.bus.publish_in(session, RAD_REPORT_READY, **_event(exam, res))
 
         await self.db.write(store)
+        counted: set[str] = set()
         for exam, report in changes:
             res = results[report.text]
             amended = exam.has_report
@@ -295,8 +296,16 @@ class Poller:
             stats.unchecked += not res.checked
             metrics.FHIR_REPORTS.labels("amended" if amended else "new").inc()
             if res.checked:
-                metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
+                self._count_severity(exam, res, counted)
         return {exam.uid for exam, _ in changes}
+
+    def _count_severity(self, exam: PollExam, res: _Result, counted: set[str]) -> None:
+        """``xrayvision_severity_total{source="rad"}`` counts what the AI reads are
+        compared with: each image, or read per study each study once."""
+        key = repo.study_key(exam.study_uid, exam.uid) if self.per_study else exam.uid
+        if key not in counted:
+            counted.add(key)
+            metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
 
     async def _check(self, text: str) -> _Result:
         """CHK and TRN of a report text; an unchecked result when the model fails."""
@@ -317,6 +326,7 @@ class Poller:
             return
         texts = await self.db.read(repo.unchecked_rad_reports, [e.uid for e in exams])
         by_uid = {e.uid: e for e in exams}
+        counted: set[str] = set()
         for uid, text in texts.items():
             res = await self._check(text)
             if not res.checked:
@@ -334,7 +344,7 @@ class Poller:
 
             await self.db.write(store)
             stats.rechecked += 1
-            metrics.SEVERITY.labels("rad", exam.region or "none", str(res.severity)).inc()
+            self._count_severity(exam, res, counted)
 
     async def _export_agreement(self, now: dt.datetime) -> None:
         counts = await self.db.read(repo.agreement_counts, self.threshold, "region",
