@@ -148,16 +148,21 @@ _PAGE_COLUMNS = [c.label(f"{prefix}_{c.key}") for prefix, model in _PAGE_TABLES
                  for c in model.__table__.columns]
 
 
-def _row_of(mapping: RowMapping) -> PageRow:
-    """A PageRow of plain attribute objects from one Core row (no ORM identity map:
-    a page of 500 rows costs a fraction of what ORM entities cost)."""
-    parts: dict[str, dict[str, Any]] = {prefix: {} for prefix, _ in _PAGE_TABLES}
+def _parts(mapping: RowMapping, tables: tuple[tuple[str, Any], ...]) -> list[Any]:
+    """One Core row of ``<prefix>_<column>`` labels split into a plain attribute object
+    per table (None for an outer join's missing row: its key is NULL). No ORM identity
+    map: a page of 500 rows costs a fraction of what ORM entities cost."""
+    parts: dict[str, dict[str, Any]] = {prefix: {} for prefix, _ in tables}
     for key, value in mapping.items():
         prefix, _, name = key.partition("_")
         parts[prefix][name] = value
-    key_of = {"e": "uid", "p": "cnp", "a": "uid", "r": "uid"}
-    exam, patient, ai, rad = (SimpleNamespace(**parts[p]) if parts[p][key_of[p]] is not None
-                              else None for p, _ in _PAGE_TABLES)
+    return [SimpleNamespace(**parts[prefix])
+            if parts[prefix][model.__table__.primary_key.columns[0].key] is not None else None
+            for prefix, model in tables]
+
+
+def _row_of(mapping: RowMapping) -> PageRow:
+    exam, patient, ai, rad = _parts(mapping, _PAGE_TABLES)
     assert exam is not None  # every row has its exam
     return PageRow(exam, patient, ai, rad)
 
@@ -246,14 +251,8 @@ def study_page(session: Session, f: ExamFilter = ExamFilter(), page: int = 1,
     )
     rows = []
     for mapping in session.connection().execute(query).mappings():
-        parts: dict[str, dict[str, Any]] = {prefix: {} for prefix, _ in _STUDY_TABLES}
-        for key, value in mapping.items():
-            prefix, _, name = key.partition("_")
-            parts[prefix][name] = value
-        study, patient, ai, rad = (
-            SimpleNamespace(**parts[k]) if parts[k][pk] is not None else None
-            for k, pk in (("s", "uid"), ("p", "cnp"), ("a", "uid"), ("r", "uid")))
-        assert study is not None
+        study, patient, ai, rad = _parts(mapping, _STUDY_TABLES)
+        assert study is not None  # every row has its study
         rows.append(StudyRow(study, patient, ai, rad))
     return rows
 
