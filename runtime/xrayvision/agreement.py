@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 CLASSES = ("TP", "TN", "FP", "FN")
 PERIODS = ("day", "week", "month")
@@ -109,3 +110,58 @@ def roll_up(days: Mapping[str, Confusion], period: str) -> dict[str, Confusion]:
         start = period_start(dt.date.fromisoformat(key[:10]), period).isoformat()
         result[start] = result.get(start, Confusion()) + days[key]
     return result
+
+
+REVIEW_NAMES = {1: "correct", 0: "incorrect", -1: "not_reviewed"}
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The counts the global statistics are made of, over some receipt window; two
+    windows' figures add up to those of both (days summed, and the edges of a window).
+
+    ``ai``: AI reads by severity; ``rad``: checked radiologist reports by severity (of
+    the unit compared: studies or images); ``pairs``: units with both, by (AI, radiologist)
+    severity; ``reviews``: AI reads by review verdict (1, 0, -1); ``latency``: per
+    endpoint, (seconds summed, reads).
+    """
+
+    ai: Mapping[int, int] = field(default_factory=dict)
+    rad: Mapping[int, int] = field(default_factory=dict)
+    pairs: Mapping[tuple[int, int], int] = field(default_factory=dict)
+    reviews: Mapping[int, int] = field(default_factory=dict)
+    latency: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+
+    def __add__(self, other: Figures) -> Figures:
+        def add(a: Mapping[Any, int], b: Mapping[Any, int]) -> dict[Any, int]:
+            return {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+
+        latency = {e: (self.latency.get(e, (0.0, 0))[0] + other.latency.get(e, (0.0, 0))[0],
+                       self.latency.get(e, (0.0, 0))[1] + other.latency.get(e, (0.0, 0))[1])
+                   for e in self.latency.keys() | other.latency.keys()}
+        return Figures(add(self.ai, other.ai), add(self.rad, other.rad),
+                       add(self.pairs, other.pairs), add(self.reviews, other.reviews), latency)
+
+    def severity(self, source: str) -> dict[int, int]:
+        """Reports of ``source`` (ai or rad) by severity -1..10, zeros included."""
+        counts = self.ai if source == "ai" else self.rad
+        return {s: counts.get(s, 0) for s in range(-1, 11)}
+
+    def confusion(self, threshold: int) -> Confusion:
+        """TP/TN/FP/FN and not assessed of the units with both reports at ``threshold``."""
+        counts = dict.fromkeys((*CLASSES, None), 0)
+        for (ai, rad), n in self.pairs.items():
+            counts[classify(ai, rad, threshold)] += n
+        return Confusion(counts["TP"], counts["TN"], counts["FP"], counts["FN"], counts[None])
+
+    def review_counts(self) -> dict[str, int]:
+        """AI reads reviewed correct, incorrect, and not reviewed."""
+        counts = dict.fromkeys(REVIEW_NAMES.values(), 0)
+        for verdict, n in self.reviews.items():
+            counts[REVIEW_NAMES.get(verdict, "not_reviewed")] += n
+        return counts
+
+    def model(self) -> dict[str, dict[str, float]]:
+        """Average model latency (seconds) and read count per endpoint."""
+        return {endpoint: {"avg_seconds": round(seconds / n, 3) if n else 0.0, "reports": n}
+                for endpoint, (seconds, n) in sorted(self.latency.items()) if n}

@@ -186,3 +186,54 @@ def test_0008_makes_studies_of_existing_exams(empty_db):
             {"now": "2026-11-30 10:02:00", "f": False})
     with pytest.raises(RuntimeError, match="AI reads are of studies"):
         command.downgrade(migrate.alembic_config(empty_db.engine), "0007")
+
+
+def test_0009_counts_the_existing_reports(empty_db):
+    """Reports written before 0009 are tallied by the migration as the writes tally them
+    from then on: down to 0008 (the tallies dropped) and up again gives the same figures,
+    equal to the ones counted from the reports."""
+    import datetime as dt
+
+    from alembic import command
+    from sqlalchemy import update
+
+    from support import records
+    from xrayvision.db import repo, stats
+    from xrayvision.db.models import Exam
+
+    migrate.upgrade(empty_db.engine)
+    db = empty_db
+    for uid, study in (("1.1", "2.1"), ("1.2", "2.1"), ("1.3", "2.2"), ("1.4", "")):
+        db.write_sync(records.add_converted, repo.ExamInfo(uid=uid, study_uid=study,
+                                                          region="chest", status="queued"))
+    db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.3").values(
+        created=dt.datetime(2026, 11, 1, 23, 30, tzinfo=dt.UTC))))
+    db.write_sync(repo.save_study_read, "2.1", ["1.1", "1.2"], threshold=5, severity=7,
+                  endpoint="primary", latency=2.0)
+    db.write_sync(repo.save_ai_read, "1.3", threshold=5, severity=1, endpoint="secondary",
+                  latency=1.0)
+    db.write_sync(repo.save_study_read, "1.4", ["1.4"], threshold=5, severity=-1)
+    db.write_sync(repo.review_ai_report, "1.2", correct=True, note="", username="r")
+    for uid, severity in (("1.1", 8), ("1.3", 0)):
+        db.write_sync(repo.save_rad_report, uid, severity=severity, checked=True)
+        db.write_sync(repo.link_rad_report, uid, repo.study_key(
+            "2.1" if uid == "1.1" else "2.2", uid))
+
+    def figures(per_study):
+        return db.read_sync(lambda s: (
+            stats.tallied_figures(s, per_study=per_study),
+            stats.tallied_figures(s, dt.date(2026, 11, 2), per_study=per_study),
+            stats.counted_figures(s, per_study=per_study)))
+
+    before = {p: figures(p) for p in (True, False)}
+    command.downgrade(migrate.alembic_config(empty_db.engine), "0008")
+    migrate.upgrade(empty_db.engine)
+    for per_study in (True, False):
+        tallied, recent, counted = figures(per_study)
+        assert tallied == before[per_study][0] and recent == before[per_study][1]
+        assert (tallied.severity("ai"), tallied.severity("rad"), tallied.pairs,
+                tallied.review_counts(), tallied.model()) == (
+            counted.severity("ai"), counted.severity("rad"), counted.pairs,
+            counted.review_counts(), counted.model())
+    assert before[True][0].confusion(5).tp == 1 and before[False][0].confusion(5).tn == 1
+    assert before[False][1].severity("ai")[1] == 0  # 1.3 was received on Nov 1st

@@ -18,6 +18,7 @@ from xrayvision.db.repo import (
     insert_received,
     refresh_study,
 )
+from xrayvision.db.repo.tallies import restate_tallies
 
 
 def add_exam(session: Session, info: ExamInfo,
@@ -51,6 +52,7 @@ def save_ai_report(session: Session, uid: str, **fields: object) -> AIReport:
         setattr(report, name, value)
     session.add(report)
     session.flush()
+    restate_tallies(session, [uid])  # as every write of a report does
     return report
 
 

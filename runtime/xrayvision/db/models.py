@@ -403,3 +403,45 @@ class State(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, default="")
     updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# What a tally counts (``tallies.kind``): AI reads; studies and images with an AI read or a
+# checked radiologist report (the units agreement compares, read per study or per image).
+TALLY_READ, TALLY_STUDY, TALLY_IMAGE = "read", "study", "image"
+TALLY_NONE = -2  # ``ai``/``rad`` of a unit without that report
+
+
+class Tally(Base):
+    """A running count of the global statistics: how many units of ``kind`` received on
+    ``day`` (UTC) have these values (AI and radiologist severity, review verdict,
+    endpoint), with their model latencies summed. Kept by ``repo.restate_tallies`` in
+    the transaction of every write that changes them; the statistics sum days of these
+    instead of joining every report with its exam or study."""
+
+    __tablename__ = "tallies"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    ai: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rad: Mapped[int] = mapped_column(Integer, primary_key=True)
+    review: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    latency: Mapped[float] = mapped_column(Float, default=0.0)  # seconds, summed
+
+
+class TallyFact(Base):
+    """What one unit (an AI read, a study, an image) adds to :class:`Tally` now: the
+    bucket it is counted in and its latency, so that a change moves it from its old
+    bucket to its new one."""
+
+    __tablename__ = "tally_facts"
+
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date)
+    ai: Mapped[int] = mapped_column(Integer)
+    rad: Mapped[int] = mapped_column(Integer)
+    review: Mapped[int] = mapped_column(Integer)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    latency: Mapped[float] = mapped_column(Float)

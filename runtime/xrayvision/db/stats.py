@@ -1,6 +1,9 @@
 """Aggregate reads for the dashboard's statistics, each ``fn(session, ...)``.
 
-Severity histograms, throughput per day and review counts; the agreement figures come
+The global figures (severity histograms, agreement, reviews, model latency:
+:func:`figures`) are summed from the running tallies of whole days and counted from the
+reports only for the parts of days at a window's edges; throughput per day and the
+counts by region or radiologist are counted from the exams; agreement by group comes
 from :func:`xrayvision.db.repo.agreement_counts`. All days are UTC.
 """
 
@@ -12,7 +15,19 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, ColumnExpressionArgument, Select, func, select
 from sqlalchemy.orm import Session
 
-from xrayvision.db.models import DONE, AIReport, Exam, RadReport, Study
+from xrayvision.agreement import Figures
+from xrayvision.db.models import (
+    DONE,
+    TALLY_IMAGE,
+    TALLY_NONE,
+    TALLY_READ,
+    TALLY_STUDY,
+    AIReport,
+    Exam,
+    RadReport,
+    Study,
+    Tally,
+)
 
 SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
 
@@ -70,18 +85,6 @@ def severity_histogram(session: Session, source: str, since: dt.datetime | None 
     return counts
 
 
-def review_counts(session: Session, since: dt.datetime | None = None,
-                  until: dt.datetime | None = None) -> dict[str, int]:
-    """AI reports reviewed correct, incorrect, and not reviewed."""
-    query = _reads(select(AIReport.review_correct, func.count()).select_from(AIReport),
-                   since, until).group_by(AIReport.review_correct)
-    names = {1: "correct", 0: "incorrect", -1: "not_reviewed"}
-    counts = dict.fromkeys(names.values(), 0)
-    for verdict, n in session.execute(query):
-        counts[names.get(int(verdict), "not_reviewed")] += n
-    return counts
-
-
 def throughput(session: Session, since: dt.datetime | None = None,
                until: dt.datetime | None = None) -> dict[str, dict[str, int]]:
     """Per UTC day (YYYY-MM-DD): exams received, and of those reported (done)."""
@@ -109,10 +112,106 @@ def counts_by(session: Session, column: str, since: dt.datetime | None = None,
     return {str(k or ""): n for k, n in session.execute(_window(query, since, until))}
 
 
-def model_latency(session: Session, since: dt.datetime | None = None,
-                  until: dt.datetime | None = None) -> dict[str, dict[str, float]]:
-    """Average model latency (seconds) and report count per endpoint."""
-    query = _reads(select(AIReport.endpoint, func.avg(AIReport.latency), func.count())
-                   .select_from(AIReport), since, until).group_by(AIReport.endpoint)
-    return {str(e or ""): {"avg_seconds": round(float(avg or 0.0), 3), "reports": n}
-            for e, avg, n in session.execute(query)}
+def counted_figures(session: Session, since: dt.datetime | None = None,
+                    until: dt.datetime | None = None, *, per_study: bool = False) -> Figures:
+    """The global figures of exams and studies received in the window, counted from
+    the reports (what the tallies hold, computed afresh; agreement of studies with
+    ``per_study``, else of images)."""
+    a = AIReport
+    ai: dict[int, int] = {}
+    reviews: dict[int, int] = {}
+    latency: dict[str, tuple[float, int]] = {}
+    reads = _reads(select(a.severity, a.review_correct, a.endpoint, func.sum(a.latency),
+                          func.count()).select_from(a), since, until) \
+        .group_by(a.severity, a.review_correct, a.endpoint)
+    for severity, verdict, endpoint, seconds, n in session.execute(reads):
+        ai[int(severity)] = ai.get(int(severity), 0) + n
+        reviews[int(verdict)] = reviews.get(int(verdict), 0) + n
+        total, count = latency.get(endpoint or "", (0.0, 0))
+        latency[endpoint or ""] = (total + float(seconds or 0.0), count + n)
+    unit: Any = Study if per_study else Exam
+    pairs = (select(AIReport.severity, RadReport.severity, func.count()).select_from(unit)
+             .join(AIReport, AIReport.uid == (Study.uid if per_study else Exam.read_uid))
+             .join(RadReport, RadReport.uid == unit.uid)
+             .where(RadReport.checked.is_(True))
+             .group_by(AIReport.severity, RadReport.severity))
+    if since is not None:
+        pairs = pairs.where(unit.created >= since)
+    if until is not None:
+        pairs = pairs.where(unit.created < until)
+    return Figures(
+        ai=ai, rad=severity_histogram(session, "rad", since, until, per_study=per_study),
+        pairs={(int(x), int(y)): n for x, y, n in session.execute(pairs)},
+        reviews=reviews, latency=latency)
+
+
+def tallied_figures(session: Session, first: dt.date | None = None,
+                    end: dt.date | None = None, *, per_study: bool = False) -> Figures:
+    """The global figures of the days from ``first`` to before ``end`` (None: open),
+    summed from the tallies."""
+    unit = TALLY_STUDY if per_study else TALLY_IMAGE
+    t = Tally
+    query = (select(t.kind, t.ai, t.rad, t.review, t.endpoint, func.sum(t.n),
+                    func.sum(t.latency))
+             .where(t.kind.in_((TALLY_READ, unit)))
+             .group_by(t.kind, t.ai, t.rad, t.review, t.endpoint))
+    if first is not None:
+        query = query.where(t.day >= first)
+    if end is not None:
+        query = query.where(t.day < end)
+    ai: dict[int, int] = {}
+    rad: dict[int, int] = {}
+    pairs: dict[tuple[int, int], int] = {}
+    reviews: dict[int, int] = {}
+    latency: dict[str, tuple[float, int]] = {}
+    for kind, ai_sev, rad_sev, verdict, endpoint, n, seconds in session.execute(query):
+        n = int(n or 0)
+        if not n:  # (a bucket every unit has left)
+            continue
+        if kind == TALLY_READ:
+            ai[ai_sev] = ai.get(ai_sev, 0) + n
+            reviews[verdict] = reviews.get(verdict, 0) + n
+            total, count = latency.get(endpoint, (0.0, 0))
+            latency[endpoint] = (total + float(seconds or 0.0), count + n)
+            continue
+        if rad_sev != TALLY_NONE:
+            rad[rad_sev] = rad.get(rad_sev, 0) + n
+            if ai_sev != TALLY_NONE:
+                pairs[ai_sev, rad_sev] = pairs.get((ai_sev, rad_sev), 0) + n
+    return Figures(ai=ai, rad=rad, pairs=pairs, reviews=reviews, latency=latency)
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
+def whole_days(since: dt.datetime | None,
+               until: dt.datetime | None) -> tuple[dt.date | None, dt.date | None] | None:
+    """The whole UTC days [first, end) inside the window (None: open), or None when the
+    window holds no whole day (pure)."""
+    first = end = None
+    if since is not None:
+        since = since.astimezone(dt.UTC)
+        first = since.date() if since == _midnight(since.date()) else \
+            since.date() + dt.timedelta(days=1)
+    if until is not None:
+        end = until.astimezone(dt.UTC).date()
+    if first is not None and end is not None and first >= end:
+        return None
+    return first, end
+
+
+def figures(session: Session, since: dt.datetime | None = None,
+            until: dt.datetime | None = None, *, per_study: bool = False) -> Figures:
+    """The global figures of the window: whole days from the tallies (a few hundred rows
+    a day), the parts of days at its edges counted from the reports."""
+    days = whole_days(since, until)
+    if days is None:
+        return counted_figures(session, since, until, per_study=per_study)
+    first, end = days
+    total = tallied_figures(session, first, end, per_study=per_study)
+    if since is not None and first is not None and since < _midnight(first):
+        total += counted_figures(session, since, _midnight(first), per_study=per_study)
+    if until is not None and end is not None and until > _midnight(end):
+        total += counted_figures(session, _midnight(end), until, per_study=per_study)
+    return total

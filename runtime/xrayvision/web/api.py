@@ -365,17 +365,14 @@ async def stats_global(request: web.Request) -> web.Response:
     per_study = _per_study(request)
 
     def read(session):
-        overall = repo.agreement_counts(session, threshold, "all", since, until,
-                                    per_study=per_study)
+        figures = stats.figures(session, since, until, per_study=per_study)
         return {
             "threshold": threshold,
             "statuses": repo.queue_counts(session),
-            "severity": {"ai": stats.severity_histogram(session, "ai", since, until),
-                         "rad": stats.severity_histogram(session, "rad", since, until,
-                                                         per_study=per_study)},
-            "agreement": overall.get("", Confusion()).as_dict(),
-            "reviews": stats.review_counts(session, since, until),
-            "model": stats.model_latency(session, since, until),
+            "severity": {"ai": figures.severity("ai"), "rad": figures.severity("rad")},
+            "agreement": figures.confusion(threshold).as_dict(),
+            "reviews": figures.review_counts(),
+            "model": figures.model(),
         }
 
     return web.json_response(await cached(request, read))
@@ -444,10 +441,10 @@ async def stats_insights(request: web.Request) -> web.Response:
     per_study = _per_study(request)
 
     def read(session):
+        figures = stats.figures(session, since, until, per_study=per_study)
         return (repo.agreement_counts(session, threshold, "region", since, until,
                                     per_study=per_study),
-                stats.review_counts(session, since, until),
-                stats.model_latency(session, since, until))
+                figures.review_counts(), figures.model())
 
     regions, reviews, model = await cached(request, read)
     misses = sorted(

@@ -41,6 +41,7 @@ from xrayvision.db.models import (
     Review,
     utcnow,
 )
+from xrayvision.db.repo.tallies import restate_tallies
 
 DialectInsert: TypeAlias = postgresql.Insert | sqlite.Insert
 InsertFn: TypeAlias = Callable[[type[Base]], DialectInsert]
@@ -275,6 +276,7 @@ def _delete_exams(session: Session, uids: Sequence[str]) -> None:
             delete(model).where(model.uid.in_(uids)),
             execution_options={"synchronize_session": False},
         )
+    restate_tallies(session, uids)
 
 
 def exams_received_before(session: Session, cutoff: dt.datetime, after_uid: str = "",

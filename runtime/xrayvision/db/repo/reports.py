@@ -43,6 +43,7 @@ from xrayvision.db.models import (
     Study,
     utcnow,
 )
+from xrayvision.db.repo.tallies import restate_tallies
 
 _AI_FIELDS = {c.key for c in AIReport.__table__.columns} - {"uid", "created", "updated"}
 
@@ -139,10 +140,11 @@ def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -
     """Stores a new AI read of the exam as its current report: the read it replaces, if
     any, is kept in ``ai_report_versions`` with its review, and the new one is version
     n + 1 (1 for a first read), not reviewed yet. The exam's worklist order follows
-    (severity, not reviewed, triage at ``threshold``). Three statements, no read."""
+    (severity, not reviewed, triage at ``threshold``), and the statistics' tallies."""
     _archive_and_upsert(session, uid, fields)
     session.connection().execute(_EXAM_READ, {
         "p_uid": uid, "p_severity": int(fields.get("severity", -1)), "p_threshold": threshold})
+    restate_tallies(session, [uid])
 
 
 def retriage(session: Session, threshold: int) -> int:
@@ -160,8 +162,10 @@ def retriage(session: Session, threshold: int) -> int:
 
 
 def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
-    """Creates or updates the exam's radiologist report (columns of rad_reports)."""
+    """Creates or updates the radiologist report of exam (or study key) ``uid`` (columns
+    of rad_reports), and the statistics' tallies."""
     _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)
+    restate_tallies(session, [uid])
 
 
 def link_rad_report(session: Session, uid: str, key: str) -> bool:
@@ -178,6 +182,7 @@ def link_rad_report(session: Session, uid: str, key: str) -> bool:
         return False
     _upsert_report(session, RadReport, _RAD_FIELDS, key,
                    {f: getattr(row, f) for f in _RAD_FIELDS})
+    restate_tallies(session, [key])
     return True
 
 
@@ -316,6 +321,7 @@ def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
     session.connection().execute(insert(Review), {
         "uid": key, "version": version, "correct": correct, "note": note[:4000],
         "username": username[:128], "at": now})
+    restate_tallies(session, [key])
     return int(version)
 
 

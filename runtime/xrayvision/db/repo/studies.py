@@ -43,6 +43,7 @@ from xrayvision.db.models import (
 )
 from xrayvision.db.repo.exams import _dialect_insert
 from xrayvision.db.repo.reports import ReportContext, _archive_and_upsert, report_context
+from xrayvision.db.repo.tallies import restate_tallies
 
 URGENT = 1  # config.PRIORITIES["urgent"]: read at once, no quiet time
 READABLE = (QUEUED, PROCESSING, DONE, REQUEUE)  # an image's statuses once a region matched
@@ -256,6 +257,7 @@ def save_study_read(session: Session, key: str, images: Sequence[str], *, thresh
             status=DONE, read_uid=key, severity=severity, reviewed=False,
             triage=1 if severity >= threshold else case((Exam.priority >= STAT, 1), else_=0),
             error="", reason_code="", updated=utcnow()))
+    restate_tallies(session, [key])
 
 
 def get_study(session: Session, key: str) -> Study | None:
