@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, ColumnExpressionArgument, Select, func, select
+from sqlalchemy import ColumnElement, ColumnExpressionArgument, Select, func, select, union_all
 from sqlalchemy.orm import Session
 
 from xrayvision.agreement import Figures
@@ -46,19 +46,28 @@ def _window(query: SelectT, since: dt.datetime | None, until: dt.datetime | None
     return query
 
 
-def _reads(query: SelectT, since: dt.datetime | None, until: dt.datetime | None) -> SelectT:
-    """``query`` on ``ai_reports`` limited to reads of exams or studies received in the
-    window (a read is an exam's or a study's: received when it, or its first image, was)."""
+def _reads(since: dt.datetime | None, until: dt.datetime | None) -> Any:
+    """The AI reads of exams or studies received in the window (a read is an exam's or
+    a study's: received when it, or its first image, was), as a subquery of their
+    severity, review_correct, endpoint and latency. Each half is found from its unit's
+    receipt index, so a short window reads only its own reads."""
+    a = AIReport
+    columns = (a.severity, a.review_correct, a.endpoint, a.latency)
     if since is None and until is None:  # every read: no join
+        return select(*columns).subquery()
+
+    def received(unit: Any, query: Any) -> Any:
+        if since is not None:
+            query = query.where(unit.created >= since)
+        if until is not None:
+            query = query.where(unit.created < until)
         return query
-    query = (query.outerjoin(Exam, Exam.uid == AIReport.uid)
-             .outerjoin(Study, Study.uid == AIReport.uid))
-    received = func.coalesce(Exam.created, Study.created)
-    if since is not None:
-        query = query.where(received >= since)
-    if until is not None:
-        query = query.where(received < until)
-    return query
+
+    of_exams = received(Exam, select(*columns).join(Exam, Exam.uid == a.uid))
+    # (a study keyed by its image's UID is that image's: counted once, as the image's)
+    of_studies = received(Study, select(*columns).join(Study, Study.uid == a.uid)
+                          .where(~select(Exam.uid).where(Exam.uid == a.uid).exists()))
+    return union_all(of_exams, of_studies).subquery()
 
 
 def severity_histogram(session: Session, source: str, since: dt.datetime | None = None,
@@ -78,9 +87,12 @@ def severity_histogram(session: Session, source: str, since: dt.datetime | None 
         query = _window(query.join(Exam, Exam.uid == model.uid)
                         .where(RadReport.checked.is_(True)), since, until)
     else:
-        query = _reads(query.select_from(AIReport), since, until)
+        reads = _reads(since, until)
+        query = select(reads.c.severity, func.count()).group_by(reads.c.severity)
     counts = dict.fromkeys(range(-1, 11), 0)
-    for severity, n in session.execute(query.group_by(model.severity)):
+    if model is RadReport:
+        query = query.group_by(model.severity)
+    for severity, n in session.execute(query):
         counts[int(severity)] = n
     return counts
 
@@ -117,13 +129,12 @@ def counted_figures(session: Session, since: dt.datetime | None = None,
     """The global figures of exams and studies received in the window, counted from
     the reports (what the tallies hold, computed afresh; agreement of studies with
     ``per_study``, else of images)."""
-    a = AIReport
     ai: dict[int, int] = {}
     reviews: dict[int, int] = {}
     latency: dict[str, tuple[float, int]] = {}
-    reads = _reads(select(a.severity, a.review_correct, a.endpoint, func.sum(a.latency),
-                          func.count()).select_from(a), since, until) \
-        .group_by(a.severity, a.review_correct, a.endpoint)
+    r = _reads(since, until).c
+    reads = select(r.severity, r.review_correct, r.endpoint, func.sum(r.latency),
+                   func.count()).group_by(r.severity, r.review_correct, r.endpoint)
     for severity, verdict, endpoint, seconds, n in session.execute(reads):
         ai[int(severity)] = ai.get(int(severity), 0) + n
         reviews[int(verdict)] = reviews.get(int(verdict), 0) + n
