@@ -88,6 +88,8 @@ def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: 
                "XRAYVISION_RELAY_CONCURRENCY": str(concurrency),
                "XRAYVISION_RELAY_SWEEP_INTERVAL": "1", "XRAYVISION_SERVER_LOG_LEVEL": "warning",
                "XRAYVISION_WEB_PORT": str(port), "XRAYVISION_MAINTENANCE_BACKUP_KEEP": "0"}
+        if "PYTHONPATH" in os.environ:  # another tree's code, for before/after runs
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         procs.append(subprocess.Popen([str(XRAYVISION), "serve", "--roles", "relay"],
                                       cwd=folder, env=env))
     for port in ports:
