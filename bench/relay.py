@@ -31,7 +31,7 @@ from support.pacs import wait_port  # noqa: E402
 from support.pgserver import PgServer, free_port  # noqa: E402
 from xrayvision.db.engine import Database, DatabaseOptions  # noqa: E402
 from xrayvision.db.migrate import upgrade  # noqa: E402
-from xrayvision.db.models import Exam, utcnow  # noqa: E402
+from xrayvision.db.models import Base, Exam, utcnow  # noqa: E402
 from xrayvision.images import FilesystemStore  # noqa: E402
 
 XRAYVISION = Path(sys.executable).parent / "xrayvision"
@@ -49,8 +49,12 @@ def model_png() -> bytes:
 
 
 def fill(db: Database, store: FilesystemStore, count: int) -> None:
+    # (the tables of the code measured: a before/after run may lack the newer ones)
+    tables = [t for t in ("ai_reports", "ai_report_versions", "reviews", "rad_reports",
+                          "exams", "studies", "tallies", "tally_facts")
+              if t in Base.metadata.tables]
     with db.engine.begin() as conn:
-        conn.execute(text("TRUNCATE ai_reports, rad_reports, exams CASCADE"))
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
     if not count:
         return
     png = model_png()
@@ -60,7 +64,8 @@ def fill(db: Database, store: FilesystemStore, count: int) -> None:
     for i in range(count):
         uid = f"1.2.826.{i}"
         store.put(uid, "png", png)
-        rows.append({**defaults, "uid": uid, "status": "queued", "region": "chest",
+        rows.append({**defaults, "uid": uid, "read_uid": uid, "status": "queued",
+                     "region": "chest",
                      "priority": 0, "created": now, "updated": now, "attempts": 0,
                      "lease_owner": None, "cnp": None})
     with db.engine.begin() as conn:
@@ -87,7 +92,10 @@ def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: 
                "XRAYVISION_SERVER_DATA_DIR": str(folder), "XRAYVISION_AI_PRIMARY_URL": stub_url,
                "XRAYVISION_RELAY_CONCURRENCY": str(concurrency),
                "XRAYVISION_RELAY_SWEEP_INTERVAL": "1", "XRAYVISION_SERVER_LOG_LEVEL": "warning",
-               "XRAYVISION_WEB_PORT": str(port), "XRAYVISION_MAINTENANCE_BACKUP_KEEP": "0"}
+               "XRAYVISION_WEB_PORT": str(port), "XRAYVISION_MAINTENANCE_BACKUP_KEEP": "0",
+               # each exam read on its own: two model calls per exam, as measured since
+               # 2026-11-25 (read per study, the queue is of studies, which fill() has not)
+               "XRAYVISION_AI_READ_PER": "image"}
         if "PYTHONPATH" in os.environ:  # another tree's code, for before/after runs
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         procs.append(subprocess.Popen([str(XRAYVISION), "serve", "--roles", "relay"],

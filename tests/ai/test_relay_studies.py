@@ -21,7 +21,7 @@ from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
 
-from .test_relay import PNG, eps
+from .test_relay import PNG, eps, until
 
 
 def receive(db, store, uid, study, *, projection="PA", priority=0, quiet=0.5):
@@ -40,13 +40,14 @@ def receive(db, store, uid, study, *, projection="PA", priority=0, quiet=0.5):
 
 
 @contextlib.asynccontextmanager
-async def study_relay(db, store, endpoints, *, max_images=4, worker="study-worker"):
+async def study_relay(db, store, endpoints, *, max_images=4, worker="study-worker",
+                      notify=None):
     bus = LocalBus()
     await bus.start()
     async with aiohttp.ClientSession() as session:
         client = ModelClient(endpoints, session, backoff=0.01, max_attempts=2)
         pipeline = Pipeline(TextServices(client, load_prompts(None)), db, store, bus,
-                            max_images=max_images)
+                            max_images=max_images, notify=notify)
         relay = Relay(pipeline, db, bus, worker, concurrency=2, lease_seconds=30,
                       sweep_interval=5, max_attempts=2, retry_delay=0.01,
                       read_per_study=True)
@@ -100,6 +101,29 @@ async def test_each_study_is_read_once_with_its_images_stat_first(db, tmp_path, 
     for uid in ("1.1", "1.2", "1.3"):
         row = await db.read(repo.get_exam, uid)
         assert row.exam.status == DONE and row.ai.uid == "2.1" and row.ai.version == 1
+
+
+async def test_a_severe_study_is_notified_once_per_version(db, tmp_path, stubs):
+    """The stub's severity (6) crosses the threshold (5): one notice for the study's read,
+    not one per image; a requeue's new version is notified again."""
+    primary, _ = stubs
+    store = FilesystemStore(tmp_path)
+    notified = []
+
+    async def notify(exam, check):
+        notified.append((exam.uid, check.severity))
+
+    for uid, projection in (("1.1", "PA"), ("1.2", "LATERAL"), ("1.3", "PA")):
+        receive(db, store, uid, "2.1", projection=projection, quiet=0.2)
+    async with study_relay(db, store, eps(primary), notify=notify):
+        await until_studies_done(db, ["2.1"])
+        await until(lambda: notified)
+        await asyncio.sleep(0.5)  # (a second notice would come now)
+        assert notified == [("1.1", 6)]  # the study's first image stands for it
+        assert await db.write(repo.requeue_study, "2.1")
+        await until(lambda: len(notified) == 2, wait=10)
+    assert notified == [("1.1", 6), ("1.1", 6)]
+    assert (await db.read(repo.get_exam, "1.2")).ai.version == 2
 
 
 async def test_more_images_than_the_server_allows_is_a_clear_error(db, tmp_path, stubs):

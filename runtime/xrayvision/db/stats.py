@@ -73,25 +73,23 @@ def _reads(since: dt.datetime | None, until: dt.datetime | None) -> Any:
 def severity_histogram(session: Session, source: str, since: dt.datetime | None = None,
                        until: dt.datetime | None = None, *,
                        per_study: bool = False) -> dict[int, int]:
-    """Reports by severity (-1..10, zeros included) of ``source`` ai or rad; radiologist
-    reports of images, or ``per_study`` of studies (as the AI reads are then)."""
-    model = AIReport if source == "ai" else RadReport
-    query = select(model.severity, func.count())
-    if model is RadReport and per_study:
-        query = query.join(Study, Study.uid == model.uid).where(RadReport.checked.is_(True))
-        if since is not None:
-            query = query.where(Study.created >= since)
-        if until is not None:
-            query = query.where(Study.created < until)
-    elif model is RadReport:
-        query = _window(query.join(Exam, Exam.uid == model.uid)
-                        .where(RadReport.checked.is_(True)), since, until)
-    else:
+    """Reports by severity (-1..10, zeros included) of ``source`` ai or rad, counted from
+    the reports; radiologist reports of images, or ``per_study`` of studies (as the AI
+    reads are then)."""
+    query: Any
+    if source == "ai":
         reads = _reads(since, until)
         query = select(reads.c.severity, func.count()).group_by(reads.c.severity)
+    else:
+        unit: Any = Study if per_study else Exam
+        query = (select(RadReport.severity, func.count())
+                 .join(unit, unit.uid == RadReport.uid).where(RadReport.checked.is_(True))
+                 .group_by(RadReport.severity))
+        if since is not None:
+            query = query.where(unit.created >= since)
+        if until is not None:
+            query = query.where(unit.created < until)
     counts = dict.fromkeys(range(-1, 11), 0)
-    if model is RadReport:
-        query = query.group_by(model.severity)
     for severity, n in session.execute(query):
         counts[int(severity)] = n
     return counts
