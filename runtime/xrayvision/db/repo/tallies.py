@@ -21,12 +21,22 @@ two writers on PostgreSQL).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, or_, select, tuple_
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -73,47 +83,77 @@ def _sev(value: int | None) -> int:
     return TALLY_NONE if value is None else int(value)
 
 
-def current_facts(session: Session, keys: list[str]) -> dict[tuple[str, str], Fact]:
-    """The facts of every unit ``keys`` may name, from the reports as they are now:
-    the AI reads and studies of those keys, the images of those UIDs and the images
-    whose read is one of them. Units with nothing to count are absent."""
-    facts: dict[tuple[str, str], Fact] = {}
-    reads = session.execute(
-        select(AIReport.uid, AIReport.severity, AIReport.review_correct, AIReport.endpoint,
-               AIReport.latency, Exam.created, Study.created)
-        .outerjoin(Exam, Exam.uid == AIReport.uid).outerjoin(Study, Study.uid == AIReport.uid)
-        .where(AIReport.uid.in_(keys)))
-    for uid, severity, review, endpoint, latency, exam_at, study_at in reads:
-        facts[TALLY_READ, uid] = Fact(_day(exam_at, study_at), ai=int(severity),
-                                      review=int(review), endpoint=endpoint or "",
-                                      latency=float(latency or 0.0))
-    checked = RadReport.checked.is_(True)
-    studies = session.execute(
-        select(Study.uid, Study.created, AIReport.severity, RadReport.severity)
-        .outerjoin(AIReport, AIReport.uid == Study.uid)
-        .outerjoin(RadReport, and_(RadReport.uid == Study.uid, checked))
-        .where(Study.uid.in_(keys)))
-    images = session.execute(
-        select(Exam.uid, Exam.created, AIReport.severity, RadReport.severity)
-        .outerjoin(AIReport, AIReport.uid == Exam.read_uid)
-        .outerjoin(RadReport, and_(RadReport.uid == Exam.uid, checked))
+def _facts_statement() -> Any:
+    """The values of the units that keys may name, one UNION ALL (one round trip):
+    (kind, uid, unit received, study received, AI severity, verdict, endpoint,
+    latency, radiologist severity) of the AI reads and studies of the keys, of the
+    images of those UIDs and of the images whose read is one of them."""
+    keys: Any = bindparam("keys", expanding=True)
+    a, r = AIReport, RadReport
+    checked = r.checked.is_(True)
+
+    def kind(name: str) -> Any:
+        return literal_column(f"'{name}'")
+
+    # a unit's (verdict, endpoint, latency) are a read's only
+    not_a_read: Any = (literal_column("-1"), literal_column("''"), literal_column("0.0"))
+    reads: Any = (
+        select(kind(TALLY_READ), a.uid, Exam.created, Study.created, a.severity,
+               a.review_correct, a.endpoint, a.latency, null())
+        .select_from(a).outerjoin(Exam, Exam.uid == a.uid)
+        .outerjoin(Study, Study.uid == a.uid).where(a.uid.in_(keys)))
+    studies: Any = (
+        select(kind(TALLY_STUDY), Study.uid, Study.created, null(), a.severity,
+               *not_a_read, r.severity)
+        .select_from(Study).outerjoin(a, a.uid == Study.uid)
+        .outerjoin(r, and_(r.uid == Study.uid, checked)).where(Study.uid.in_(keys)))
+    images: Any = (
+        select(kind(TALLY_IMAGE), Exam.uid, Exam.created, null(), a.severity,
+               *not_a_read, r.severity)
+        .select_from(Exam).outerjoin(a, a.uid == Exam.read_uid)
+        .outerjoin(r, and_(r.uid == Exam.uid, checked))
         # (the images a read covers by indexed columns: their own UID or their study's)
         .where(or_(Exam.uid.in_(keys),
                    and_(Exam.study_uid.in_(keys), Exam.read_uid.in_(keys)))))
-    for kind, rows in ((TALLY_STUDY, studies), (TALLY_IMAGE, images)):
-        for uid, created, ai, rad in rows:
-            if ai is not None or rad is not None:
-                facts[kind, uid] = Fact(_day(created), ai=_sev(ai), rad=_sev(rad))
-    return facts
+    return union_all(reads, studies, images)
 
 
-def _stored_facts(session: Session, units: set[tuple[str, str]]) -> dict[tuple[str, str], Fact]:
-    if not units:
-        return {}
+def _stored_statement() -> Any:
     f = TallyFact
-    rows = session.execute(
-        select(f.kind, f.uid, f.day, f.ai, f.rad, f.review, f.endpoint, f.latency)
-        .where(tuple_(f.kind, f.uid).in_(sorted(units))))
+    return (select(f.kind, f.uid, f.day, f.ai, f.rad, f.review, f.endpoint, f.latency)
+            .where(f.uid.in_(bindparam("uids", expanding=True))))
+
+
+# Built once (module import): they run with every read, review and report.
+_FACTS = _facts_statement()
+_STORED = _stored_statement()
+_FORGET = delete(TallyFact).where(TallyFact.kind == bindparam("b_kind"),
+                                  TallyFact.uid == bindparam("b_uid"))
+
+
+def current_facts(session: Session,
+                  keys: list[str]) -> tuple[dict[tuple[str, str], Fact], set[str]]:
+    """The facts of every unit ``keys`` may name, from the reports as they are now (see
+    ``_facts_statement``), and every image UID found (with facts or not). Units with
+    nothing to count are absent."""
+    facts: dict[tuple[str, str], Fact] = {}
+    images: set[str] = set()
+    rows = session.connection().execute(_FACTS, {"keys": keys})
+    for kind, uid, received, study_received, ai, review, endpoint, latency, rad in rows:
+        if kind == TALLY_READ:
+            facts[kind, uid] = Fact(_day(received, study_received), ai=int(ai),
+                                    review=int(review), endpoint=endpoint or "",
+                                    latency=float(latency or 0.0))
+            continue
+        if kind == TALLY_IMAGE:
+            images.add(uid)
+        if ai is not None or rad is not None:
+            facts[kind, uid] = Fact(_day(received), ai=_sev(ai), rad=_sev(rad))
+    return facts, images
+
+
+def _stored_facts(session: Session, uids: list[str]) -> dict[tuple[str, str], Fact]:
+    rows = session.connection().execute(_STORED, {"uids": uids})
     return {(kind, uid): Fact(day, ai, rad, review, endpoint, latency)
             for kind, uid, day, ai, rad, review, endpoint, latency in rows}
 
@@ -138,52 +178,55 @@ def moves(old: dict[tuple[str, str], Fact],
 
 
 _BUCKET = ("day", "kind", "ai", "rad", "review", "endpoint")
+_FACT_COLUMNS = ("kind", "uid", "day", "ai", "rad", "review", "endpoint", "latency")
 
 
-def _params(model: Any, columns: tuple[str, ...]) -> dict[str, Any]:
-    table = model.__table__
-    return {c: bindparam(c, type_=table.c[c].type) for c in columns}
+@functools.lru_cache(maxsize=4)
+def _upserts(dialect: str) -> tuple[Any, Any]:
+    """(add to a bucket, store a unit's facts) for the dialect, built once."""
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+    def params(model: Any, columns: tuple[str, ...]) -> dict[str, Any]:
+        return {c: bindparam(c, type_=model.__table__.c[c].type) for c in columns}
+
+    add = insert(Tally).values(params(Tally, (*_BUCKET, "n", "latency")))
+    add = add.on_conflict_do_update(
+        index_elements=list(_BUCKET),
+        set_={"n": Tally.n + add.excluded.n, "latency": Tally.latency + add.excluded.latency})
+    store = insert(TallyFact).values(params(TallyFact, _FACT_COLUMNS))
+    store = store.on_conflict_do_update(
+        index_elements=["kind", "uid"], set_={c: store.excluded[c] for c in _FACT_COLUMNS[2:]})
+    return add, store
 
 
 def restate_tallies(session: Session, keys: Iterable[str]) -> int:
     """Brings the tallies of every unit ``keys`` name (AI read keys, study keys, image
     UIDs: see :func:`current_facts`) up to date with their reports, in the caller's
-    transaction; call it after the write. Returns how many units changed."""
+    transaction; call it after the write. Returns how many units changed. Two reads,
+    and one or two writes when something changed."""
     names = sorted({k for k in keys if k})
     if not names:
         return 0
-    new = current_facts(session, names)
-    units = set(new) | {(kind, uid) for uid in names
-                        for kind in (TALLY_READ, TALLY_STUDY, TALLY_IMAGE)}
-    old = _stored_facts(session, units)
+    new, images = current_facts(session, names)
+    # (only units the current facts cover: an image's UID also keys its own earlier read)
+    old = {(kind, uid): fact
+           for (kind, uid), fact in _stored_facts(session, sorted(set(names) | images)).items()
+           if kind == TALLY_IMAGE or uid in names}
     changed = sorted(u for u in old.keys() | new.keys() if old.get(u) != new.get(u))
     if not changed:
         return 0
-    insert: Any = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
-                   else sqlite.insert)
-    deltas = moves(old, new)
+    add, store = _upserts(session.get_bind().dialect.name)
+    conn = session.connection()
+    # one order for every writer: two transactions never wait on each other's buckets
+    deltas = [{**dict(zip(_BUCKET, bucket, strict=True)), "n": n, "latency": seconds}
+              for bucket, (n, seconds) in sorted(moves(old, new).items())]
     if deltas:
-        stmt = insert(Tally).values(_params(Tally, (*_BUCKET, "n", "latency")))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(_BUCKET),
-            set_={"n": Tally.n + stmt.excluded.n,
-                  "latency": Tally.latency + stmt.excluded.latency})
-        # one order for every writer: two transactions never wait on each other's buckets
-        session.connection().execute(stmt, [
-            {**dict(zip(_BUCKET, bucket, strict=True)), "n": n, "latency": seconds}
-            for bucket, (n, seconds) in sorted(deltas.items())])
-    gone = [u for u in changed if u not in new]
+        conn.execute(add, deltas)
+    gone = [{"b_kind": kind, "b_uid": uid} for kind, uid in changed if (kind, uid) not in new]
     if gone:
-        session.connection().execute(delete(TallyFact).where(
-            tuple_(TallyFact.kind, TallyFact.uid).in_(gone)))
-    present = [u for u in changed if u in new]
+        conn.execute(_FORGET, gone)
+    present = [{"kind": kind, "uid": uid, **vars(new[kind, uid])}
+               for kind, uid in changed if (kind, uid) in new]
     if present:
-        stmt = insert(TallyFact).values(_params(TallyFact, (
-            "kind", "uid", "day", "ai", "rad", "review", "endpoint", "latency")))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["kind", "uid"],
-            set_={c: stmt.excluded[c] for c in ("day", "ai", "rad", "review", "endpoint",
-                                                "latency")})
-        session.connection().execute(stmt, [
-            {"kind": kind, "uid": uid, **vars(new[kind, uid])} for kind, uid in present])
+        conn.execute(store, present)
     return len(changed)
