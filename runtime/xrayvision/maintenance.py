@@ -91,7 +91,10 @@ class Maintenance:
         days = self.settings.maintenance.error_retention_days
         if days > 0:
             cutoff = now - dt.timedelta(days=days)
-            while uids := self.db.write_sync(repo.purge_error_exams, cutoff):
+            per_study = self.settings.ai.read_per == "study"
+            threshold = self.settings.processing.severity_threshold
+            while uids := self.db.write_sync(repo.purge_error_exams, cutoff,
+                                             read_per_study=per_study, threshold=threshold):
                 report.errors_purged += len(uids)
                 for uid in uids:
                     for kind in KINDS:

@@ -206,16 +206,19 @@ def test_audit_rows(db):
 
 def test_purge_error_exams_removes_old_errors_with_reports(db):
     old = utcnow() - dt.timedelta(days=40)
-    add(db, "11.1", status=ERROR, ai={"text": "x"})
+    add(db, "11.1", status=ERROR, rad={"text": "x"})
     add(db, "11.2", status=ERROR)
     add(db, "11.3", status=DONE)
+    add(db, "11.4", status=ERROR, ai={"text": "x", "review_correct": 0})  # read, reviewed
     db.write_sync(lambda s: s.query(Exam).update({Exam.updated: old}))
     db.write_sync(records.set_status, "11.2", ERROR, "fresh error")  # updated now
     purged = db.write_sync(repo.purge_error_exams, utcnow() - dt.timedelta(days=30))
     assert purged == ["11.1"]
     assert db.read_sync(repo.get_exam, "11.1") is None
-    assert db.read_sync(records.get_ai_report, "11.1") is None
-    assert db.read_sync(records.count_exams) == 2
+    assert db.read_sync(records.get_rad_report, "11.1") is None
+    # an exam with an AI read of its own is kept: the read and its review are never lost
+    assert db.read_sync(records.get_ai_report, "11.4").review_correct == 0
+    assert db.read_sync(records.count_exams) == 3
 
 
 def test_exams_received_before_pages_by_uid(db):

@@ -258,3 +258,39 @@ def test_a_study_is_not_read_while_an_image_of_it_is_being_converted(db):
     db.write_sync(convert)
     assert db.write_sync(queue.claim, "w", 60, table=queue.STUDIES).uid == "2.1"
     assert [i.uid for i in db.read_sync(repo.study_context, "2.1").images] == ["1.1", "1.2"]
+
+
+def test_purging_error_images_settles_their_studies(db):
+    """A study loses its purged error images (counts, first receipt, status rolled up
+    again); a study left without images and without an AI read goes with them (its
+    copy of the report too); one with an AI read stays, and so does the read."""
+    old = utcnow() - dt.timedelta(days=40)
+
+    def image(uid, study, status, seconds=0):
+        db.write_sync(records.add_converted, ExamInfo(uid=uid, study_uid=study, region="chest",
+                                                      projection="PA", status=status))
+        db.write_sync(lambda s: s.execute(Exam.__table__.update().where(Exam.uid == uid)
+                                          .values(created=T0 + dt.timedelta(seconds=seconds))))
+
+    image("1.1", "2.1", "error")  # first received, failed
+    image("1.2", "2.1", "ignore", seconds=5)
+    image("1.3", "2.2", "error")  # all of 2.2 failed, never read
+    image("1.4", "", "error")  # a study of its own
+    image("1.5", "2.5", "error")  # failed after its study was read
+    db.write_sync(repo.save_study_read, "2.5", [], threshold=5, severity=3)
+    db.write_sync(repo.save_rad_report, "1.3", severity=2, checked=True)
+    db.write_sync(repo.link_rad_report, "1.3", "2.2")
+    db.write_sync(repo.refresh_study, "2.1", "1.2", became_readable=False,
+                  read_per_study=True, quiet=0.0, threshold=5)
+    db.write_sync(lambda s: s.execute(Exam.__table__.update().values(updated=old)))
+    purged = db.write_sync(repo.purge_error_exams, utcnow() - dt.timedelta(days=30))
+    assert sorted(purged) == ["1.1", "1.3", "1.4", "1.5"]
+    study = db.read_sync(repo.get_study, "2.1")
+    assert (study.images, study.status, study.created) == (1, IGNORE, T0 + dt.timedelta(
+        seconds=5))
+    assert db.read_sync(repo.get_study, "2.2") is None
+    assert db.read_sync(records.get_rad_report, "2.2") is None
+    assert db.read_sync(repo.get_study, "1.4") is None
+    kept = db.read_sync(repo.get_study, "2.5")
+    assert (kept.images, kept.readable) == (0, 0)
+    assert db.read_sync(records.get_ai_report, "2.5").severity == 3

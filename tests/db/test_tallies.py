@@ -106,10 +106,15 @@ def test_every_write_keeps_the_tallies_true(db):
     assert per_study.confusion(5) == Confusion(tn=1)
     assert per_study.review_counts()["incorrect"] == 2
 
-    # the error image is purged with its read: it counts no more
+    # an error image is purged with its radiologist report: it counts no more; the one
+    # with an AI read of its own is kept, read and all
+    image(db, "1.5", "2.5", DAY0 + dt.timedelta(days=1, hours=2), status=ERROR)
+    db.write_sync(repo.save_rad_report, "1.5", severity=10, checked=True)
+    assert db.read_sync(stats.figures).severity("rad")[10] == 1
     db.write_sync(repo.purge_error_exams, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert_tallies_agree(db)
-    assert db.read_sync(stats.figures).severity("ai")[9] == 0
+    figures = db.read_sync(stats.figures)
+    assert figures.severity("rad")[10] == 0 and figures.severity("ai")[9] == 1
 
 
 def test_random_writes_keep_the_tallies_true(db):

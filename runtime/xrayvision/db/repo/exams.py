@@ -252,22 +252,10 @@ def _row_select() -> Select[Exam, Patient, AIReport, RadReport]:
     )
 
 
-def purge_error_exams(session: Session, older_than: dt.datetime, limit: int = 1000) -> list[str]:
-    """Deletes up to ``limit`` ``error`` exams last updated before ``older_than`` (their
-    reports go with them); returns their UIDs so the caller removes the images too."""
-    uids = list(
-        session.scalars(
-            select(Exam.uid)
-            .where(Exam.status == ERROR, Exam.updated < older_than)
-            .order_by(Exam.updated)
-            .limit(limit)
-        )
-    )
-    _delete_exams(session, uids)
-    return uids
-
-
-def _delete_exams(session: Session, uids: Sequence[str]) -> None:
+def delete_exams(session: Session, uids: Sequence[str]) -> None:
+    """Deletes the exams ``uids`` with their radiologist reports and their own AI reads
+    (callers keep exams whose read a user may have reviewed: see
+    ``repo.purge_error_exams``), and what they counted in the statistics."""
     if not uids:
         return
     # explicit: SQLite may run without FK cascades

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, case, or_, select, update
+from sqlalchemy import Integer, bindparam, case, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from xrayvision.db import queue
@@ -38,10 +38,11 @@ from xrayvision.db.models import (
     STAT,
     AIReport,
     Exam,
+    RadReport,
     Study,
     utcnow,
 )
-from xrayvision.db.repo.exams import _dialect_insert
+from xrayvision.db.repo.exams import _dialect_insert, delete_exams
 from xrayvision.db.repo.reports import ReportContext, _archive_and_upsert, report_context
 from xrayvision.db.repo.tallies import restate_tallies
 
@@ -276,3 +277,35 @@ def requeue_study(session: Session, key: str, region: str = "",
                                Exam.status == IGNORE)
             .values(status=QUEUED, region=region, error="", reason_code=""))
     return queue.requeue(session, key, now, region, table=queue.STUDIES)
+
+
+def purge_error_exams(session: Session, older_than: dt.datetime, limit: int = 1000, *,
+                      read_per_study: bool = True, threshold: int = 5) -> list[str]:
+    """Deletes up to ``limit`` ``error`` exams last updated before ``older_than`` with
+    their radiologist reports, except those with an AI read of their own (a read and its
+    reviews are never deleted), and settles their studies: rolled up again from the
+    images left (counts, regions, first receipt; the status of a study not read yet),
+    or, when no image is left, deleted with the study's copy of a report unless the
+    study has an AI read (then kept with no images). Returns the exams' UIDs so the
+    caller removes the images too."""
+    rows = session.execute(
+        select(Exam.uid, Exam.study_uid)
+        .where(Exam.status == ERROR, Exam.updated < older_than,
+               ~select(AIReport.uid).where(AIReport.uid == Exam.uid).exists())
+        .order_by(Exam.updated).limit(limit)).all()
+    uids = [uid for uid, _ in rows]
+    delete_exams(session, uids)
+    studies = {study_key(study_uid, uid): study_uid for uid, study_uid in rows}
+    for key, study_uid in sorted(studies.items()):
+        left = session.scalar(select(Exam.uid).where(_of_study(study_uid, key)).limit(1))
+        if left is not None:
+            refresh_study(session, study_uid, left, became_readable=False,
+                          read_per_study=read_per_study, quiet=0.0, threshold=threshold)
+        elif session.get(AIReport, key) is None:
+            session.execute(delete(RadReport).where(RadReport.uid == key))
+            session.execute(delete(Study).where(Study.uid == key))
+        else:  # kept for its read: no image left to show
+            session.execute(update(Study).where(Study.uid == key).values(
+                images=0, readable=0, updated=utcnow()))
+    restate_tallies(session, studies)  # (a study's first receipt may have moved)
+    return uids
