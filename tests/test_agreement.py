@@ -62,3 +62,21 @@ def test_periods_and_roll_up():
     assert roll_up(days, "month") == {"2026-11-01": Confusion(tp=1, fn=2, tn=1, not_assessed=1),
                                       "2026-12-01": Confusion(fp=1)}
     assert list(roll_up(days, "day")) == sorted(days)
+
+
+def test_figures_add_up_and_summarise():
+    from xrayvision.agreement import Figures
+
+    day1 = Figures(ai={7: 1, -1: 1}, rad={8: 1}, pairs={(7, 8): 1}, reviews={1: 1, -1: 1},
+                   latency={"primary": (3.0, 2)})
+    day2 = Figures(ai={2: 1}, rad={1: 1, -1: 1}, pairs={(2, 1): 1, (2, -1): 1},
+                   reviews={0: 1}, latency={"primary": (1.0, 1), "secondary": (0.5, 1)})
+    both = day1 + day2
+    assert both.severity("ai")[7] == 1 and both.severity("ai")[2] == 1
+    assert both.severity("rad") == {**dict.fromkeys(range(-1, 11), 0), -1: 1, 1: 1, 8: 1}
+    assert both.confusion(5) == Confusion(tp=1, tn=1, not_assessed=1)
+    assert both.confusion(8) == Confusion(tn=1, fn=1, not_assessed=1)  # a threshold later
+    assert both.review_counts() == {"correct": 1, "incorrect": 1, "not_reviewed": 1}
+    assert both.model() == {"primary": {"avg_seconds": 1.333, "reports": 3},
+                            "secondary": {"avg_seconds": 0.5, "reports": 1}}
+    assert Figures() + Figures() == Figures(latency={})

@@ -10,6 +10,7 @@ Ratios with a zero denominator are None ("no data"), not 0.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,9 +86,14 @@ class Confusion:
 
 def confusion(pairs: Iterable[tuple[int, int]], threshold: int) -> Confusion:
     """The confusion matrix of (AI severity, radiologist severity) pairs."""
+    return counted_confusion(Counter(pairs), threshold)
+
+
+def counted_confusion(pairs: Mapping[tuple[int, int], int], threshold: int) -> Confusion:
+    """The confusion matrix of (AI severity, radiologist severity) pairs -> how many."""
     counts = dict.fromkeys((*CLASSES, None), 0)
-    for ai, rad in pairs:
-        counts[classify(ai, rad, threshold)] += 1
+    for (ai, rad), n in pairs.items():
+        counts[classify(ai, rad, threshold)] += n
     return Confusion(counts["TP"], counts["TN"], counts["FP"], counts["FN"], counts[None])
 
 
@@ -149,10 +155,7 @@ class Figures:
 
     def confusion(self, threshold: int) -> Confusion:
         """TP/TN/FP/FN and not assessed of the units with both reports at ``threshold``."""
-        counts = dict.fromkeys((*CLASSES, None), 0)
-        for (ai, rad), n in self.pairs.items():
-            counts[classify(ai, rad, threshold)] += n
-        return Confusion(counts["TP"], counts["TN"], counts["FP"], counts["FN"], counts[None])
+        return counted_confusion(self.pairs, threshold)
 
     def review_counts(self) -> dict[str, int]:
         """AI reads reviewed correct, incorrect, and not reviewed."""

@@ -386,7 +386,9 @@ class NotifySettings:
 class MaintenanceSettings:
     interval: float = _setting(86400.0, _float(1), "seconds between maintenance runs")
     backup_keep: int = _setting(7, _int(0, 1000), "SQLite backups kept; 0: no backups")
-    error_retention_days: int = _setting(30, _int(0), "purge error exams older than this; 0 keeps")
+    error_retention_days: int = _setting(
+        30, _int(0), "purge error exams older than this (not those with an AI read: a read "
+        "and its reviews are kept); 0 keeps")
 
 
 @dataclass(frozen=True)
