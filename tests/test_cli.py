@@ -20,6 +20,13 @@ def test_hash_password_from_stdin(tmp_path):
     assert "correct horse" not in result.stdout
 
 
+def test_hash_password_without_a_terminal_says_to_use_stdin(tmp_path):
+    """Piped (a script, CI, `kubectl exec` without -t): no traceback, the way to do it."""
+    result = run("hash-password", cwd=tmp_path, stdin="secret\n")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--stdin" in result.stderr and "secret" not in result.stdout
+
+
 def test_hash_password_refuses_empty(tmp_path):
     assert run("hash-password", "--stdin", cwd=tmp_path, stdin="\n").returncode == 2
 

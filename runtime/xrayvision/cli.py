@@ -93,6 +93,11 @@ def cmd_check_config(settings: Settings) -> int:
 def cmd_hash_password(stdin: bool) -> int:
     if stdin:
         password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
+        print("xrayvision: no terminal to ask for the password on; give it on standard "
+              "input with --stdin (e.g. `xrayvision hash-password --stdin < file`)",
+              file=sys.stderr)
+        return 2
     else:
         password = getpass.getpass("Password: ")
         if password != getpass.getpass("Again: "):
