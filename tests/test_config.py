@@ -212,3 +212,39 @@ def test_the_disks_a_process_writes_to(tmp_path):
         "XRAYVISION_SERVER_ROLES": "ingest", "XRAYVISION_IMAGES_BACKEND": "database",
         "XRAYVISION_DATABASE_URL": "postgresql://u:p@db:5432/x"})
     assert ingest_database_store.written_disks(staging) == {"received DICOM": staging}
+
+
+def uncommented_example() -> str:
+    """The example as a user makes it: every ``# key = value`` line uncommented (the
+    first of a key in its section; a second one is an alternative)."""
+    import re
+
+    example = (Path(__file__).resolve().parent.parent / "xrayvision.cfg.example").read_text()
+    seen: set[tuple[str, str]] = set()
+    section, lines = "", []
+    for line in example.splitlines():
+        if line.startswith("["):
+            section = line
+        match = re.match(r"# ([A-Za-z_][A-Za-z0-9_]*) =( |$)", line)
+        if match and (section, match[1]) not in seen:
+            seen.add((section, match[1]))
+            line = line[2:]
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_the_example_uncommented_loads_with_the_real_defaults(tmp_path):
+    """Copied and uncommented as is, the example starts (inline ``; comments`` are not
+    part of the value) and says what the code does: every value is the default."""
+    from xrayvision.config import DEFAULT_REGIONS, SECTIONS
+
+    text = uncommented_example()
+    assert "\nport = 11112" in text and "\nread_per = study" in text  # (uncommented)
+    (tmp_path / "xrayvision.cfg").write_text(text)
+    settings = load_settings(tmp_path, env={})
+    defaults = load_settings(tmp_path / "none", env={})
+    for name in SECTIONS:
+        assert getattr(settings, name) == getattr(defaults, name), name
+    for region, keywords in settings.regions.items():
+        assert keywords == DEFAULT_REGIONS[region], region
+    assert settings.priority["ER_CR01"] == 3  # (an example: stat)

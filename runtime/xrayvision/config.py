@@ -491,7 +491,9 @@ def _read_files(config_dir: Path) -> dict[str, dict[str, tuple[str, str]]]:
         path = config_dir / name
         if not path.is_file():
             continue
-        parser = configparser.RawConfigParser(interpolation=None, strict=True)
+        # (a value ends at " ;": the example's notes stay notes when a line is uncommented)
+        parser = configparser.RawConfigParser(interpolation=None, strict=True,
+                                              inline_comment_prefixes=(";",))
         parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep case: user names and AE titles are case-sensitive
         try:
             with path.open(encoding="utf-8") as fh:
