@@ -67,3 +67,33 @@ def test_run_with_everything_off_removes_nothing(sqlite_db, tmp_path):
                          sqlite_db, store).run_once()
     assert report.errors_purged == 0 and report.backup is None
     assert sqlite_db.read_sync(records.count_exams) == 1
+
+
+def test_a_restart_takes_no_extra_backup(sqlite_db, tmp_path):
+    """Backups follow the schedule ([maintenance] interval, a day), not starts: a run
+    soon after the last backup (a restart) takes none, so backup_keep counts days."""
+    store = FilesystemStore(tmp_path / "images")
+    s = settings_for(tmp_path, backup_keep=7, error_retention_days=0)
+    s = dataclasses.replace(s, database=dataclasses.replace(
+        s.database, url=f"sqlite:///{tmp_path / 'test.db'}"))
+    now = utcnow()
+    first = Maintenance(s, sqlite_db, store).run_once(now)
+    assert first.backup is not None
+    for minutes in (1, 5, 60):  # three restarts the same day
+        again = Maintenance(s, sqlite_db, store).run_once(now + dt.timedelta(minutes=minutes))
+        assert again.backup is None
+    next_day = Maintenance(s, sqlite_db, store).run_once(now + dt.timedelta(days=1))
+    assert next_day.backup is not None
+    assert len(list(s.backup_dir.glob("*.db"))) == 2
+
+
+def test_backup_due_reads_the_newest_of_our_file_names():
+    from xrayvision.maintenance import backup_due
+
+    now = dt.datetime(2026, 12, 3, 12, tzinfo=dt.UTC)
+    names = ["xrayvision-20261202T120500000000Z.db", "xrayvision-20261203T020000000000Z.db",
+             "notes.txt", "xrayvision-garbled.db"]
+    assert not backup_due(names, now, 86400)
+    assert backup_due(names[:1], now, 86400)  # 23 h 55 min: due (a run's own drift)
+    assert backup_due([], now, 86400)
+    assert backup_due(["xrayvision-garbled.db"], now, 86400)

@@ -39,6 +39,30 @@ class RunReport:
     seconds: float = 0.0
 
 
+def last_backup_time(names: list[str]) -> dt.datetime | None:
+    """When the newest of these backup file names was taken (pure; None: none is a
+    backup of ours)."""
+    times = []
+    for name in names:
+        stamp = name.removeprefix(BACKUP_PREFIX).removesuffix(".db")
+        if name.startswith(BACKUP_PREFIX) and name.endswith(".db"):
+            try:
+                times.append(dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ")
+                             .replace(tzinfo=dt.UTC))
+            except ValueError:
+                continue
+    return max(times, default=None)
+
+
+def backup_due(names: list[str], now: dt.datetime, interval: float) -> bool:
+    """Whether a backup is due: none taken in the last ``interval`` seconds (pure). A
+    restart does not take one more, so ``backup_keep`` counts runs of the schedule
+    (days, by default), not starts."""
+    last = last_backup_time(names)
+    # (a run comes a little less than an interval after the last one's backup)
+    return last is None or now - last >= dt.timedelta(seconds=interval * 0.99)
+
+
 def backup_sqlite(database_path: Path, backup_dir: Path, keep: int,
                   now: dt.datetime | None = None) -> tuple[Path, int]:
     """Online backup (SQLite backup API, consistent while writers run); keeps the newest
@@ -82,7 +106,10 @@ class Maintenance:
         report = RunReport()
         keep = self.settings.maintenance.backup_keep
         database_path = self._sqlite_path()
-        if database_path is not None and keep > 0:
+        taken = [p.name for p in self.settings.backup_dir.glob(f"{BACKUP_PREFIX}*.db")] \
+            if self.settings.backup_dir.is_dir() else []
+        if database_path is not None and keep > 0 and backup_due(
+                taken, now, self.settings.maintenance.interval):
             report.backup, report.backups_removed = backup_sqlite(
                 database_path, self.settings.backup_dir, keep, now
             )
