@@ -145,8 +145,12 @@ async def test_calling_and_called_ae_rules(tmp_path, db):
         assert "Called AE Title Not Recognized" in wrong_called.stderr
         assert await ingest.db.read(records.count_exams) == 0
         audit = await ingest.db.read(
-            lambda s: [(r.action, r.username) for r in s.query(AuditLog).all()])
-        assert ("dicom.rejected", "INTRUDER") in audit
+            lambda s: [(r.action, r.username, r.detail) for r in s.query(AuditLog).all()])
+        # the AE title the peer called (not ours) and why, for each refusal
+        assert ("dicom.rejected", "INTRUDER", "called AE 'XRAYVISION': calling AE title "
+                "'INTRUDER' is not in [dicom] allowed_calling_aets") in audit
+        assert ("dicom.rejected", "PACS1", "called AE 'OTHER': called AE title 'OTHER' is "
+                "not ours ('XRAYVISION')") in audit
         ok = await ingest.storescu(path, calling="PACS1")
         assert ok.returncode == 0, ok.stderr
         await ingest.converted()
@@ -188,3 +192,14 @@ async def test_received_files_are_renamed_from_a_tmpdir_on_the_store(tmp_path, d
         assert not (tmpdir / mine).exists()  # removed as the role stopped
     finally:
         alive.close()
+
+
+def test_rejection_reason_follows_pynetdicom_order():
+    from xrayvision.dicom.handlers import rejection_reason
+
+    assert "allowed_calling_aets" in rejection_reason("X", "XRAYVISION", "XRAYVISION", ["A"],
+                                                      True, False)
+    assert "'OTHER' is not ours" in rejection_reason("X", "OTHER", "XRAYVISION", ["A"], True,
+                                                     False)
+    assert "max_associations" in rejection_reason("A", "OTHER", "XRAYVISION", [], True, True)
+    assert "no reason" in rejection_reason("A", "OTHER", "XRAYVISION", [], False, False)

@@ -178,14 +178,36 @@ def handle_aborted(event) -> None:
     metrics.DICOM_ASSOCIATIONS.labels("aborted").inc()
 
 
+def rejection_reason(calling: str, called: str, ours: str, allowed: list[str],
+                     require_called: bool, over_limit: bool) -> str:
+    """Why pynetdicom refused an association request, in its order (the last that
+    applies is what it answered; pure)."""
+    reason = "no reason given (user identity refused)"
+    if allowed and calling not in allowed:
+        reason = f"calling AE title {calling!r} is not in [dicom] allowed_calling_aets"
+    if require_called and called != ours:
+        reason = f"called AE title {called!r} is not ours ({ours!r})"
+    if over_limit:
+        reason = "too many associations at once ([dicom] max_associations)"
+    return reason
+
+
 def handle_rejected(event, ctx: IngestContext) -> None:
-    """An association refused (unknown calling AE, wrong called AE, no context): audited."""
+    """An association refused (unknown calling AE, wrong called AE, too many at once):
+    logged and audited with the AE titles the peer gave and the reason."""
     metrics.DICOM_ASSOCIATIONS.labels("rejected").inc()
     calling, remote = _peer(event)
-    called = str(event.assoc.acceptor.ae_title).strip()
-    log.warning("association rejected", extra={"calling_aet": calling, "remote": remote})
+    assoc, ae = event.assoc, event.assoc.ae
+    called = str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip()
+    active = [a for a in ae.active_associations if a.is_acceptor]
+    reason = rejection_reason(
+        calling, called, str(assoc.acceptor.ae_title).strip(),
+        [a.strip() for a in ae.require_calling_aet], bool(ae.require_called_aet),
+        len(active) > ae.maximum_associations)
+    log.warning("association rejected", extra={"calling_aet": calling, "called_aet": called,
+                                               "remote": remote, "reason": reason})
     try:
         ctx.db.write_sync(repo.audit, "dicom.rejected", username=calling, remote=remote[:64],
-                          detail=f"called AE {called!r}")
+                          detail=f"called AE {called!r}: {reason}")
     except SQLAlchemyError:
         log.warning("could not audit a rejected association")
