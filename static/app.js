@@ -121,7 +121,7 @@ function renderExams() {
     loadExams();
   };
   $("prev").onclick = () => { if (state.page > 1) { state.page -= 1; loadExams(); } };
-  $("next").onclick = () => { state.page += 1; loadExams(); };
+  $("next").onclick = () => { if (state.page < (state.pages || 1)) { state.page += 1; loadExams(); } };
   loadExams();
 }
 
@@ -138,7 +138,11 @@ async function loadExams(flashUid) {
   }
   const rows = $("exam-rows");
   if (!rows) return;
-  if (state.page > data.pages) state.page = data.pages;
+  state.pages = data.pages;
+  if (data.page > data.pages) {  // the list shrank under us: its last page instead
+    state.page = data.pages;
+    return loadExams(flashUid);
+  }
   const items = studies ? data.studies : data.exams;
   rows.replaceChildren(...items.map((e) => {
     const status = e.reason ? el("span", { title: e.reason }, `${e.status}: ${e.reason_code}`) : e.status;
@@ -161,6 +165,8 @@ async function loadExams(flashUid) {
     return tr;
   }));
   $("page-info").textContent = `page ${data.page} of ${data.pages} · ${data.total} ${studies ? "studies" : "exams"}`;
+  $("prev").disabled = data.page <= 1;
+  $("next").disabled = data.page >= data.pages;
   $("list-unit").textContent = studies ? "Study" : "Region";
   $("agreement-filter").style.display = studies ? "none" : "";
 }

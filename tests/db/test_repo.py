@@ -284,3 +284,15 @@ def test_urgent_first_order_critical_filter_and_retriage(db):
     assert db.write_sync(repo.retriage, 7) == 0  # nothing left to change
     with pytest.raises(ValueError, match="unknown sort"):
         db.read_sync(repo.exam_page, ExamFilter(sort="alphabetical"))
+
+
+@pytest.mark.parametrize("counted,page,size,shown,total", [
+    (0, 1, 50, 2, 2),      # the cached count lags two new exams: the page says 2
+    (9, 1, 50, 2, 2),      # some were purged since: exact again
+    (4, 2, 2, 2, 4),       # a full page: the count stands
+    (3, 2, 2, 2, 4),       # ... or at least what the pages shown hold
+    (10, 4, 2, 0, 6),      # past the end: no more than the pages before
+    (0, 1, 50, 0, 0),
+])
+def test_shown_total_never_contradicts_the_page(counted, page, size, shown, total):
+    assert repo.shown_total(counted, page, size, shown) == total

@@ -234,7 +234,8 @@ async def list_exams(request: web.Request) -> web.Response:
     # The total does not depend on the order: one cached count for every sort.
     total = await request.app[TOTALS].get(dataclasses.replace(f, sort=""),
                                           lambda: db.read(repo.count_matching, f))
-    result = repo.Page(rows=rows, total=total, page=page, size=size)
+    result = repo.Page(rows=rows, total=repo.shown_total(total, page, size, len(rows)),
+                       page=page, size=size)
     return web.json_response({"exams": [{**exam_json(r),
                                           "study_size": sizes.get(r.exam.study_uid, 1)}
                                          for r in result.rows],
@@ -276,6 +277,7 @@ async def list_studies(request: web.Request) -> web.Response:
     rows = await db.read(repo.study_page, f, page, size)
     total = await request.app[TOTALS].get(("studies", dataclasses.replace(f, sort="")),
                                           lambda: db.read(repo.count_studies, f))
+    total = repo.shown_total(total, page, size, len(rows))
     pages = max(1, -(-total // size))
     return web.json_response({"studies": [study_json(r) for r in rows], "total": total,
                               "page": page, "size": size, "pages": pages})

@@ -84,6 +84,7 @@ from xrayvision.db.repo.worklist import (
     count_studies,
     exam_page,
     list_exams,
+    shown_total,
     study_page,
 )
 
@@ -101,6 +102,6 @@ __all__ = [
     "StudyContext", "StudyImageRef", "get_study", "link_rad_report", "read_of", "refresh_study",
     "requeue_study", "rollup",
     "save_study_read", "study_context", "study_key", "StudyRow", "count_studies",
-    "study_page",
+    "study_page", "shown_total",
     "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
 ]

@@ -77,6 +77,17 @@ class Page:
         object.__setattr__(self, "pages", max(1, -(-self.total // self.size)))
 
 
+def shown_total(counted: int, page: int, size: int, shown: int) -> int:
+    """The list's total as the page just read proves it (pure): ``counted`` may be a
+    few seconds old (the count is cached); a page not full ends the list, so the total
+    is exact, and a full one shows at least that many."""
+    if shown < size and (shown or page == 1):
+        return (page - 1) * size + shown
+    if not shown:  # past the end
+        return min(counted, (page - 1) * size)
+    return max(counted, page * size)
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
