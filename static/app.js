@@ -74,8 +74,13 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/ws`);
   state.ws = ws;
-  ws.onopen = () => { state.retry = 1000; $("live").textContent = "live"; $("live").className = "pill on"; };
+  ws.onopen = () => {
+    state.retry = 1000; $("live").textContent = "live"; $("live").className = "pill on";
+    // Back after an outage (a server restart): what changed meanwhile sent no event here.
+    if (state.missed) { state.missed = false; refresh(); }
+  };
   ws.onclose = () => {
+    state.missed = true;
     $("live").textContent = "offline"; $("live").className = "pill off";
     setTimeout(connect, state.retry);
     state.retry = Math.min(state.retry * 2, 30000);
@@ -164,7 +169,8 @@ async function loadExams(flashUid) {
     tr.onclick = () => { location.hash = `#/exam/${page}`; };
     return tr;
   }));
-  $("page-info").textContent = `page ${data.page} of ${data.pages} · ${data.total} ${studies ? "studies" : "exams"}`;
+  const unit = studies ? (data.total === 1 ? "study" : "studies") : (data.total === 1 ? "exam" : "exams");
+  $("page-info").textContent = `page ${data.page} of ${data.pages} · ${data.total} ${unit}`;
   $("prev").disabled = data.page <= 1;
   $("next").disabled = data.page >= data.pages;
   $("list-unit").textContent = studies ? "Study" : "Region";
@@ -379,6 +385,13 @@ function route() {
   else if (r.name === "stats") renderStats();
   else if (r.name === "check") renderCheck();
   else renderExams();
+}
+
+function refresh() {
+  const r = currentRoute();
+  if (r.name === "exam" && r.arg) loadExam(r.arg);
+  else if (r.name === "stats") renderStats();
+  else if (r.name !== "check") loadExams();  // (the check page holds what was typed)
 }
 
 async function start() {

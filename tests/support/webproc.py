@@ -21,9 +21,10 @@ XRAYVISION = Path(sys.executable).parent / "xrayvision"
 
 @contextlib.contextmanager
 def web_process(workdir: Path, database_url: str, users: dict[str, str],
-                **env_extra: str) -> Iterator[str]:
-    """Runs a web-only process; yields its base URL. ``users``: name -> "role:hash"."""
-    port = free_port()
+                port: int | None = None, **env_extra: str) -> Iterator[str]:
+    """Runs a web-only process (on ``port``, else a free one); yields its base URL.
+    ``users``: name -> "role:hash"."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XRAYVISION_")}
     env.update({"XRAYVISION_SERVER_ROLES": "web", "XRAYVISION_DATABASE_URL": database_url,
                 "XRAYVISION_SERVER_DATA_DIR": str(workdir / "data"),

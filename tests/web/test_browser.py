@@ -157,3 +157,32 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         0, "missed effusion", "rad")
     assert dialogs == [], "an alert ran: report text was rendered as HTML"
     assert errors == []
+
+
+def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, pg_url):
+    """The web process goes away and comes back on the same address; an image arrived
+    meanwhile (its event went to nobody): once the page is live again it shows it."""
+    from support.pgserver import free_port
+
+    users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
+    port = free_port()
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        context = browser.new_context(http_credentials={"username": "rad",
+                                                        "password": PASSWORDS["rad"]},
+                                      viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        with web_process(tmp_path / "first", pg_url, users, port=port) as url:
+            page.goto(url + "/")
+            page.wait_for_selector("#live.on")
+            assert page.locator("#exam-rows tr").count() == 0
+        page.wait_for_selector("#live.off")
+        subprocess.run([sys.executable, "-c", INSERT, pg_url, "1.2.841.1"], check=True)
+        with web_process(tmp_path / "again", pg_url, users, port=port):
+            page.wait_for_selector("#live.on", timeout=30000)
+            page.wait_for_selector('tr[data-uid="1.2.841.1"]', timeout=5000)
+            page.screenshot(path=str(SHOTS / "exams-after-restart.png"))
+        browser.close()
+    assert errors == []
