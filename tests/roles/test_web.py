@@ -39,3 +39,46 @@ async def test_run_fills_in_the_services_from_the_runtime(tmp_path, sqlite_db, c
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         assert services.hub is None  # the hub went with the role
+
+
+def test_an_import_beside_a_running_server_shows_live_on_sqlite(tmp_path):
+    """`xrayvision import` in another process on the same SQLite database: its exams
+    reach the open pages (an exam.queued hint) within the watch interval."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import aiohttp
+
+    from support.webproc import web_process
+    from support.xrays import make_xray, write
+    from web.conftest import USERS, basic
+
+    xrayvision = str(Path(sys.executable).parent / "xrayvision")
+    url = f"sqlite:///{tmp_path / 'data' / 'xrayvision.db'}"
+    env = {"PATH": "/usr/bin:/bin", "XRAYVISION_DATABASE_URL": url,
+           "XRAYVISION_SERVER_DATA_DIR": str(tmp_path / "data"),
+           "XRAYVISION_DICOM_CONVERT_WORKERS": "1"}
+    (tmp_path / "data").mkdir()
+    subprocess.run([xrayvision, "migrate"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    dicom = write(make_xray(seed=5), tmp_path / "in" / "chest.dcm")
+    users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
+
+    async def watch(base: str) -> list[str]:
+        seen: list[str] = []
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(base + "/ws", headers=basic("viewer")) as ws:
+            started = time.monotonic()
+            imported = await asyncio.to_thread(
+                subprocess.run, [xrayvision, "import", str(dicom)], cwd=tmp_path, env=env,
+                capture_output=True, text=True, timeout=120)
+            assert imported.returncode == 0, imported.stderr
+            while time.monotonic() - started < 30 and "exam.queued" not in seen:
+                msg = await ws.receive_json(timeout=30)
+                seen.append(msg["type"])
+        return seen
+
+    with web_process(tmp_path, url, users) as base:
+        assert "exam.queued" in asyncio.run(watch(base))

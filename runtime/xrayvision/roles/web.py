@@ -4,6 +4,7 @@ HTTP server itself runs in every process, from start-up: health, readiness, metr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -43,6 +44,28 @@ async def dashboard_state(db: Database) -> dict[str, Any]:
     return {"queue": await db.read(repo.queue_counts)}
 
 
+WATCH_INTERVAL = 2.0  # seconds between looks for exams other processes wrote (SQLite)
+
+
+async def watch_other_writers(db: Database, hub: Hub,
+                              interval: float = WATCH_INTERVAL) -> None:
+    """On SQLite, events reach only this process: exams that another process writes
+    (`xrayvision import` beside a running server) publish to nobody here. The newest
+    exam row is watched instead, and a new one makes the pages reload (at most once an
+    interval; exams this process wrote already sent their events). Runs until cancelled."""
+    last = None
+    while True:
+        try:
+            newest = await db.read(repo.newest_exam_row)
+        except Exception:  # noqa: BLE001 - the database away: look again next time
+            log.debug("could not look for new exams", exc_info=True)
+        else:
+            if last is not None and newest != last:
+                hub.written_elsewhere()
+            last = newest
+        await asyncio.sleep(interval)
+
+
 async def run(rt: Runtime) -> None:
     settings, db, app = rt.settings, rt.db, rt.app
     if not settings.users:
@@ -61,8 +84,11 @@ async def run(rt: Runtime) -> None:
     services.text = rt.text
     services.db, services.bus, services.store, services.hub = db, rt.bus, rt.store, hub
     log.info("web role ready", extra={"port": settings.web.port})
+    watcher = asyncio.create_task(watch_other_writers(db, hub)) if db.is_sqlite else None
     try:
         await hub.run()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await hub.close_all()
         services.hub = None

@@ -113,6 +113,12 @@ class Hub:
             finally:
                 ticker.cancel()
 
+    def written_elsewhere(self) -> None:
+        """Another process wrote exams and could not tell us (SQLite: no shared bus):
+        the pages reload their lists as for a queued exam, the queue sizes follow."""
+        self.broadcast({"type": EXAM_QUEUED})
+        self._dashboard_due.set()
+
     def _forward(self, event: Event) -> None:
         if event.type == ENDPOINT_HEALTH:
             self.set_endpoints(event.data)

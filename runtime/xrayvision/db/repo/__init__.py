@@ -18,7 +18,7 @@ names below are its whole interface.
 """
 
 from xrayvision.db.repo.agreement import AGREEMENT_GROUPS, agreement_condition, agreement_counts
-from xrayvision.db.repo.counts import oldest_claimable, queue_counts
+from xrayvision.db.repo.counts import newest_exam_row, oldest_claimable, queue_counts
 from xrayvision.db.repo.exams import (
     IDENTITY_FIELDS,
     ExamInfo,
@@ -96,7 +96,8 @@ __all__ = [
     "exam_identity", "exam_page", "exams_received_before", "exams_with_status",
     "finish_conversion", "get_exam", "get_state", "identity_of", "insert_received",
     "insert_state", "list_exams", "oldest_claimable", "poll_exams", "purge_error_exams",
-    "queue_counts", "raise_priority", "record_retrieval", "report_context", "retriage",
+    "newest_exam_row", "queue_counts", "raise_priority", "record_retrieval", "report_context",
+    "retriage",
     "review_ai_report",
     "save_ai_read", "save_rad_report", "set_state", "study_needs_retrieval",
     "StudyContext", "StudyImageRef", "get_study", "link_rad_report", "read_of", "refresh_study",

@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import (
     func,
     select,
+    text,
 )
 from sqlalchemy.orm import Session
 
@@ -29,3 +30,9 @@ def oldest_claimable(session: Session) -> dt.datetime | None:
     """Receipt time of the oldest exam waiting for the model (None when the queue is empty)."""
     return session.scalar(select(func.min(Exam.created)).where(Exam.status.in_(CLAIMABLE)))
 
+
+
+def newest_exam_row(session: Session) -> int:
+    """SQLite only: the highest row number of ``exams`` (grows with every new exam,
+    whichever process inserted it; read from the end of the table's b-tree, O(1))."""
+    return int(session.execute(text("SELECT max(rowid) FROM exams")).scalar() or 0)
