@@ -41,6 +41,13 @@ function badge(value, label) {
   return span;
 }
 
+function age(birth, at) {
+  const b = new Date(birth), t = new Date(at);
+  let years = t.getUTCFullYear() - b.getUTCFullYear();
+  if (t.getUTCMonth() < b.getUTCMonth() || (t.getUTCMonth() === b.getUTCMonth() && t.getUTCDate() < b.getUTCDate())) years -= 1;
+  return years >= 0 ? years : null;
+}
+
 function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "";
 }
@@ -110,24 +117,47 @@ function onEvent(msg) {
 
 const PRIORITY = { 0: "routine", 1: "urgent", 2: "asap", 3: "stat" };
 
-function renderExams() {
+function examsHash(params) {
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v !== undefined));
+  return `#/exams${[...query].length ? `?${query}` : ""}`;
+}
+
+function renderExams(query = new URLSearchParams()) {
+  state.listHash = location.hash || "#/exams";
+  // The list's filters, order, size and page live in the address: a reload or a link
+  // shows the same list, and Back returns to the previous one.
+  state.filters = Object.fromEntries([...query].filter(([k]) => k !== "page"));
+  state.page = Math.max(1, parseInt(query.get("page") || "1", 10) || 1);
   view().replaceChildren($("tpl-exams").content.cloneNode(true));
   const form = $("filters");
   for (const s of state.config.statuses) form.status.append(el("option", { value: s }, s));
   for (const r of state.config.regions) form.region.append(el("option", { value: r }, r));
+  const sizes = [...form.size.options].map((o) => o.value);
+  if (!sizes.includes(String(state.config.page_size))) form.size.append(el("option", {}, String(state.config.page_size)));
+  form.size.value = String(state.config.page_size);
   for (const [k, v] of Object.entries(state.filters)) {
     if (form[k]?.type === "checkbox") form[k].checked = v === "true";
     else if (form[k]) form[k].value = v;
   }
   form.onsubmit = (e) => {
     e.preventDefault();
-    state.filters = Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== ""));
-    state.page = 1;
-    loadExams();
+    const chosen = Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== ""));
+    if (chosen.size === String(state.config.page_size)) delete chosen.size;
+    location.hash = examsHash(chosen);  // page 1 of the new list
   };
-  $("prev").onclick = () => { if (state.page > 1) { state.page -= 1; loadExams(); } };
-  $("next").onclick = () => { if (state.page < (state.pages || 1)) { state.page += 1; loadExams(); } };
+  const go = (page) => { location.hash = examsHash({ ...state.filters, page: page > 1 ? page : "" }); };
+  $("prev").onclick = () => { if (state.page > 1) go(state.page - 1); };
+  $("next").onclick = () => { if (state.page < (state.pages || 1)) go(state.page + 1); };
   loadExams();
+}
+
+function emptyList(studies) {
+  const filtered = Object.keys(state.filters).some((k) => k !== "size" && k !== "sort");
+  if (filtered) return `No ${studies ? "studies" : "exams"} match these filters.`;
+  const d = state.config.dicom;
+  return `No ${studies ? "studies" : "exams"} yet. Send images over DICOM to AE title ` +
+    `${d.ae_title}, port ${d.port} of ${location.hostname} (for example: storescu -aec ` +
+    `${d.ae_title} ${location.hostname} ${d.port} image.dcm).`;
 }
 
 async function loadExams(flashUid) {
@@ -146,10 +176,13 @@ async function loadExams(flashUid) {
   state.pages = data.pages;
   if (data.page > data.pages) {  // the list shrank under us: its last page instead
     state.page = data.pages;
+    history.replaceState(null, "", examsHash({ ...state.filters, page: data.pages > 1 ? data.pages : "" }));
     return loadExams(flashUid);
   }
   const items = studies ? data.studies : data.exams;
-  rows.replaceChildren(...items.map((e) => {
+  if (!items.length) {
+    rows.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "empty" }, emptyList(studies))));
+  } else rows.replaceChildren(...items.map((e) => {
     const status = e.reason ? el("span", { title: e.reason }, `${e.status}: ${e.reason_code}`) : e.status;
     const what = studies
       ? `${e.regions.join(", ") || "unknown"} · ${e.views.join(", ") || "views unknown"} (${e.images} image${e.images === 1 ? "" : "s"})`
@@ -209,6 +242,7 @@ function setupViewer() {
 
 function renderExam(uid) {
   view().replaceChildren($("tpl-exam").content.cloneNode(true));
+  $("back").href = state.listHash || "#/exams";  // the list as it was: filters and page
   setupViewer();
   $("xray").src = `/api/images/${encodeURIComponent(uid)}`;
   const form = $("review");
@@ -239,6 +273,16 @@ async function loadExam(uid) {
   if (!$("exam-title")) return;
   const who = e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : "unknown patient";
   $("exam-title").textContent = `${e.region || "unknown region"} ${e.projection || ""} · ${who} · ${when(e.created)} · ${e.status}`;
+  const acquired = e.series_datetime || e.created;
+  const years = e.patient && e.patient.birth_date ? age(e.patient.birth_date, acquired) : null;
+  const sex = { F: "female", M: "male", O: "other" }[e.patient?.sex] || "";
+  const context = [
+    ["Accession", e.accession], ["Study", e.study_description], ["Modality", e.modality],
+    ["Patient", [sex, years === null ? "" : `${years} years`].filter(Boolean).join(", ")],
+    ["Acquired", e.series_datetime ? when(e.series_datetime) : ""], ["Received", when(e.created)],
+    ["Priority", PRIORITY[e.priority] || String(e.priority)], ["Sent by", e.calling_aet]];
+  $("exam-context").replaceChildren(...context.filter(([, v]) => v)
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   const images = e.study_images || [];
   $("study-images").replaceChildren(...(images.length > 1 ? [
     el("span", { class: "muted" }, `study: ${images.length} images`),
@@ -271,6 +315,7 @@ async function loadExam(uid) {
   $("rad-name").textContent = rad ? rad.radiologist : "";
   $("rad-text").textContent = rad ? rad.text : "no radiologist report yet";
   $("rad-en").textContent = rad ? rad.text_en : "";
+  $("rad-en-head").hidden = !(rad && rad.text_en);  // no translation: no empty heading
   $("review").hidden = !(ai && state.config.can.review);
   $("review-state").textContent = ai && ai.reviewed
     ? `reviewed ${ai.review_correct === 1 ? "correct" : "incorrect"} by ${ai.reviewed_by}: ${ai.review_note}` : "";
@@ -372,8 +417,10 @@ function renderCheck() {
 // --- routing -------------------------------------------------------------------------
 
 function currentRoute() {
-  const [, name = "exams", arg] = location.hash.split("/");
-  return { name: name || "exams", arg: arg ? decodeURIComponent(arg) : undefined };
+  const [path, query = ""] = location.hash.split("?");
+  const [, name = "exams", arg] = path.split("/");
+  return { name: name || "exams", arg: arg ? decodeURIComponent(arg) : undefined,
+    query: new URLSearchParams(query) };
 }
 
 function route() {
@@ -384,7 +431,7 @@ function route() {
   if (r.name === "exam" && r.arg) renderExam(r.arg);
   else if (r.name === "stats") renderStats();
   else if (r.name === "check") renderCheck();
-  else renderExams();
+  else renderExams(r.query);
 }
 
 function refresh() {

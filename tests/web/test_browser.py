@@ -148,6 +148,27 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert page.locator("#history img").count() == 0
         page.screenshot(path=str(SHOTS / "exam-history.png"), full_page=True)
 
+        # the study's context, and back to the list as it was
+        context = page.inner_text("#exam-context")
+        assert "Priority" in context and "routine" in context and "Received" in context
+        page.click("#back")
+        page.wait_for_selector('tr[data-uid="1.2.840"]')
+
+        # filters, order and page size live in the address: a reload keeps them
+        page.select_option("#filters select[name=status]", "ignore")
+        page.select_option("#filters select[name=size]", "25")
+        page.click("#filters button[type=submit]")
+        page.wait_for_function("location.hash.includes('status=ignore')")
+        assert "size=25" in page.evaluate("location.hash")
+        page.wait_for_selector('tr[data-uid="1.2.840"]', state="detached")
+        page.reload()
+        page.wait_for_selector('tr[data-uid="1.2.840.3"]')
+        assert page.locator("#exam-rows tr").count() == 1
+        assert page.input_value("#filters select[name=status]") == "ignore"
+        assert page.input_value("#filters select[name=size]") == "25"
+        page.go_back()  # the unfiltered list again
+        page.wait_for_selector('tr[data-uid="1.2.840"]')
+
         page.goto(dashboard + "/#/stats")
         page.wait_for_selector("#chart-severity svg")
         page.screenshot(path=str(SHOTS / "stats.png"))
@@ -177,7 +198,10 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
         with web_process(tmp_path / "first", pg_url, users, port=port) as url:
             page.goto(url + "/")
             page.wait_for_selector("#live.on")
-            assert page.locator("#exam-rows tr").count() == 0
+            # nothing received yet: the list says where to send images
+            empty = page.inner_text("#exam-rows")
+            assert "No studies yet" in empty and "AE title XRAYVISION, port " in empty
+            page.screenshot(path=str(SHOTS / "exams-empty.png"))
         page.wait_for_selector("#live.off")
         subprocess.run([sys.executable, "-c", INSERT, pg_url, "1.2.841.1"], check=True)
         with web_process(tmp_path / "again", pg_url, users, port=port):

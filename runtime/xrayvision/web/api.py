@@ -599,6 +599,8 @@ async def config(request: web.Request) -> web.Response:
         "regions": sorted(settings.regions),
         "statuses": list(STATUSES),
         "read_per": settings.ai.read_per,
+        # (the empty worklist says where to send images)
+        "dicom": {"ae_title": settings.dicom.ae_title, "port": settings.dicom.port},
         "roles": list(settings.server.roles),
         "endpoints": _endpoints(settings, services(request).hub),
     })
