@@ -33,10 +33,18 @@ function post(path, payload) {
                      body: JSON.stringify(payload) });
 }
 
+const SCALE = "severity 0-10: 0 normal, 10 life-threatening; at or above the threshold: critical; – not assessed";
+
 function badge(value, label) {
-  const span = el("span", { class: "badge", title: label }, value < 0 ? "–" : value);
-  if (label.startsWith("severity") && value >= 0) {
-    span.classList.add(value >= state.config.severity_threshold ? "sev-high" : "sev-low");
+  // Written out ("7/10", "80%") and labelled: never a bare number, never colour alone.
+  const severity = label.startsWith("severity");
+  const text = value < 0 ? "–" : severity ? `${value}/10` : `${value}%`;
+  const span = el("span", { class: "badge", title: severity ? `${label}; ${SCALE}` : label,
+    "aria-label": `${label}: ${value < 0 ? "not assessed" : text}` }, text);
+  if (severity && value >= 0) {
+    const critical = value >= state.config.severity_threshold;
+    span.classList.add(critical ? "sev-high" : "sev-low");
+    if (critical) span.prepend("⚠ ");
   }
   return span;
 }
@@ -188,7 +196,8 @@ async function loadExams(flashUid) {
       ? `${e.regions.join(", ") || "unknown"} · ${e.views.join(", ") || "views unknown"} (${e.images} image${e.images === 1 ? "" : "s"})`
       : e.study_size > 1 ? `${e.region} · ${e.projection || "image"} (study of ${e.study_size})` : e.region;
     const tr = el("tr", { dataset: { uid: e.uid } },
-      el("td", {}, when(e.created)),
+      el("td", {}, ...(e.critical_unreviewed ? [el("span", { class: "crit" }, "⚠ critical"), " "] : []),
+        when(e.created)),
       el("td", {}, PRIORITY[e.priority] || String(e.priority)),
       el("td", {}, e.patient ? `${e.patient.name || ""} ${e.patient.cnp || ""}`.trim() : ""),
       el("td", {}, what),
@@ -256,7 +265,12 @@ function renderExam(uid) {
     } catch (err) { $("review-result").textContent = err.message; }
   };
   for (const r of state.config.regions) $("requeue-region").append(el("option", { value: r }, r));
-  $("requeue").onclick = async () => {
+  // Asked once more in the page (no browser dialog): a new read replaces the current one
+  // as what the list shows; the current read and its review stay in the history.
+  $("requeue").onclick = () => { $("requeue-ask").hidden = false; $("requeue").hidden = true; };
+  $("requeue-no").onclick = () => { $("requeue-ask").hidden = true; $("requeue").hidden = false; };
+  $("requeue-yes").onclick = async () => {
+    $("requeue-ask").hidden = true; $("requeue").hidden = false;
     const region = $("requeue-region").value;
     try {
       await post("/api/requeue", region ? { uid, region } : { uid });
@@ -293,7 +307,9 @@ async function loadExam(uid) {
         : el("a", { href: `#/exam/${encodeURIComponent(i.uid)}` }, label);
     })] : []));
   const ai = e.ai, rad = e.rad;
-  $("ai-badges").replaceChildren(...(ai ? [badge(ai.severity, "severity (AI)"), badge(ai.confidence, "confidence %")] : []));
+  $("ai-badges").replaceChildren(...(ai ? [
+    el("span", { class: "muted" }, "severity "), badge(ai.severity, "severity (AI)"),
+    el("span", { class: "muted" }, " confidence "), badge(ai.confidence, "confidence")] : []));
   $("exam-reason").hidden = !e.reason;
   $("exam-reason").textContent = e.reason ? `${e.status} (${e.reason_code}): ${e.reason}` : "";
   $("ai-text").textContent = ai ? ai.text : "no AI report yet";
@@ -311,7 +327,8 @@ async function loadExam(uid) {
   $("history-reviews").replaceChildren(...h.reviews.map((r) => el("li", {},
     `version ${r.version}: ${r.correct ? "correct" : "incorrect"} · ${r.by} · ${when(r.at)}` +
       (r.note ? ` · ${r.note}` : ""))));
-  $("rad-badges").replaceChildren(...(rad ? [badge(rad.severity, "severity (radiologist)")] : []));
+  $("rad-badges").replaceChildren(...(rad ? [
+    el("span", { class: "muted" }, "severity "), badge(rad.severity, "severity (radiologist)")] : []));
   $("rad-name").textContent = rad ? rad.radiologist : "";
   $("rad-text").textContent = rad ? rad.text : "no radiologist report yet";
   $("rad-en").textContent = rad ? rad.text_en : "";

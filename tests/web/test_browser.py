@@ -103,6 +103,8 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert XSS in row and "PA, LAT (2 images)" in row
         # severity 7 at threshold 5, not reviewed: marked, and first in the urgent order
         assert page.get_attribute('tr[data-uid="1.2.840"]', "class") == "critical"
+        # ... by a written marker and a written-out severity, not by colour alone
+        assert "⚠ critical" in row and "⚠ 7/10" in row
         first = page.locator("#exam-rows tr").first.get_attribute("data-uid")
         assert first == "1.2.840"
         assert "studies" in page.inner_text("#page-info")
@@ -136,7 +138,11 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.wait_for_selector("#review-state:has-text('incorrect')")
 
         # Requeue, a new read arrives: the first one and its review stay, under history.
+        page.click("#requeue")  # asks first
+        page.click("#requeue-no")
+        assert page.inner_text("#requeue-result") == "" and page.is_hidden("#requeue-ask")
         page.click("#requeue")
+        page.click("#requeue-yes")
         page.wait_for_selector("#requeue-result:has-text('requeued')")
         study_read(pg_db, "FINDINGS: second read", 3, endpoint="secondary")
         page.reload()
