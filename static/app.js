@@ -297,6 +297,14 @@ async function loadExam(uid) {
     ["Priority", PRIORITY[e.priority] || String(e.priority)], ["Sent by", e.calling_aet]];
   $("exam-context").replaceChildren(...context.filter(([, v]) => v)
     .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  const template = state.config.viewer_url;
+  $("viewer-link").hidden = !template;
+  if (template) {
+    const values = { study_uid: e.study_uid || e.uid, series_uid: e.series_uid || "",
+      uid: e.uid, accession: e.accession || "" };
+    $("viewer").href = template.replace(/\{(study_uid|series_uid|uid|accession)\}/g,
+      (_, name) => encodeURIComponent(values[name]));
+  }
   const images = e.study_images || [];
   $("study-images").replaceChildren(...(images.length > 1 ? [
     el("span", { class: "muted" }, `study: ${images.length} images`),

@@ -248,3 +248,20 @@ def test_the_example_uncommented_loads_with_the_real_defaults(tmp_path):
     for region, keywords in settings.regions.items():
         assert keywords == DEFAULT_REGIONS[region], region
     assert settings.priority["ER_CR01"] == 3  # (an example: stat)
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("https://ohif.example/viewer?StudyInstanceUIDs={study_uid}", True),
+    ("http://pacs/view/{accession}/{series_uid}/{uid}", True),
+    ("", True),
+    ("https://ohif.example/viewer", False),  # nothing of the study in it
+    ("https://ohif.example/viewer?s={patient}", False),  # not a value we fill in
+    ("javascript:alert({study_uid})", False),
+])
+def test_viewer_url_template(tmp_path, value, ok):
+    env = {"XRAYVISION_WEB_VIEWER_URL": value}
+    if ok:
+        assert load_settings(tmp_path, env=env).web.viewer_url == value
+    else:
+        with pytest.raises(ConfigError, match="viewer_url"):
+            load_settings(tmp_path, env=env)

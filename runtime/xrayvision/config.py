@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,24 @@ def _url(*schemes: str, optional: bool = True) -> Callable[[str], str]:
         return text.rstrip("/") if parts.scheme.startswith("http") else text
 
     return parse
+
+
+VIEWER_FIELDS = ("study_uid", "series_uid", "uid", "accession")
+
+
+def _viewer_url(value: str) -> str:
+    """A diagnostic viewer's address for one study, with ``{study_uid}``, ``{series_uid}``,
+    ``{uid}`` (the image's SOP Instance UID) or ``{accession}`` where the study's values go
+    (e.g. OHIF: ``https://ohif.example/viewer?StudyInstanceUIDs={study_uid}``)."""
+    text = _url("http", "https")(value)
+    if not text:
+        return ""
+    names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    unknown = names - set(VIEWER_FIELDS)
+    if unknown or not names:
+        raise ValueError("expected an http(s) URL with one or more of "
+                         + ", ".join("{" + f + "}" for f in VIEWER_FIELDS))
+    return text
 
 
 def _model_url(value: str) -> str:
@@ -360,6 +379,9 @@ class WebSettings:
                            "within 15 minutes before it is locked out")
     login_lockout: float = _setting(300.0, _float(1, 86400),
                                     "seconds a locked-out user name or address waits")
+    viewer_url: str = _setting("", _viewer_url,
+                               "the hospital's diagnostic viewer for a study: a URL with "
+                               "{study_uid}, {series_uid}, {uid} or {accession}; empty: none")
 
 
 @dataclass(frozen=True)

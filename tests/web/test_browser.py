@@ -30,6 +30,7 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
        b"\x00:~\x9bU\x00\x00\x00\nIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00"
        b"\x00\x00IEND\xaeB`\x82")
 
+VIEWER = "https://viewer.example/ohif?StudyInstanceUIDs={study_uid}&image={uid}"
 INSERT = """
 import asyncio, sys
 from xrayvision.db.engine import Database, DatabaseOptions
@@ -80,7 +81,7 @@ def dashboard(tmp_path, pg_db, pg_url):
     pg_db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.2.840.3").values(
         error="no region rule matches body part 'NECK'", reason_code="no_region_rule")))
     users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
-    with web_process(tmp_path, pg_url, users) as url:
+    with web_process(tmp_path, pg_url, users, XRAYVISION_WEB_VIEWER_URL=VIEWER) as url:
         yield url
 
 
@@ -154,6 +155,9 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert page.locator("#history img").count() == 0
         page.screenshot(path=str(SHOTS / "exam-history.png"), full_page=True)
 
+        # the study in the hospital's viewer, from the settable address
+        assert page.get_attribute("#viewer", "href") == (
+            "https://viewer.example/ohif?StudyInstanceUIDs=1.2.840&image=1.2.840.1")
         # the study's context, and back to the list as it was
         context = page.inner_text("#exam-context")
         assert "Priority" in context and "routine" in context and "Received" in context

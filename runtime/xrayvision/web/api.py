@@ -180,7 +180,7 @@ def exam_json(row: ExamRow | PageRow, *, full: bool = False) -> dict[str, Any]:
             out["rad"].update(text=r.text, text_en=r.text_en, fhir_id=r.fhir_id,
                               fhir_status=r.fhir_status, updated=_iso(r.updated))
     if full:
-        out.update(body_part=e.body_part, protocol=e.protocol,
+        out.update(series_uid=e.series_uid, body_part=e.body_part, protocol=e.protocol,
                    study_description=e.study_description,
                    series_description=e.series_description, error=e.error,
                    attempts=e.attempts, calling_aet=e.calling_aet, updated=_iso(e.updated))
@@ -601,6 +601,7 @@ async def config(request: web.Request) -> web.Response:
         "read_per": settings.ai.read_per,
         # (the empty worklist says where to send images)
         "dicom": {"ae_title": settings.dicom.ae_title, "port": settings.dicom.port},
+        "viewer_url": settings.web.viewer_url,
         "roles": list(settings.server.roles),
         "endpoints": _endpoints(settings, services(request).hub),
     })
