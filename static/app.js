@@ -153,6 +153,18 @@ function renderExams(query = new URLSearchParams()) {
     if (chosen.size === String(state.config.page_size)) delete chosen.size;
     location.hash = examsHash(chosen);  // page 1 of the new list
   };
+  // A column header orders by its column (again: back to urgent first); a button inside
+  // it, so that the keyboard reaches it too.
+  const sort = state.filters.sort || "urgent";
+  for (const th of document.querySelectorAll("th[data-sort]")) {
+    const active = sort === th.dataset.sort;
+    th.setAttribute("aria-sort", active ? "descending" : "none");
+    const button = el("button", { type: "button", class: "sort" }, th.textContent, active ? " ▼" : "");
+    button.onclick = () => {
+      location.hash = examsHash({ ...state.filters, sort: active ? "" : th.dataset.sort });
+    };
+    th.replaceChildren(button);
+  }
   const go = (page) => { location.hash = examsHash({ ...state.filters, page: page > 1 ? page : "" }); };
   $("prev").onclick = () => { if (state.page > 1) go(state.page - 1); };
   $("next").onclick = () => { if (state.page < (state.pages || 1)) go(state.page + 1); };
@@ -171,6 +183,11 @@ function emptyList(studies) {
 async function loadExams(flashUid) {
   const studies = state.config.read_per === "study";
   const params = new URLSearchParams({ ...state.filters, page: state.page });
+  if (params.get("until")) {  // "to" a day includes that day (the API's until is exclusive)
+    const next = new Date(`${params.get("until")}T00:00:00Z`);
+    next.setUTCDate(next.getUTCDate() + 1);
+    params.set("until", next.toISOString().slice(0, 10));
+  }
   if (studies) params.delete("agreement");  // compared per image only
   let data;
   try {

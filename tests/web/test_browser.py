@@ -178,6 +178,19 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert page.input_value("#filters select[name=size]") == "25"
         page.go_back()  # the unfiltered list again
         page.wait_for_selector('tr[data-uid="1.2.840"]')
+        # a column header orders by it; a date range filters by receipt
+        page.click('th[data-sort="received"] button')
+        page.wait_for_function("location.hash.includes('sort=received')")
+        page.wait_for_selector('th[data-sort="received"][aria-sort="descending"]')
+        assert page.input_value("#filters select[name=sort]") == "received"
+        page.fill("#filters input[name=since]", "2099-01-01")
+        page.click("#filters button[type=submit]")
+        page.wait_for_selector("td.empty:has-text('match these filters')")
+        day = "new Date(Date.now() + %d * 864e5).toISOString().slice(0, 10)"
+        page.fill("#filters input[name=since]", page.evaluate(day % -1))
+        page.fill("#filters input[name=until]", page.evaluate(day % 0))  # through today
+        page.click("#filters button[type=submit]")
+        page.wait_for_selector('tr[data-uid="1.2.840"]')
 
         page.goto(dashboard + "/#/stats")
         page.wait_for_selector("#chart-severity svg")
