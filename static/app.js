@@ -366,35 +366,55 @@ async function loadExam(uid) {
 
 // --- statistics ----------------------------------------------------------------------
 
-function bars(container, labels, series) {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", "0 0 400 220");
+function svgEl(tag, attrs = {}, text = "") {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== "") node.textContent = text;
+  return node;
+}
+
+function bars(container, labels, series, { xTitle = "", yTitle = "count", empty = "nothing yet" } = {}) {
+  // A bar chart with its axes, their titles, values on the bars and a legend; an empty
+  // one says so instead of drawing a flat line.
+  if (!series.some((s) => s.values.some((v) => v > 0))) {
+    container.replaceChildren(el("p", { class: "muted empty" }, empty));
+    return;
+  }
+  const left = 36, bottom = 190, top = 14, width = 360;
+  const svg = svgEl("svg", { viewBox: "0 0 400 232", role: "img",
+    "aria-label": `${series.map((s) => s.name).join(" and ")} by ${xTitle || "day"}` });
   const max = Math.max(1, ...series.flatMap((s) => s.values));
-  const slot = 380 / Math.max(1, labels.length), width = slot / (series.length + 1);
+  for (const tick of [0, Math.ceil(max / 2), max]) {  // y axis: 0, half, top
+    const y = bottom - (tick / max) * (bottom - top);
+    svg.append(svgEl("line", { x1: left, x2: left + width, y1: y, y2: y, class: "grid" }),
+      svgEl("text", { x: left - 4, y: y + 3, "text-anchor": "end" }, String(tick)));
+  }
+  svg.append(svgEl("text", { x: 10, y: (top + bottom) / 2, transform: `rotate(-90 10 ${(top + bottom) / 2})`,
+    "text-anchor": "middle" }, yTitle));
+  const slot = width / Math.max(1, labels.length), w = slot / (series.length + 0.5);
   labels.forEach((label, i) => {
     series.forEach((s, k) => {
-      const h = (s.values[i] / max) * 180;
-      const rect = document.createElementNS(ns, "rect");
-      rect.setAttribute("x", 10 + i * slot + k * width);
-      rect.setAttribute("y", 195 - h);
-      rect.setAttribute("width", width * 0.9);
-      rect.setAttribute("height", h);
-      rect.setAttribute("class", s.cls);
-      const title = document.createElementNS(ns, "title");
-      title.textContent = `${s.name} ${label}: ${s.values[i]}`;
-      rect.append(title);
+      const v = s.values[i], h = (v / max) * (bottom - top), x = left + i * slot + k * w + w * 0.25;
+      const rect = svgEl("rect", { x, y: bottom - h, width: w * 0.9, height: h, class: s.cls });
+      rect.append(svgEl("title", {}, `${s.name}, ${xTitle} ${label}: ${v}`));
       svg.append(rect);
+      if (v > 0 && labels.length <= 16) {
+        svg.append(svgEl("text", { x: x + w * 0.45, y: bottom - h - 2, "text-anchor": "middle", class: "value" }, String(v)));
+      }
     });
     if (labels.length <= 31) {
-      const text = document.createElementNS(ns, "text");
-      text.setAttribute("x", 10 + i * slot);
-      text.setAttribute("y", 212);
-      text.textContent = label;
-      svg.append(text);
+      svg.append(svgEl("text", { x: left + i * slot + slot / 2, y: bottom + 13, "text-anchor": "middle" }, label));
     }
   });
-  container.replaceChildren(svg, el("p", { class: "muted" }, series.map((s) => s.name).join(" · ")));
+  svg.append(svgEl("line", { x1: left, x2: left + width, y1: bottom, y2: bottom, class: "axis" }),
+    svgEl("text", { x: left + width / 2, y: 228, "text-anchor": "middle" }, xTitle));
+  const legend = el("p", { class: "legend" }, ...series.map((s) =>
+    el("span", {}, el("span", { class: `swatch ${s.cls}` }), ` ${s.name} (${s.values.reduce((a, b) => a + b, 0)})`)));
+  container.replaceChildren(svg, legend);
+}
+
+function keyValues(target, rows) {
+  target.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
 
 function pct(v) { return v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)}%`; }
@@ -407,33 +427,56 @@ function agreementRow(name, count, a) {
 
 function agreementTable(table, label, rows) {
   const head = el("tr", {}, ...[label, "n", "TP", "TN", "FP", "FN", "n/a", "sens.", "spec."].map((h) => el("th", {}, h)));
-  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+  const none = el("tr", {}, el("td", { colspan: 9, class: "muted" }, "Nothing to compare yet."));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(rows.length ? rows : [none])));
 }
 
 async function renderStats() {
   view().replaceChildren($("tpl-stats").content.cloneNode(true));
   try {
-    const [g, regional, rads, timeline] = await Promise.all([
+    const [g, regional, rads, timeline, insights] = await Promise.all([
       api("/api/stats/global"), api("/api/stats/regional"), api("/api/stats/radiologists"),
-      api("/api/stats/timeline?period=day")]);
+      api("/api/stats/timeline?period=day"), api("/api/stats/insights")]);
     const sev = [...Array(12).keys()].map((i) => String(i - 1));
-    bars($("chart-severity"), sev, [
+    bars($("chart-severity"), sev.map((s) => (s === "-1" ? "–" : s)), [
       { name: "AI", cls: "ai", values: sev.map((s) => g.severity.ai[s] || 0) },
-      { name: "radiologist", cls: "rad", values: sev.map((s) => g.severity.rad[s] || 0) }]);
+      { name: "radiologist", cls: "rad", values: sev.map((s) => g.severity.rad[s] || 0) }],
+    { xTitle: "severity (– not assessed)", yTitle: state.config.read_per === "study" ? "studies" : "exams",
+      empty: "No AI reads or radiologist reports yet." });
+    const st = g.statuses;
+    keyValues($("queue-counts"), [["waiting", st.queued + st.requeue], ["being read", st.processing],
+      ["read", st.done], ["ignored (no region)", st.ignore], ["failed (error)", st.error],
+      ["converting", st.none]]);
+    const r = g.reviews, reviewed = r.correct + r.incorrect;
+    keyValues($("review-counts"), [["correct", r.correct], ["incorrect", r.incorrect],
+      ["not reviewed", r.not_reviewed],
+      ["reviewers agree with the AI", reviewed ? pct(r.correct / reviewed) : "–"]]);
+    const endpoints = Object.entries(g.model);
+    $("latency").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "endpoint"),
+      el("th", {}, "reads"), el("th", {}, "average seconds"))), el("tbody", {}, ...(endpoints.length
+      ? endpoints.map(([name, m]) => el("tr", {}, el("td", {}, name || "(none)"), el("td", {}, m.reports),
+        el("td", {}, m.avg_seconds.toFixed(2))))
+      : [el("tr", {}, el("td", { colspan: 3, class: "muted" }, "No AI reads yet."))])));
+    const missed = insights.most_missed_regions;
+    $("insights").replaceChildren(...(missed.length
+      ? missed.map((m) => el("li", {}, `${m.region}: ${m.false_negatives} missed by the AI ` +
+        `(sensitivity ${pct(m.sensitivity)})`))
+      : [el("li", { class: "muted" }, "No findings the AI missed (against the radiologists' reports).")]));
     const a = g.agreement;
     $("matrix").replaceChildren(
       el("tr", {}, el("th", {}, ""), el("th", {}, "radiologist +"), el("th", {}, "radiologist −")),
       el("tr", {}, el("th", {}, "AI +"), el("td", {}, a.tp), el("td", {}, a.fp)),
       el("tr", {}, el("th", {}, "AI −"), el("td", {}, a.fn), el("td", {}, a.tn)));
-    $("ratios").replaceChildren(...[["threshold", g.threshold], ["sensitivity", pct(a.sensitivity)],
+    keyValues($("ratios"), [["threshold", g.threshold], ["sensitivity", pct(a.sensitivity)],
       ["specificity", pct(a.specificity)], ["PPV", pct(a.ppv)], ["NPV", pct(a.npv)],
-      ["F1", pct(a.f1)], ["not assessed", a.not_assessed]].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+      ["F1", pct(a.f1)], ["not assessed", a.not_assessed]]);
     const days = timeline.timeline.slice(-31);
     bars($("chart-throughput"), days.map((d) => d.start.slice(5)), [
       { name: "received", cls: "received", values: days.map((d) => d.received) },
-      { name: "reported", cls: "reported", values: days.map((d) => d.reported) }]);
-    agreementTable($("per-region"), "region", regional.regions.map((r) => agreementRow(r.region, r.exams, r.agreement)));
-    agreementTable($("per-radiologist"), "radiologist", rads.radiologists.map((r) => agreementRow(r.radiologist, r.reports, r.agreement)));
+      { name: "reported", cls: "reported", values: days.map((d) => d.reported) }],
+    { xTitle: "day (UTC, last 31)", yTitle: "images", empty: "Nothing received yet." });
+    agreementTable($("per-region"), "region", regional.regions.map((x) => agreementRow(x.region, x.exams, x.agreement)));
+    agreementTable($("per-radiologist"), "radiologist", rads.radiologists.map((x) => agreementRow(x.radiologist, x.reports, x.agreement)));
   } catch (err) {
     view().append(el("p", { class: "error" }, err.message));
   }

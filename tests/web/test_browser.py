@@ -194,7 +194,12 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
 
         page.goto(dashboard + "/#/stats")
         page.wait_for_selector("#chart-severity svg")
-        page.screenshot(path=str(SHOTS / "stats.png"))
+        # axes, values and a legend with totals; the counts behind the charts
+        assert "AI (1)" in page.inner_text("#chart-severity .legend")
+        assert page.locator("#chart-severity text.value").count() >= 1
+        assert "ignored (no region)\n1" in page.inner_text("#queue-counts")
+        assert "secondary\t1" in page.inner_text("#latency")  # the current read's
+        page.screenshot(path=str(SHOTS / "stats.png"), full_page=True)
         browser.close()
     (first,) = pg_db.read_sync(repo.ai_history, "1.2.840.1").versions
     assert (first.review_correct, first.review_note, first.reviewed_by) == (
@@ -225,6 +230,12 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
             empty = page.inner_text("#exam-rows")
             assert "No studies yet" in empty and "AE title XRAYVISION, port " in empty
             page.screenshot(path=str(SHOTS / "exams-empty.png"))
+            page.goto(url + "/#/stats")  # and the statistics say there is nothing yet
+            page.wait_for_selector("#chart-severity .empty")
+            assert "No AI reads" in page.inner_text("#latency")
+            page.screenshot(path=str(SHOTS / "stats-empty.png"), full_page=True)
+            page.goto(url + "/#/exams")
+            page.wait_for_selector("td.empty")
         page.wait_for_selector("#live.off")
         subprocess.run([sys.executable, "-c", INSERT, pg_url, "1.2.841.1"], check=True)
         with web_process(tmp_path / "again", pg_url, users, port=port):
