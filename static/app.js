@@ -226,6 +226,16 @@ async function loadExams(flashUid) {
     if (e.uid === flashUid) tr.classList.add("flash");
     const page = studies ? e.first_image : e.uid;
     tr.onclick = () => { location.hash = `#/exam/${page}`; };
+    // The keyboard alone works the list: Tab or arrows move between rows, Enter opens one.
+    tr.tabIndex = 0;
+    tr.setAttribute("aria-label", `open ${studies ? "study" : "exam"}: ${what}, ${status.textContent || status}`);
+    tr.onkeydown = (ev) => {
+      if (ev.key === "Enter") tr.onclick();
+      else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+        ev.preventDefault();
+        (ev.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling)?.focus();
+      }
+    };
     return tr;
   }));
   const unit = studies ? (data.total === 1 ? "study" : "studies") : (data.total === 1 ? "exam" : "exams");

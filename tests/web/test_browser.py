@@ -92,7 +92,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         context = browser.new_context(http_credentials={"username": "rad",
                                                         "password": PASSWORDS["rad"]},
-                                      viewport={"width": 1400, "height": 900})
+                                      viewport={"width": 1440, "height": 900})
         page = context.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -111,6 +111,9 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert "studies" in page.inner_text("#page-info")
         assert "ignore: no_region_rule" in page.inner_text('tr[data-uid="1.2.840.3"]')
         page.screenshot(path=str(SHOTS / "exams.png"))
+        page.set_viewport_size({"width": 768, "height": 1024})  # a tablet, a narrow window
+        page.screenshot(path=str(SHOTS / "exams-768.png"))
+        page.set_viewport_size({"width": 1440, "height": 900})
 
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", INSERT, pg_url, "1.2.840.2"], check=True)
@@ -120,7 +123,14 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert shown - inserted <= 2.0, (
             f"took {shown - inserted:.2f} s (insert {inserted - started:.2f} s)")
 
-        page.click('tr[data-uid="1.2.840"]')  # its first image's page
+        # keyboard only: to the first row, down to the next and back, Enter opens it
+        page.focus('tr[data-uid="1.2.840"]')
+        page.keyboard.press("ArrowDown")
+        second = page.locator("#exam-rows tr").nth(1).get_attribute("data-uid")
+        assert page.evaluate("document.activeElement.dataset.uid") == second != "1.2.840"
+        page.keyboard.press("ArrowUp")
+        assert page.evaluate("document.activeElement.dataset.uid") == "1.2.840"
+        page.keyboard.press("Enter")  # its first image's page
         page.wait_for_selector("#ai-text")
         page.wait_for_function("document.getElementById('ai-text').textContent.length > 0")
         assert page.inner_text("#ai-text") == f"FINDINGS: {XSS}"
@@ -131,6 +141,9 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert page.locator("#ai-text img").count() == 0
         page.wait_for_function("document.getElementById('xray').naturalWidth > 0")
         page.screenshot(path=str(SHOTS / "exam.png"))
+        page.set_viewport_size({"width": 768, "height": 1024})
+        page.screenshot(path=str(SHOTS / "exam-768.png"), full_page=True)
+        page.set_viewport_size({"width": 1440, "height": 900})
 
         page.check('#review input[value="false"]')
         page.fill("#review textarea", "missed effusion")
@@ -220,7 +233,7 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         context = browser.new_context(http_credentials={"username": "rad",
                                                         "password": PASSWORDS["rad"]},
-                                      viewport={"width": 1400, "height": 900})
+                                      viewport={"width": 1440, "height": 900})
         page = context.new_page()
         page.on("pageerror", lambda e: errors.append(str(e)))
         with web_process(tmp_path / "first", pg_url, users, port=port) as url:
