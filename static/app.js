@@ -492,6 +492,50 @@ async function renderStats() {
   }
 }
 
+// --- admin ---------------------------------------------------------------------------
+
+async function renderAdmin() {
+  view().replaceChildren($("tpl-admin").content.cloneNode(true));
+  try {
+    const { users } = await api("/api/admin/users");
+    $("users").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "user"), el("th", {}, "role"))),
+      el("tbody", {}, ...users.map((u) => el("tr", {}, el("td", {}, u.username), el("td", {}, u.role)))));
+  } catch (err) { $("users").replaceChildren(el("caption", { class: "error" }, err.message)); }
+  const form = $("audit-filters");
+  let filters = {};
+  const load = async (before) => {
+    const params = new URLSearchParams(filters);
+    if (params.get("until")) {  // through the "to" day
+      const next = new Date(`${params.get("until")}T00:00:00Z`);
+      next.setUTCDate(next.getUTCDate() + 1);
+      params.set("until", next.toISOString().slice(0, 10));
+    }
+    if (before) params.set("before", before);
+    let page;
+    try { page = await api(`/api/admin/audit?${params}`); }
+    catch (err) { $("audit").replaceChildren(el("caption", { class: "error" }, err.message)); return; }
+    const rows = page.entries.map((e) => el("tr", { dataset: { id: e.id } }, el("td", {}, when(e.at)),
+      el("td", {}, e.user), el("td", {}, e.action), el("td", {}, e.target), el("td", {}, e.remote),
+      el("td", {}, e.detail)));
+    const body = before ? $("audit").querySelector("tbody") : el("tbody");
+    if (!before) {
+      $("audit").replaceChildren(el("thead", {}, el("tr", {}, ...["when", "user", "action", "target",
+        "from", "detail"].map((h) => el("th", {}, h)))), body);
+    }
+    body.append(...rows);
+    if (!body.children.length) body.append(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No entries.")));
+    const more = $("audit-more");
+    more.hidden = !page.more;
+    more.onclick = () => load(page.entries[page.entries.length - 1].id);
+  };
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    filters = Object.fromEntries([...new FormData(form)].filter(([, v]) => v !== ""));
+    load();
+  };
+  load();
+}
+
 // --- ad-hoc check --------------------------------------------------------------------
 
 function renderCheck() {
@@ -526,6 +570,7 @@ function route() {
   if (r.name === "exam" && r.arg) renderExam(r.arg);
   else if (r.name === "stats") renderStats();
   else if (r.name === "check") renderCheck();
+  else if (r.name === "admin" && state.config.can.admin) renderAdmin();
   else renderExams(r.query);
 }
 
@@ -545,6 +590,7 @@ async function start() {
   }
   $("user").textContent = `${state.config.user} (${state.config.role})`;
   if (!state.config.can.check) document.querySelector('[data-nav="check"]').hidden = true;
+  document.querySelector('[data-nav="admin"]').hidden = !state.config.can.admin;
   window.addEventListener("hashchange", route);
   route();
   connect();

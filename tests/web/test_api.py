@@ -34,8 +34,10 @@ ROUTES = [
     ("POST", "/api/requeue", {"uid": "1.2.3.2"}, "requeue"),
     ("GET", "/api/config", None, "read"),
     ("GET", "/api/spec", None, "read"),
+    ("GET", "/api/admin/users", None, "admin"),
+    ("GET", "/api/admin/audit", None, "admin"),
 ]
-RIGHTS = {"admin": {"read", "check", "review", "requeue"},
+RIGHTS = {"admin": {"read", "check", "review", "requeue", "admin"},
           "rad": {"read", "check", "review", "requeue"},
           "viewer": {"read"}}
 
@@ -488,3 +490,31 @@ async def test_stale_statistics_are_answered_while_one_refresh_runs():
     for _ in range(10):
         await asyncio.sleep(0)
     assert await cache.get("k", compute) == 2
+
+
+async def test_admin_sees_users_and_the_audit_log_filtered_and_paged(api):
+    client, services = api
+    h = basic("admin")
+    users = await (await client.get("/api/admin/users", headers=h)).json()
+    assert users == {"users": [{"username": "admin", "role": "admin"},
+                               {"username": "rad", "role": "radiologist"},
+                               {"username": "viewer", "role": "viewer"}]}
+    assert "scrypt" not in str(users)
+    await client.get("/api/config", headers=basic("rad"))  # a login
+    await client.get("/api/config", headers=basic("rad", "wrong"))  # a failed one
+    for i in range(120):
+        services.db.write_sync(repo.audit, "requeue", username="rad", target=f"1.2.{i}")
+    page = await (await client.get("/api/admin/audit?user=rad&action=login",
+                                   headers=h)).json()
+    assert [e["action"] for e in page["entries"]] == ["login.failed", "login"]
+    assert page["more"] is False
+    first = await (await client.get("/api/admin/audit?action=requeue", headers=h)).json()
+    assert len(first["entries"]) == 100 and first["more"] is True
+    assert first["entries"][0]["target"] == "1.2.119"  # newest first
+    rest = await (await client.get(
+        f"/api/admin/audit?action=requeue&before={first['entries'][-1]['id']}",
+        headers=h)).json()
+    assert len(rest["entries"]) == 20 and rest["entries"][-1]["target"] == "1.2.0"
+    later = await (await client.get("/api/admin/audit?since=2999-01-01", headers=h)).json()
+    assert later["entries"] == []
+    assert (await client.get("/api/admin/audit?before=x", headers=h)).status == 400

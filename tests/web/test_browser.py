@@ -257,3 +257,34 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
             page.screenshot(path=str(SHOTS / "exams-after-restart.png"))
         browser.close()
     assert errors == []
+
+
+def test_the_admin_page_lists_users_and_the_audit_log(dashboard):
+    """An admin sees who may sign in and what was done; other roles see no Admin."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        for user, admin in (("rad", False), ("admin", True)):
+            context = browser.new_context(http_credentials={"username": user,
+                                                            "password": PASSWORDS[user]},
+                                          viewport={"width": 1440, "height": 900})
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+            page.goto(dashboard + "/")
+            page.wait_for_selector("#live.on")
+            assert page.is_visible('[data-nav="admin"]') is admin
+            if admin:
+                page.click('[data-nav="admin"]')
+                page.wait_for_selector("#users td")
+                assert "radiologist" in page.inner_text("#users")
+                page.wait_for_selector("#audit td")
+                page.fill("#audit-filters input[name=action]", "login")
+                page.click("#audit-filters button[type=submit]")
+                page.wait_for_function(
+                    "[...document.querySelectorAll('#audit tbody tr td:nth-child(3)')]"
+                    ".every((td) => td.textContent.startsWith('login'))")
+                assert "admin" in page.inner_text("#audit tbody")
+                page.screenshot(path=str(SHOTS / "admin.png"), full_page=True)
+            assert errors == []
+            context.close()
+        browser.close()

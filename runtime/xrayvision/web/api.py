@@ -28,7 +28,7 @@ from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
 from xrayvision.web.cache import AggregateCache
-from xrayvision.web.context import CLIENT_IP, IDENTITY, SERVICES, SETTINGS, Services
+from xrayvision.web.context import AUTH, CLIENT_IP, IDENTITY, SERVICES, SETTINGS, Services
 from xrayvision.web.live import Hub
 
 MAX_TEXT = 20000
@@ -607,6 +607,38 @@ async def config(request: web.Request) -> web.Response:
     })
 
 
+AUDIT_PAGE = 100
+
+
+async def users(request: web.Request) -> web.Response:
+    """The users and their roles (from ``[users]``; never a hash): admins only."""
+    require(request, ADMIN)
+    return web.json_response({"users": [
+        {"username": name, "role": user.role}
+        for name, user in sorted(request.app[AUTH].users.items())]})
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    """The audit log, newest first, 100 rows a page (``before`` = the last id seen):
+    filtered by ``user``, ``action`` (a prefix) and ``since``/``until``. Admins only."""
+    require(request, ADMIN)
+    since, until = _window(request)
+    query = request.query
+    before = query.get("before")
+    if before is not None and not before.isdigit():
+        raise bad_request("before must be a row id (a positive integer)")
+    username, action = query.get("user", ""), query.get("action", "")
+    if len(username) > 128 or len(action) > 64:
+        raise bad_request("user is at most 128 characters, action at most 64")
+    rows = await database(request).read(
+        repo.audit_page, username=username, action=action, since=since, until=until,
+        before_id=int(before) if before is not None else None, size=AUDIT_PAGE)
+    return web.json_response({"entries": [
+        {"id": r.id, "at": _iso(r.ts), "user": r.username, "action": r.action,
+         "target": r.target, "remote": r.remote, "detail": r.detail} for r in rows],
+        "more": len(rows) == AUDIT_PAGE})
+
+
 def _endpoints(settings: Settings, hub: Hub | None) -> list[dict]:
     """The model endpoints (base URL without credentials, model) with the relays' last
     view of them: up or down and the last error."""
@@ -661,5 +693,7 @@ def setup_api_routes(app: web.Application) -> None:
     r.add_post("/api/analyse", analyse)
     r.add_post("/api/rad_review", rad_review)
     r.add_post("/api/requeue", requeue)
+    r.add_get("/api/admin/users", users)
+    r.add_get("/api/admin/audit", audit_log)
     r.add_get("/api/config", config)
     r.add_get("/api/spec", spec)

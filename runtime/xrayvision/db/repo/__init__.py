@@ -55,6 +55,7 @@ from xrayvision.db.repo.reports import (
 )
 from xrayvision.db.repo.state import (
     audit,
+    audit_page,
     get_state,
     insert_state,
     record_retrieval,
@@ -92,7 +93,8 @@ __all__ = [
     "AGREEMENT_GROUPS", "AIHistory", "IDENTITY_FIELDS", "MAX_PAGE_SIZE", "SORTS", "ExamFilter",
     "ExamInfo", "ExamRow",
     "Page", "PageRow", "PatientInfo", "PollExam", "ReportContext", "agreement_condition",
-    "agreement_counts", "ai_history", "audit", "count_matching", "enrich_patient", "exam_exists",
+    "agreement_counts", "ai_history", "audit", "audit_page", "count_matching", "enrich_patient",
+    "exam_exists",
     "exam_identity", "exam_page", "exams_received_before", "exams_with_status",
     "finish_conversion", "get_exam", "get_state", "identity_of", "insert_received",
     "insert_state", "list_exams", "oldest_claimable", "poll_exams", "purge_error_exams",

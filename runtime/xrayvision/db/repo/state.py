@@ -3,6 +3,8 @@ and the audit log."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import (
     func,
     select,
@@ -69,3 +71,23 @@ def insert_state(session: Session, key: str, value: str) -> None:
     session.add(State(key=key, value=value, updated=utcnow()))
     session.flush()
 
+
+
+def audit_page(session: Session, *, username: str = "", action: str = "",
+               since: dt.datetime | None = None, until: dt.datetime | None = None,
+               before_id: int | None = None, size: int = 100) -> list[AuditLog]:
+    """Audit rows, newest first, ``size`` at most: of one user name, of actions starting
+    with ``action`` (``login`` also finds ``login.failed``), in a time window, and older
+    than row ``before_id`` (the next page: ids only grow)."""
+    query = select(AuditLog)
+    if username:
+        query = query.where(AuditLog.username == username)
+    if action:
+        query = query.where(AuditLog.action.startswith(action, autoescape=True))
+    if since is not None:
+        query = query.where(AuditLog.ts >= since)
+    if until is not None:
+        query = query.where(AuditLog.ts < until)
+    if before_id is not None:
+        query = query.where(AuditLog.id < before_id)
+    return list(session.scalars(query.order_by(AuditLog.id.desc()).limit(size)))
