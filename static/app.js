@@ -19,8 +19,15 @@ function el(tag, attrs = {}, ...children) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const method = (options.method || "GET").toUpperCase();
+  // Ours: no Basic challenge (no browser dialog); a change carries the sign-in's CSRF token.
+  const headers = { "X-Requested-With": "XRayVision", ...(options.headers || {}) };
+  if (method !== "GET" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
+  const response = await fetch(path, { credentials: "same-origin", ...options, headers });
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (response.status === 401 && state.config && path !== "/api/session") {
+    showSignIn("Your sign-in has ended (signed out elsewhere, or unused too long): sign in again.");
+  }
   if (!response.ok) {
     const detail = body && body.detail ? body.detail : response.statusText;
     throw new Error(`${response.status}: ${detail}`);
@@ -581,17 +588,66 @@ function refresh() {
   else if (r.name !== "check") loadExams();  // (the check page holds what was typed)
 }
 
+// --- sign-in ---------------------------------------------------------------------------
+
+function showSignIn(message = "") {
+  state.config = null;
+  if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
+  for (const a of document.querySelectorAll("[data-nav]")) a.hidden = true;
+  $("signout").hidden = true;
+  $("live").hidden = true;
+  $("user").textContent = "";
+  view().replaceChildren($("tpl-signin").content.cloneNode(true));
+  $("signin-message").textContent = message;
+  const form = $("signin");
+  form.username.focus();
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    $("signin-message").textContent = "";
+    try {
+      const who = await post("/api/session", { username: form.username.value, password: form.password.value });
+      state.csrf = who.csrf;
+      start();
+    } catch (err) {
+      form.password.value = "";
+      form.password.focus();
+      $("signin-message").textContent = err.message.replace(/^\d+: /, "");
+    }
+  };
+}
+
+async function signOut() {
+  try { await api("/api/session", { method: "DELETE" }); } catch (err) { /* ended already */ }
+  state.csrf = "";
+  showSignIn("Signed out.");
+}
+
 async function start() {
   try {
+    // Signed in? (Asked without a 401, so that a first visit logs no error; the browser
+    // signs in by the page, HTTP Basic is for API clients.)
+    const who = await api("/api/session");
+    if (!who.user) { showSignIn(); return; }
     state.config = await api("/api/config");
   } catch (err) {
-    view().replaceChildren(el("p", { class: "error" }, `cannot load the configuration: ${err.message}`));
+    if (err.message.startsWith("401")) { showSignIn(); return; }
+    const retry = el("button", { type: "button" }, "Try again");
+    retry.onclick = () => start();
+    view().replaceChildren(el("p", { class: "error" }, `cannot load the configuration: ${err.message}`), retry);
     return;
   }
+  state.csrf = state.config.csrf || state.csrf || "";
   $("user").textContent = `${state.config.user} (${state.config.role})`;
+  $("live").hidden = false;
+  for (const a of document.querySelectorAll("[data-nav]")) a.hidden = false;
   if (!state.config.can.check) document.querySelector('[data-nav="check"]').hidden = true;
   document.querySelector('[data-nav="admin"]').hidden = !state.config.can.admin;
-  window.addEventListener("hashchange", route);
+  $("signout").hidden = !state.config.csrf;  // signed in by the page (HTTP Basic cannot sign out)
+  $("signout").onclick = signOut;
+  if (!state.started) {
+    state.started = true;
+    window.addEventListener("hashchange", () => { if (state.config) route(); });
+  }
   route();
   connect();
 }

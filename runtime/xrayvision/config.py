@@ -379,6 +379,9 @@ class WebSettings:
                            "within 15 minutes before it is locked out")
     login_lockout: float = _setting(300.0, _float(1, 86400),
                                     "seconds a locked-out user name or address waits")
+    session_idle: float = _setting(1800.0, _float(60, 7 * 86400),
+                                   "seconds a dashboard sign-in lasts unused (then sign in "
+                                   "again)")
     viewer_url: str = _setting("", _viewer_url,
                                "the hospital's diagnostic viewer for a study: a URL with "
                                "{study_uid}, {series_uid}, {uid} or {accession}; empty: none")

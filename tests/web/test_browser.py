@@ -58,6 +58,15 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
+def sign_in(page, user: str) -> None:
+    """Through the sign-in page, as a user does (the cookie then signs in every request)."""
+    page.wait_for_selector("#signin")
+    page.fill("#signin input[name=username]", user)
+    page.fill("#signin input[name=password]", PASSWORDS[user])
+    page.click("#signin button[type=submit]")
+    page.wait_for_selector("#signin", state="detached")
+
+
 def study_read(db, text: str, severity: int, **fields) -> None:
     """A read of study 1.2.840 as the relay stores it (claimed, stored, completed)."""
     def read(session):
@@ -90,14 +99,13 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
     errors, dialogs = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        context = browser.new_context(http_credentials={"username": "rad",
-                                                        "password": PASSWORDS["rad"]},
-                                      viewport={"width": 1440, "height": 900})
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
         page = context.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(dashboard + "/")
+        sign_in(page, "rad")
         page.wait_for_selector('tr[data-uid="1.2.840"]')  # the study
         page.wait_for_selector("#live.on")
         row = page.inner_text('tr[data-uid="1.2.840"]')
@@ -231,13 +239,12 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
     errors = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        context = browser.new_context(http_credentials={"username": "rad",
-                                                        "password": PASSWORDS["rad"]},
-                                      viewport={"width": 1440, "height": 900})
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
         page = context.new_page()
         page.on("pageerror", lambda e: errors.append(str(e)))
         with web_process(tmp_path / "first", pg_url, users, port=port) as url:
             page.goto(url + "/")
+            sign_in(page, "rad")
             page.wait_for_selector("#live.on")
             # nothing received yet: the list says where to send images
             empty = page.inner_text("#exam-rows")
@@ -264,13 +271,12 @@ def test_the_admin_page_lists_users_and_the_audit_log(dashboard):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         for user, admin in (("rad", False), ("admin", True)):
-            context = browser.new_context(http_credentials={"username": user,
-                                                            "password": PASSWORDS[user]},
-                                          viewport={"width": 1440, "height": 900})
+            context = browser.new_context(viewport={"width": 1440, "height": 900})
             page = context.new_page()
             errors = []
             page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
             page.goto(dashboard + "/")
+            sign_in(page, user)
             page.wait_for_selector("#live.on")
             assert page.is_visible('[data-nav="admin"]') is admin
             if admin:
@@ -288,3 +294,39 @@ def test_the_admin_page_lists_users_and_the_audit_log(dashboard):
             assert errors == []
             context.close()
         browser.close()
+
+
+def test_sign_in_page_wrong_password_retry_and_sign_out(dashboard):
+    """No HTTP Basic in the browser: the sign-in page (no browser dialog), a wrong
+    password said on the page and tried again, the list, then signing out."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(dashboard + "/")
+        page.wait_for_selector("#signin")
+        assert page.is_hidden('[data-nav="stats"]')
+        page.screenshot(path=str(SHOTS / "signin.png"))
+        page.fill("#signin input[name=username]", "rad")
+        page.fill("#signin input[name=password]", "not-it")
+        page.click("#signin button[type=submit]")
+        page.wait_for_selector("#signin-message:has-text('wrong username or password')")
+        page.screenshot(path=str(SHOTS / "signin-wrong.png"))
+        page.fill("#signin input[name=password]", PASSWORDS["rad"])
+        page.click("#signin button[type=submit]")
+        page.wait_for_selector('tr[data-uid="1.2.840"]')
+        page.wait_for_selector("#live.on")  # the WebSocket signs in by the cookie too
+        assert "rad (radiologist)" in page.inner_text("#user")
+        # a change made with the cookie carries its CSRF token
+        page.click('tr[data-uid="1.2.840"]')
+        page.wait_for_selector("#review")
+        page.check('#review input[value="true"]')
+        page.click("#review button[type=submit]")
+        page.wait_for_selector("#review-result:has-text('saved')")
+        page.click("#signout")
+        page.wait_for_selector("#signin-message:has-text('Signed out')")
+        page.reload()  # the cookie is gone: the sign-in page again
+        page.wait_for_selector("#signin")
+        browser.close()
+    assert errors == []

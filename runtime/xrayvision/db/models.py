@@ -445,3 +445,18 @@ class TallyFact(Base):
     review: Mapped[int] = mapped_column(Integer)
     endpoint: Mapped[str] = mapped_column(String(32))
     latency: Mapped[float] = mapped_column(Float)
+
+
+class WebSession(Base):
+    """A dashboard sign-in (a cookie): kept by its token's SHA-256 only, the token itself
+    is never stored; ``csrf`` is what the page must echo on every change it asks for."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_web_sessions_last_seen", "last_seen"),)

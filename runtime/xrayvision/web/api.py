@@ -28,7 +28,15 @@ from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
 from xrayvision.web.cache import AggregateCache
-from xrayvision.web.context import AUTH, CLIENT_IP, IDENTITY, SERVICES, SETTINGS, Services
+from xrayvision.web.context import (
+    AUTH,
+    CLIENT_IP,
+    IDENTITY,
+    SERVICES,
+    SESSION_CSRF,
+    SETTINGS,
+    Services,
+)
 from xrayvision.web.live import Hub
 
 MAX_TEXT = 20000
@@ -602,6 +610,8 @@ async def config(request: web.Request) -> web.Response:
         # (the empty worklist says where to send images)
         "dicom": {"ae_title": settings.dicom.ae_title, "port": settings.dicom.port},
         "viewer_url": settings.web.viewer_url,
+        # signed in by the cookie: what the page sends with every change (else "")
+        "csrf": request.get(SESSION_CSRF, ""),
         "roles": list(settings.server.roles),
         "endpoints": _endpoints(settings, services(request).hub),
     })

@@ -28,6 +28,7 @@ from xrayvision.web.context import (
 )
 from xrayvision.web.health import READINESS, WEB_ROLE, Readiness, setup_health_routes
 from xrayvision.web.ratelimit import SlidingWindow
+from xrayvision.web.signin import setup_signin_routes
 
 
 def static_dir() -> Path:
@@ -82,6 +83,7 @@ def init_app(settings: Settings, readiness: Readiness) -> web.Application:
     app[WEB_ROLE] = "web" in settings.server.roles
     if app[WEB_ROLE]:
         setup_api_routes(app)
+        setup_signin_routes(app)
         app.router.add_get("/ws", websocket)
         app.router.add_get("/", index)
         app.router.add_static("/static/", static_dir(), append_version=False)

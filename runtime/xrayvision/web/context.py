@@ -39,3 +39,4 @@ LOGIN_GUARD = web.AppKey("login_guard", LoginGuard)
 LIMITER = web.AppKey("limiter", SlidingWindow)
 IDENTITY = web.RequestKey("identity", Identity)
 CLIENT_IP = web.RequestKey("client_ip", str)
+SESSION_CSRF = web.RequestKey("session_csrf", str)  # set when signed in by the cookie

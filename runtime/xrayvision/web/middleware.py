@@ -1,5 +1,6 @@
 """Middlewares, outermost first: metrics and security headers, JSON errors, rate limit,
-authentication of ``/api/*``, ``/ws`` and, with ``[web] metrics_auth``, ``/metrics``.
+authentication of ``/api/*``, ``/ws`` and, with ``[web] metrics_auth``, ``/metrics``: by
+HTTP Basic (API clients) or the dashboard's sign-in cookie (``web/signin.py``).
 
 Every error a client sees is JSON ``{"error": <short name>, "detail": <what to do>}``
 with the matching status.
@@ -8,6 +9,9 @@ with the matching status.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from xrayvision import metrics
 from xrayvision.db import repo
 from xrayvision.db.engine import is_disk_full, is_transient
-from xrayvision.web.auth import Authenticator, LoginGuard, parse_basic
+from xrayvision.db.models import utcnow
+from xrayvision.web.auth import Authenticator, Identity, LoginGuard, parse_basic
 from xrayvision.web.context import (
     AUTH,
     CLIENT_IP,
@@ -27,6 +32,7 @@ from xrayvision.web.context import (
     LOGIN_GUARD,
     MAX_BODY,
     SERVICES,
+    SESSION_CSRF,
     SETTINGS,
 )
 from xrayvision.web.ratelimit import client_address, retry_after_header
@@ -138,28 +144,39 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+SESSION_COOKIE = "xrv_session"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+TOUCH_AFTER = dt.timedelta(seconds=60)  # a sign-in's last use is written at most this often
+PAGE_HEADER = ("X-Requested-With", "XRayVision")  # sent by the dashboard's own requests
+
+
 def _needs_auth(request: web.Request) -> bool:
     path = request.path
+    if path == "/api/session" and request.method in ("GET", "POST"):  # who, sign in
+        return False
     if path.startswith("/api/") or path == "/ws":
         return True
     return path == "/metrics" and request.app[SETTINGS].web.metrics_auth
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not _needs_auth(request):
-        return await handler(request)
+def _challenge(request: web.Request) -> dict[str, str]:
+    """The Basic challenge for API clients; none for the dashboard's own requests, over
+    whose sign-in page the browser would otherwise put its own password dialog."""
+    if request.headers.get(PAGE_HEADER[0]) == PAGE_HEADER[1]:
+        return {}
+    return {"WWW-Authenticate": 'Basic realm="xrayvision", charset="UTF-8"'}
+
+
+async def check_password(request: web.Request, name: str,
+                         password: str) -> Identity | web.Response:
+    """A user name and password (HTTP Basic or the sign-in page) through the login guard:
+    the identity, or the error response (wrong: 401, locked out: 429). Logins, failures
+    and lockouts are audited."""
     auth: Authenticator = request.app[AUTH]
     ip = request[CLIENT_IP]
-    credentials = parse_basic(request.headers.get("Authorization", ""))
-    challenge = {"WWW-Authenticate": 'Basic realm="xrayvision", charset="UTF-8"'}
-    if credentials is None:
-        reason = "missing" if "Authorization" not in request.headers else "malformed"
-        metrics.AUTH_FAILURES.labels(reason).inc()
-        return error(401, "unauthorized", "HTTP Basic credentials are required", challenge)
     services = request.app[SERVICES]
-    name = credentials[0][:128]
-    identity, fresh = auth.cached(*credentials), False
+    name = name[:128]
+    identity, fresh = auth.cached(name, password), False
     if identity is None:  # not a credential verified lately: a login, perhaps a guess
         guard: LoginGuard = request.app[LOGIN_GUARD]
         verdict = guard.begin(ip, name)
@@ -178,7 +195,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         ok = False
         try:
             await asyncio.sleep(verdict.wait)
-            identity, fresh = await auth.verify(*credentials)
+            identity, fresh = await auth.verify(name, password)
             ok = identity is not None
         finally:
             guard.end(ip, name, ok)
@@ -186,8 +203,68 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         metrics.AUTH_FAILURES.labels("wrong").inc()
         if services.db is not None:
             await services.db.write(repo.audit, "login.failed", username=name, remote=ip)
-        return error(401, "unauthorized", "wrong username or password", challenge)
+        return error(401, "unauthorized", "wrong username or password", _challenge(request))
     if fresh and services.db is not None:
         await services.db.write(repo.audit, "login", username=identity.username, remote=ip)
-    request[IDENTITY] = identity
+    return identity
+
+
+def token_hash(token: str) -> str:
+    """What is stored of a session cookie's token (pure)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def signed_in(request: web.Request, token: str) -> tuple[Identity, str] | None:
+    """The identity and CSRF token of a sign-in cookie; None when it is unknown, ended,
+    idle longer than ``[web] session_idle`` (then ended) or its user is gone."""
+    db = request.app[SERVICES].db
+    if db is None:
+        return None
+    key = token_hash(token)
+    found = await db.read(repo.find_session, key)
+    if found is None:
+        return None
+    now = utcnow()
+    user = request.app[AUTH].users.get(found.username)
+    idle = dt.timedelta(seconds=request.app[SETTINGS].web.session_idle)
+    if user is None or now - found.last_seen > idle:
+        await db.write(repo.close_session, key)
+        return None
+    if now - found.last_seen > TOUCH_AFTER:
+        await db.write(repo.touch_session, key, now)
+    return Identity(found.username, user.role), found.csrf
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTTP Basic (API clients, /metrics) or the dashboard's sign-in cookie; a change asked
+    for with the cookie must carry its CSRF token (``X-CSRF-Token``)."""
+    if not _needs_auth(request):
+        return await handler(request)
+    header = request.headers.get("Authorization")
+    token = request.cookies.get(SESSION_COOKIE)
+    if header is None and token:
+        found = await signed_in(request, token)
+        if found is None:
+            metrics.AUTH_FAILURES.labels("session").inc()
+            return error(401, "unauthorized", "the sign-in has ended (signed out, or unused "
+                         "too long): sign in again", _challenge(request))
+        identity, csrf = found
+        if request.method in UNSAFE_METHODS and not hmac.compare_digest(
+                request.headers.get("X-CSRF-Token", ""), csrf):
+            return error(403, "csrf", "this change did not come from the dashboard's page "
+                         "(no or a wrong X-CSRF-Token): reload the page")
+        request[IDENTITY] = identity
+        request[SESSION_CSRF] = csrf
+        return await handler(request)
+    credentials = parse_basic(header or "")
+    if credentials is None:
+        reason = "missing" if header is None else "malformed"
+        metrics.AUTH_FAILURES.labels(reason).inc()
+        return error(401, "unauthorized", "sign in, or send HTTP Basic credentials",
+                     _challenge(request))
+    checked = await check_password(request, *credentials)
+    if isinstance(checked, web.Response):
+        return checked
+    request[IDENTITY] = checked
     return await handler(request)

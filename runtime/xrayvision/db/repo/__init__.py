@@ -53,6 +53,13 @@ from xrayvision.db.repo.reports import (
     save_rad_report,
     unchecked_rad_reports,
 )
+from xrayvision.db.repo.sessions import (
+    SignIn,
+    close_session,
+    find_session,
+    open_session,
+    touch_session,
+)
 from xrayvision.db.repo.state import (
     audit,
     audit_page,
@@ -90,6 +97,7 @@ from xrayvision.db.repo.worklist import (
 )
 
 __all__ = [
+    "SignIn", "close_session", "find_session", "open_session", "touch_session",
     "AGREEMENT_GROUPS", "AIHistory", "IDENTITY_FIELDS", "MAX_PAGE_SIZE", "SORTS", "ExamFilter",
     "ExamInfo", "ExamRow",
     "Page", "PageRow", "PatientInfo", "PollExam", "ReportContext", "agreement_condition",
