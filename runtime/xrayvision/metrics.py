@@ -169,6 +169,7 @@ WS_CLIENTS = Gauge("xrayvision_websocket_clients", "Connected dashboard WebSocke
 WS_DROPPED = Counter("xrayvision_websocket_dropped_total",
                      "WebSocket clients dropped because they could not keep up")
 AUTH_FAILURES = Counter("xrayvision_auth_failures_total",
-                        "Failed HTTP authentications by reason (missing, malformed, wrong)",
+                        "Failed HTTP authentications by reason (missing, malformed, wrong, "
+                        "locked, session: a sign-in cookie ended or unknown)",
                         ["reason"])
 RATE_LIMITED = Counter("xrayvision_rate_limited_total", "Requests refused with 429")
