@@ -345,8 +345,11 @@ async function loadExam(uid) {
     ...images.map((i, n) => {
       const label = `${n + 1}. ${i.projection || i.series_description || "image"}` +
         (i.severity >= 0 ? ` (${i.severity})` : ` · ${i.status}`);
-      return i.uid === e.uid ? el("strong", {}, label)
-        : el("a", { href: `#/exam/${encodeURIComponent(i.uid)}` }, label);
+      // a thumbnail of each image (the PNG, scaled by the browser; cached a day)
+      const thumb = el("img", { class: "thumb", alt: label, loading: "lazy",
+        src: `/api/images/${encodeURIComponent(i.uid)}` });
+      return i.uid === e.uid ? el("span", { class: "current", "aria-current": "true" }, thumb, el("strong", {}, label))
+        : el("a", { href: `#/exam/${encodeURIComponent(i.uid)}` }, thumb, label);
     })] : []));
   const ai = e.ai, rad = e.rad;
   $("ai-badges").replaceChildren(...(ai ? [

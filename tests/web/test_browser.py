@@ -79,7 +79,8 @@ def study_read(db, text: str, severity: int, **fields) -> None:
 
 @pytest.fixture
 def dashboard(tmp_path, pg_db, pg_url):
-    FilesystemStore(tmp_path / "data" / "images").put("1.2.840.1", "png", PNG)
+    for uid in ("1.2.840.1", "1.2.840.4"):  # every converted image has its PNG
+        FilesystemStore(tmp_path / "data" / "images").put(uid, "png", PNG)
     for uid, view in (("1.2.840.1", "PA"), ("1.2.840.4", "LAT")):
         pg_db.write_sync(records.add_converted, ExamInfo(uid=uid, region="chest",
                                                          study_uid="1.2.840", projection=view),
@@ -146,6 +147,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         # the study's other image is one click away
         assert "study: 2 images" in page.inner_text("#study-images")
         assert page.locator('#study-images a[href="#/exam/1.2.840.4"]').count() == 1
+        assert page.locator("#study-images img.thumb").count() == 2  # a thumbnail each
         assert page.locator("#ai-text img").count() == 0
         page.wait_for_function("document.getElementById('xray').naturalWidth > 0")
         page.screenshot(path=str(SHOTS / "exam.png"))
