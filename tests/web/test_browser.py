@@ -332,3 +332,36 @@ def test_sign_in_page_wrong_password_retry_and_sign_out(dashboard):
         page.wait_for_selector("#signin")
         browser.close()
     assert errors == []
+
+
+def serious_violations(page) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now (rule: nodes)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page).response["violations"]
+    return [f"{v['id']} ({v['impact']}): {v['help']} -> "
+            f"{[n['target'] for n in v['nodes']][:3]}"
+            for v in results if v["impact"] in ("serious", "critical")]
+
+
+def test_no_serious_accessibility_violations(dashboard):
+    """axe-core (bundled by axe-playwright-python) on the sign-in page, the worklist and
+    an exam's page: no serious or critical violation."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(dashboard + "/")
+        page.wait_for_selector("#signin")
+        found = {"sign-in": serious_violations(page)}
+        sign_in(page, "rad")
+        page.wait_for_selector('tr[data-uid="1.2.840"]')
+        found["worklist"] = serious_violations(page)
+        page.click('tr[data-uid="1.2.840"]')
+        page.wait_for_selector("#ai-text:not(:empty)")
+        found["exam"] = serious_violations(page)
+        # (the check can fail: an image without a text alternative is a critical finding)
+        page.evaluate("() => document.body.append(document.createElement('img'))")
+        broken = serious_violations(page)
+        browser.close()
+    assert found == {"sign-in": [], "worklist": [], "exam": []}
+    assert any(v.startswith("image-alt (critical)") for v in broken), broken
