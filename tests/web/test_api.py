@@ -50,7 +50,8 @@ def seed(db, store=None):
             ("1.2.3.3", QUEUED, "chest", "222", "Ionescu^Ana", None, None, None),
             ("1.2.3.4", "error", "chest", "222", "Ionescu^Ana", None, None, None)]
     for i, (uid, status, region, cnp, name, ai, rad, radiologist) in enumerate(rows):
-        db.write_sync(records.add_exam, ExamInfo(uid=uid, region=region, status=status),
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, region=region, status=status,
+                                                 modality="DX", accession=f"A{i + 1}"),
                       PatientInfo(cnp=cnp, name=name))
         db.write_sync(lambda s, uid=uid, i=i: s.execute(
             update(Exam).where(Exam.uid == uid).values(created=t0 + dt.timedelta(days=i))))
@@ -111,6 +112,9 @@ async def test_exam_list_filters_and_paging(api):
     assert await uids("search=11") == ["1.2.3.2", "1.2.3.1"]
     assert await uids("agreement=TP") == ["1.2.3.1"]
     assert await uids("since=2026-11-21&until=2026-11-23") == ["1.2.3.3", "1.2.3.2"]
+    assert await uids("modality=dx") == ["1.2.3.4", "1.2.3.3", "1.2.3.2", "1.2.3.1"]
+    assert await uids("modality=CR") == []
+    assert await uids("accession=A2") == ["1.2.3.2"]
     page = await (await client.get("/api/exams?size=3&page=2", headers=h)).json()
     assert [e["uid"] for e in page["exams"]] == ["1.2.3.1"]
     assert (page["total"], page["pages"], page["size"]) == (4, 2, 3)

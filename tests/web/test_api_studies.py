@@ -72,6 +72,10 @@ async def test_the_study_list_and_an_images_page(api):
     assert (ignored["status"], ignored["reason_code"]) == ("ignore", "no_region_rule")
     critical = await (await client.get("/api/studies?critical=true", headers=h)).json()
     assert [s["uid"] for s in critical["studies"]] == ["2.1"] and critical["total"] == 1
+    by_accession = await (await client.get("/api/studies?accession=A2.2", headers=h)).json()
+    assert [s["uid"] for s in by_accession["studies"]] == ["2.2"]
+    long = await client.get("/api/studies?accession=" + "9" * 65, headers=h)
+    assert long.status == 400
     assert (await client.get("/api/studies?sort=nope", headers=h)).status == 400
     assert (await client.get("/api/studies?agreement=TP", headers=h)).status == 200  # ignored
     # an image's page shows its study's read

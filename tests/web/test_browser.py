@@ -249,6 +249,7 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
             sign_in(page, "rad")
             page.wait_for_selector("#live.on")
             # nothing received yet: the list says where to send images
+            page.wait_for_selector("td.empty")
             empty = page.inner_text("#exam-rows")
             assert "No studies yet" in empty and "AE title XRAYVISION, port " in empty
             page.screenshot(path=str(SHOTS / "exams-empty.png"))

@@ -114,6 +114,13 @@ def _search(query) -> str:
     return value
 
 
+def _text(query, name: str, longest: int) -> str:
+    value = query.get(name, "").strip()
+    if len(value) > longest:
+        raise bad_request(f"{name} must be at most {longest} characters")
+    return value
+
+
 def _window(request: web.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
     return _datetime(request.query, "since"), _datetime(request.query, "until")
 
@@ -221,7 +228,8 @@ def _list_query(request: web.Request, *,
         positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
         since=since, until=until, search=_search(q), agreement=kind,
         threshold=settings.processing.severity_threshold,
-        critical=_bool(q, "critical"), sort=sort,
+        critical=_bool(q, "critical"), accession=_text(q, "accession", 64),
+        modality=_text(q, "modality", 16).upper(), sort=sort,
     )
     page = _int(q, "page", 1, 1, 1_000_000)
     size = _int(q, "size", settings.processing.page_size, 1, repo.MAX_PAGE_SIZE)

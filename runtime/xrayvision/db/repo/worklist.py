@@ -54,6 +54,8 @@ class ExamFilter:
     agreement: str = ""  # TP, TN, FP, FN at ``threshold``
     threshold: int = 5
     critical: bool | None = None  # True: critical and not reviewed yet (triage 1)
+    accession: str = ""  # the accession number, exactly
+    modality: str = ""  # CR, DX, ...
     sort: str = "urgent"  # one of SORTS
 
 
@@ -140,6 +142,10 @@ def _conditions(f: ExamFilter, unit: Any = Exam) -> list[ColumnElement[bool]]:
         conds.append(agreement_condition(f.agreement, f.threshold))
     if f.critical is not None:
         conds.append(unit.triage == (1 if f.critical else 0))
+    if f.accession:
+        conds.append(unit.accession == f.accession)
+    if f.modality:
+        conds.append(unit.modality == f.modality)
     return conds
 
 
