@@ -352,6 +352,17 @@ async function loadExam(uid) {
         : el("a", { href: `#/exam/${encodeURIComponent(i.uid)}` }, thumb, label);
     })] : []));
   const ai = e.ai, rad = e.rad;
+  // A new read arrived while a review was being written: say so, the verdict would apply
+  // to the new read (the one shown now), not to the one the user was looking at.
+  const shown = state.shownRead;
+  const version = ai ? ai.version : 0;
+  const form = $("review");
+  const dirty = form && (form.note.value.trim() !== "" || [...form.correct].some((r) => r.checked));
+  if (shown && shown.uid === uid && shown.version !== version && dirty) {
+    $("review-result").textContent = `A new AI read (version ${version}) arrived while you ` +
+      "were writing: your review would apply to it. Read it again before saving.";
+  }
+  state.shownRead = { uid, version };
   $("ai-badges").replaceChildren(...(ai ? [
     el("span", { class: "muted" }, "severity "), badge(ai.severity, "severity (AI)"),
     el("span", { class: "muted" }, " confidence "), badge(ai.confidence, "confidence")] : []));

@@ -3,6 +3,7 @@ process on PostgreSQL, read per study (the default): the list shows studies; ano
 process records and converts an instance and publishes it, as ingest does. Screenshots go
 to build/screenshots/ (test artefacts)."""
 
+import json
 import subprocess
 import sys
 import time
@@ -30,6 +31,18 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
        b"\x00:~\x9bU\x00\x00\x00\nIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00"
        b"\x00\x00IEND\xaeB`\x82")
 
+PUBLISH = """
+import asyncio, json, sys
+from xrayvision.events import make_bus
+
+async def main(url, kind, data):
+    bus = make_bus(url.replace("postgresql://", "postgresql+psycopg://"))
+    await bus.start()
+    await bus.publish(kind, **json.loads(data))
+    await bus.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
 VIEWER = "https://viewer.example/ohif?StudyInstanceUIDs={study_uid}&image={uid}"
 INSERT = """
 import asyncio, sys
@@ -161,6 +174,18 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.wait_for_selector("#review-result:has-text('saved')")
         page.wait_for_selector("#review-state:has-text('incorrect')")
 
+        # A new read arrives while a review is being written: the page says so.
+        page.fill("#review textarea", "half-written")
+        # (the relay's requeue, store and event, by hand)
+        assert pg_db.write_sync(repo.requeue_study, "1.2.840")
+        study_read(pg_db, "FINDINGS: a read while writing", 6, endpoint="primary")
+        subprocess.run([sys.executable, "-c", PUBLISH, pg_url, "report.ready", json.dumps(
+            {"uid": "1.2.840", "images": ["1.2.840.1", "1.2.840.4"], "severity": 6})],
+            check=True)
+        page.wait_for_selector("#review-result:has-text('A new AI read (version 2)')")
+        page.wait_for_selector("#ai-text:has-text('a read while writing')")
+        page.fill("#review textarea", "")
+
         # Requeue, a new read arrives: the first one and its review stay, under history.
         page.click("#requeue")  # asks first
         page.click("#requeue-no")
@@ -170,7 +195,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.wait_for_selector("#requeue-result:has-text('requeued')")
         study_read(pg_db, "FINDINGS: second read", 3, endpoint="secondary")
         page.reload()
-        page.wait_for_selector("#ai-version:has-text('version 2')")
+        page.wait_for_selector("#ai-version:has-text('version 3')")
         page.click("#history summary")
         history = page.inner_text("#history")
         assert "version 1 · severity 7" in history and "reviewed incorrect by rad" in history
@@ -224,7 +249,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert "secondary\t1" in page.inner_text("#latency")  # the current read's
         page.screenshot(path=str(SHOTS / "stats.png"), full_page=True)
         browser.close()
-    (first,) = pg_db.read_sync(repo.ai_history, "1.2.840.1").versions
+    first, _second = pg_db.read_sync(repo.ai_history, "1.2.840.1").versions
     assert (first.review_correct, first.review_note, first.reviewed_by) == (
         0, "missed effusion", "rad")
     assert dialogs == [], "an alert ran: report text was rendered as HTML"
