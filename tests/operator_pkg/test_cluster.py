@@ -252,6 +252,22 @@ def test_an_immutable_field_change_is_degraded_not_retried_forever(kube, ns, ope
     assert reasons.count("ImmutableField") == 1 and "ApplyFailed" not in reasons
 
 
+def test_the_managed_vllms_image_limit_reaches_the_app(kube, ns, operator):
+    """A study read must not send more images than its vLLM accepts: the managed vLLM is
+    started with --limit-mm-per-prompt from the ModelEndpoint, and the app's ConfigMap
+    gets the same number (the app's default otherwise)."""
+    vllm = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelEndpoint",
+            "metadata": {"name": "gpu"},
+            "spec": {"vllm": {"gpus": 1, "maxImagesPerPrompt": 3}}}
+    apply(kube, ns, secret(), vllm,
+          installation(model={"primary": {"modelEndpoint": "gpu"}}))
+    config = wait_for("the app's ConfigMap", lambda: get(kube, ns, "configmap/triage-config"))
+    assert config["data"]["XRAYVISION_AI_MAX_IMAGES"] == "3"
+    args = get(kube, ns, "deployment/gpu-vllm")["spec"]["template"]["spec"]["containers"][0][
+        "args"]
+    assert args[args.index("--limit-mm-per-prompt") + 1] == '{"image": 3}'
+
+
 def test_deletion_is_never_blocked_by_a_stopped_operator(kube, ns, operator):
     with StatusKubelet(kube.api(), ns):
         apply(kube, ns, secret(), endpoint(), installation())
