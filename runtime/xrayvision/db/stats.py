@@ -38,11 +38,13 @@ def _day(session: Session, column: ColumnExpressionArgument[dt.datetime]) -> Col
     return func.date(column)
 
 
-def _window(query: SelectT, since: dt.datetime | None, until: dt.datetime | None) -> SelectT:
+def _window(query: SelectT, since: dt.datetime | None, until: dt.datetime | None,
+            unit: Any = Exam) -> SelectT:
+    """``query`` limited to ``unit`` (exams, or studies) received in the window."""
     if since is not None:
-        query = query.where(Exam.created >= since)
+        query = query.where(unit.created >= since)
     if until is not None:
-        query = query.where(Exam.created < until)
+        query = query.where(unit.created < until)
     return query
 
 
@@ -55,18 +57,11 @@ def _reads(since: dt.datetime | None, until: dt.datetime | None) -> Any:
     columns = (a.severity, a.review_correct, a.endpoint, a.latency)
     if since is None and until is None:  # every read: no join
         return select(*columns).subquery()
-
-    def received(unit: Any, query: Any) -> Any:
-        if since is not None:
-            query = query.where(unit.created >= since)
-        if until is not None:
-            query = query.where(unit.created < until)
-        return query
-
-    of_exams = received(Exam, select(*columns).join(Exam, Exam.uid == a.uid))
+    of_exams = _window(select(*columns).join(Exam, Exam.uid == a.uid), since, until)
     # (a study keyed by its image's UID is that image's: counted once, as the image's)
-    of_studies = received(Study, select(*columns).join(Study, Study.uid == a.uid)
-                          .where(~select(Exam.uid).where(Exam.uid == a.uid).exists()))
+    of_studies = _window(select(*columns).join(Study, Study.uid == a.uid)
+                         .where(~select(Exam.uid).where(Exam.uid == a.uid).exists()),
+                         since, until, Study)
     return union_all(of_exams, of_studies).subquery()
 
 
@@ -82,13 +77,10 @@ def severity_histogram(session: Session, source: str, since: dt.datetime | None 
         query = select(reads.c.severity, func.count()).group_by(reads.c.severity)
     else:
         unit: Any = Study if per_study else Exam
-        query = (select(RadReport.severity, func.count())
-                 .join(unit, unit.uid == RadReport.uid).where(RadReport.checked.is_(True))
-                 .group_by(RadReport.severity))
-        if since is not None:
-            query = query.where(unit.created >= since)
-        if until is not None:
-            query = query.where(unit.created < until)
+        query = _window(select(RadReport.severity, func.count())
+                        .join(unit, unit.uid == RadReport.uid)
+                        .where(RadReport.checked.is_(True))
+                        .group_by(RadReport.severity), since, until, unit)
     counts = dict.fromkeys(range(-1, 11), 0)
     for severity, n in session.execute(query):
         counts[int(severity)] = n
@@ -122,32 +114,38 @@ def counts_by(session: Session, column: str, since: dt.datetime | None = None,
     return {str(k or ""): n for k, n in session.execute(_window(query, since, until))}
 
 
+def _read_figures(rows: Any) -> tuple[dict[int, int], dict[int, int],
+                                      dict[str, tuple[float, int]]]:
+    """AI reads by severity, by review verdict, and per endpoint (seconds, reads), from
+    rows of (severity, verdict, endpoint, seconds summed, reads)."""
+    ai: dict[int, int] = {}
+    reviews: dict[int, int] = {}
+    latency: dict[str, tuple[float, int]] = {}
+    for severity, verdict, endpoint, seconds, n in rows:
+        n = int(n or 0)
+        ai[int(severity)] = ai.get(int(severity), 0) + n
+        reviews[int(verdict)] = reviews.get(int(verdict), 0) + n
+        total, count = latency.get(endpoint or "", (0.0, 0))
+        latency[endpoint or ""] = (total + float(seconds or 0.0), count + n)
+    return ai, reviews, latency
+
+
 def counted_figures(session: Session, since: dt.datetime | None = None,
                     until: dt.datetime | None = None, *, per_study: bool = False) -> Figures:
     """The global figures of exams and studies received in the window, counted from
     the reports (what the tallies hold, computed afresh; agreement of studies with
     ``per_study``, else of images)."""
-    ai: dict[int, int] = {}
-    reviews: dict[int, int] = {}
-    latency: dict[str, tuple[float, int]] = {}
     r = _reads(since, until).c
     reads = select(r.severity, r.review_correct, r.endpoint, func.sum(r.latency),
                    func.count()).group_by(r.severity, r.review_correct, r.endpoint)
-    for severity, verdict, endpoint, seconds, n in session.execute(reads):
-        ai[int(severity)] = ai.get(int(severity), 0) + n
-        reviews[int(verdict)] = reviews.get(int(verdict), 0) + n
-        total, count = latency.get(endpoint or "", (0.0, 0))
-        latency[endpoint or ""] = (total + float(seconds or 0.0), count + n)
+    ai, reviews, latency = _read_figures(session.execute(reads))
     unit: Any = Study if per_study else Exam
     pairs = (select(AIReport.severity, RadReport.severity, func.count()).select_from(unit)
              .join(AIReport, AIReport.uid == (Study.uid if per_study else Exam.read_uid))
              .join(RadReport, RadReport.uid == unit.uid)
              .where(RadReport.checked.is_(True))
              .group_by(AIReport.severity, RadReport.severity))
-    if since is not None:
-        pairs = pairs.where(unit.created >= since)
-    if until is not None:
-        pairs = pairs.where(unit.created < until)
+    pairs = _window(pairs, since, until, unit)
     return Figures(
         ai=ai, rad=severity_histogram(session, "rad", since, until, per_study=per_study),
         pairs={(int(x), int(y)): n for x, y, n in session.execute(pairs)},
@@ -168,25 +166,19 @@ def tallied_figures(session: Session, first: dt.date | None = None,
         query = query.where(t.day >= first)
     if end is not None:
         query = query.where(t.day < end)
-    ai: dict[int, int] = {}
+    reads = []
     rad: dict[int, int] = {}
     pairs: dict[tuple[int, int], int] = {}
-    reviews: dict[int, int] = {}
-    latency: dict[str, tuple[float, int]] = {}
     for kind, ai_sev, rad_sev, verdict, endpoint, n, seconds in session.execute(query):
-        n = int(n or 0)
         if not n:  # (a bucket every unit has left)
             continue
         if kind == TALLY_READ:
-            ai[ai_sev] = ai.get(ai_sev, 0) + n
-            reviews[verdict] = reviews.get(verdict, 0) + n
-            total, count = latency.get(endpoint, (0.0, 0))
-            latency[endpoint] = (total + float(seconds or 0.0), count + n)
-            continue
-        if rad_sev != TALLY_NONE:
-            rad[rad_sev] = rad.get(rad_sev, 0) + n
+            reads.append((ai_sev, verdict, endpoint, seconds, n))
+        elif rad_sev != TALLY_NONE:
+            rad[rad_sev] = rad.get(rad_sev, 0) + int(n)
             if ai_sev != TALLY_NONE:
-                pairs[ai_sev, rad_sev] = pairs.get((ai_sev, rad_sev), 0) + n
+                pairs[ai_sev, rad_sev] = pairs.get((ai_sev, rad_sev), 0) + int(n)
+    ai, reviews, latency = _read_figures(reads)
     return Figures(ai=ai, rad=rad, pairs=pairs, reviews=reviews, latency=latency)
 
 

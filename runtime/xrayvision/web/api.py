@@ -107,11 +107,6 @@ def _datetime(query, name: str) -> dt.datetime | None:
 SEARCH_MAX = 128
 
 
-def _search(query) -> str:
-    value = query.get("search", "")
-    if len(value) > SEARCH_MAX:
-        raise bad_request(f"search must be at most {SEARCH_MAX} characters")
-    return value
 
 
 def _text(query, name: str, longest: int) -> str:
@@ -226,7 +221,7 @@ def _list_query(request: web.Request, *,
         severity_min=_int(q, "severity_min", None, -1, 10),
         severity_max=_int(q, "severity_max", None, -1, 10),
         positive=_int(q, "positive", None, -1, 1), reviewed=_bool(q, "reviewed"),
-        since=since, until=until, search=_search(q), agreement=kind,
+        since=since, until=until, search=_text(q, "search", SEARCH_MAX), agreement=kind,
         threshold=settings.processing.severity_threshold,
         critical=_bool(q, "critical"), accession=_text(q, "accession", 64),
         modality=_text(q, "modality", 16).upper(), sort=sort,
@@ -641,16 +636,11 @@ async def audit_log(request: web.Request) -> web.Response:
     filtered by ``user``, ``action`` (a prefix) and ``since``/``until``. Admins only."""
     require(request, ADMIN)
     since, until = _window(request)
-    query = request.query
-    before = query.get("before")
-    if before is not None and not before.isdigit():
-        raise bad_request("before must be a row id (a positive integer)")
-    username, action = query.get("user", ""), query.get("action", "")
-    if len(username) > 128 or len(action) > 64:
-        raise bad_request("user is at most 128 characters, action at most 64")
+    q = request.query
     rows = await database(request).read(
-        repo.audit_page, username=username, action=action, since=since, until=until,
-        before_id=int(before) if before is not None else None, size=AUDIT_PAGE)
+        repo.audit_page, username=_text(q, "user", 128), action=_text(q, "action", 64),
+        since=since, until=until, before_id=_int(q, "before", None, 1, 2**63 - 1),
+        size=AUDIT_PAGE)
     return web.json_response({"entries": [
         {"id": r.id, "at": _iso(r.ts), "user": r.username, "action": r.action,
          "target": r.target, "remote": r.remote, "detail": r.detail} for r in rows],

@@ -48,18 +48,25 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-def client_address(peer: str, forwarded_for: str,
-                   trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+Networks = Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def in_networks(address: str, networks: Networks) -> bool:
+    """Whether ``address`` (an IP, else False) is in one of ``networks`` (pure)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(peer: str, forwarded_for: str, trusted: Networks) -> str:
     """The client's address: the peer's, unless the peer is a trusted proxy; then the
     right-most ``X-Forwarded-For`` entry that is not itself a trusted proxy."""
     trusted = tuple(trusted)
 
     def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in trusted)
+        return in_networks(address, trusted)
 
     if not peer or not trusted or not is_trusted(peer) or not forwarded_for:
         return peer

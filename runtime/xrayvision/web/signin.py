@@ -7,13 +7,13 @@ after ``[web] session_idle`` seconds unused. API clients keep using HTTP Basic."
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import secrets
 
 from aiohttp import web
 
 from xrayvision.db import repo
 from xrayvision.db.models import utcnow
+from xrayvision.web.api import json_body
 from xrayvision.web.context import CLIENT_IP, IDENTITY, SERVICES, SESSION_CSRF, SETTINGS
 from xrayvision.web.middleware import (
     SESSION_COOKIE,
@@ -22,6 +22,7 @@ from xrayvision.web.middleware import (
     signed_in,
     token_hash,
 )
+from xrayvision.web.ratelimit import in_networks
 
 
 def _https(request: web.Request) -> bool:
@@ -29,13 +30,8 @@ def _https(request: web.Request) -> bool:
     (the Ingress) that says so."""
     if request.secure:
         return True
-    trusted = request.app[SETTINGS].web.trusted_proxies
-    try:
-        peer = ipaddress.ip_address(request.remote or "")
-    except ValueError:
-        return False
-    return any(peer in net for net in trusted) and \
-        request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    return in_networks(request.remote or "", request.app[SETTINGS].web.trusted_proxies) \
+        and request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
@@ -43,14 +39,11 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if db is None:
         return error(503, "unavailable", "starting: try again in a few seconds",
                      {"Retry-After": "5"})
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("username"), str) \
-            or not isinstance(body.get("password"), str) or not body["username"]:
+    body = await json_body(request)
+    name, password = body.get("username"), body.get("password")
+    if not isinstance(name, str) or not name or not isinstance(password, str):
         return error(400, "bad_request", "send {\"username\": ..., \"password\": ...} as JSON")
-    checked = await check_password(request, body["username"], body["password"])
+    checked = await check_password(request, name, password)
     if isinstance(checked, web.Response):
         return checked
     token, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(24), utcnow()
