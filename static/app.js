@@ -56,6 +56,14 @@ function badge(value, label) {
   return span;
 }
 
+function throughDay(params) {
+  // A "to" date includes that day; the API's until is exclusive: the next day's start.
+  if (!params.get("until")) return;
+  const next = new Date(`${params.get("until")}T00:00:00Z`);
+  next.setUTCDate(next.getUTCDate() + 1);
+  params.set("until", next.toISOString().slice(0, 10));
+}
+
 function age(birth, at) {
   const b = new Date(birth), t = new Date(at);
   let years = t.getUTCFullYear() - b.getUTCFullYear();
@@ -190,11 +198,7 @@ function emptyList(studies) {
 async function loadExams(flashUid) {
   const studies = state.config.read_per === "study";
   const params = new URLSearchParams({ ...state.filters, page: state.page });
-  if (params.get("until")) {  // "to" a day includes that day (the API's until is exclusive)
-    const next = new Date(`${params.get("until")}T00:00:00Z`);
-    next.setUTCDate(next.getUTCDate() + 1);
-    params.set("until", next.toISOString().slice(0, 10));
-  }
+  throughDay(params);
   if (studies) params.delete("agreement");  // compared per image only
   let data;
   try {
@@ -526,11 +530,7 @@ async function renderAdmin() {
   let filters = {};
   const load = async (before) => {
     const params = new URLSearchParams(filters);
-    if (params.get("until")) {  // through the "to" day
-      const next = new Date(`${params.get("until")}T00:00:00Z`);
-      next.setUTCDate(next.getUTCDate() + 1);
-      params.set("until", next.toISOString().slice(0, 10));
-    }
+    throughDay(params);
     if (before) params.set("before", before);
     let page;
     try { page = await api(`/api/admin/audit?${params}`); }

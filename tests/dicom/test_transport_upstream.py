@@ -37,7 +37,8 @@ UPSTREAM = {
     # BufferedAssociationSocket keeps this contract
     "pynetdicom.transport.AssociationSocket.recv": "6bc20a33b1b7cfe7",
     "pynetdicom.transport.AssociationSocket.ready": "3eb58e3d39dc076d",
-    # IngestAE.active_associations: the association limit is counted here
+    # IngestAE.active_associations: the association limit is counted here; and
+    # handlers.rejection_reason repeats its order of refusals (the event carries none)
     "pynetdicom.acse.ACSE._negotiate_as_acceptor": "fffd360957c42a8e",
     # Staging replaces the NamedTemporaryFile this creates the received file with
     "pynetdicom.dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
