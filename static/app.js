@@ -96,8 +96,10 @@ function showDashboard(msg) {
     endpoints.append(el("span", { class: "pill warn" }, `failover: ${active} active`));
   }
   const q = msg.queue || {};
-  $("queue").textContent = `queued ${(q.queued || 0) + (q.requeue || 0)} · processing ` +
-    `${q.processing || 0} · done ${q.done || 0} · errors ${q.error || 0}`;
+  // counted in the worklist's unit: studies when reads are per study
+  $("queue").textContent = `${msg.unit === "study" ? "studies" : "images"}: ` +
+    `waiting ${(q.queued || 0) + (q.requeue || 0)} · being read ${q.processing || 0} · ` +
+    `read ${q.done || 0} · failed ${q.error || 0}`;
 }
 
 function connect() {
@@ -259,39 +261,101 @@ async function loadExams(flashUid) {
 
 // --- one exam ------------------------------------------------------------------------
 
+// Window (width) and level (centre) on the rendered PNG's grey values 0-255, by the
+// DICOM linear VOI function (PS3.3 C.11.2.1.2.1): values below the window are black,
+// above it white, inside it spread over the whole grey scale; 128/256 leaves the image
+// as rendered. Presets are ranges of that rendering, not Hounsfield units.
+function windowLut(level, width, invert) {
+  const lut = new Uint8ClampedArray(256);
+  for (let v = 0; v < 256; v++) {
+    const out = Math.round(((v - (level - 0.5)) / (width - 1) + 0.5) * 255);
+    lut[v] = invert ? 255 - Math.min(255, Math.max(0, out)) : out;
+  }
+  return lut;
+}
+
 function setupViewer() {
-  const box = $("image-box"), img = $("xray");
+  const box = $("image-box"), canvas = $("xray"), ctx = canvas.getContext("2d", { willReadFrequently: true });
   const t = { scale: 1, x: 0, y: 0 };
-  const apply = () => {
-    img.style.transform = `translate(${t.x}px, ${t.y}px) scale(${t.scale})`;
-    img.style.filter = `brightness(${$("brightness").value}%) contrast(${$("contrast").value}%)`;
+  let source = null, pending = false;
+  const place = () => { canvas.style.transform = `translate(${t.x}px, ${t.y}px) scale(${t.scale})`; };
+  const paint = () => {
+    pending = false;
+    if (!source) return;
+    const level = Number($("wl-level").value), width = Number($("wl-width").value);
+    const lut = windowLut(level, width, $("wl-invert").checked);
+    const out = new ImageData(source.width, source.height), src = source.data, dst = out.data;
+    for (let i = 0; i < src.length; i += 4) {
+      dst[i] = lut[src[i]]; dst[i + 1] = lut[src[i + 1]]; dst[i + 2] = lut[src[i + 2]]; dst[i + 3] = 255;
+    }
+    ctx.putImageData(out, 0, 0);
+    $("wl-value").textContent = `L ${level} W ${width}`;
+    canvas.dataset.window = `${level}/${width}${$("wl-invert").checked ? "/inverted" : ""}`;
+  };
+  const repaint = () => { if (!pending) { pending = true; requestAnimationFrame(paint); } };
+  const setWindow = (level, width) => {
+    $("wl-level").value = Math.round(level); $("wl-width").value = Math.round(width);
+    const preset = `${$("wl-level").value}/${$("wl-width").value}`;
+    $("wl-preset").value = [...$("wl-preset").options].some((o) => o.value === preset) ? preset : "";
+    repaint();
   };
   const fit = () => {
-    if (!img.naturalWidth) return;
-    t.scale = Math.min(box.clientWidth / img.naturalWidth, box.clientHeight / img.naturalHeight);
-    t.x = (box.clientWidth - img.naturalWidth * t.scale) / 2; t.y = 0; apply();
+    if (!source) return;
+    t.scale = Math.min(box.clientWidth / canvas.width, box.clientHeight / canvas.height);
+    t.x = (box.clientWidth - canvas.width * t.scale) / 2; t.y = 0; place();
   };
   const zoom = (factor, cx = box.clientWidth / 2, cy = box.clientHeight / 2) => {
-    t.x = cx - (cx - t.x) * factor; t.y = cy - (cy - t.y) * factor; t.scale *= factor; apply();
+    t.x = cx - (cx - t.x) * factor; t.y = cy - (cy - t.y) * factor; t.scale *= factor; place();
   };
-  img.onload = fit;
-  box.onwheel = (e) => { e.preventDefault(); zoom(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.offsetX, e.offsetY); };
+  box.onwheel = (e) => {
+    e.preventDefault();
+    const r = box.getBoundingClientRect();
+    zoom(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.clientX - r.left, e.clientY - r.top);
+  };
+  // Left drag pans; right drag (or shift + drag) sets the window as in PACS viewers:
+  // left/right narrows/widens it, up/down brightens/darkens (lowers/raises the level).
   let drag = null;
-  box.onpointerdown = (e) => { drag = { x: e.clientX - t.x, y: e.clientY - t.y }; box.setPointerCapture(e.pointerId); };
-  box.onpointermove = (e) => { if (drag) { t.x = e.clientX - drag.x; t.y = e.clientY - drag.y; apply(); } };
+  box.oncontextmenu = (e) => e.preventDefault();
+  box.onpointerdown = (e) => {
+    drag = e.button === 2 || e.shiftKey
+      ? { wl: true, x: e.clientX, y: e.clientY, level: Number($("wl-level").value), width: Number($("wl-width").value) }
+      : { x: e.clientX - t.x, y: e.clientY - t.y };
+    box.setPointerCapture(e.pointerId);
+  };
+  box.onpointermove = (e) => {
+    if (!drag) return;
+    if (drag.wl) {
+      setWindow(Math.min(255, Math.max(0, drag.level + (e.clientY - drag.y) / 2)),
+        Math.min(512, Math.max(2, drag.width + (e.clientX - drag.x))));
+    } else { t.x = e.clientX - drag.x; t.y = e.clientY - drag.y; place(); }
+  };
   box.onpointerup = () => { drag = null; };
   $("zoom-in").onclick = () => zoom(1.25);
   $("zoom-out").onclick = () => zoom(0.8);
-  $("reset").onclick = () => { $("brightness").value = 100; $("contrast").value = 100; fit(); };
-  $("brightness").oninput = apply;
-  $("contrast").oninput = apply;
+  $("wl-preset").onchange = () => {
+    const [level, width] = $("wl-preset").value.split("/").map(Number);
+    if (width) setWindow(level, width);
+  };
+  $("wl-level").oninput = $("wl-width").oninput = () => setWindow($("wl-level").value, $("wl-width").value);
+  $("wl-invert").onchange = repaint;
+  $("reset").onclick = () => { $("wl-invert").checked = false; setWindow(128, 256); fit(); };
+  return (src) => {
+    const img = new Image();
+    img.onload = () => {
+      canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+      ctx.drawImage(img, 0, 0);
+      source = ctx.getImageData(0, 0, canvas.width, canvas.height);
+      fit(); paint();
+      canvas.dataset.loaded = "true";
+    };
+    img.src = src;
+  };
 }
 
 function renderExam(uid) {
   view().replaceChildren($("tpl-exam").content.cloneNode(true));
   $("back").href = state.listHash || "#/exams";  // the list as it was: filters and page
-  setupViewer();
-  $("xray").src = `/api/images/${encodeURIComponent(uid)}`;
+  setupViewer()(`/api/images/${encodeURIComponent(uid)}`);
   const form = $("review");
   form.onsubmit = async (e) => {
     e.preventDefault();
@@ -366,7 +430,13 @@ async function loadExam(uid) {
     $("review-result").textContent = `A new AI read (version ${version}) arrived while you ` +
       "were writing: your review would apply to it. Read it again before saving.";
   }
-  state.shownRead = { uid, version };
+  // The same for a requeue being confirmed: what it would replace is not what was asked.
+  if (shown && shown.uid === uid && !$("requeue-ask").hidden &&
+      (shown.version !== version || shown.status !== e.status)) {
+    $("requeue-result").textContent = `This changed while you were deciding (now ${e.status}` +
+      `${ai ? `, AI read version ${version}` : ""}): look at it again before requeueing.`;
+  }
+  state.shownRead = { uid, version, status: e.status };
   $("ai-badges").replaceChildren(...(ai ? [
     el("span", { class: "muted" }, "severity "), badge(ai.severity, "severity (AI)"),
     el("span", { class: "muted" }, " confidence "), badge(ai.confidence, "confidence")] : []));
@@ -408,10 +478,11 @@ function svgEl(tag, attrs = {}, text = "") {
   return node;
 }
 
-function bars(container, labels, series, { xTitle = "", yTitle = "count", empty = "nothing yet" } = {}) {
-  // A bar chart with its axes, their titles, values on the bars and a legend; an empty
-  // one says so instead of drawing a flat line.
-  if (!series.some((s) => s.values.some((v) => v > 0))) {
+function bars(container, labels, series, { xTitle = "", yTitle = "count", empty = "nothing yet", totals = true, data = null } = {}) {
+  // A bar chart with its axes, their titles, values on the bars and a legend (with each
+  // series' total when it is a count); an empty one says so instead of drawing a flat line.
+  // (``data``: whether there is any, where zero is a value, e.g. seconds)
+  if (!labels.length || !(data ?? series.some((s) => s.values.some((v) => v > 0)))) {
     container.replaceChildren(el("p", { class: "muted empty" }, empty));
     return;
   }
@@ -444,7 +515,7 @@ function bars(container, labels, series, { xTitle = "", yTitle = "count", empty 
   svg.append(svgEl("line", { x1: left, x2: left + width, y1: bottom, y2: bottom, class: "axis" }),
     svgEl("text", { x: left + width / 2, y: 228, "text-anchor": "middle" }, xTitle));
   const legend = el("p", { class: "legend" }, ...series.map((s) =>
-    el("span", {}, el("span", { class: `swatch ${s.cls}` }), ` ${s.name} (${s.values.reduce((a, b) => a + b, 0)})`)));
+    el("span", {}, el("span", { class: `swatch ${s.cls}` }), totals ? ` ${s.name} (${s.values.reduce((a, b) => a + b, 0)})` : ` ${s.name}`)));
   container.replaceChildren(svg, legend);
 }
 
@@ -469,16 +540,18 @@ function agreementTable(table, label, rows) {
 async function renderStats() {
   view().replaceChildren($("tpl-stats").content.cloneNode(true));
   try {
-    const [g, regional, rads, timeline, insights] = await Promise.all([
+    const [g, regional, rads, timeline, insights, models, turnaround] = await Promise.all([
       api("/api/stats/global"), api("/api/stats/regional"), api("/api/stats/radiologists"),
-      api("/api/stats/timeline?period=day"), api("/api/stats/insights")]);
+      api("/api/stats/timeline?period=day"), api("/api/stats/insights"), api("/api/stats/models"),
+      api("/api/stats/turnaround")]);
     const sev = [...Array(12).keys()].map((i) => String(i - 1));
     bars($("chart-severity"), sev.map((s) => (s === "-1" ? "–" : s)), [
       { name: "AI", cls: "ai", values: sev.map((s) => g.severity.ai[s] || 0) },
       { name: "radiologist", cls: "rad", values: sev.map((s) => g.severity.rad[s] || 0) }],
     { xTitle: "severity (– not assessed)", yTitle: state.config.read_per === "study" ? "studies" : "exams",
       empty: "No AI reads or radiologist reports yet." });
-    const st = g.statuses;
+    const st = g.study_statuses || g.statuses;
+    $("queue-head").textContent = g.study_statuses ? "Queue (studies)" : "Queue (images)";
     keyValues($("queue-counts"), [["waiting", st.queued + st.requeue], ["being read", st.processing],
       ["read", st.done], ["ignored (no region)", st.ignore], ["failed (error)", st.error],
       ["converting", st.none]]);
@@ -512,6 +585,16 @@ async function renderStats() {
     { xTitle: "day (UTC, last 31)", yTitle: "images", empty: "Nothing received yet." });
     agreementTable($("per-region"), "region", regional.regions.map((x) => agreementRow(x.region, x.exams, x.agreement)));
     agreementTable($("per-radiologist"), "radiologist", rads.radiologists.map((x) => agreementRow(x.radiologist, x.reports, x.agreement)));
+    agreementTable($("per-model"), "model", models.models.map((x) => agreementRow(x.model, x.reads, x.agreement)));
+    // minutes, or seconds while every day's 90th percentile is under two minutes
+    const inMinutes = turnaround.days.some((d) => d.p90_seconds >= 120);
+    const scaled = (s) => Math.round((inMinutes ? s / 60 : s) * 10) / 10;
+    bars($("chart-turnaround"), turnaround.days.map((d) => d.day.slice(5)), [
+      { name: "median", cls: "received", values: turnaround.days.map((d) => scaled(d.p50_seconds)) },
+      { name: "90th percentile", cls: "reported", values: turnaround.days.map((d) => scaled(d.p90_seconds)) }],
+    { xTitle: `day of receipt (UTC, last 31), receipt to first AI read of each ${turnaround.unit}`,
+      yTitle: inMinutes ? "minutes" : "seconds", totals: false, data: turnaround.days.length > 0,
+      empty: "No AI reads in the last 31 days." });
   } catch (err) {
     view().append(el("p", { class: "error" }, err.message));
   }

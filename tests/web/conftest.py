@@ -16,7 +16,7 @@ from xrayvision.images import FilesystemStore
 from xrayvision.passwords import hash_password
 from xrayvision.roles.web import dashboard_state
 from xrayvision.web.app import init_app
-from xrayvision.web.context import SERVICES
+from xrayvision.web.context import SERVICES, SETTINGS
 from xrayvision.web.health import Readiness
 from xrayvision.web.live import Hub
 
@@ -48,7 +48,8 @@ async def web_services(app, db, store, bus, model_url=None):
     """What the web role fills in, with a model client for /api/check when given."""
     async with aiohttp.ClientSession() as session:
         services = app[SERVICES]
-        hub = Hub(bus, lambda: dashboard_state(db), dashboard_interval=0.05)
+        per_study = app[SETTINGS].ai.read_per == "study"
+        hub = Hub(bus, lambda: dashboard_state(db, studies=per_study), dashboard_interval=0.05)
         if model_url:
             model = ModelClient([Endpoint("primary", model_url, "m")], session, max_attempts=1)
             services.text = TextServices(model, load_prompts(None))

@@ -28,6 +28,8 @@ ROUTES = [
     ("GET", "/api/stats/radiologists", None, "read"),
     ("GET", "/api/stats/insights", None, "read"),
     ("GET", "/api/stats/timeline", None, "read"),
+    ("GET", "/api/stats/models", None, "read"),
+    ("GET", "/api/stats/turnaround", None, "read"),
     ("POST", "/api/check", {"text": "Pneumonie"}, "check"),
     ("POST", "/api/analyse", {"text": "Pneumonie"}, "check"),
     ("POST", "/api/rad_review", {"uid": "1.2.3.1", "correct": True, "note": "ok"}, "review"),

@@ -3,12 +3,15 @@ study's read and history, a review and a requeue of an image acting on its study
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from sqlalchemy import update
 
 from support import records
 from web.conftest import basic, web_services, web_settings
 from xrayvision.db import queue, repo
-from xrayvision.db.models import IGNORE, QUEUED
+from xrayvision.db.models import IGNORE, QUEUED, AIReport, Study
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
@@ -39,13 +42,14 @@ def receive(db, uid, study, *, projection="PA", priority=0, status=QUEUED, regio
     db.write_sync(write)
 
 
-def read(db, key, severity):
+def read(db, key, severity, model="medgemma"):
     assert db.write_sync(queue.claim, "w", 60, table=queue.STUDIES).uid == key
 
     def write(session):
         context = repo.study_context(session, key)
         repo.save_study_read(session, key, [i.uid for i in context.images], threshold=5,
-                             text=f"read {severity}", severity=severity, positive=1)
+                             text=f"read {severity}", severity=severity, positive=1,
+                             model=model)
         queue.complete(session, key, "w", table=queue.STUDIES)
     db.write_sync(write)
 
@@ -119,3 +123,44 @@ async def test_requeue_of_an_ignored_study_needs_a_region(api):
     context = services.db.read_sync(repo.study_context, "2.3")
     assert [(i.uid, i.region) for i in context.images] == [("1.4", "chest")]
     assert (await client.post("/api/requeue", json={"uid": "9.9"}, headers=h)).status == 404
+
+
+async def test_time_to_the_first_read_agreement_per_model_and_study_counts(api):
+    """Receipt to the first AI read per day (a requeue's later read does not count),
+    agreement per model, and the queue counted in studies."""
+    client, services = api
+    db = services.db
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    received = now - dt.timedelta(hours=2)
+    for n, (study, delay, model) in enumerate((("2.1", 60, "medgemma"), ("2.2", 300, "medgemma"),
+                                               ("2.3", 30, "other"), ("2.4", 600, "other"))):
+        receive(db, f"1.{n}", study)
+        read(db, study, 8 if n % 2 == 0 else 2, model=model)
+        db.write_sync(lambda s, study=study, delay=delay: (
+            s.execute(update(Study).where(Study.uid == study).values(created=received)),
+            s.execute(update(AIReport).where(AIReport.uid == study).values(
+                created=received + dt.timedelta(seconds=delay)))))
+        db.write_sync(repo.save_rad_report, study, text="t", severity=8, radiologist="Dr. A",
+                      checked=True)
+    receive(db, "1.9", "2.9")  # waiting
+    h = basic("rad")
+    assert (await client.post("/api/requeue", json={"uid": "1.0"}, headers=h)).status == 200
+    read(db, "2.1", 8)  # read again now: two hours after receipt, not the first read
+    turnaround = await (await client.get("/api/stats/turnaround", headers=h)).json()
+    assert turnaround["unit"] == "study"
+    # nearest rank: of 30, 60, 300, 600 s the median is 60, the 90th percentile 600
+    assert turnaround["days"] == [{"day": received.date().isoformat(), "reads": 4,
+                                   "p50_seconds": 60.0, "p90_seconds": 600.0}]
+    later = (now + dt.timedelta(days=1)).date().isoformat()
+    empty = await (await client.get(f"/api/stats/turnaround?since={later}T00:00:00Z",
+                                    headers=h)).json()
+    assert empty["days"] == []
+    assert (await client.get("/api/stats/turnaround?since=x", headers=h)).status == 400
+    models = await (await client.get("/api/stats/models", headers=h)).json()
+    by_model = {m["model"]: (m["reads"], m["agreement"]["tp"], m["agreement"]["fn"])
+                for m in models["models"]}
+    # medgemma read 2.1 (8: agrees) and 2.2 (2: missed); other read 2.3 (8) and 2.4 (2)
+    assert by_model == {"medgemma": (2, 1, 1), "other": (2, 1, 1)}
+    g = await (await client.get("/api/stats/global", headers=h)).json()
+    assert g["study_statuses"]["done"] == 4 and g["study_statuses"]["queued"] == 1
+    assert g["statuses"]["done"] == 4

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import cv2
+import data_store
+import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 from sqlalchemy import update
@@ -19,6 +23,7 @@ from web.conftest import PASSWORDS, USERS
 from xrayvision.db import queue, repo
 from xrayvision.db.models import IGNORE, Exam
 from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.dicom.convert import convert_file
 from xrayvision.images import FilesystemStore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -27,9 +32,9 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-dev-shm-usage"]
 XSS = "<img src=x onerror=alert(1)>"
 SHOTS = ROOT / "build" / "screenshots"
-PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00"
-       b"\x00:~\x9bU\x00\x00\x00\nIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N\x00\x00"
-       b"\x00\x00IEND\xaeB`\x82")
+# pydicom-data's two real CR radiographs (MONOCHROME1, 15 and 10 bits), as we render them
+CORPUS = Path(data_store.__file__).parent / "data"
+RADIOGRAPHS = {"1.2.840.1": "RG1_UNCR.dcm", "1.2.840.4": "RG3_UNCR.dcm"}
 
 PUBLISH = """
 import asyncio, json, sys
@@ -49,6 +54,7 @@ import asyncio, sys
 from xrayvision.db.engine import Database, DatabaseOptions
 from xrayvision.db import repo
 from xrayvision.db.repo import ExamInfo, PatientInfo
+from xrayvision.dicom.convert import convert_file
 from xrayvision.images import FilesystemStore
 from xrayvision.events import make_bus
 
@@ -80,6 +86,52 @@ def sign_in(page, user: str) -> None:
     page.wait_for_selector("#signin", state="detached")
 
 
+def windowed(values: np.ndarray, level: int, width: int, invert: bool = False) -> np.ndarray:
+    """Grey values through a window, by DICOM's linear VOI function (PS3.3 C.11.2.1.2.1)."""
+    linear = ((values - (level - 0.5)) / (width - 1) + 0.5) * 255
+    out = np.clip(np.floor(linear + 0.5), 0, 255)
+    return 255 - out if invert else out
+
+
+def wait_window(page, window: str) -> None:
+    """Until the viewer has drawn the image through ``window`` ("level/width[/inverted]")."""
+    page.wait_for_function("w => document.getElementById('xray').dataset.window === w",
+                           arg=window)
+
+
+def check_window_level(page, images) -> None:
+    """The viewer's window presets, sliders and invert change the grey values drawn
+    exactly as a window/level maps the rendered image's values."""
+    png = cv2.imread(str(FilesystemStore(images).path("1.2.840.1", "png")), cv2.IMREAD_UNCHANGED)
+    height, width = png.shape
+    points = [(width * i // 7, height * j // 5) for i in range(1, 7) for j in range(1, 5)]
+    source = np.array([png[y, x] for x, y in points], dtype=float)
+    assert len(set(source)) > 5  # a real image: many grey values under the points
+    read = f"""() => {{ const c = document.getElementById('xray').getContext('2d');
+        return {json.dumps(points)}.map(([x, y]) => c.getImageData(x, y, 1, 1).data[0]); }}"""
+    assert page.evaluate(read) == windowed(source, 128, 256).tolist()  # full range: as is
+    page.select_option("#wl-preset", label="Dense (bone)")
+    wait_window(page, "170/128")
+    assert page.evaluate(read) == windowed(source, 170, 128).tolist()
+    assert page.inner_text("#wl-value") == "L 170 W 128"
+    page.fill("#wl-level", "90")  # a slider by hand: the preset says "Custom"
+    page.check("#wl-invert")
+    wait_window(page, "90/128/inverted")
+    assert page.evaluate(read) == windowed(source, 90, 128, invert=True).tolist()
+    assert page.eval_on_selector("#wl-preset", "s => s.selectedOptions[0].text") == "Custom"
+    # right-drag widens the window (left/right) as in PACS viewers
+    box = page.locator("#image-box").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down(button="right")
+    page.mouse.move(x + 60, y, steps=3)
+    page.mouse.up(button="right")
+    wait_window(page, "90/188/inverted")
+    page.click("#reset")
+    wait_window(page, "128/256")
+    assert page.evaluate(read) == windowed(source, 128, 256).tolist()
+
+
 def study_read(db, text: str, severity: int, **fields) -> None:
     """A read of study 1.2.840 as the relay stores it (claimed, stored, completed)."""
     def read(session):
@@ -92,8 +144,9 @@ def study_read(db, text: str, severity: int, **fields) -> None:
 
 @pytest.fixture
 def dashboard(tmp_path, pg_db, pg_url):
-    for uid in ("1.2.840.1", "1.2.840.4"):  # every converted image has its PNG
-        FilesystemStore(tmp_path / "data" / "images").put(uid, "png", PNG)
+    for uid, name in RADIOGRAPHS.items():  # every converted image has its PNG
+        png = convert_file(str(CORPUS / name)).png
+        FilesystemStore(tmp_path / "data" / "images").put(uid, "png", png)
     for uid, view in (("1.2.840.1", "PA"), ("1.2.840.4", "LAT")):
         pg_db.write_sync(records.add_converted, ExamInfo(uid=uid, region="chest",
                                                          study_uid="1.2.840", projection=view),
@@ -108,7 +161,7 @@ def dashboard(tmp_path, pg_db, pg_url):
         yield url
 
 
-def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
+def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_path):
     SHOTS.mkdir(parents=True, exist_ok=True)
     errors, dialogs = [], []
     with sync_playwright() as p:
@@ -162,8 +215,9 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert page.locator('#study-images a[href="#/exam/1.2.840.4"]').count() == 1
         assert page.locator("#study-images img.thumb").count() == 2  # a thumbnail each
         assert page.locator("#ai-text img").count() == 0
-        page.wait_for_function("document.getElementById('xray').naturalWidth > 0")
+        page.wait_for_function("() => document.getElementById('xray').dataset.loaded === 'true'")
         page.screenshot(path=str(SHOTS / "exam.png"))
+        check_window_level(page, tmp_path / "data" / "images")
         page.set_viewport_size({"width": 768, "height": 1024})
         page.screenshot(path=str(SHOTS / "exam-768.png"), full_page=True)
         page.set_viewport_size({"width": 1440, "height": 900})
@@ -190,12 +244,19 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         page.click("#requeue")  # asks first
         page.click("#requeue-no")
         assert page.inner_text("#requeue-result") == "" and page.is_hidden("#requeue-ask")
-        page.click("#requeue")
+        page.click("#requeue")  # and while the user decides, a new read arrives: said
+        assert pg_db.write_sync(repo.requeue_study, "1.2.840")
+        study_read(pg_db, "FINDINGS: a read while deciding", 6, endpoint="primary")
+        subprocess.run([sys.executable, "-c", PUBLISH, pg_url, "report.ready", json.dumps(
+            {"uid": "1.2.840", "images": ["1.2.840.1", "1.2.840.4"], "severity": 6})],
+            check=True)
+        page.wait_for_selector("#requeue-result:has-text('changed while you were deciding')")
+        assert "AI read version 3" in page.inner_text("#requeue-result")
         page.click("#requeue-yes")
         page.wait_for_selector("#requeue-result:has-text('requeued')")
         study_read(pg_db, "FINDINGS: second read", 3, endpoint="secondary")
         page.reload()
-        page.wait_for_selector("#ai-version:has-text('version 3')")
+        page.wait_for_selector("#ai-version:has-text('version 4')")
         page.click("#history summary")
         history = page.inner_text("#history")
         assert "version 1 · severity 7" in history and "reviewed incorrect by rad" in history
@@ -247,9 +308,14 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url):
         assert page.locator("#chart-severity text.value").count() >= 1
         assert "ignored (no region)\n1" in page.inner_text("#queue-counts")
         assert "secondary\t1" in page.inner_text("#latency")  # the current read's
+        assert "medgemma\t1" in page.inner_text("#per-model")
+        page.wait_for_selector("#chart-turnaround svg")  # receipt to first read, today
+        assert "90th percentile" in page.inner_text("#chart-turnaround .legend")
+        assert page.inner_text("#queue-head") == "Queue (studies)"
+        assert page.inner_text("#queue").startswith("studies: waiting ")
         page.screenshot(path=str(SHOTS / "stats.png"), full_page=True)
         browser.close()
-    first, _second = pg_db.read_sync(repo.ai_history, "1.2.840.1").versions
+    first, *_later = pg_db.read_sync(repo.ai_history, "1.2.840.1").versions
     assert (first.review_correct, first.review_note, first.reviewed_by) == (
         0, "missed effusion", "rad")
     assert dialogs == [], "an alert ran: report text was rendered as HTML"

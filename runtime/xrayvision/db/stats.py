@@ -23,6 +23,7 @@ from xrayvision.db.models import (
     TALLY_READ,
     TALLY_STUDY,
     AIReport,
+    AIReportVersion,
     Exam,
     RadReport,
     Study,
@@ -51,10 +52,10 @@ def _window(query: SelectT, since: dt.datetime | None, until: dt.datetime | None
 def _reads(since: dt.datetime | None, until: dt.datetime | None) -> Any:
     """The AI reads of exams or studies received in the window (a read is an exam's or
     a study's: received when it, or its first image, was), as a subquery of their
-    severity, review_correct, endpoint and latency. Each half is found from its unit's
+    severity, review_correct, endpoint, latency and model. Each half is found from its unit's
     receipt index, so a short window reads only its own reads."""
     a = AIReport
-    columns = (a.severity, a.review_correct, a.endpoint, a.latency)
+    columns = (a.severity, a.review_correct, a.endpoint, a.latency, a.model)
     if since is None and until is None:  # every read: no join
         return select(*columns).subquery()
     of_exams = _window(select(*columns).join(Exam, Exam.uid == a.uid), since, until)
@@ -103,15 +104,58 @@ def throughput(session: Session, since: dt.datetime | None = None,
 
 def counts_by(session: Session, column: str, since: dt.datetime | None = None,
               until: dt.datetime | None = None) -> dict[str, int]:
-    """Exams by ``region`` or (radiologist reports by) ``radiologist``."""
+    """Exams by ``region``, radiologist reports by ``radiologist``, or AI reads (of
+    exams and of studies) by ``model``."""
+    if column == "model":
+        reads = _reads(since, until)
+        query = select(reads.c.model, func.count()).group_by(reads.c.model)
+        return {str(k or ""): n for k, n in session.execute(query)}
     if column == "region":
         query = select(Exam.region, func.count()).group_by(Exam.region)
     elif column == "radiologist":
         query = (select(RadReport.radiologist, func.count())
                  .join(Exam, Exam.uid == RadReport.uid).group_by(RadReport.radiologist))
     else:
-        raise ValueError("column must be region or radiologist")
+        raise ValueError("column must be region, radiologist or model")
     return {str(k or ""): n for k, n in session.execute(_window(query, since, until))}
+
+
+def first_reads(session: Session, since: dt.datetime | None = None,
+                until: dt.datetime | None = None, *,
+                per_study: bool = False) -> list[tuple[dt.datetime, dt.datetime]]:
+    """(received, first AI read stored) of each exam, or ``per_study`` study (received:
+    its first image), received in the window and read at least once: the first read is
+    version 1, whether it is still current or a requeue replaced it."""
+    unit: Any = Study if per_study else Exam
+    firsts = union_all(
+        select(AIReport.uid, AIReport.created).where(AIReport.version == 1),
+        select(AIReportVersion.uid, AIReportVersion.created)
+        .where(AIReportVersion.version == 1)).subquery()
+    query = _window(select(unit.created, firsts.c.created)
+                    .join(firsts, firsts.c.uid == unit.uid), since, until, unit)
+    return [(received, read) for received, read in session.execute(query)]
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """The ``p``th percentile (0-100) of sorted values by the nearest rank (a value
+    that occurred; pure)."""
+    rank = max(1, -(-len(ordered) * p // 100))  # ceil(n * p / 100), at least the first
+    return ordered[int(rank) - 1]
+
+
+def turnaround(pairs: list[tuple[dt.datetime, dt.datetime]]) -> dict[str, dict[str, Any]]:
+    """Per UTC day of receipt (YYYY-MM-DD): reads, and the median and 90th percentile
+    of the seconds from receipt to the first AI read (pure)."""
+    days: dict[str, list[float]] = {}
+    for received, read in pairs:
+        day = received.astimezone(dt.UTC).date().isoformat()
+        days.setdefault(day, []).append(max(0.0, (read - received).total_seconds()))
+    result = {}
+    for day, seconds in sorted(days.items()):
+        seconds.sort()
+        result[day] = {"reads": len(seconds), "p50_seconds": percentile(seconds, 50),
+                       "p90_seconds": percentile(seconds, 90)}
+    return result
 
 
 def _read_figures(rows: Any) -> tuple[dict[int, int], dict[int, int],

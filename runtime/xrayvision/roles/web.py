@@ -40,8 +40,11 @@ async def bootstrap_admin(db: Database) -> tuple[str, str | None]:
     return hashed, password
 
 
-async def dashboard_state(db: Database) -> dict[str, Any]:
-    return {"queue": await db.read(repo.queue_counts)}
+async def dashboard_state(db: Database, *, studies: bool = False) -> dict[str, Any]:
+    """What every page's header shows: the queue by status, of ``studies`` when reads
+    are per study (the worklist's unit), else of images."""
+    queue = await db.read(repo.queue_counts, studies=studies)
+    return {"queue": queue, "unit": "study" if studies else "image"}
 
 
 WATCH_INTERVAL = 2.0  # seconds between looks for exams other processes wrote (SQLite)
@@ -78,7 +81,8 @@ async def run(rt: Runtime) -> None:
                   file=sys.stdout, flush=True)
             log.warning("created the first-start admin user; its password was printed once")
     services = app[SERVICES]
-    hub = Hub(rt.bus, lambda: dashboard_state(db))
+    hub = Hub(rt.bus, lambda: dashboard_state(
+        db, studies=settings.ai.read_per == "study"))
     if rt.model is not None:  # until the first health event from a relay
         hub.set_endpoints({n: h.as_dict() for n, h in rt.model.health().items()})
     services.text = rt.text

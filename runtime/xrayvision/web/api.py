@@ -379,9 +379,12 @@ async def stats_global(request: web.Request) -> web.Response:
 
     def read(session):
         figures = stats.figures(session, since, until, per_study=per_study)
+        counts = {"statuses": repo.queue_counts(session)}
+        if per_study:  # the worklist's unit: what is waiting, read, failed
+            counts["study_statuses"] = repo.queue_counts(session, studies=True)
         return {
             "threshold": threshold,
-            "statuses": repo.queue_counts(session),
+            **counts,
             "severity": {"ai": figures.severity("ai"), "rad": figures.severity("rad")},
             "agreement": figures.confusion(threshold).as_dict(),
             "reviews": figures.review_counts(),
@@ -415,6 +418,31 @@ async def stats_regional(request: web.Request) -> web.Response:
 
 async def stats_radiologists(request: web.Request) -> web.Response:
     return await _grouped(request, "radiologist", "radiologists", "reports")
+
+
+async def stats_models(request: web.Request) -> web.Response:
+    return await _grouped(request, "model", "models", "reads")
+
+
+TURNAROUND_DAYS = 31  # the window of /api/stats/turnaround without ``since``
+
+
+async def stats_turnaround(request: web.Request) -> web.Response:
+    """Time from receipt to the first AI read, per day of receipt: median and 90th
+    percentile (of studies when reads are per study, else of images)."""
+    require(request, READ)
+    since, until = _window(request)
+    if since is None:
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = today - dt.timedelta(days=TURNAROUND_DAYS - 1)
+    per_study = _per_study(request)
+
+    def read(session):
+        return stats.turnaround(stats.first_reads(session, since, until, per_study=per_study))
+
+    days = await cached(request, read)
+    return web.json_response({"unit": "study" if per_study else "image", "since": _iso(since),
+                              "days": [{"day": day, **row} for day, row in days.items()]})
 
 
 async def stats_timeline(request: web.Request) -> web.Response:
@@ -697,6 +725,8 @@ def setup_api_routes(app: web.Application) -> None:
     r.add_get("/api/stats/radiologists", stats_radiologists)
     r.add_get("/api/stats/insights", stats_insights)
     r.add_get("/api/stats/timeline", stats_timeline)
+    r.add_get("/api/stats/models", stats_models)
+    r.add_get("/api/stats/turnaround", stats_turnaround)
     r.add_post("/api/check", check)
     r.add_post("/api/analyse", analyse)
     r.add_post("/api/rad_review", rad_review)

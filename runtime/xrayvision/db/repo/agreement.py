@@ -49,7 +49,7 @@ def agreement_condition(kind: str, threshold: int) -> ColumnElement[bool]:
         raise ValueError(f"agreement must be one of {', '.join(AGREEMENT_CLASSES)}") from None
 
 
-AGREEMENT_GROUPS = ("all", "region", "radiologist", "day")
+AGREEMENT_GROUPS = ("all", "region", "radiologist", "model", "day")
 
 
 def agreement_counts(session: Session, threshold: int, by: str = "all",
@@ -57,8 +57,9 @@ def agreement_counts(session: Session, threshold: int, by: str = "all",
                      until: dt.datetime | None = None, *,
                      per_study: bool = False) -> dict[str, Confusion]:
     """TP/TN/FP/FN and not-assessed counts of exams with both reports, at ``threshold``,
-    grouped ``by`` all (key ""), region, radiologist or day of receipt (UTC,
-    YYYY-MM-DD); :func:`xrayvision.agreement.roll_up` makes weeks and months of days.
+    grouped ``by`` all (key ""), region, radiologist, model (of the AI read) or day of
+    receipt (UTC, YYYY-MM-DD); :func:`xrayvision.agreement.roll_up` makes weeks and
+    months of days.
     ``per_study``: of studies (the study's AI read against the study's radiologist
     report; the region key is the study's regions, e.g. "chest" or "chest,hand")."""
     if by not in AGREEMENT_GROUPS:
@@ -69,6 +70,8 @@ def agreement_counts(session: Session, threshold: int, by: str = "all",
         key = Study.regions if per_study else Exam.region
     elif by == "radiologist":
         key = RadReport.radiologist
+    elif by == "model":
+        key = AIReport.model
     elif by == "day":
         created: SQLColumnExpression[Any] = unit.created
         if session.get_bind().dialect.name == "postgresql":

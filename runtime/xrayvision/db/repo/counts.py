@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import (
     func,
@@ -15,13 +16,16 @@ from xrayvision.db.models import (
     CLAIMABLE,
     STATUSES,
     Exam,
+    Study,
 )
 
 
-def queue_counts(session: Session) -> dict[str, int]:
-    """Number of exams in every status (zeros included): the dashboard's queue sizes."""
+def queue_counts(session: Session, *, studies: bool = False) -> dict[str, int]:
+    """Number of exams, or ``studies``, in every status (zeros included): the
+    dashboard's queue sizes."""
+    unit: Any = Study if studies else Exam
     counts = dict.fromkeys(STATUSES, 0)
-    for status, n in session.execute(select(Exam.status, func.count()).group_by(Exam.status)):
+    for status, n in session.execute(select(unit.status, func.count()).group_by(unit.status)):
         counts[status] = n
     return counts
 
