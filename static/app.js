@@ -307,6 +307,7 @@ function setupViewer() {
   const zoom = (factor, cx = box.clientWidth / 2, cy = box.clientHeight / 2) => {
     t.x = cx - (cx - t.x) * factor; t.y = cy - (cy - t.y) * factor; t.scale *= factor; place();
   };
+  new ResizeObserver(fit).observe(box);  // a narrower window: the image fits it again
   box.onwheel = (e) => {
     e.preventDefault();
     const r = box.getBoundingClientRect();

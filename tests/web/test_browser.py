@@ -77,6 +77,16 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
+def shoot(page, name: str) -> None:
+    """Screenshots of the page as it is, at 1440x900 and at 768 px wide (a tablet, a
+    narrow window), the whole page each time."""
+    size = page.viewport_size
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 768, "height": 1024})
+    page.screenshot(path=str(SHOTS / f"{name}-768.png"), full_page=True)
+    page.set_viewport_size(size)
+
+
 def sign_in(page, user: str) -> None:
     """Through the sign-in page, as a user does (the cookie then signs in every request)."""
     page.wait_for_selector("#signin")
@@ -185,10 +195,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         assert first == "1.2.840"
         assert "studies" in page.inner_text("#page-info")
         assert "ignore: no_region_rule" in page.inner_text('tr[data-uid="1.2.840.3"]')
-        page.screenshot(path=str(SHOTS / "exams.png"))
-        page.set_viewport_size({"width": 768, "height": 1024})  # a tablet, a narrow window
-        page.screenshot(path=str(SHOTS / "exams-768.png"))
-        page.set_viewport_size({"width": 1440, "height": 900})
+        shoot(page, "exams")
 
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", INSERT, pg_url, "1.2.840.2"], check=True)
@@ -216,11 +223,8 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         assert page.locator("#study-images img.thumb").count() == 2  # a thumbnail each
         assert page.locator("#ai-text img").count() == 0
         page.wait_for_function("() => document.getElementById('xray').dataset.loaded === 'true'")
-        page.screenshot(path=str(SHOTS / "exam.png"))
+        shoot(page, "exam")
         check_window_level(page, tmp_path / "data" / "images")
-        page.set_viewport_size({"width": 768, "height": 1024})
-        page.screenshot(path=str(SHOTS / "exam-768.png"), full_page=True)
-        page.set_viewport_size({"width": 1440, "height": 900})
 
         page.check('#review input[value="false"]')
         page.fill("#review textarea", "missed effusion")
@@ -262,7 +266,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         assert "version 1 · severity 7" in history and "reviewed incorrect by rad" in history
         assert "missed effusion" in history and XSS in history
         assert page.locator("#history img").count() == 0
-        page.screenshot(path=str(SHOTS / "exam-history.png"), full_page=True)
+        shoot(page, "exam-history")
 
         # the study in the hospital's viewer, from the settable address
         assert page.get_attribute("#viewer", "href") == (
@@ -313,7 +317,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         assert "90th percentile" in page.inner_text("#chart-turnaround .legend")
         assert page.inner_text("#queue-head") == "Queue (studies)"
         assert page.inner_text("#queue").startswith("studies: waiting ")
-        page.screenshot(path=str(SHOTS / "stats.png"), full_page=True)
+        shoot(page, "stats")
         browser.close()
     first, *_later = pg_db.read_sync(repo.ai_history, "1.2.840.1").versions
     assert (first.review_correct, first.review_note, first.reviewed_by) == (
@@ -343,11 +347,11 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
             page.wait_for_selector("td.empty")
             empty = page.inner_text("#exam-rows")
             assert "No studies yet" in empty and "AE title XRAYVISION, port " in empty
-            page.screenshot(path=str(SHOTS / "exams-empty.png"))
+            shoot(page, "exams-empty")
             page.goto(url + "/#/stats")  # and the statistics say there is nothing yet
             page.wait_for_selector("#chart-severity .empty")
             assert "No AI reads" in page.inner_text("#latency")
-            page.screenshot(path=str(SHOTS / "stats-empty.png"), full_page=True)
+            shoot(page, "stats-empty")
             page.goto(url + "/#/exams")
             page.wait_for_selector("td.empty")
         page.wait_for_selector("#live.off")
@@ -355,7 +359,7 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
         with web_process(tmp_path / "again", pg_url, users, port=port):
             page.wait_for_selector("#live.on", timeout=30000)
             page.wait_for_selector('tr[data-uid="1.2.841.1"]', timeout=5000)
-            page.screenshot(path=str(SHOTS / "exams-after-restart.png"))
+            shoot(page, "exams-after-restart")
         browser.close()
     assert errors == []
 
@@ -384,7 +388,7 @@ def test_the_admin_page_lists_users_and_the_audit_log(dashboard):
                     "[...document.querySelectorAll('#audit tbody tr td:nth-child(3)')]"
                     ".every((td) => td.textContent.startsWith('login'))")
                 assert "admin" in page.inner_text("#audit tbody")
-                page.screenshot(path=str(SHOTS / "admin.png"), full_page=True)
+                shoot(page, "admin")
             assert errors == []
             context.close()
         browser.close()
@@ -401,12 +405,12 @@ def test_sign_in_page_wrong_password_retry_and_sign_out(dashboard):
         page.goto(dashboard + "/")
         page.wait_for_selector("#signin")
         assert page.is_hidden('[data-nav="stats"]')
-        page.screenshot(path=str(SHOTS / "signin.png"))
+        shoot(page, "signin")
         page.fill("#signin input[name=username]", "rad")
         page.fill("#signin input[name=password]", "not-it")
         page.click("#signin button[type=submit]")
         page.wait_for_selector("#signin-message:has-text('wrong username or password')")
-        page.screenshot(path=str(SHOTS / "signin-wrong.png"))
+        shoot(page, "signin-wrong")
         page.fill("#signin input[name=password]", PASSWORDS["rad"])
         page.click("#signin button[type=submit]")
         page.wait_for_selector('tr[data-uid="1.2.840"]')
