@@ -344,6 +344,12 @@ class RelaySettings:
     sweep_interval: float = _setting(30.0, _float(0.1, 3600), "seconds between queue sweeps")
 
 
+# Imaging reports: HL7 v2 diagnostic service section RAD, and LOINC's "Radiology" part (US
+# Core's imaging DiagnosticReport category).
+IMAGING_CATEGORIES = ("http://terminology.hl7.org/CodeSystem/v2-0074|RAD",
+                      "http://loinc.org|LP29684-5")
+
+
 @dataclass(frozen=True)
 class FhirSettings:
     url: str = _setting("", _url("http", "https"), "FHIR R4 base URL; empty: off")
@@ -352,7 +358,15 @@ class FhirSettings:
     ca_bundle: Path | None = _setting(None, _optional_path, "CA bundle for FHIR TLS")
     poll_interval: float = _setting(300.0, _float(5), "seconds between FHIR polls")
     identifier_system: str = _setting(
-        "", _str, "Patient.identifier system of the patient id (CNP); empty: any system")
+        "urn:ro:cnp", _str,
+        "Patient.identifier system of the patient id (CNP); empty: try every identifier")
+    report_categories: tuple = _setting(
+        IMAGING_CATEGORIES, _list,
+        "DiagnosticReport categories (system|code, comma-separated) searched for: imaging "
+        "reports only; empty: any category")
+    report_codes: tuple = _setting(
+        (), _list, "DiagnosticReport codes (system|code, comma-separated) searched for "
+        "besides the categories; empty: any code")
     lookback_days: int = _setting(14, _int(1, 3650), "poll done exams received this many days back")
     match_window_days: int = _setting(
         7, _int(0, 365), "a report issued this many days after an exam may match it by date")

@@ -61,16 +61,16 @@ def test_date_window_over_two_studies_is_ambiguous():
 def test_date_window_bounds_and_linked_exams():
     exams = [exam("a1", "S1"), exam("z9", "S9", when=T0 - dt.timedelta(days=30)),
              exam("y1", "S8", when=T0 + dt.timedelta(hours=1), linked="other-report")]
-    m = match_report(report(when=T0 + dt.timedelta(days=2)), exams, {}, window=WEEK)
+    m = match_report(report(when=T0 + dt.timedelta(days=2)), exams, {}, window=WEEK, imaging=True)
     assert (m.rule, m.uids) == ("date_region", ("a1",))
     # Before the exam (beyond clock skew) or after the window: nothing.
     assert match_report(report(when=T0 - dt.timedelta(hours=2)), exams[:1], {},
-                        window=WEEK).rule == "none"
+                        window=WEEK, imaging=True).rule == "none"
     assert match_report(report(when=T0 + dt.timedelta(days=8)), exams[:1], {},
-                        window=WEEK).rule == "none"
+                        window=WEEK, imaging=True).rule == "none"
     # The exam linked to this same report still matches it (a new version).
     m = match_report(report("other-report", when=T0 + dt.timedelta(hours=2)), exams[2:], {},
-                     window=WEEK)
+                     window=WEEK, imaging=True)
     assert m.uids == ("y1",)
 
 
@@ -81,3 +81,24 @@ def test_report_without_time_or_identifiers_is_not_matched():
 def test_duplicate_accession_across_studies_is_ambiguous():
     exams = [exam("a1", "S1", "ACC1"), exam("x1", "S7", "ACC1")]
     assert match_report(report(accessions=["ACC1"]), exams, {}, window=WEEK).rule == "ambiguous"
+
+
+def test_a_date_match_needs_a_region_or_a_radiograph_named():
+    """A report with no identifiers whose code and text name neither a region nor a
+    radiograph (a blood count, 15 minutes after the X-ray) is never linked by date."""
+    lab = report(when=T0 + dt.timedelta(minutes=15))
+    m = match_report(lab, EXAMS[:1], {}, window=WEEK)
+    assert (m.rule, m.linked) == ("none", False) and "no region or radiograph" in m.reason
+    assert match_report(lab, EXAMS[:1], {}, window=WEEK, imaging=True).uids == ("a1",)
+
+
+def test_reasons_and_ranks():
+    m = match_report(report(accessions=["CT-77"]), EXAMS, {}, window=WEEK)
+    assert "names no exam" in m.reason
+    ambiguous = match_report(report(accessions=["ACC1"]),
+                             [exam("a1", "S1", "ACC1"), exam("x1", "S7", "ACC1")], {},
+                             window=WEEK)
+    assert ambiguous.reason == "it fits exams of 2 studies"
+    by_id = match_report(report(accessions=["ACC1"]), EXAMS, {}, window=WEEK)
+    by_date = match_report(report(), EXAMS[:1], {}, window=WEEK, region="chest")
+    assert by_id.rank > by_date.rank > 0

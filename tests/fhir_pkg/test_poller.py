@@ -44,8 +44,7 @@ async def poller_for(db, tmp_path, fhir_url, *, stub=None, **fhir_overrides):
     bus = LocalBus()
     await bus.start()
     settings = dataclasses.replace(
-        Settings(), fhir=FhirSettings(url=fhir_url, identifier_system="urn:ro:cnp",
-                                      **fhir_overrides))
+        Settings(), fhir=FhirSettings(url=fhir_url, **fhir_overrides))
     async with aiohttp.ClientSession() as session:
         model = ModelClient([Endpoint("primary", stub.url, "m")], session, backoff=0.01,
                             max_attempts=1)
@@ -241,3 +240,63 @@ async def test_run_backs_off_after_failures(db, tmp_path):
         with pytest.raises(RuntimeError, match="stop"):
             await poller.run()
     assert delays == [20, 40, 80]
+
+
+async def test_a_laboratory_report_is_never_the_radiologists(db, tmp_path, sekmet, tag):
+    """A final blood count (category LAB, LOINC 58410-2, 15 minutes after the X-ray, no
+    order link) beside the radiology report linked by accession, stored later: the
+    radiology report is the exam's; the laboratory one never travels or links."""
+    cnp, pid = f"5{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"S-{tag}", accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Lab", "Ion", "1980-01-01", "male"))
+    sekmet.put(diagnostic_report(f"lab-{tag}", pid, "Hemoglobină 13,5 g/dL, leucocite 7,2",
+                                 code="Hemoleucogramă completă", loinc="58410-2",
+                                 category="LAB", when="2026-11-20T09:15:00Z"))
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, stub, _):
+        stats = await poller.poll_once()
+        assert (stats.patients, stats.new, stats.unmatched, stats.not_imaging) == (1, 0, 0, 0)
+        assert await db.read(records.get_rad_report, f"{tag}.1") is None
+        assert stub.state.requests == []  # nothing checked or translated
+        sekmet.put(diagnostic_report(f"rad-{tag}", pid, "Opacitate bazală dreaptă",
+                                     accession=f"A-{tag}", when="2026-11-20T08:00:00Z"))
+        stats = await poller.poll_once()
+        assert stats.new == 1
+        assert (await db.read(records.get_rad_report, f"{tag}.1")).fhir_id == f"rad-{tag}"
+        assert (await db.read(records.get_rad_report, f"S-{tag}")).fhir_id == f"rad-{tag}"
+
+
+async def test_without_a_category_filter_the_rules_still_refuse_it(db, tmp_path, sekmet, tag):
+    """With the category filter off (``report_categories`` empty), the same laboratory
+    report names no region or radiograph: not linked by date. A radiology report matched
+    by accession beats one matched by date, although the date match is later."""
+    cnp, pid = f"6{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"S-{tag}", accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Lab", "Ana", "1980-01-01", "female"))
+    sekmet.put(diagnostic_report(f"lab-{tag}", pid, "Hemoglobină 13,5 g/dL",
+                                 code="Hemoleucogramă completă", loinc="58410-2",
+                                 category="LAB", when="2026-11-20T09:15:00Z"))
+    sekmet.put(diagnostic_report(f"date-{tag}", pid, "Rx torace: normal", category="",
+                                 when="2026-11-20T11:00:00Z"))
+    sekmet.put(diagnostic_report(f"acc-{tag}", pid, "Opacitate bazală dreaptă",
+                                 accession=f"A-{tag}", when="2026-11-20T10:00:00Z"))
+    async with poller_for(db, tmp_path, sekmet.url, report_categories=()) as (poller, _, _):
+        stats = await poller.poll_once()
+    assert (stats.new, stats.unmatched) == (1, 1)  # the laboratory report: no match
+    assert (await db.read(records.get_rad_report, f"{tag}.1")).fhir_id == f"acc-{tag}"
+
+
+async def test_any_identifier_when_no_system_is_set_amendments_included(db, tmp_path, sekmet,
+                                                                        tag):
+    """``identifier_system`` empty and the hospital record number listed before the CNP:
+    the amendment search still finds the patient's exams."""
+    cnp, pid = f"7{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Mrn", "Ion", "1980-01-01", "male", mrn=f"MRN-{tag}"))
+    sekmet.put(diagnostic_report(f"r-{tag}", pid, "Normal", accession=f"A-{tag}"))
+    async with poller_for(db, tmp_path, sekmet.url, identifier_system="") as (poller, _, _):
+        assert (await poller.poll_once()).new == 1
+        sekmet.put(diagnostic_report(f"r-{tag}", pid, "Addendum: nodul", status="amended",
+                                     accession=f"A-{tag}"))
+        stats = await poller.poll_once()
+        assert (stats.amended, stats.patients) == (1, 0)  # through the amendment search
+    assert (await db.read(records.get_rad_report, f"{tag}.1")).text == "Addendum: nodul"

@@ -1,11 +1,15 @@
 import base64
 import datetime as dt
 
+from xrayvision.config import IMAGING_CATEGORIES
 from xrayvision.fhir.resources import (
     Identifiers,
     attachment_text,
     html_to_text,
+    is_imaging,
+    names_imaging,
     parse_datetime,
+    patient_ids,
     patient_of,
     report_of,
 )
@@ -119,3 +123,40 @@ def test_parse_datetime_forms():
     assert parse_datetime("2026-11-20") == dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
     assert parse_datetime("2026-11-20T10:00:00") == dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
     assert parse_datetime("garbage") is None and parse_datetime(None) is None
+
+
+RAD = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}
+LAB = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
+
+
+def test_imaging_reports_by_category_and_code():
+    rad = {"category": [RAD], "code": {"coding": [{"system": "http://loinc.org",
+                                                   "code": "36643-5"}]}}
+    lab = {"category": [LAB], "code": {"coding": [{"system": "http://loinc.org",
+                                                   "code": "58410-2"}]}}
+    uncategorised = {"code": {"text": "Rx torace"}}
+    assert is_imaging(rad, IMAGING_CATEGORIES, ())
+    assert not is_imaging(lab, IMAGING_CATEGORIES, ())
+    assert not is_imaging(uncategorised, IMAGING_CATEGORIES, ())
+    assert is_imaging(uncategorised, (), ())  # no filter: any
+    # codes as a HIS lists them: with a system, or the code alone
+    assert is_imaging(rad, (), ("http://loinc.org|36643-5",))
+    assert is_imaging(rad, (), ("36643-5",))
+    assert not is_imaging(lab, (), ("http://loinc.org|36643-5", "30746-2"))
+    assert not is_imaging(rad, IMAGING_CATEGORIES, ("http://loinc.org|30746-2",))  # both
+
+
+def test_radiographs_named_in_romanian_and_english():
+    for text in ("Rx torace PA", "Radiografie pulmonară", "Chest X-ray", "XRAY knee",
+                 "Examen radiologic", "Röntgen Thorax"):
+        assert names_imaging(text), text
+    for text in ("Hemoleucogramă completă", "Glicemie", "crx-12 marker", ""):
+        assert not names_imaging(text), text
+
+
+def test_patient_ids_in_a_system_or_all():
+    resource = {"identifier": [{"system": "urn:oid:1.2.3", "value": "MRN-1"},
+                               {"system": "urn:ro:cnp", "value": "1800101123456"}]}
+    assert patient_ids(resource, "urn:ro:cnp") == {"1800101123456"}
+    assert patient_ids(resource, "") == {"MRN-1", "1800101123456"}
+    assert patient_ids(resource, "urn:other") == frozenset()

@@ -121,9 +121,16 @@ class Sekmet:
 
 
 def patient(pid: str, cnp: str, family: str, given: str, birth: str, gender: str,
-            system: str = "urn:ro:cnp") -> dict:
-    return {"resourceType": "Patient", "id": pid,
-            "identifier": [{"system": system, "value": cnp}],
+            system: str = "urn:ro:cnp", mrn: str = "") -> dict:
+    """A Patient with the CNP in ``system``; ``mrn``: a hospital record number listed
+    first, as many HIS exports do."""
+    identifiers = [{"system": system, "value": cnp}]
+    if mrn:
+        identifiers.insert(0, {"system": "urn:oid:1.2.3.4.5.mrn", "value": mrn,
+                               "type": {"coding": [{
+                                   "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                   "code": "MR"}]}})
+    return {"resourceType": "Patient", "id": pid, "identifier": identifiers,
             "name": [{"family": family, "given": [given]}], "birthDate": birth,
             "gender": gender}
 
@@ -144,13 +151,22 @@ def diagnostic_report(rid: str, pid: str, text: str, *, status: str = "final",
                       when: str = "2026-11-20T10:00:00Z", based_on: str = "",
                       accession: str = "", study_uid: str = "", code: str = "Rx torace",
                       radiologist: str = "Dr. Ionescu", content_type: str = "text/plain",
-                      encoding: str = "utf-8", conclusion: str = "") -> dict:
+                      encoding: str = "utf-8", conclusion: str = "",
+                      category: str = "RAD", loinc: str = "") -> dict:
+    """A DiagnosticReport as a RIS writes it: category ``RAD`` (HL7 v2 diagnostic service
+    section; ``LAB`` for a laboratory's), ``code`` as text, with a LOINC coding when
+    ``loinc`` is given."""
     resource: dict = {
         "resourceType": "DiagnosticReport", "id": rid, "status": status,
         "code": {"text": code}, "subject": {"reference": f"Patient/{pid}"},
         "effectiveDateTime": when, "resultsInterpreter": [{"display": radiologist}],
         "presentedForm": [{"contentType": content_type, "data": b64(text, encoding)}],
     }
+    if category:
+        resource["category"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": category}]}]
+    if loinc:
+        resource["code"]["coding"] = [{"system": "http://loinc.org", "code": loinc}]
     identifiers = []
     if accession:
         identifiers.append({

@@ -40,7 +40,9 @@ from xrayvision.config import FhirSettings
 
 log = logging.getLogger(__name__)
 
-REPORT_STATUSES = ("final", "amended", "corrected")
+# Stored: final, amended, corrected; withdraw what was stored: entered-in-error, cancelled.
+REPORT_STATUSES = ("final", "amended", "corrected", "entered-in-error", "cancelled")
+WITHDRAWN_STATUSES = ("entered-in-error", "cancelled")
 
 
 class FhirError(Exception):
@@ -288,13 +290,20 @@ class FhirClient:
 
     async def diagnostic_reports(self, *, patient_id: str = "", identifier: str = "",
                                  system: str = "", based_on: str = "",
-                                 since: str = "") -> SearchResult:
-        """Final, amended and corrected DiagnosticReports with the ServiceRequests they are
-        based on and their subjects (``_include``). One patient, by FHIR id or by a chained
-        identifier search (one request per patient, no Patient lookup first); optionally
-        only those ``based-on`` a ServiceRequest id, or updated after ``since`` (FHIR
-        instant)."""
+                                 since: str = "", categories: tuple[str, ...] = (),
+                                 codes: tuple[str, ...] = ()) -> SearchResult:
+        """DiagnosticReports in :data:`REPORT_STATUSES` (the ones to store and the ones
+        that withdraw a stored one) with the ServiceRequests they are based on and their
+        subjects (``_include``). One patient, by FHIR id or by a chained identifier search
+        (one request per patient, no Patient lookup first); optionally only those
+        ``based-on`` a ServiceRequest id, or updated after ``since`` (FHIR instant).
+        ``categories`` and ``codes`` (tokens, each list any of) filter on the server: a
+        HIS's laboratory reports never travel."""
         params = {"status": ",".join(REPORT_STATUSES)}
+        if categories:
+            params["category"] = ",".join(categories)
+        if codes:
+            params["code"] = ",".join(codes)
         if patient_id:
             params["subject"] = f"Patient/{patient_id}"
         elif identifier:

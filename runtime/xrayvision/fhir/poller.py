@@ -48,7 +48,14 @@ from xrayvision.dicom.regions import identify_region
 from xrayvision.events import RAD_REPORT_READY, Bus
 from xrayvision.fhir.client import FhirClient, FhirError, FhirHTTPError, SearchResult
 from xrayvision.fhir.match import match_report
-from xrayvision.fhir.resources import FhirReport, identifiers_of, patient_of, report_of
+from xrayvision.fhir.resources import (
+    FhirReport,
+    identifiers_of,
+    is_imaging,
+    names_imaging,
+    patient_ids,
+    report_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,7 @@ class PollStats:
     unchanged: int = 0
     unmatched: int = 0
     ambiguous: int = 0
+    not_imaging: int = 0  # returned by a server that ignored the category/code filter
     rechecked: int = 0
     unchecked: int = 0  # stored without a model check (model down)
     failed_patients: int = 0
@@ -174,7 +182,8 @@ class Poller:
                     return
                 try:
                     result = await self.client.diagnostic_reports(
-                        identifier=cnp, system=self.fhir.identifier_system)
+                        identifier=cnp, system=self.fhir.identifier_system,
+                        categories=self.fhir.report_categories, codes=self.fhir.report_codes)
                 except FhirHTTPError as exc:
                     stats.failed_patients += 1
                     log.warning("FHIR reports search refused for a patient",
@@ -207,17 +216,20 @@ class Poller:
                           pending: set[str], handled: set[str], stats: PollStats) -> None:
         """Reports updated since the last cycle, for patients not searched this cycle."""
         result = await self.client.diagnostic_reports(
-            since=since.isoformat().replace("+00:00", "Z"))
-        cnp_of = {}
-        for resource in result.included:
-            if resource.get("resourceType") == "Patient":
-                cnp_of[f"Patient/{resource.get('id')}"] = patient_of(
-                    resource, self.fhir.identifier_system).cnp
+            since=since.isoformat().replace("+00:00", "Z"),
+            categories=self.fhir.report_categories, codes=self.fhir.report_codes)
+        # A patient's identifiers in the configured system; with none configured, every
+        # identifier (the CNP need not be the first: a record number often is).
+        ids_of = {f"Patient/{resource.get('id')}": patient_ids(resource,
+                                                               self.fhir.identifier_system)
+                  for resource in result.included if resource.get("resourceType") == "Patient"}
         grouped: dict[str, list[dict]] = defaultdict(list)
         for resource in result.matches:
-            cnp = cnp_of.get(str((resource.get("subject") or {}).get("reference") or ""))
-            if cnp and cnp in by_patient and cnp not in pending:
-                grouped[cnp].append(resource)
+            ids = ids_of.get(str((resource.get("subject") or {}).get("reference") or ""), ())
+            for cnp in sorted(ids):
+                if cnp in by_patient and cnp not in pending:
+                    grouped[cnp].append(resource)
+                    break
         for cnp, resources in grouped.items():
             handled.update(await self._apply(
                 by_patient[cnp], SearchResult(resources, result.included, result.pages), stats))
@@ -226,32 +238,42 @@ class Poller:
 
     def _choose(self, exams: list[PollExam], result: SearchResult,
                 stats: PollStats) -> dict[str, FhirReport]:
-        """exam uid -> the report it gets (the latest of those matching it)."""
+        """exam uid -> the report it gets: of the reports matching it, an identifier
+        match before a date match, then the latest (:mod:`xrayvision.fhir.match`)."""
         requests = {f"ServiceRequest/{r.get('id')}": identifiers_of(r)
                     for r in result.included if r.get("resourceType") == "ServiceRequest"}
-        chosen: dict[str, FhirReport] = {}
+        chosen: dict[str, tuple[int, FhirReport]] = {}
         for resource in result.matches:
             report = report_of(resource)
+            if not is_imaging(resource, self.fhir.report_categories, self.fhir.report_codes):
+                # (a server that ignored the category or code filter)
+                stats.not_imaging += 1
+                metrics.FHIR_REPORTS.labels("not_imaging").inc()
+                continue
             if report.notes:
                 log.info("report attachments skipped or re-decoded",
                          extra={"fhir_id": report.fhir_id, "notes": "; ".join(report.notes)})
-            region = identify_region(self.regions, [report.description])
-            match = match_report(report, exams, requests, window=self.window, region=region)
+            region = (identify_region(self.regions, [report.description])
+                      or identify_region(self.regions, [report.text]))
+            match = match_report(report, exams, requests, window=self.window, region=region,
+                                 imaging=names_imaging(report.description, report.text))
             if match.rule == "ambiguous":
                 stats.ambiguous += 1
                 metrics.FHIR_AMBIGUOUS.inc()
-                log.warning("report matches exams of several studies; not linked",
-                            extra={"fhir_id": report.fhir_id, "exams": len(match.uids)})
+                log.warning("report not linked: ambiguous",
+                            extra={"fhir_id": report.fhir_id, "reason": match.reason})
                 continue
             if not match.linked:
                 stats.unmatched += 1
                 metrics.FHIR_REPORTS.labels("unmatched").inc()
+                log.info("report not linked: no match",
+                         extra={"fhir_id": report.fhir_id, "reason": match.reason})
                 continue
             for uid in match.uids:
                 held = chosen.get(uid)
-                if held is None or _later(report, held):
-                    chosen[uid] = report
-        return chosen
+                if held is None or (match.rank, *_order(report)) > (held[0], *_order(held[1])):
+                    chosen[uid] = (match.rank, report)
+        return {uid: report for uid, (_, report) in chosen.items()}
 
     async def _apply(self, exams: list[PollExam], result: SearchResult,
                      stats: PollStats) -> set[str]:
@@ -359,9 +381,9 @@ class Poller:
             metrics.AGREEMENT.labels(label, "not_assessed").set(confusion.not_assessed)
 
 
-def _later(a: FhirReport, b: FhirReport) -> bool:
-    """Whether report ``a`` supersedes ``b`` (later time; ties broken by FHIR id)."""
-    return (a.when or EARLIEST, a.fhir_id) > (b.when or EARLIEST, b.fhir_id)
+def _order(report: FhirReport) -> tuple[dt.datetime, str]:
+    """Among reports matched by the same rule, the later wins (ties: by FHIR id)."""
+    return (report.when or EARLIEST, report.fhir_id)
 
 
 def _event(exam: PollExam, res: _Result) -> dict:

@@ -99,6 +99,50 @@ def _codes(concept: object) -> set[str]:
     return {str(c.get("code", "")) for c in concept.get("coding") or [] if isinstance(c, dict)}
 
 
+def _tokens(concepts: object) -> set[str]:
+    """``system|code`` of every coding of one CodeableConcept or a list of them."""
+    if isinstance(concepts, dict):
+        concepts = [concepts]
+    found: set[str] = set()
+    for concept in concepts if isinstance(concepts, list) else []:
+        if not isinstance(concept, dict):
+            continue
+        for c in concept.get("coding") or []:
+            if isinstance(c, dict) and c.get("code"):
+                found.add(f"{c.get('system') or ''}|{c['code']}")
+    return found
+
+
+def token_matches(token: str, found: set[str]) -> bool:
+    """Whether a search token (``system|code``, ``|code`` or ``code``) names one of the
+    ``system|code`` pairs ``found``, as a FHIR server's token search does."""
+    if "|" not in token:
+        return any(f.split("|", 1)[1] == token for f in found)
+    return token in found
+
+
+def is_imaging(resource: dict, categories: tuple[str, ...], codes: tuple[str, ...]) -> bool:
+    """Whether a DiagnosticReport is one the searches ask for: a category among
+    ``categories`` and a code among ``codes`` (each list empty: any). Checked again on
+    what a server returns, as a server may ignore a search parameter it does not know."""
+    category = _tokens(resource.get("category"))
+    code = _tokens(resource.get("code"))
+    return ((not categories or any(token_matches(t, category) for t in categories))
+            and (not codes or any(token_matches(t, code) for t in codes)))
+
+
+# Words that say a report is about a radiograph (Romanian and English), for matching by
+# date: a report naming neither a region nor this is not taken for an X-ray's.
+_IMAGING_WORDS = re.compile(
+    r"\b(rx|dx|cr|x-?ray\w*|radiogra\w*|radiolog\w*|r[oö]ntgen\w*|imagistic\w*)\b",
+    re.IGNORECASE)
+
+
+def names_imaging(*texts: str) -> bool:
+    """Whether any of ``texts`` names a radiograph (pure)."""
+    return any(_IMAGING_WORDS.search(t or "") for t in texts)
+
+
 def identifiers_of(resource: dict, accession_system: str = "") -> Identifiers:
     """Accession numbers (identifier type ACSN, or the given system) and study instance
     UIDs (system ``urn:dicom:uid``, value ``urn:oid:<uid>``)."""
@@ -262,6 +306,15 @@ def order_priority(requests: list[dict], accession: str) -> int | None:
         if accession in identifiers_of(request).accessions:
             return REQUEST_PRIORITIES.get(str(request.get("priority") or ""))
     return None
+
+
+def patient_ids(resource: dict, identifier_system: str = "") -> frozenset[str]:
+    """The values of a Patient's identifiers in ``identifier_system``; with no system,
+    of every identifier (a hospital record number beside the CNP: either may be ours)."""
+    return frozenset(
+        str(ident["value"]).strip() for ident in resource.get("identifier") or []
+        if isinstance(ident, dict) and ident.get("value")
+        and (not identifier_system or ident.get("system") == identifier_system))
 
 
 def patient_of(resource: dict, identifier_system: str = "") -> PatientDetails:
