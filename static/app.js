@@ -458,10 +458,22 @@ async function loadExam(uid) {
   $("history-reviews").replaceChildren(...h.reviews.map((r) => el("li", {},
     `version ${r.version}: ${r.correct ? "correct" : "incorrect"} · ${r.by} · ${when(r.at)}` +
       (r.note ? ` · ${r.note}` : ""))));
+  const radHistory = e.rad_history || [];
+  const ENDED = { replaced: "replaced by a later version",
+    "entered-in-error": "withdrawn by the hospital system (entered in error)",
+    cancelled: "withdrawn by the hospital system (cancelled)" };
+  $("rad-history").hidden = !radHistory.length;
+  $("rad-history-versions").replaceChildren(...radHistory.map((v) => el("li", {},
+    el("p", { class: "muted" }, `${v.status} · ${v.radiologist || "radiologist not named"} · ` +
+      `severity ${v.severity} · stored ${when(v.stored)} · ${ENDED[v.ended_by] || v.ended_by} ${when(v.ended)}`),
+    el("pre", {}, v.text))));
   $("rad-badges").replaceChildren(...(rad ? [
     el("span", { class: "muted" }, "severity "), badge(rad.severity, "severity (radiologist)")] : []));
   $("rad-name").textContent = rad ? rad.radiologist : "";
-  $("rad-text").textContent = rad ? rad.text : "no radiologist report yet";
+  const last = radHistory[radHistory.length - 1];
+  $("rad-text").textContent = rad ? rad.text : last && last.ended_by !== "replaced"
+    ? `The hospital system withdrew the radiologist's report (${last.ended_by}); none now.`
+    : "no radiologist report yet";
   $("rad-en").textContent = rad ? rad.text_en : "";
   $("rad-en-head").hidden = !(rad && rad.text_en);  // no translation: no empty heading
   $("review").hidden = !(ai && state.config.can.review);

@@ -136,7 +136,7 @@ FHIR_REQUESTS = Counter(
 FHIR_REPORTS = Counter(
     "xrayvision_fhir_reports_total",
     "Radiologist reports handled by the poller by outcome (new, amended, unchanged, "
-    "unmatched; ambiguous ones: xrayvision_fhir_matches_ambiguous_total)",
+    "unmatched, withdrawn, not_imaging; ambiguous ones: xrayvision_fhir_matches_ambiguous_total)",
     ["outcome"],
 )
 FHIR_AMBIGUOUS = Counter("xrayvision_fhir_matches_ambiguous_total",

@@ -300,3 +300,51 @@ async def test_any_identifier_when_no_system_is_set_amendments_included(db, tmp_
         stats = await poller.poll_once()
         assert (stats.amended, stats.patients) == (1, 0)  # through the amendment search
     assert (await db.read(records.get_rad_report, f"{tag}.1")).text == "Addendum: nodul"
+
+
+async def test_a_withdrawn_report_leaves_the_study_and_agreement_for_the_history(
+        db, tmp_path, sekmet, tag):
+    """final -> amended (the final one kept as history) -> entered-in-error: withdrawn
+    from the image and the study, out of the statistics, kept in the history, audited."""
+    from xrayvision.db import stats
+    from xrayvision.db.models import AuditLog
+
+    cnp, pid = f"8{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"S-{tag}", accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Retras", "Ion", "1980-01-01", "male"))
+    sekmet.put(diagnostic_report(f"r-{tag}", pid, "Pneumonie", accession=f"A-{tag}"))
+
+    def rad_reports(session):
+        return sum(stats.figures(session).rad.values())  # (images: the test makes no study)
+
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, _, events):
+        assert (await poller.poll_once()).new == 1
+        counted = await db.read(rad_reports)
+        assert counted >= 1
+        sekmet.put(diagnostic_report(f"r-{tag}", pid, "Pneumonie; addendum", status="amended",
+                                     accession=f"A-{tag}"))
+        assert (await poller.poll_once()).amended == 1
+        history = await db.read(repo.rad_history, f"{tag}.1")
+        assert [(h.text, h.fhir_status, h.ended_by) for h in history] == [
+            ("Pneumonie", "final", "replaced")]
+        assert [h.ended_by for h in await db.read(repo.rad_history, f"S-{tag}")] == ["replaced"]
+        drain(events)
+        sekmet.put(diagnostic_report(f"r-{tag}", pid, "Pneumonie; addendum",
+                                     status="entered-in-error", accession=f"A-{tag}"))
+        stats_ = await poller.poll_once()
+        assert (stats_.withdrawn, stats_.new, stats_.amended) == (1, 0, 0)
+        assert await db.read(records.get_rad_report, f"{tag}.1") is None
+        assert await db.read(records.get_rad_report, f"S-{tag}") is None
+        assert await db.read(rad_reports) == counted - 1
+        history = await db.read(repo.rad_history, f"{tag}.1")
+        assert [(h.text, h.fhir_status, h.ended_by) for h in history] == [
+            ("Pneumonie", "final", "replaced"),
+            ("Pneumonie; addendum", "amended", "entered-in-error")]
+        [event] = [e for e in drain(events) if e.type == "rad_report.ready"]
+        assert event.data["withdrawn"] is True and event.data["uid"] == f"{tag}.1"
+        audit = await db.read(lambda s: s.query(AuditLog).filter_by(
+            action="rad_report.withdrawn", target=f"r-{tag}").all())
+        assert len(audit) == 1 and "entered-in-error" in audit[0].detail
+        # the image is without a report again: asked again, nothing more happens
+        again = await poller.poll_once()
+        assert (again.patients, again.withdrawn, again.new) == (1, 0, 0)

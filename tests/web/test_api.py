@@ -524,3 +524,19 @@ async def test_admin_sees_users_and_the_audit_log_filtered_and_paged(api):
     later = await (await client.get("/api/admin/audit?since=2999-01-01", headers=h)).json()
     assert later["entries"] == []
     assert (await client.get("/api/admin/audit?before=x", headers=h)).status == 400
+
+
+async def test_exam_detail_shows_earlier_and_withdrawn_radiologist_reports(api):
+    client, services = api
+    seed(services.db)
+    db = services.db
+    db.write_sync(repo.save_rad_report, "1.2.3.1", fhir_id="r1", fhir_version="2",
+                  fhir_status="amended", text="Pneumonie bazală; addendum", severity=8)
+    db.write_sync(repo.save_rad_report, "1.2.3.1", severity=7, checked=True)  # a recheck
+    assert db.write_sync(repo.withdraw_rad_reports, "r1", "entered-in-error") == ["1.2.3.1"]
+    exam = await (await client.get("/api/exams/1.2.3.1", headers=basic("viewer"))).json()
+    assert exam["rad"] is None
+    assert [(v["text"], v["ended_by"]) for v in exam["rad_history"]] == [
+        ("Pneumonie bazală", "replaced"),
+        ("Pneumonie bazală; addendum", "entered-in-error")]
+    assert exam["rad_history"][1]["severity"] == 7  # as it was when withdrawn

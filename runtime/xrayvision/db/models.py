@@ -346,6 +346,33 @@ class RadReport(Base):
     )
 
 
+class RadReportVersion(Base):
+    """A radiologist report as it was before a later version (amended, corrected) or
+    another report replaced it, or before the HIS withdrew it (entered-in-error,
+    cancelled): the study page's history; nothing the HIS sent is lost."""
+
+    __tablename__ = "rad_report_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(64))  # as RadReport.uid
+    fhir_id: Mapped[str] = mapped_column(String(128), default="")
+    fhir_version: Mapped[str] = mapped_column(String(64), default="")
+    fhir_status: Mapped[str] = mapped_column(String(16), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    text_en: Mapped[str] = mapped_column(Text, default="")
+    radiologist: Mapped[str] = mapped_column(String(256), default="")
+    positive: Mapped[int] = mapped_column(Integer, default=-1)
+    severity: Mapped[int] = mapped_column(Integer, default=-1)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    checked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # when it was stored
+    ended: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # replaced (a new version or another report) or withdrawn (entered-in-error, cancelled)
+    ended_by: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_rad_report_versions_uid", "uid"),)
+
+
 class Image(Base):
     """Image bytes when ``[images] backend = database`` (kind: png, dcm)."""
 

@@ -14,7 +14,9 @@ One cycle:
    translated (TRN, Romanian to English), then stored for each exam of the study and
    for the study itself (``repo.link_rad_report``) in one transaction that also
    publishes ``rad_report.ready``. A model that is down leaves the
-   report stored with ``checked = false``; later cycles check it then.
+   report stored with ``checked = false``; later cycles check it then. A report the HIS
+   withdrew (``entered-in-error``, ``cancelled``) leaves every exam and study it was
+   stored for, for the history (audited); the report it replaces, too.
 5. Agreement counts by region go to the metrics.
 
 A cycle whose FHIR requests fail stops asking (the rest waits for the next cycle) and the
@@ -25,6 +27,7 @@ changes nothing: reports are keyed by exam and FHIR version.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -46,7 +49,13 @@ from xrayvision.db.models import utcnow
 from xrayvision.db.repo import PollExam
 from xrayvision.dicom.regions import identify_region
 from xrayvision.events import RAD_REPORT_READY, Bus
-from xrayvision.fhir.client import FhirClient, FhirError, FhirHTTPError, SearchResult
+from xrayvision.fhir.client import (
+    WITHDRAWN_STATUSES,
+    FhirClient,
+    FhirError,
+    FhirHTTPError,
+    SearchResult,
+)
 from xrayvision.fhir.match import match_report
 from xrayvision.fhir.resources import (
     FhirReport,
@@ -83,6 +92,7 @@ class PollStats:
     unchanged: int = 0
     unmatched: int = 0
     ambiguous: int = 0
+    withdrawn: int = 0  # stored reports the HIS withdrew (entered-in-error, cancelled)
     not_imaging: int = 0  # returned by a server that ignored the category/code filter
     rechecked: int = 0
     unchecked: int = 0  # stored without a model check (model down)
@@ -245,6 +255,8 @@ class Poller:
         chosen: dict[str, tuple[int, FhirReport]] = {}
         for resource in result.matches:
             report = report_of(resource)
+            if report.status in WITHDRAWN_STATUSES:
+                continue  # (withdraws what was stored: _apply)
             if not is_imaging(resource, self.fhir.report_categories, self.fhir.report_codes):
                 # (a server that ignored the category or code filter)
                 stats.not_imaging += 1
@@ -277,7 +289,16 @@ class Poller:
 
     async def _apply(self, exams: list[PollExam], result: SearchResult,
                      stats: PollStats) -> set[str]:
-        """Stores what is new in one patient's reports; returns the uids it stored."""
+        """Stores what is new in one patient's reports and withdraws what the HIS
+        withdrew; returns the uids it stored or withdrew from."""
+        withdrawn = {str(r.get("id") or ""): str(r.get("status"))
+                     for r in result.matches if r.get("status") in WITHDRAWN_STATUSES}
+        retract = {e.rad_fhir_id: withdrawn[e.rad_fhir_id] for e in exams
+                   if e.rad_fhir_id in withdrawn}
+        # Exams whose report is withdrawn are without one again: another report may match.
+        exams = [dataclasses.replace(e, rad_fhir_id="", rad_version="", rad_checked=False,
+                                     has_report=False) if e.rad_fhir_id in retract else e
+                 for e in exams]
         chosen = self._choose(exams, result, stats)
         by_uid = {e.uid: e for e in exams}
         changes: list[tuple[PollExam, FhirReport]] = []
@@ -288,13 +309,21 @@ class Poller:
                 metrics.FHIR_REPORTS.labels("unchanged").inc()
             else:
                 changes.append((exam, report))
-        if not changes:
+        if not changes and not retract:
             return set()
         texts = {report.text for _, report in changes}
         results = dict(zip(texts, await asyncio.gather(*(self._check(t) for t in texts)),
                            strict=True))
+        withdrawn_from: set[str] = set()
 
         def store(session: Session) -> None:
+            for fhir_id, status in sorted(retract.items()):
+                for uid in repo.withdraw_rad_reports(session, fhir_id, status):
+                    if uid in by_uid:
+                        withdrawn_from.add(uid)
+                        self.bus.publish_in(session, RAD_REPORT_READY, uid=uid, severity=-1,
+                                            positive=-1, region=by_uid[uid].region,
+                                            amended=True, withdrawn=True)
             # the latest report last: it is the one its study keeps
             for exam, report in sorted(changes, key=lambda c: (c[1].when or EARLIEST,
                                                                 c[1].fhir_id)):
@@ -309,6 +338,11 @@ class Poller:
                 self.bus.publish_in(session, RAD_REPORT_READY, **_event(exam, res))
 
         await self.db.write(store)
+        for fhir_id, status in sorted(retract.items()):
+            stats.withdrawn += 1
+            metrics.FHIR_REPORTS.labels("withdrawn").inc()
+            log.info("radiologist report withdrawn by the HIS",
+                     extra={"fhir_id": fhir_id, "status": status})
         counted: set[str] = set()
         for exam, report in changes:
             res = results[report.text]
@@ -319,7 +353,7 @@ class Poller:
             metrics.FHIR_REPORTS.labels("amended" if amended else "new").inc()
             if res.checked:
                 self._count_severity(exam, res, counted)
-        return {exam.uid for exam, _ in changes}
+        return {exam.uid for exam, _ in changes} | withdrawn_from
 
     def _count_severity(self, exam: PollExam, res: _Result, counted: set[str]) -> None:
         """``xrayvision_severity_total{source="rad"}`` counts what the AI reads are

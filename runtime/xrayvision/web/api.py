@@ -325,15 +325,21 @@ async def get_exam(request: web.Request) -> web.Response:
         row = repo.get_exam(session, uid)
         if row is None:
             return None
-        return row, repo.ai_history(session, uid), repo.study_images(session,
-                                                                     row.exam.study_uid)
+        return (row, repo.ai_history(session, uid),
+                repo.study_images(session, row.exam.study_uid), repo.rad_history(session, uid))
 
     found = await database(request).read(read)
     if found is None:
         raise web.HTTPNotFound(text=f"no exam {uid}")
-    row, history, images = found
+    row, history, images, rad_history = found
     return web.json_response({
         **exam_json(row, full=True), "history": history_json(history),
+        # earlier versions of the radiologist's report, and reports the HIS withdrew
+        "rad_history": [{"fhir_id": v.fhir_id, "fhir_version": v.fhir_version,
+                         "status": v.fhir_status, "text": v.text, "text_en": v.text_en,
+                         "radiologist": v.radiologist, "severity": v.severity,
+                         "stored": _iso(v.created), "ended": _iso(v.ended),
+                         "ended_by": v.ended_by} for v in rad_history],
         "study_images": [{"uid": i.uid, "projection": i.projection,
                           "series_description": i.series_description, "status": i.status,
                           "severity": i.severity, "created": _iso(i.created)}

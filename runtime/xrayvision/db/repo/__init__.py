@@ -44,6 +44,7 @@ from xrayvision.db.repo.reports import (
     ai_history,
     link_rad_report,
     poll_exams,
+    rad_history,
     raise_priority,
     read_of,
     report_context,
@@ -52,6 +53,7 @@ from xrayvision.db.repo.reports import (
     save_ai_read,
     save_rad_report,
     unchecked_rad_reports,
+    withdraw_rad_reports,
 )
 from xrayvision.db.repo.sessions import (
     SignIn,
@@ -115,4 +117,5 @@ __all__ = [
     "save_study_read", "study_context", "study_key", "StudyRow", "count_studies",
     "study_page", "shown_total",
     "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
+    "rad_history", "withdraw_rad_reports",
 ]

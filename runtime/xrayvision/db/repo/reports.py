@@ -39,10 +39,12 @@ from xrayvision.db.models import (
     Exam,
     Patient,
     RadReport,
+    RadReportVersion,
     Review,
     Study,
     utcnow,
 )
+from xrayvision.db.repo.state import audit
 from xrayvision.db.repo.tallies import restate_tallies
 
 _AI_FIELDS = {c.key for c in AIReport.__table__.columns} - {"uid", "created", "updated"}
@@ -161,11 +163,63 @@ def retriage(session: Session, threshold: int) -> int:
     return int(result.rowcount or 0) + int(studies.rowcount or 0)
 
 
+# What makes a radiologist report another one (the rest is our check of it).
+_RAD_IDENTITY = ("fhir_id", "fhir_version", "text")
+_RAD_KEPT = ("fhir_id", "fhir_version", "fhir_status", "text", "text_en", "radiologist",
+             "positive", "severity", "summary", "checked")
+
+
+def _keep(session: Session, report: RadReport, ended_by: str) -> None:
+    """``report`` as it is now, into the history: ``ended_by`` "replaced", or the FHIR
+    status that withdrew it."""
+    session.add(RadReportVersion(uid=report.uid, created=report.updated, ended=utcnow(),
+                                 ended_by=ended_by,
+                                 **{f: getattr(report, f) for f in _RAD_KEPT}))
+
+
+def _keep_if_replaced(session: Session, uid: str, fields: dict[str, Any]) -> None:
+    """Keeps ``uid``'s report in the history when ``fields`` make it another report (a
+    new FHIR version, another report, another text); a recheck of the same one is not."""
+    if not set(_RAD_IDENTITY) & fields.keys():
+        return
+    current = session.get(RadReport, uid, populate_existing=True)
+    if current is not None and any(
+            f in fields and fields[f] != getattr(current, f) for f in _RAD_IDENTITY):
+        _keep(session, current, "replaced")
+
+
 def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
     """Creates or updates the radiologist report of exam (or study key) ``uid`` (columns
-    of rad_reports), and the statistics' tallies."""
+    of rad_reports), and the statistics' tallies. A report it replaces goes to the
+    history (``rad_report_versions``)."""
+    _keep_if_replaced(session, uid, fields)
     _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)
     restate_tallies(session, [uid])
+
+
+def withdraw_rad_reports(session: Session, fhir_id: str, status: str) -> list[str]:
+    """The HIS withdrew DiagnosticReport ``fhir_id`` (``status`` entered-in-error or
+    cancelled): every exam's and study's copy of it leaves the current reports (and
+    agreement) for the history, audited. Returns the uids it was withdrawn from (none
+    when not stored)."""
+    rows = session.scalars(select(RadReport).where(RadReport.fhir_id == fhir_id)).all()
+    uids = [row.uid for row in rows]
+    for row in rows:
+        _keep(session, row, status)
+        session.delete(row)
+    if uids:
+        session.flush()
+        restate_tallies(session, uids)
+        audit(session, "rad_report.withdrawn", username="fhir", target=fhir_id,
+              detail=f"{status}: withdrawn from {len(uids)} exams and studies")
+    return uids
+
+
+def rad_history(session: Session, uid: str) -> list[RadReportVersion]:
+    """Earlier and withdrawn radiologist reports of exam (or study key) ``uid``, oldest
+    first."""
+    return list(session.scalars(select(RadReportVersion).where(RadReportVersion.uid == uid)
+                                .order_by(RadReportVersion.ended, RadReportVersion.id)))
 
 
 def link_rad_report(session: Session, uid: str, key: str) -> bool:
@@ -180,8 +234,10 @@ def link_rad_report(session: Session, uid: str, key: str) -> bool:
     current = session.get(RadReport, key, populate_existing=True)
     if current is not None and current.fhir_id != row.fhir_id and current.updated > row.updated:
         return False
-    _upsert_report(session, RadReport, _RAD_FIELDS, key,
-                   {f: getattr(row, f) for f in _RAD_FIELDS})
+    copy = {f: getattr(row, f) for f in _RAD_FIELDS}
+    if current is not None and any(copy[f] != getattr(current, f) for f in _RAD_IDENTITY):
+        _keep(session, current, "replaced")
+    _upsert_report(session, RadReport, _RAD_FIELDS, key, copy)
     restate_tallies(session, [key])
     return True
 
