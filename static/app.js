@@ -95,6 +95,16 @@ function showDashboard(msg) {
   if (names.length && active && active !== names[0]) {
     endpoints.append(el("span", { class: "pill warn" }, `failover: ${active} active`));
   }
+  if (msg.fhir) {  // the hospital system (radiologists' reports), as the poller found it
+    state.fhir = msg.fhir;
+    const f = msg.fhir;
+    const pill = el("span", { class: "pill " + (f.ok ? "on" : "off") }, f.ok ? "HIS up" : "HIS problem");
+    pill.title = f.ok ? `FHIR: last good poll ${f.last_success ? when(f.last_success) : "not yet"}`
+      : `FHIR: ${f.warning || f.last_error}${f.last_error_at ? ` (${when(f.last_error_at)})` : ""}` +
+        `${f.last_success ? `; last good poll ${when(f.last_success)}` : ""}`;
+    pill.setAttribute("aria-label", `hospital system: ${pill.title}`);
+    endpoints.append(pill);
+  }
   const q = msg.queue || {};
   // counted in the worklist's unit: studies when reads are per study
   $("queue").textContent = `${msg.unit === "study" ? "studies" : "images"}: ` +
@@ -473,7 +483,8 @@ async function loadExam(uid) {
   const last = radHistory[radHistory.length - 1];
   $("rad-text").textContent = rad ? rad.text : last && last.ended_by !== "replaced"
     ? `The hospital system withdrew the radiologist's report (${last.ended_by}); none now.`
-    : "no radiologist report yet";
+    : "no radiologist report yet" + (state.fhir && !state.fhir.ok
+      ? ` (the hospital system is not answering as it should: ${state.fhir.warning || state.fhir.last_error})` : "");
   $("rad-en").textContent = rad ? rad.text_en : "";
   $("rad-en-head").hidden = !(rad && rad.text_en);  // no translation: no empty heading
   $("review").hidden = !(ai && state.config.can.review);
@@ -739,6 +750,7 @@ async function start() {
     const who = await api("/api/session");
     if (!who.user) { showSignIn(); return; }
     state.config = await api("/api/config");
+    state.fhir = state.config.fhir;
   } catch (err) {
     if (err.message.startsWith("401")) { showSignIn(); return; }
     const retry = el("button", { type: "button" }, "Try again");

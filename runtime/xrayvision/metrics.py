@@ -147,6 +147,9 @@ FHIR_POLL_SECONDS = Histogram(
 )
 FHIR_POLL_LAST_SUCCESS = Gauge("xrayvision_fhir_poll_last_success_timestamp_seconds",
                                "Time of the last FHIR poll cycle that finished without errors")
+FHIR_HEALTHY = Gauge("xrayvision_fhir_healthy",
+                     "1 when the last FHIR poll cycle and the start-up self-check (credentials, "
+                     "identifier system) found nothing wrong, else 0")
 FHIR_POLL_FAILURES = Counter("xrayvision_fhir_poll_failures_total",
                              "FHIR poll cycles that failed (the poller backs off)")
 FHIR_ENRICHMENT = Counter(

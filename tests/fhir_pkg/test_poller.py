@@ -38,7 +38,7 @@ def add_exam(db, uid, cnp, *, study="", accession="", region="chest", when=DAY1)
 
 
 @contextlib.asynccontextmanager
-async def poller_for(db, tmp_path, fhir_url, *, stub=None, **fhir_overrides):
+async def poller_for(db, tmp_path, fhir_url, *, stub=None, password=None, **fhir_overrides):
     own_stub = stub is None
     stub = stub or await Stub().start()
     bus = LocalBus()
@@ -49,8 +49,10 @@ async def poller_for(db, tmp_path, fhir_url, *, stub=None, **fhir_overrides):
         model = ModelClient([Endpoint("primary", stub.url, "m")], session, backoff=0.01,
                             max_attempts=1)
         text_services = TextServices(model, load_prompts(None))
-        client = FhirClient(fhir_server(fhir_url, timeout=10, max_attempts=2), session,
-                            backoff=0.01)
+        server = fhir_server(fhir_url, timeout=10, max_attempts=2)
+        if password is not None:
+            server = dataclasses.replace(server, password=password)
+        client = FhirClient(server, session, backoff=0.01)
         try:
             with bus.subscribe() as events:
                 yield Poller(client, db, text_services, bus, settings), stub, events
@@ -348,3 +350,46 @@ async def test_a_withdrawn_report_leaves_the_study_and_agreement_for_the_history
         # the image is without a report again: asked again, nothing more happens
         again = await poller.poll_once()
         assert (again.patients, again.withdrawn, again.new) == (1, 0, 0)
+
+
+async def test_the_self_check_says_what_looks_wrong(db, tmp_path, sekmet, tag, caplog):
+    """Right settings: nothing to say. A system no Patient has, a wrong password: a
+    warning with the reason, kept for the dashboard (state row, gauge)."""
+    from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
+
+    sekmet.put(patient(f"p-{tag}", f"9{tag}", "Check", "Ion", "1980-01-01", "male"))
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, _, _):
+        assert await poller.self_check() == ""
+    assert FhirHealth.from_json(await db.read(repo.get_state, HEALTH_KEY)).ok
+    assert REGISTRY.get_sample_value("xrayvision_fhir_healthy") == 1
+    async with poller_for(db, tmp_path, sekmet.url,
+                          identifier_system="urn:oid:2.16.840.1.113883.4.1") as (poller, _, _):
+        warning = await poller.self_check()
+    assert "no Patient on the FHIR server has an identifier in system urn:oid:2.16" in warning
+    assert "identifier_system is probably not your HIS's" in caplog.text
+    stored = FhirHealth.from_json(await db.read(repo.get_state, HEALTH_KEY))
+    assert stored.warning == warning and not stored.ok
+    assert REGISTRY.get_sample_value("xrayvision_fhir_healthy") == 0
+    caplog.clear()
+    async with poller_for(db, tmp_path, sekmet.url, password="wrong") as (poller, _, _):
+        warning = await poller.self_check()
+    assert warning.startswith("the FHIR server refused our credentials (HTTP 401")
+    failed = [r for r in caplog.records if r.getMessage() == "FHIR request failed"]
+    assert failed and failed[0].status == 401 and failed[0].path.endswith("/fhir/Patient")
+
+
+async def test_refused_credentials_fail_the_cycle_with_patients_waiting(db, tmp_path, sekmet,
+                                                                        tag, caplog):
+    """401 on a patient's search is not about the patient: the cycle fails (back-off,
+    alert, dashboard) with the status and the server's words; no CNP in the log."""
+    cnp = f"1800101{int(tag, 16) % 10**6:06d}"  # a CNP's 13 digits
+    add_exam(db, f"{tag}.1", cnp, accession=f"A-{tag}")
+    add_exam(db, f"{tag}.2", f"2{cnp[1:]}", accession=f"B-{tag}")
+    async with poller_for(db, tmp_path, sekmet.url, password="wrong",
+                          concurrency=1) as (poller, _, _):
+        stats = await poller.poll_once()
+    assert not stats.ok and stats.failed_patients == 1  # the second is not asked
+    assert "credentials refused: HTTP 401" in stats.errors[0]
+    failed = [r for r in caplog.records if r.getMessage() == "FHIR request failed"]
+    assert failed[0].status == 401 and failed[0].path.endswith("/DiagnosticReport")
+    assert cnp not in caplog.text

@@ -49,7 +49,9 @@ async def web_services(app, db, store, bus, model_url=None):
     async with aiohttp.ClientSession() as session:
         services = app[SERVICES]
         per_study = app[SETTINGS].ai.read_per == "study"
-        hub = Hub(bus, lambda: dashboard_state(db, studies=per_study), dashboard_interval=0.05)
+        fhir = bool(app[SETTINGS].fhir.url)
+        hub = Hub(bus, lambda: dashboard_state(db, studies=per_study, fhir=fhir),
+                  dashboard_interval=0.05)
         if model_url:
             model = ModelClient([Endpoint("primary", model_url, "m")], session, max_attempts=1)
             services.text = TextServices(model, load_prompts(None))

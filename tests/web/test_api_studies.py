@@ -164,3 +164,28 @@ async def test_time_to_the_first_read_agreement_per_model_and_study_counts(api):
     g = await (await client.get("/api/stats/global", headers=h)).json()
     assert g["study_statuses"]["done"] == 4 and g["study_statuses"]["queued"] == 1
     assert g["statuses"]["done"] == 4
+
+
+async def test_config_and_the_live_header_say_how_the_his_answers(aiohttp_client, tmp_path, db):
+    """With a FHIR server configured, /api/config and the dashboard's state carry the
+    poller's last finding (here: the self-check's warning)."""
+    import dataclasses
+
+    from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
+    from xrayvision.roles.web import dashboard_state
+
+    settings = web_settings(tmp_path, read_per="study")
+    settings = dataclasses.replace(settings, fhir=dataclasses.replace(
+        settings.fhir, url="http://his.example/fhir"))
+    warning = "the FHIR server refused our credentials (HTTP 401)"
+    db.write_sync(repo.set_state, HEALTH_KEY, FhirHealth(warning=warning).to_json())
+    bus = LocalBus()
+    await bus.start()
+    app = init_app(settings, Readiness())
+    async with web_services(app, db, FilesystemStore(tmp_path / "images"), bus):
+        client = await aiohttp_client(app)
+        config = await (await client.get("/api/config", headers=basic("viewer"))).json()
+    assert config["fhir"]["ok"] is False and config["fhir"]["warning"] == warning
+    state = await dashboard_state(db, studies=True, fhir=True)
+    assert state["fhir"]["warning"] == warning and state["unit"] == "study"
+    assert "fhir" not in await dashboard_state(db)

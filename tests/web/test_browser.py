@@ -24,6 +24,7 @@ from xrayvision.db import queue, repo
 from xrayvision.db.models import IGNORE, Exam
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.dicom.convert import convert_file
+from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
 from xrayvision.images import FilesystemStore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -48,6 +49,8 @@ async def main(url, kind, data):
 
 asyncio.run(main(*sys.argv[1:]))
 """
+HIS_WARNING = ("no Patient on the FHIR server has an identifier in system urn:ro:cnp: "
+               "[fhir] identifier_system is probably not your HIS's")
 VIEWER = "https://viewer.example/ohif?StudyInstanceUIDs={study_uid}&image={uid}"
 INSERT = """
 import asyncio, sys
@@ -55,6 +58,7 @@ from xrayvision.db.engine import Database, DatabaseOptions
 from xrayvision.db import repo
 from xrayvision.db.repo import ExamInfo, PatientInfo
 from xrayvision.dicom.convert import convert_file
+from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
 from xrayvision.images import FilesystemStore
 from xrayvision.events import make_bus
 
@@ -167,7 +171,10 @@ def dashboard(tmp_path, pg_db, pg_url):
     pg_db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.2.840.3").values(
         error="no region rule matches body part 'NECK'", reason_code="no_region_rule")))
     users = {name: f"{u.role}:{u.password_hash}" for name, u in USERS.items()}
-    with web_process(tmp_path, pg_url, users, XRAYVISION_WEB_VIEWER_URL=VIEWER) as url:
+    # the HIS as the poller (another process) last found it: a wrong identifier system
+    pg_db.write_sync(repo.set_state, HEALTH_KEY, FhirHealth(warning=HIS_WARNING).to_json())
+    with web_process(tmp_path, pg_url, users, XRAYVISION_WEB_VIEWER_URL=VIEWER,
+                     XRAYVISION_FHIR_URL="http://his.invalid/fhir") as url:
         yield url
 
 
@@ -242,6 +249,11 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
             check=True)
         page.wait_for_selector("#review-result:has-text('A new AI read (version 2)')")
         page.wait_for_selector("#ai-text:has-text('a read while writing')")
+        # the hospital system's trouble, said in the header and where its report would be
+        assert "HIS problem" in page.inner_text("#endpoints")
+        assert HIS_WARNING in page.get_attribute("#endpoints .pill.off", "title")
+        assert "hospital system is not answering as it should: no Patient" in page.inner_text(
+            "#rad-text")
         page.fill("#review textarea", "")
 
         # Requeue, a new read arrives: the first one and its review stay, under history.

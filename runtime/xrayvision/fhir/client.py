@@ -25,6 +25,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -106,6 +107,12 @@ def operation_outcome_text(body: Any) -> str:
     return "; ".join(texts)[:1000]
 
 
+def redact(text: str) -> str:
+    """``text`` without long numbers (a CNP, a record number an OperationOutcome may
+    echo), for logs above DEBUG."""
+    return re.sub(r"\d{6,}", "[number]", text or "")
+
+
 def retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
@@ -162,10 +169,16 @@ class FhirClient:
         if not url.startswith(("http://", "https://")):
             url = f"{self.server.url}/{url.lstrip('/')}"
         resource = _resource_label(url, self._base_path)
+        path = urlsplit(url).path  # (the query may name a patient: never logged)
         last: FhirError | None = None
         for attempt in range(1, self.server.max_attempts + 1):
             try:
                 return await self._get_once(url, params, resource)
+            except (FhirHTTPError, FhirBadResponse) as exc:
+                log.warning("FHIR request failed", extra={
+                    "path": path, "status": exc.status, "outcome": redact(exc.outcome),
+                    "error": redact(str(exc))})
+                raise
             except _Retry as retry:
                 last = retry.error
                 if attempt == self.server.max_attempts:
@@ -175,11 +188,14 @@ class FhirClient:
                 if retry.after is not None:
                     delay = min(self.max_backoff, max(delay, retry.after))
                 log.warning("FHIR request failed; retrying",
-                            extra={"resource": resource, "attempt": attempt,
-                                   "retry_in": round(delay, 2), "error": str(last)})
+                            extra={"path": path, "status": last.status, "attempt": attempt,
+                                   "retry_in": round(delay, 2), "error": redact(str(last))})
                 await self._sleep(delay)
         assert last is not None
         metrics.FHIR_REQUESTS.labels(resource, "unavailable").inc()
+        log.warning("FHIR server unavailable", extra={
+            "path": path, "status": last.status, "outcome": redact(last.outcome),
+            "tries": self.server.max_attempts, "error": redact(str(last))})
         raise FhirUnavailable(
             f"FHIR server unavailable after {self.server.max_attempts} tries: {last}",
             status=last.status, outcome=last.outcome)

@@ -55,7 +55,9 @@ from xrayvision.fhir.client import (
     FhirError,
     FhirHTTPError,
     SearchResult,
+    redact,
 )
+from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
 from xrayvision.fhir.match import match_report
 from xrayvision.fhir.resources import (
     FhirReport,
@@ -129,24 +131,74 @@ class Poller:
         self.clock = clock
         self._sleep = sleep
         self.window = dt.timedelta(days=self.fhir.match_window_days)
+        self.health = FhirHealth()
 
     # --- the loop --------------------------------------------------------------------
 
+    async def self_check(self) -> str:
+        """One request at start: are our credentials accepted, and does any Patient have
+        an identifier in ``identifier_system``? Returns what looks wrong ("" when
+        nothing), logged and kept for the dashboard until the process restarts."""
+        system = self.fhir.identifier_system
+        params = {"_count": "1", **({"identifier": f"{system}|"} if system else {})}
+        warning = ""
+        try:
+            bundle = await self.client.get("Patient", params)
+        except FhirHTTPError as exc:
+            warning = (f"the FHIR server refused our credentials ({redact(str(exc))}): "
+                       "check [fhir] username and password" if exc.status in (401, 403)
+                       else f"the FHIR server refused a Patient search ({redact(str(exc))})")
+        except FhirError as exc:  # unreachable now: an outage, said by the cycles
+            await self._record(error=redact(str(exc)))
+            return ""
+        else:
+            if system and not bundle.get("entry") and not bundle.get("total"):
+                warning = (f"no Patient on the FHIR server has an identifier in system "
+                           f"{system}: [fhir] identifier_system is probably not your HIS's "
+                           "(empty: try every identifier)")
+        if warning:
+            log.warning("FHIR self-check: " + warning)
+        else:
+            log.info("FHIR self-check passed", extra={"identifier_system": system})
+        await self._record(warning=warning)
+        return warning
+
+    async def _record(self, *, ok: bool = False, error: str = "",
+                      warning: str | None = None) -> None:
+        """Keeps what the dashboard says about the HIS (state row, gauge)."""
+        now = self.clock().isoformat()
+        if warning is not None:
+            self.health = dataclasses.replace(self.health, warning=warning)
+        if ok:
+            self.health = self.health.succeeded(now)
+        elif error:
+            self.health = self.health.failed(now, error)
+        metrics.FHIR_HEALTHY.set(1 if self.health.ok else 0)
+        try:
+            await self.db.write(repo.set_state, HEALTH_KEY, self.health.to_json())
+        except Exception:  # noqa: BLE001 - the database away: the next cycle writes it
+            log.debug("could not store the FHIR health", exc_info=True)
+
     async def run(self) -> None:
-        """Polls every ``poll_interval`` seconds; after failed cycles waits longer, doubling
-        up to an hour (or the interval, when that is longer)."""
+        """Checks the connection once, then polls every ``poll_interval`` seconds; after
+        failed cycles waits longer, doubling up to an hour (or the interval, when that is
+        longer)."""
+        await self.self_check()
         failures = 0
         while True:
             started = time.monotonic()
+            error = ""
             try:
                 stats = await self.poll_once()
                 failed = not stats.ok
+                error = "; ".join(stats.errors)
             except FhirError as exc:  # failed before any patient was asked
-                log.warning("FHIR poll failed", extra={"error": str(exc)})
-                failed = True
-            except Exception:
+                log.warning("FHIR poll failed", extra={"error": redact(str(exc))})
+                failed, error = True, str(exc)
+            except Exception as exc:
                 log.exception("FHIR poll failed unexpectedly")
-                failed = True
+                failed, error = True, f"{type(exc).__name__}: {exc}"
+            await self._record(ok=not failed, error=redact(error))
             metrics.FHIR_POLL_SECONDS.observe(time.monotonic() - started)
             interval = self.fhir.poll_interval
             if failed:
@@ -196,8 +248,9 @@ class Poller:
                         categories=self.fhir.report_categories, codes=self.fhir.report_codes)
                 except FhirHTTPError as exc:
                     stats.failed_patients += 1
-                    log.warning("FHIR reports search refused for a patient",
-                                extra={"status": exc.status, "error": str(exc)})
+                    if exc.status in (401, 403):  # refused to us, not about this patient
+                        stats.errors.append(f"credentials refused: {exc}")
+                        down.set()
                     return
                 except FhirError as exc:
                     stats.failed_patients += 1
@@ -219,7 +272,10 @@ class Poller:
                  extra={"patients": stats.patients, "requests": stats.requests,
                         "new": stats.new, "amended": stats.amended,
                         "unmatched": stats.unmatched, "ambiguous": stats.ambiguous,
-                        "errors": len(stats.errors)})
+                        "withdrawn": stats.withdrawn, "not_imaging": stats.not_imaging,
+                        "failed_patients": stats.failed_patients,
+                        "errors": len(stats.errors),
+                        "error": redact("; ".join(stats.errors))[:500]})
         return stats
 
     async def _amendments(self, since: dt.datetime, by_patient: Mapping[str, list[PollExam]],

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from xrayvision.config import User
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
+from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
 from xrayvision.passwords import hash_password
 from xrayvision.runtime import Runtime
 from xrayvision.web.auth import BOOTSTRAP_KEY, bootstrap_password
@@ -40,11 +41,17 @@ async def bootstrap_admin(db: Database) -> tuple[str, str | None]:
     return hashed, password
 
 
-async def dashboard_state(db: Database, *, studies: bool = False) -> dict[str, Any]:
+async def dashboard_state(db: Database, *, studies: bool = False,
+                          fhir: bool = False) -> dict[str, Any]:
     """What every page's header shows: the queue by status, of ``studies`` when reads
-    are per study (the worklist's unit), else of images."""
+    are per study (the worklist's unit), else of images; with ``fhir``, the HIS
+    connection as the poller last found it."""
     queue = await db.read(repo.queue_counts, studies=studies)
-    return {"queue": queue, "unit": "study" if studies else "image"}
+    state: dict[str, Any] = {"queue": queue, "unit": "study" if studies else "image"}
+    if fhir:
+        state["fhir"] = FhirHealth.from_json(await db.read(repo.get_state,
+                                                           HEALTH_KEY)).as_dict()
+    return state
 
 
 WATCH_INTERVAL = 2.0  # seconds between looks for exams other processes wrote (SQLite)
@@ -82,7 +89,7 @@ async def run(rt: Runtime) -> None:
             log.warning("created the first-start admin user; its password was printed once")
     services = app[SERVICES]
     hub = Hub(rt.bus, lambda: dashboard_state(
-        db, studies=settings.ai.read_per == "study"))
+        db, studies=settings.ai.read_per == "study", fhir=bool(settings.fhir.url)))
     if rt.model is not None:  # until the first health event from a relay
         hub.set_endpoints({n: h.as_dict() for n, h in rt.model.health().items()})
     services.text = rt.text

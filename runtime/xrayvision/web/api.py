@@ -25,6 +25,7 @@ from xrayvision.db.engine import Database
 from xrayvision.db.models import ERROR, IGNORE, STATUSES
 from xrayvision.db.repo import ExamFilter, ExamRow, PageRow
 from xrayvision.events import EXAM_REQUEUED, EXAM_REVIEWED
+from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
 from xrayvision.images import InvalidUID, validate_uid
 from xrayvision.web.auth import ADMIN, CHECK, READ, REQUEUE, REVIEW, allowed
 from xrayvision.web.cache import AggregateCache
@@ -630,8 +631,13 @@ async def config(request: web.Request) -> web.Response:
     require(request, READ)
     settings = request.app[SETTINGS]
     identity = request[IDENTITY]
+    fhir = None
+    if settings.fhir.url:  # the HIS connection as the poller last found it
+        fhir = FhirHealth.from_json(await database(request).read(repo.get_state,
+                                                                 HEALTH_KEY)).as_dict()
     # (not audited: every page load reads it, and it holds no secret; sign-ins are)
     return web.json_response({
+        "fhir": fhir,
         "version": __version__,
         "user": identity.username,
         "role": identity.role,
