@@ -393,3 +393,20 @@ async def test_refused_credentials_fail_the_cycle_with_patients_waiting(db, tmp_
     failed = [r for r in caplog.records if r.getMessage() == "FHIR request failed"]
     assert failed[0].status == 401 and failed[0].path.endswith("/DiagnosticReport")
     assert cnp not in caplog.text
+
+
+async def test_a_radiologist_referenced_only_by_practitioner_is_named(db, tmp_path, sekmet,
+                                                                      tag):
+    """``resultsInterpreter`` as HIS exports often write it: a reference, no display."""
+    cnp, pid = f"9{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Ref", "Ion", "1980-01-01", "male"))
+    sekmet.put({"resourceType": "Practitioner", "id": f"dr-{tag}",
+                "name": [{"prefix": ["Dr."], "given": ["Maria"], "family": "Ionescu"}]})
+    report = diagnostic_report(f"r-{tag}", pid, "Normal", accession=f"A-{tag}")
+    report["resultsInterpreter"] = [{"reference": f"Practitioner/dr-{tag}"}]
+    sekmet.put(report)
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, _, _):
+        stats = await poller.poll_once()
+    assert stats.new == 1 and stats.requests == 1  # the Practitioner came included
+    assert (await db.read(records.get_rad_report, f"{tag}.1")).radiologist == "Dr. Maria Ionescu"

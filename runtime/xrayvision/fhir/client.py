@@ -309,9 +309,10 @@ class FhirClient:
                                  since: str = "", categories: tuple[str, ...] = (),
                                  codes: tuple[str, ...] = ()) -> SearchResult:
         """DiagnosticReports in :data:`REPORT_STATUSES` (the ones to store and the ones
-        that withdraw a stored one) with the ServiceRequests they are based on and their
-        subjects (``_include``). One patient, by FHIR id or by a chained identifier search
-        (one request per patient, no Patient lookup first); optionally only those
+        that withdraw a stored one) with the ServiceRequests they are based on, their
+        subjects and their interpreting Practitioners (``_include``). One patient, by
+        FHIR id or by a chained identifier search (one request per patient, no Patient
+        lookup first); optionally only those
         ``based-on`` a ServiceRequest id, or updated after ``since`` (FHIR instant).
         ``categories`` and ``codes`` (tokens, each list any of) filter on the server: a
         HIS's laboratory reports never travel."""
@@ -331,7 +332,8 @@ class FhirClient:
             params["_lastUpdated"] = f"gt{since}"
         return await self.search("DiagnosticReport", params,
                                  include=("DiagnosticReport:based-on",
-                                          "DiagnosticReport:subject"))
+                                          "DiagnosticReport:subject",
+                                          "DiagnosticReport:results-interpreter"))
 
 
 def next_link(bundle: dict) -> str | None:

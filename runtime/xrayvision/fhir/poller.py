@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cachetools import TTLCache
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
@@ -65,6 +66,7 @@ from xrayvision.fhir.resources import (
     is_imaging,
     names_imaging,
     patient_ids,
+    practitioner_name,
     report_of,
 )
 
@@ -132,6 +134,8 @@ class Poller:
         self._sleep = sleep
         self.window = dt.timedelta(days=self.fhir.match_window_days)
         self.health = FhirHealth()
+        # Practitioner/<id> -> name: radiologists change names rarely, reports often
+        self.practitioners: TTLCache[str, str] = TTLCache(maxsize=4096, ttl=86400)
 
     # --- the loop --------------------------------------------------------------------
 
@@ -367,6 +371,7 @@ class Poller:
                 changes.append((exam, report))
         if not changes and not retract:
             return set()
+        changes = [(exam, await self._named(report, result)) for exam, report in changes]
         texts = {report.text for _, report in changes}
         results = dict(zip(texts, await asyncio.gather(*(self._check(t) for t in texts)),
                            strict=True))
@@ -410,6 +415,24 @@ class Poller:
             if res.checked:
                 self._count_severity(exam, res, counted)
         return {exam.uid for exam, _ in changes} | withdrawn_from
+
+    async def _named(self, report: FhirReport, result: SearchResult) -> FhirReport:
+        """``report`` with its radiologist named from the Practitioner it references
+        when it carries no display (included in the search, else read once and cached
+        for a day; unnamed when that fails)."""
+        ref = report.radiologist_ref
+        if report.radiologist or not ref:
+            return report
+        for resource in result.included:
+            if (resource.get("resourceType") == "Practitioner"
+                    and f"Practitioner/{resource.get('id')}" == ref):
+                self.practitioners[ref] = practitioner_name(resource)
+        if ref not in self.practitioners:
+            try:
+                self.practitioners[ref] = practitioner_name(await self.client.get(ref))
+            except FhirError:
+                return report  # (logged by the client) named on a later version
+        return dataclasses.replace(report, radiologist=self.practitioners[ref])
 
     def _count_severity(self, exam: PollExam, res: _Result, counted: set[str]) -> None:
         """``xrayvision_severity_total{source="rad"}`` counts what the AI reads are

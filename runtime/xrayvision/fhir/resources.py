@@ -6,7 +6,9 @@ attachments only by ``url``, are skipped with a note. The charset is the content
 else UTF-8; bytes that are not valid in it are read as windows-1250 (Central European,
 common in Romanian hospital systems) with a note, so no report is lost to its encoding.
 ``conclusion`` follows the attachments when they do not already contain it. The
-radiologist is the first ``resultsInterpreter`` display, else the first ``performer``.
+radiologist is the first ``resultsInterpreter`` display, else the first ``performer``'s;
+with no display, the Practitioner referenced (:func:`practitioner_name`, resolved by the
+poller).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class FhirReport:
     subject: str  # "Patient/<id>"
     description: str  # code text and codings: what region rules read
     notes: tuple[str, ...] = ()  # attachments skipped or decoded with a fallback
+    # "Practitioner/<id>" of the interpreter when no display names them (HIS exports)
+    radiologist_ref: str = ""
 
 
 @dataclass(frozen=True)
@@ -287,7 +291,33 @@ def report_of(resource: dict, accession_system: str = "") -> FhirReport:
         subject=str((resource.get("subject") or {}).get("reference") or ""),
         description=description,
         notes=tuple(notes),
+        radiologist_ref=_practitioner_ref(resource.get("resultsInterpreter"))
+        or _practitioner_ref(resource.get("performer")),
     )
+
+
+def _practitioner_ref(refs: Any) -> str:
+    for ref in refs or []:
+        if isinstance(ref, dict) and str(ref.get("reference") or "").startswith(
+                "Practitioner/"):
+            return str(ref["reference"])
+    return ""
+
+
+def practitioner_name(resource: dict) -> str:
+    """A Practitioner's name as a report shows it: ``HumanName.text``, else prefix,
+    given names and family name ("" when it has none)."""
+    for name in resource.get("name") or []:
+        if not isinstance(name, dict):
+            continue
+        if str(name.get("text") or "").strip():
+            return str(name["text"]).strip()
+        parts = [*(str(p) for p in name.get("prefix") or []),
+                 *(str(g) for g in name.get("given") or []), str(name.get("family") or "")]
+        joined = " ".join(p.strip() for p in parts if p and p.strip())
+        if joined:
+            return joined
+    return ""
 
 
 # FHIR request-priority codes, lowest first, as queue priorities (config.PRIORITIES).
