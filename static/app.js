@@ -633,6 +633,16 @@ async function renderAdmin() {
     $("users").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "user"), el("th", {}, "role"))),
       el("tbody", {}, ...users.map((u) => el("tr", {}, el("td", {}, u.username), el("td", {}, u.role)))));
   } catch (err) { $("users").replaceChildren(el("caption", { class: "error" }, err.message)); }
+  try {
+    const { reports } = await api("/api/admin/fhir/unlinked");
+    $("unlinked").replaceChildren(el("thead", {}, el("tr", {}, ...["report", "patient",
+      "accession", "why", "report date", "last seen"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...(reports.length ? reports.map((r) => el("tr", {}, el("td", {}, r.fhir_id),
+      el("td", {}, r.patient), el("td", {}, r.accessions.join(", ") || "–"),
+      el("td", {}, `${r.rule === "ambiguous" ? "ambiguous: " : ""}${r.reason}`),
+      el("td", {}, r.effective ? when(r.effective) : "–"), el("td", {}, when(r.last_seen))))
+      : [el("tr", {}, el("td", { colspan: 6, class: "muted" }, "None: every report found is linked."))])));
+  } catch (err) { $("unlinked").replaceChildren(el("caption", { class: "error" }, err.message)); }
   const form = $("audit-filters");
   let filters = {};
   const load = async (before) => {

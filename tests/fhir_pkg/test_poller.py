@@ -156,6 +156,8 @@ async def test_ambiguous_match_is_not_linked(db, tmp_path, sekmet, tag):
     async with poller_for(db, tmp_path, sekmet.url) as (poller, stub, _):
         stats = await poller.poll_once()
     assert (stats.ambiguous, stats.new) == (1, 0)
+    [row] = [r for r in await db.read(repo.unlinked_reports) if r.fhir_id == f"r-{tag}"]
+    assert (row.rule, row.reason) == ("ambiguous", "it fits exams of 2 studies")
     assert await db.read(records.get_rad_report, f"{tag}.1") is None
     assert await db.read(records.get_rad_report, f"{tag}.2") is None
     assert stub.state.requests == []
@@ -285,6 +287,9 @@ async def test_without_a_category_filter_the_rules_still_refuse_it(db, tmp_path,
         stats = await poller.poll_once()
     assert (stats.new, stats.unmatched) == (1, 1)  # the laboratory report: no match
     assert (await db.read(records.get_rad_report, f"{tag}.1")).fhir_id == f"acc-{tag}"
+    # listed for the admins with the patient and why
+    [row] = [r for r in await db.read(repo.unlinked_reports) if r.fhir_id == f"lab-{tag}"]
+    assert (row.cnp, row.rule) == (cnp, "none") and "no region or radiograph" in row.reason
 
 
 async def test_any_identifier_when_no_system_is_set_amendments_included(db, tmp_path, sekmet,

@@ -38,6 +38,7 @@ ROUTES = [
     ("GET", "/api/spec", None, "read"),
     ("GET", "/api/admin/users", None, "admin"),
     ("GET", "/api/admin/audit", None, "admin"),
+    ("GET", "/api/admin/fhir/unlinked", None, "admin"),
 ]
 RIGHTS = {"admin": {"read", "check", "review", "requeue", "admin"},
           "rad": {"read", "check", "review", "requeue"},

@@ -400,6 +400,7 @@ def test_the_admin_page_lists_users_and_the_audit_log(dashboard):
                     "[...document.querySelectorAll('#audit tbody tr td:nth-child(3)')]"
                     ".every((td) => td.textContent.startsWith('login'))")
                 assert "admin" in page.inner_text("#audit tbody")
+                assert "every report found is linked" in page.inner_text("#unlinked")
                 shoot(page, "admin")
             assert errors == []
             context.close()

@@ -373,6 +373,25 @@ class RadReportVersion(Base):
     __table_args__ = (Index("ix_rad_report_versions_uid", "uid"),)
 
 
+class FhirUnlinked(Base):
+    """A report the FHIR poller found for one of our patients and could not link to a
+    study (no rule fits, or it fits several studies), with why: listed for the admins
+    until a later cycle links it."""
+
+    __tablename__ = "fhir_unlinked"
+
+    fhir_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cnp: Mapped[str] = mapped_column(String(64))
+    accessions: Mapped[str] = mapped_column(String(256), default="")  # its and its order's
+    rule: Mapped[str] = mapped_column(String(16))  # none, ambiguous
+    reason: Mapped[str] = mapped_column(Text, default="")
+    effective: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_fhir_unlinked_last_seen", "last_seen"),)
+
+
 class Image(Base):
     """Image bytes when ``[images] backend = database`` (kind: png, dcm)."""
 

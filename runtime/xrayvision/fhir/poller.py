@@ -62,6 +62,7 @@ from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
 from xrayvision.fhir.match import match_report
 from xrayvision.fhir.resources import (
     FhirReport,
+    Identifiers,
     identifiers_of,
     is_imaging,
     names_imaging,
@@ -306,8 +307,8 @@ class Poller:
 
     # --- one patient's reports -------------------------------------------------------
 
-    def _choose(self, exams: list[PollExam], result: SearchResult,
-                stats: PollStats) -> dict[str, FhirReport]:
+    def _choose(self, exams: list[PollExam], result: SearchResult, stats: PollStats,
+                unlinked: list[repo.Unlinked]) -> dict[str, FhirReport]:
         """exam uid -> the report it gets: of the reports matching it, an identifier
         match before a date match, then the latest (:mod:`xrayvision.fhir.match`)."""
         requests = {f"ServiceRequest/{r.get('id')}": identifiers_of(r)
@@ -329,6 +330,13 @@ class Poller:
                       or identify_region(self.regions, [report.text]))
             match = match_report(report, exams, requests, window=self.window, region=region,
                                  imaging=names_imaging(report.description, report.text))
+            if not match.linked:  # listed for the admins, with why
+                accessions = set(report.identifiers.accessions)
+                for ref in report.based_on:
+                    accessions |= requests.get(ref, Identifiers()).accessions
+                unlinked.append(repo.Unlinked(report.fhir_id, exams[0].cnp if exams else "",
+                                              tuple(accessions), match.rule, match.reason,
+                                              report.when))
             if match.rule == "ambiguous":
                 stats.ambiguous += 1
                 metrics.FHIR_AMBIGUOUS.inc()
@@ -359,7 +367,10 @@ class Poller:
         exams = [dataclasses.replace(e, rad_fhir_id="", rad_version="", rad_checked=False,
                                      has_report=False) if e.rad_fhir_id in retract else e
                  for e in exams]
-        chosen = self._choose(exams, result, stats)
+        unlinked: list[repo.Unlinked] = []
+        chosen = self._choose(exams, result, stats, unlinked)
+        if unlinked:
+            await self.db.write(repo.note_unlinked, unlinked)
         by_uid = {e.uid: e for e in exams}
         changes: list[tuple[PollExam, FhirReport]] = []
         for uid, report in chosen.items():
@@ -378,6 +389,7 @@ class Poller:
         withdrawn_from: set[str] = set()
 
         def store(session: Session) -> None:
+            repo.clear_unlinked(session, sorted({r.fhir_id for _, r in changes}))
             for fhir_id, status in sorted(retract.items()):
                 for uid in repo.withdraw_rad_reports(session, fhir_id, status):
                     if uid in by_uid:

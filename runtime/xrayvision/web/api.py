@@ -687,6 +687,18 @@ async def audit_log(request: web.Request) -> web.Response:
         "more": len(rows) == AUDIT_PAGE})
 
 
+async def unlinked_reports(request: web.Request) -> web.Response:
+    """Radiologists' reports the FHIR poller found for our patients and could not link,
+    with why (admins only: they name patients)."""
+    require(request, ADMIN)
+    rows = await database(request).read(repo.unlinked_reports)
+    return web.json_response({"reports": [
+        {"fhir_id": r.fhir_id, "patient": r.cnp,
+         "accessions": [a for a in r.accessions.split(",") if a], "rule": r.rule,
+         "reason": r.reason, "effective": _iso(r.effective), "first_seen": _iso(r.first_seen),
+         "last_seen": _iso(r.last_seen)} for r in rows]})
+
+
 def _endpoints(settings: Settings, hub: Hub | None) -> list[dict]:
     """The model endpoints (base URL without credentials, model) with the relays' last
     view of them: up or down and the last error."""
@@ -737,6 +749,7 @@ def setup_api_routes(app: web.Application) -> None:
     r.add_get("/api/stats/radiologists", stats_radiologists)
     r.add_get("/api/stats/insights", stats_insights)
     r.add_get("/api/stats/timeline", stats_timeline)
+    r.add_get("/api/admin/fhir/unlinked", unlinked_reports)
     r.add_get("/api/stats/models", stats_models)
     r.add_get("/api/stats/turnaround", stats_turnaround)
     r.add_post("/api/check", check)

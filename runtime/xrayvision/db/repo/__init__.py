@@ -41,8 +41,11 @@ from xrayvision.db.repo.reports import (
     AIHistory,
     PollExam,
     ReportContext,
+    Unlinked,
     ai_history,
+    clear_unlinked,
     link_rad_report,
+    note_unlinked,
     poll_exams,
     rad_history,
     raise_priority,
@@ -53,6 +56,7 @@ from xrayvision.db.repo.reports import (
     save_ai_read,
     save_rad_report,
     unchecked_rad_reports,
+    unlinked_reports,
     withdraw_rad_reports,
 )
 from xrayvision.db.repo.sessions import (
@@ -117,5 +121,6 @@ __all__ = [
     "save_study_read", "study_context", "study_key", "StudyRow", "count_studies",
     "study_page", "shown_total",
     "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
-    "rad_history", "withdraw_rad_reports",
+    "rad_history", "withdraw_rad_reports", "Unlinked", "clear_unlinked", "note_unlinked",
+    "unlinked_reports",
 ]

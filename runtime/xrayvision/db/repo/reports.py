@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     insert,
     or_,
     select,
@@ -37,6 +38,7 @@ from xrayvision.db.models import (
     AIReportVersion,
     Base,
     Exam,
+    FhirUnlinked,
     Patient,
     RadReport,
     RadReportVersion,
@@ -398,3 +400,40 @@ def ai_history(session: Session, uid: str) -> AIHistory:
                               .order_by(Review.at, Review.id)).all()
     return AIHistory(list(versions), list(reviews))
 
+
+
+@dataclass(frozen=True)
+class Unlinked:
+    """A report the poller could not link, as it records it."""
+
+    fhir_id: str
+    cnp: str
+    accessions: tuple[str, ...]
+    rule: str  # none, ambiguous
+    reason: str
+    effective: dt.datetime | None
+
+
+def note_unlinked(session: Session, reports: Sequence[Unlinked]) -> None:
+    """Records (or refreshes) reports the poller could not link."""
+    now = utcnow()
+    for r in reports:
+        row = session.get(FhirUnlinked, r.fhir_id)
+        if row is None:
+            row = FhirUnlinked(fhir_id=r.fhir_id, first_seen=now)
+            session.add(row)
+        row.cnp, row.accessions = r.cnp, ",".join(sorted(r.accessions))[:256]
+        row.rule, row.reason, row.effective, row.last_seen = r.rule, r.reason, r.effective, now
+
+
+def clear_unlinked(session: Session, fhir_ids: Sequence[str]) -> None:
+    """Reports now linked leave the list."""
+    if fhir_ids:
+        session.execute(delete(FhirUnlinked).where(FhirUnlinked.fhir_id.in_(list(fhir_ids))))
+
+
+def unlinked_reports(session: Session, limit: int = 200) -> list[FhirUnlinked]:
+    """The reports not linked, last seen first."""
+    return list(session.scalars(select(FhirUnlinked)
+                                .order_by(FhirUnlinked.last_seen.desc(), FhirUnlinked.fhir_id)
+                                .limit(limit)))
