@@ -415,3 +415,31 @@ async def test_a_radiologist_referenced_only_by_practitioner_is_named(db, tmp_pa
         stats = await poller.poll_once()
     assert stats.new == 1 and stats.requests == 1  # the Practitioner came included
     assert (await db.read(records.get_rad_report, f"{tag}.1")).radiologist == "Dr. Maria Ionescu"
+
+
+async def test_enrichment_missed_during_an_outage_is_made_by_a_later_cycle(db, tmp_path, sekmet,
+                                                                           tag):
+    """The relay's lookup failed (HIS down) when the exam was read: the poller's next
+    cycle fills in sex and birth date, and the stat order raises the priority."""
+    from support.pgserver import free_port
+    from xrayvision.fhir.enrich import PatientEnricher
+
+    cnp, pid = f"1{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, accession=f"A-{tag}")
+    sekmet.put(patient(pid, cnp, "Later", "Ana", "1975-03-02", "female"))
+    order = service_request(f"s-{tag}", pid, accession=f"A-{tag}")
+    sekmet.put({**order, "priority": "stat"})
+    async with aiohttp.ClientSession() as session:
+        down = FhirClient(fhir_server(f"http://127.0.0.1:{free_port()}/fhir", max_attempts=1),
+                          session)
+        await PatientEnricher(down, db)(await db.read(repo.report_context, f"{tag}.1"))
+    context = await db.read(repo.report_context, f"{tag}.1")
+    assert (context.sex, context.birth_date, context.priority) == ("", None, 0)
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, _, _):
+        poller.enrich = PatientEnricher(poller.client, db, identifier_system="urn:ro:cnp")
+        stats = await poller.poll_once()
+        assert stats.enrichment_retried == 1
+        context = await db.read(repo.report_context, f"{tag}.1")
+        assert (context.sex, context.birth_date, context.priority) == (
+            "F", dt.date(1975, 3, 2), 3)
+        assert (await poller.poll_once()).enrichment_retried == 0  # nothing left to fill

@@ -47,7 +47,7 @@ from xrayvision.config import Settings
 from xrayvision.db import repo
 from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
-from xrayvision.db.repo import PollExam
+from xrayvision.db.repo import PollExam, ReportContext
 from xrayvision.dicom.regions import identify_region
 from xrayvision.events import RAD_REPORT_READY, Bus
 from xrayvision.fhir.client import (
@@ -98,6 +98,7 @@ class PollStats:
     unmatched: int = 0
     ambiguous: int = 0
     withdrawn: int = 0  # stored reports the HIS withdrew (entered-in-error, cancelled)
+    enrichment_retried: int = 0  # patient lookups made again (skipped before a read)
     not_imaging: int = 0  # returned by a server that ignored the category/code filter
     rechecked: int = 0
     unchecked: int = 0  # stored without a model check (model down)
@@ -121,6 +122,7 @@ class _Result:
 class Poller:
     def __init__(self, client: FhirClient, db: Database, checker: ReportChecker,
                  bus: Bus, settings: Settings, *,
+                 enrich: Callable[[ReportContext], Awaitable[None]] | None = None,
                  clock: Callable[[], dt.datetime] = utcnow,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.client = client
@@ -135,6 +137,8 @@ class Poller:
         self._sleep = sleep
         self.window = dt.timedelta(days=self.fhir.match_window_days)
         self.health = FhirHealth()
+        # Patient lookups the relay could not make (HIS down) are made again here.
+        self.enrich = enrich
         # Practitioner/<id> -> name: radiologists change names rarely, reports often
         self.practitioners: TTLCache[str, str] = TTLCache(maxsize=4096, ttl=86400)
 
@@ -268,6 +272,8 @@ class Poller:
         await asyncio.gather(*(one(cnp) for cnp in pending))
         await self._recheck([e for e in exams if e.has_report and not e.rad_checked
                              and e.uid not in handled], stats)
+        if self.enrich is not None and not stats.errors:
+            await self._enrich_missing(oldest, stats)
         await self._export_agreement(started)
         stats.requests = self.client.requests - requests_before
         if stats.ok:
@@ -282,6 +288,17 @@ class Poller:
                         "errors": len(stats.errors),
                         "error": redact("; ".join(stats.errors))[:500]})
         return stats
+
+    async def _enrich_missing(self, oldest: dt.datetime, stats: PollStats) -> None:
+        """Patients of recent exams the hospital system never filled in (the lookup
+        before their read was skipped or failed): looked up again, their order's
+        priority too (the enricher caches answers and pauses after a failure)."""
+        assert self.enrich is not None
+        for uid in await self.db.read(repo.unenriched_exams, oldest):
+            context = await self.db.read(repo.report_context, uid)
+            if context is not None:
+                await self.enrich(context)
+                stats.enrichment_retried += 1
 
     async def _amendments(self, since: dt.datetime, by_patient: Mapping[str, list[PollExam]],
                           pending: set[str], handled: set[str], stats: PollStats) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from xrayvision.fhir.enrich import PatientEnricher
 from xrayvision.fhir.poller import Poller
 from xrayvision.runtime import Runtime, fhir_client
 
@@ -18,6 +19,12 @@ async def run(rt: Runtime) -> None:
         log.warning("the fhir role runs but [fhir] url is empty: no reports are fetched")
         await asyncio.Event().wait()
     assert rt.text is not None  # built for this role
-    poller = Poller(fhir_client(settings, rt.http), rt.db, rt.text, rt.bus, settings)
+    client = fhir_client(settings, rt.http)
+    # Lookups the relay skipped (HIS down when the exam was read) are made again here.
+    enrich = (PatientEnricher(client, rt.db, identifier_system=settings.fhir.identifier_system,
+                              ttl=settings.fhir.cache_seconds,
+                              budget=min(10.0, settings.fhir.timeout))
+              if settings.fhir.enrich else None)
+    poller = Poller(client, rt.db, rt.text, rt.bus, settings, enrich=enrich)
     log.info("FHIR poller starting", extra={"interval": settings.fhir.poll_interval})
     await rt.locks.run("fhir-poller", poller.run)

@@ -56,6 +56,7 @@ from xrayvision.db.repo.reports import (
     save_ai_read,
     save_rad_report,
     unchecked_rad_reports,
+    unenriched_exams,
     unlinked_reports,
     withdraw_rad_reports,
 )
@@ -122,5 +123,5 @@ __all__ = [
     "study_page", "shown_total",
     "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
     "rad_history", "withdraw_rad_reports", "Unlinked", "clear_unlinked", "note_unlinked",
-    "unlinked_reports",
+    "unlinked_reports", "unenriched_exams",
 ]

@@ -286,6 +286,24 @@ def report_context(session: Session, uid: str) -> ReportContext | None:
                          row[7] or "", row[8], row[9] or "", row[10] or "", row[11] or 0)
 
 
+def unenriched_exams(session: Session, since: dt.datetime, limit: int = 50) -> list[str]:
+    """Exams received at or after ``since`` whose patient (by id) the hospital system
+    never filled in (no patient row, or neither sex nor birth date): the newest exam of
+    each such patient, at most ``limit``. What enrichment skipped (HIS down) is retried."""
+    e, p = Exam.__table__.c, Patient.__table__.c
+    rows = session.connection().execute(
+        select(e.uid, e.cnp)
+        .select_from(Exam.__table__.outerjoin(Patient.__table__, p.cnp == e.cnp))
+        .where(e.created >= since, e.cnp.is_not(None), e.cnp != "",
+               or_(p.cnp.is_(None), and_(or_(p.sex.is_(None), p.sex == ""),
+                                         p.birth_date.is_(None))))
+        .order_by(e.created.desc()).limit(limit * 8))
+    newest: dict[str, str] = {}
+    for uid, cnp in rows:
+        newest.setdefault(cnp, uid)
+    return list(newest.values())[:limit]
+
+
 def raise_priority(session: Session, uid: str, priority: int) -> bool:
     """Raises the exam's and its study's priority to ``priority`` (the order's, from the
     hospital system), never lowers it; a ``stat`` order makes them critical until their
