@@ -564,10 +564,9 @@ function agreementTable(table, label, rows) {
 async function renderStats() {
   view().replaceChildren($("tpl-stats").content.cloneNode(true));
   try {
-    const [g, regional, rads, timeline, insights, models, turnaround] = await Promise.all([
-      api("/api/stats/global"), api("/api/stats/regional"), api("/api/stats/radiologists"),
-      api("/api/stats/timeline?period=day"), api("/api/stats/insights"), api("/api/stats/models"),
-      api("/api/stats/turnaround")]);
+    // one response, one database snapshot: no figure on the page older than another
+    const { global: g, regional, radiologists: rads, timeline, insights, models, turnaround } =
+      await api("/api/stats/summary?period=day");
     const sev = [...Array(12).keys()].map((i) => String(i - 1));
     bars($("chart-severity"), sev.map((s) => (s === "-1" ? "–" : s)), [
       { name: "AI", cls: "ai", values: sev.map((s) => g.severity.ai[s] || 0) },

@@ -2,6 +2,7 @@ import threading
 import time
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from support import records
@@ -9,7 +10,7 @@ from xrayvision import metrics
 from xrayvision.db import queue, repo
 from xrayvision.db.engine import Database, DatabaseOptions, conninfo
 from xrayvision.db.migrate import upgrade
-from xrayvision.db.models import DONE
+from xrayvision.db.models import DONE, State
 from xrayvision.db.repo import ExamInfo
 
 
@@ -89,3 +90,19 @@ async def test_cancelled_write_finishes_before_the_cancellation_ends(sqlite_db):
         await task
     # The claim committed before the cancellation returned, so a release now finds it.
     assert sqlite_db.write_sync(queue.release_worker, "w") == 1
+
+
+def test_a_snapshot_read_sees_one_state_of_the_database(db):
+    """Figures that must agree (one statistics response) come from one snapshot: a write
+    committed between two of its statements is not seen by the second."""
+    def count(session):
+        return session.scalar(select(func.count()).select_from(State))
+
+    def read_twice(session):
+        first = count(session)
+        db.write_sync(repo.set_state, "snapshot.test", "x")  # another transaction commits
+        return first, count(session)
+
+    first, second = db.snapshot_sync(read_twice)
+    assert second == first  # the second statement still sees the first one's state
+    assert db.read_sync(count) == first + 1

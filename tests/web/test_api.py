@@ -30,6 +30,7 @@ ROUTES = [
     ("GET", "/api/stats/timeline", None, "read"),
     ("GET", "/api/stats/models", None, "read"),
     ("GET", "/api/stats/turnaround", None, "read"),
+    ("GET", "/api/stats/summary", None, "read"),
     ("POST", "/api/check", {"text": "Pneumonie"}, "check"),
     ("POST", "/api/analyse", {"text": "Pneumonie"}, "check"),
     ("POST", "/api/rad_review", {"uid": "1.2.3.1", "correct": True, "note": "ok"}, "review"),
@@ -180,6 +181,14 @@ async def test_statistics(api):
     assert resp.status == 400
     insights = await (await client.get("/api/stats/insights", headers=h)).json()
     assert insights["reviews"]["not_reviewed"] == 2
+    # the page's one request: every part as its own endpoint says, from one snapshot
+    summary = await (await client.get("/api/stats/summary?period=week", headers=h)).json()
+    assert summary["global"] == g and summary["regional"] == regional
+    assert summary["radiologists"] == rads and summary["timeline"] == timeline
+    assert summary["insights"] == insights
+    assert summary["models"] == await (await client.get("/api/stats/models",
+                                                        headers=h)).json()
+    assert (await client.get("/api/stats/summary?period=year", headers=h)).status == 400
 
 
 async def test_check_and_analyse_use_the_model(api, stub):

@@ -138,6 +138,11 @@ class Database:
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         writer = self.engine.execution_options(sqlite_immediate=True)
         self._write = sessionmaker(writer, expire_on_commit=False)
+        # One snapshot for a whole read (PostgreSQL's READ COMMITTED gives each statement
+        # its own; a SQLite read transaction is one snapshot already).
+        snapshot = (self.engine if self.is_sqlite
+                    else self.engine.execution_options(isolation_level="REPEATABLE READ"))
+        self._snapshot = sessionmaker(snapshot, expire_on_commit=False)
         self._pool = ThreadPoolExecutor(
             max_workers=opts.pool_size, thread_name_prefix="db"
         )
@@ -147,6 +152,11 @@ class Database:
     def read_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs ``fn(session, *args)`` in a read transaction, with retries."""
         return self._run(self._read, fn, args, kwargs)
+
+    def snapshot_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """As :meth:`read_sync`, every statement of ``fn`` seeing the same snapshot of
+        the database (figures that must agree with each other)."""
+        return self._run(self._snapshot, fn, args, kwargs)
 
     def write_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs ``fn(session, *args)`` in a write transaction and commits, with retries."""
@@ -181,6 +191,9 @@ class Database:
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.run_in_pool(lambda: self.read_sync(fn, *args, **kwargs))
+
+    async def snapshot(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self.run_in_pool(lambda: self.snapshot_sync(fn, *args, **kwargs))
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.run_in_pool(lambda: self.write_sync(fn, *args, **kwargs))

@@ -9,10 +9,12 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.orm import Session
 
 from xrayvision import __version__
 from xrayvision.agreement import CLASSES as AGREEMENT_CLASSES
@@ -366,107 +368,66 @@ async def get_image(request: web.Request) -> web.Response:
 # --- statistics ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class StatsQuery:
+    """What every statistic is computed for: the receipt window, the threshold, and
+    whether agreement compares studies (reads per study) or images."""
+
+    since: dt.datetime | None
+    until: dt.datetime | None
+    threshold: int
+    per_study: bool
+
+
+def stats_query(request: web.Request) -> StatsQuery:
+    settings = request.app[SETTINGS]
+    since, until = _window(request)
+    return StatsQuery(since, until, settings.processing.severity_threshold,
+                      settings.ai.read_per == "study")
+
+
 async def cached(request: web.Request, read):
-    """``read(session)`` through the statistics cache, keyed by path and query."""
+    """``read(session)`` through the statistics cache, keyed by path and query, in one
+    database snapshot: every figure of a response counts the same rows."""
     db = database(request)
     key = (request.path, request.query_string)
-    return await request.app[STATS].get(key, lambda: db.read(read))
+    return await request.app[STATS].get(key, lambda: db.snapshot(read))
 
 
-def _per_study(request: web.Request) -> bool:
-    """Whether reads are per study: agreement then compares studies with studies."""
-    return request.app[SETTINGS].ai.read_per == "study"
+def global_json(session: Session, q: StatsQuery) -> dict[str, Any]:
+    figures = stats.figures(session, q.since, q.until, per_study=q.per_study)
+    counts = {"statuses": repo.queue_counts(session)}
+    if q.per_study:  # the worklist's unit: what is waiting, read, failed
+        counts["study_statuses"] = repo.queue_counts(session, studies=True)
+    return {
+        "threshold": q.threshold,
+        **counts,
+        "severity": {"ai": figures.severity("ai"), "rad": figures.severity("rad")},
+        "agreement": figures.confusion(q.threshold).as_dict(),
+        "reviews": figures.review_counts(),
+        "model": figures.model(),
+    }
 
 
-async def stats_global(request: web.Request) -> web.Response:
-    require(request, READ)
-    since, until = _window(request)
-    threshold = request.app[SETTINGS].processing.severity_threshold
-    per_study = _per_study(request)
-
-    def read(session):
-        figures = stats.figures(session, since, until, per_study=per_study)
-        counts = {"statuses": repo.queue_counts(session)}
-        if per_study:  # the worklist's unit: what is waiting, read, failed
-            counts["study_statuses"] = repo.queue_counts(session, studies=True)
-        return {
-            "threshold": threshold,
-            **counts,
-            "severity": {"ai": figures.severity("ai"), "rad": figures.severity("rad")},
-            "agreement": figures.confusion(threshold).as_dict(),
-            "reviews": figures.review_counts(),
-            "model": figures.model(),
-        }
-
-    return web.json_response(await cached(request, read))
+GROUPS = {"region": ("regions", "exams"), "radiologist": ("radiologists", "reports"),
+          "model": ("models", "reads")}
 
 
-async def _grouped(request: web.Request, group: str, listing: str, count: str) -> web.Response:
-    """Counts and agreement per ``group`` (region or radiologist)."""
-    require(request, READ)
-    since, until = _window(request)
-    threshold = request.app[SETTINGS].processing.severity_threshold
-    per_study = _per_study(request)
-
-    def read(session):
-        counts = stats.counts_by(session, group, since, until)
-        agreement = repo.agreement_counts(session, threshold, group, since, until,
-                                    per_study=per_study)
-        return {"threshold": threshold, listing: [
-            {group: key, count: n, "agreement": agreement.get(key, Confusion()).as_dict()}
-            for key, n in sorted(counts.items())]}
-
-    return web.json_response(await cached(request, read))
+def grouped_json(session: Session, q: StatsQuery, group: str) -> dict[str, Any]:
+    """Counts and agreement per ``group`` (region, radiologist or model)."""
+    listing, count = GROUPS[group]
+    counts = stats.counts_by(session, group, q.since, q.until)
+    agreement = repo.agreement_counts(session, q.threshold, group, q.since, q.until,
+                                      per_study=q.per_study)
+    return {"threshold": q.threshold, listing: [
+        {group: key, count: n, "agreement": agreement.get(key, Confusion()).as_dict()}
+        for key, n in sorted(counts.items())]}
 
 
-async def stats_regional(request: web.Request) -> web.Response:
-    return await _grouped(request, "region", "regions", "exams")
-
-
-async def stats_radiologists(request: web.Request) -> web.Response:
-    return await _grouped(request, "radiologist", "radiologists", "reports")
-
-
-async def stats_models(request: web.Request) -> web.Response:
-    return await _grouped(request, "model", "models", "reads")
-
-
-TURNAROUND_DAYS = 31  # the window of /api/stats/turnaround without ``since``
-
-
-async def stats_turnaround(request: web.Request) -> web.Response:
-    """Time from receipt to the first AI read, per day of receipt: median and 90th
-    percentile (of studies when reads are per study, else of images)."""
-    require(request, READ)
-    since, until = _window(request)
-    if since is None:
-        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        since = today - dt.timedelta(days=TURNAROUND_DAYS - 1)
-    per_study = _per_study(request)
-
-    def read(session):
-        return stats.turnaround(stats.first_reads(session, since, until, per_study=per_study))
-
-    days = await cached(request, read)
-    return web.json_response({"unit": "study" if per_study else "image", "since": _iso(since),
-                              "days": [{"day": day, **row} for day, row in days.items()]})
-
-
-async def stats_timeline(request: web.Request) -> web.Response:
-    require(request, READ)
-    period = request.query.get("period", "day")
-    if period not in PERIODS:
-        raise bad_request(f"period must be one of {', '.join(PERIODS)}")
-    since, until = _window(request)
-    threshold = request.app[SETTINGS].processing.severity_threshold
-    per_study = _per_study(request)
-
-    def read(session):
-        return (stats.throughput(session, since, until),
-                repo.agreement_counts(session, threshold, "day", since, until,
-                                    per_study=per_study))
-
-    days, agreement = await cached(request, read)
+def timeline_json(session: Session, q: StatsQuery, period: str) -> dict[str, Any]:
+    days = stats.throughput(session, q.since, q.until)
+    agreement = repo.agreement_counts(session, q.threshold, "day", q.since, q.until,
+                                      per_study=q.per_study)
     periods: dict[str, dict] = {}
     for day, row in days.items():
         key = roll_up({day: Confusion()}, period).popitem()[0]
@@ -474,38 +435,116 @@ async def stats_timeline(request: web.Request) -> web.Response:
         slot["received"] += row["received"]
         slot["reported"] += row["reported"]
     rolled = roll_up(agreement, period)
-    return web.json_response({"period": period, "threshold": threshold, "timeline": [
+    return {"period": period, "threshold": q.threshold, "timeline": [
         {"start": key, **periods.get(key, {"received": 0, "reported": 0}),
          "agreement": rolled.get(key, Confusion()).as_dict()}
-        for key in sorted(set(periods) | set(rolled))]})
+        for key in sorted(set(periods) | set(rolled))]}
 
 
-async def stats_insights(request: web.Request) -> web.Response:
-    """A few derived findings for the dashboard: where the AI misses most, how often
-    reviewers agree with it, how fast each endpoint answers."""
-    require(request, READ)
-    since, until = _window(request)
-    threshold = request.app[SETTINGS].processing.severity_threshold
-    per_study = _per_study(request)
-
-    def read(session):
-        figures = stats.figures(session, since, until, per_study=per_study)
-        return (repo.agreement_counts(session, threshold, "region", since, until,
-                                    per_study=per_study),
-                figures.review_counts(), figures.model())
-
-    regions, reviews, model = await cached(request, read)
+def insights_json(session: Session, q: StatsQuery) -> dict[str, Any]:
+    """A few derived findings: where the AI misses most, how often reviewers agree with
+    it, how fast each endpoint answers."""
+    figures = stats.figures(session, q.since, q.until, per_study=q.per_study)
+    regions = repo.agreement_counts(session, q.threshold, "region", q.since, q.until,
+                                    per_study=q.per_study)
+    reviews = figures.review_counts()
     misses = sorted(
         ({"region": k, "false_negatives": v.fn, "sensitivity": v.sensitivity}
-         for k, v in regions.items() if v.fn), key=lambda x: -x["false_negatives"])
+         for k, v in regions.items() if v.fn), key=lambda x: -int(x["false_negatives"] or 0))
     reviewed = reviews["correct"] + reviews["incorrect"]
-    return web.json_response({
-        "threshold": threshold,
+    return {
+        "threshold": q.threshold,
         "most_missed_regions": misses[:5],
         "review_agreement": reviews["correct"] / reviewed if reviewed else None,
         "reviews": reviews,
-        "model": model,
-    })
+        "model": figures.model(),
+    }
+
+
+TURNAROUND_DAYS = 31  # the window of /api/stats/turnaround without ``since``
+
+
+def turnaround_json(session: Session, q: StatsQuery) -> dict[str, Any]:
+    """Time from receipt to the first AI read, per day of receipt: median and 90th
+    percentile (of studies when reads are per study, else of images); without ``since``
+    the last :data:`TURNAROUND_DAYS` days."""
+    since = q.since
+    if since is None:
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = today - dt.timedelta(days=TURNAROUND_DAYS - 1)
+    days = stats.turnaround(stats.first_reads(session, since, q.until,
+                                              per_study=q.per_study))
+    return {"unit": "study" if q.per_study else "image", "since": _iso(since),
+            "days": [{"day": day, **row} for day, row in days.items()]}
+
+
+def _period(request: web.Request) -> str:
+    period = request.query.get("period", "day")
+    if period not in PERIODS:
+        raise bad_request(f"period must be one of {', '.join(PERIODS)}")
+    return period
+
+
+async def stats_global(request: web.Request) -> web.Response:
+    require(request, READ)
+    q = stats_query(request)
+    return web.json_response(await cached(request, lambda s: global_json(s, q)))
+
+
+async def _grouped(request: web.Request, group: str) -> web.Response:
+    require(request, READ)
+    q = stats_query(request)
+    return web.json_response(await cached(request, lambda s: grouped_json(s, q, group)))
+
+
+async def stats_regional(request: web.Request) -> web.Response:
+    return await _grouped(request, "region")
+
+
+async def stats_radiologists(request: web.Request) -> web.Response:
+    return await _grouped(request, "radiologist")
+
+
+async def stats_models(request: web.Request) -> web.Response:
+    return await _grouped(request, "model")
+
+
+async def stats_turnaround(request: web.Request) -> web.Response:
+    require(request, READ)
+    q = stats_query(request)
+    return web.json_response(await cached(request, lambda s: turnaround_json(s, q)))
+
+
+async def stats_timeline(request: web.Request) -> web.Response:
+    require(request, READ)
+    period = _period(request)
+    q = stats_query(request)
+    return web.json_response(await cached(request, lambda s: timeline_json(s, q, period)))
+
+
+async def stats_insights(request: web.Request) -> web.Response:
+    require(request, READ)
+    q = stats_query(request)
+    return web.json_response(await cached(request, lambda s: insights_json(s, q)))
+
+
+async def stats_summary(request: web.Request) -> web.Response:
+    """Every statistic the dashboard's page shows, from one database snapshot (no figure
+    on the page older or newer than another); each part as its own endpoint returns it."""
+    require(request, READ)
+    period = _period(request)
+    q = stats_query(request)
+
+    def read(session: Session) -> dict[str, Any]:
+        return {"global": global_json(session, q),
+                "regional": grouped_json(session, q, "region"),
+                "radiologists": grouped_json(session, q, "radiologist"),
+                "models": grouped_json(session, q, "model"),
+                "timeline": timeline_json(session, q, period),
+                "insights": insights_json(session, q),
+                "turnaround": turnaround_json(session, q)}
+
+    return web.json_response(await cached(request, read))
 
 
 # --- actions -------------------------------------------------------------------------------
@@ -588,7 +627,7 @@ async def requeue(request: web.Request) -> web.Response:
         raise bad_request(f"region must be one of {', '.join(sorted(regions))}")
     identity = request[IDENTITY]
     found = services(request)
-    per_study = _per_study(request)
+    per_study = request.app[SETTINGS].ai.read_per == "study"
 
     def write(session):
         exam = repo.get_exam(session, uid)
@@ -749,6 +788,7 @@ def setup_api_routes(app: web.Application) -> None:
     r.add_get("/api/stats/radiologists", stats_radiologists)
     r.add_get("/api/stats/insights", stats_insights)
     r.add_get("/api/stats/timeline", stats_timeline)
+    r.add_get("/api/stats/summary", stats_summary)
     r.add_get("/api/admin/fhir/unlinked", unlinked_reports)
     r.add_get("/api/stats/models", stats_models)
     r.add_get("/api/stats/turnaround", stats_turnaround)
