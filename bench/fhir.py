@@ -3,11 +3,15 @@ latency to every request, N done exams in the database with a radiologist report
 the server, and one poll cycle of :class:`xrayvision.fhir.poller.Poller`.
 
     .venv/bin/python bench/fhir.py [--exams 10000] [--latency 0.02] [--concurrency 8]
-                                   [--backends sqlite,postgresql] [--baseline-exams 2000]
+                                   [--runs index:sqlite,...] [--baseline-exams 2000]
+                                   [--lab-share 0.9]
 
 Exams: two per patient, each its own study with an accession number; each report names
-its accession. The model server is the stub (CHK and TRN answered at once), in its own
-process. Rows:
+its accession. With ``--lab-share``, every server is measured twice side by side: with
+the radiology reports only, and with laboratory reports (category LAB, LOINC 58410-2)
+added until they are that share of all DiagnosticReports, as in a HIS (``+lab`` rows):
+the searches filter them out on the server. The model server is the stub (CHK and TRN
+answered at once), in its own process. Rows:
 
 - ``first cycle``: every report new: one search per patient, matching, CHK + TRN, stores.
 - ``next cycle``: nothing new: what a steady-state cycle costs.
@@ -61,12 +65,18 @@ def cnp(i: int) -> str:
     return f"{1800000000000 + i}"
 
 
-def resources(patients: int) -> list[dict]:
+def resources(patients: int, labs: int = 0) -> list[dict]:
+    """Each patient, their two radiology reports, and ``labs`` laboratory reports."""
     found = []
     for i in range(patients):
         found.append(patient(f"p{i}", cnp(i), f"Fam{i}", "Ion", "1970-01-01", "male"))
         for k in range(2):
             found.append(diagnostic_report(f"r{i}-{k}", f"p{i}", TEXT, accession=f"A{i}-{k}"))
+        for k in range(labs):
+            found.append(diagnostic_report(
+                f"l{i}-{k}", f"p{i}", "Hemoglobină 13,5 g/dL; leucocite 7,2 x 10^9/L",
+                code="Hemoleucogramă completă", loinc="58410-2", category="LAB",
+                when=f"2026-11-{1 + k % 28:02d}T08:00:00Z"))
     return found
 
 
@@ -166,9 +176,15 @@ def main() -> None:
     parser.add_argument("--runs", default="index:sqlite,index:postgresql,sekmet:sqlite",
                         help="server:backend pairs; servers: index, sekmet")
     parser.add_argument("--baseline-exams", type=int, default=2000)
+    parser.add_argument("--lab-share", type=float, default=0.9,
+                        help="also measure with this share of laboratory reports; 0: not")
     args = parser.parse_args()
     patients = args.exams // 2
-    data = resources(patients)
+    # 2 radiology reports a patient: labs so that they are lab_share of all reports
+    labs = round(2 * args.lab_share / (1 - args.lab_share)) if args.lab_share else 0
+    datasets = {"": resources(patients)}
+    if labs:
+        datasets["+lab"] = resources(patients, labs)
     tmp = Path(tempfile.mkdtemp(prefix="xrv-bench-fhir-"))
     stub_port = free_port()
     stub = subprocess.Popen(
@@ -179,38 +195,43 @@ def main() -> None:
     try:
         wait_port(stub_port)
         runs = [tuple(run.split(":")) for run in args.runs.split(",")]
-        for kind in dict.fromkeys(server for server, _ in runs):
-            peer = FhirPeer(kind, tmp / kind, args.latency, data)
+        for kind, suffix in [(k, s) for k in dict.fromkeys(server for server, _ in runs)
+                             for s in datasets]:
+            data = datasets[suffix]
+            peer = FhirPeer(kind, tmp / f"{kind}{suffix}", args.latency, data)
+            reports = sum(r["resourceType"] == "DiagnosticReport" for r in data)
             try:
-                print(f"{kind}: {patients} patients, {2 * patients} reports loaded in "
+                print(f"{kind}{suffix}: {patients} patients, {reports} reports "
+                      f"({reports - 2 * patients} laboratory) loaded in "
                       f"{peer.load_seconds:.0f} s; {args.latency * 1000:.0f} ms latency per "
                       f"request; concurrency {args.concurrency}", flush=True)
                 for backend in [b for server, b in runs if server == kind]:
                     if backend == "postgresql":
                         pg = pg or PgServer(fsync=True).start()
-                        url = pg.create_database(f"bench_{kind}").replace(
+                        url = pg.create_database(f"bench_{kind}{suffix}".replace(
+                            "+", "_")).replace(
                             "postgresql://", "postgresql+psycopg://")
                     else:
-                        url = f"sqlite:///{tmp}/bench-{kind}.db"
+                        url = f"sqlite:///{tmp}/bench-{kind}{suffix}.db"
                     db = Database(DatabaseOptions(url=url))
                     upgrade(db.engine)
                     fill_db(db, patients)
                     for label, seconds, requests, stored, errors in asyncio.run(
                             poll(db, peer.url, model_url, args.concurrency, tmp)):
-                        table.append((kind, backend, label, args.exams, seconds, requests,
-                                      stored, len(errors)))
+                        table.append((kind + suffix, backend, label, args.exams, seconds,
+                                      requests, stored, len(errors)))
                     db.close()
-                if args.baseline_exams:
+                if args.baseline_exams and not suffix:
                     seconds, requests = asyncio.run(per_exam(peer.url, args.baseline_exams,
                                                              args.concurrency))
                     table.append((kind, "-", "per-exam (seed)", args.baseline_exams, seconds,
                                   requests, 0, 0))
             finally:
                 peer.stop()
-        print(f"{'server':<8}{'backend':<11}{'cycle':>16}{'exams':>7}{'seconds':>9}"
+        print(f"{'server':<12}{'backend':<11}{'cycle':>16}{'exams':>7}{'seconds':>9}"
               f"{'requests':>10}{'req/exam':>10}{'exams/s':>9}{'stored':>8}{'errors':>7}")
         for kind, backend, label, exams, seconds, requests, stored, errors in table:
-            print(f"{kind:<8}{backend:<11}{label:>16}{exams:>7}{seconds:>9.1f}{requests:>10}"
+            print(f"{kind:<12}{backend:<11}{label:>16}{exams:>7}{seconds:>9.1f}{requests:>10}"
                   f"{requests / exams:>10.3f}{exams / seconds:>9.0f}{stored:>8}{errors:>7}")
     finally:
         stub.terminate()

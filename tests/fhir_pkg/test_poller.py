@@ -443,3 +443,25 @@ async def test_enrichment_missed_during_an_outage_is_made_by_a_later_cycle(db, t
         assert (context.sex, context.birth_date, context.priority) == (
             "F", dt.date(1975, 3, 2), 3)
         assert (await poller.poll_once()).enrichment_retried == 0  # nothing left to fill
+
+
+async def test_an_unlinked_report_leaves_the_list_once_linked(db, tmp_path, sekmet, tag):
+    """A report whose accession number names no exam is listed with it and why; the HIS
+    corrects the accession: the next cycle links it and it leaves the list."""
+    cnp, pid = f"2{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"S1-{tag}", accession=f"A1-{tag}")
+    sekmet.put(patient(pid, cnp, "Fix", "Ion", "1980-01-01", "male"))
+    sekmet.put(diagnostic_report(f"r-{tag}", pid, "Normal", accession=f"TYPO-{tag}"))
+
+    async def listed():
+        return {r.fhir_id: r for r in await db.read(repo.unlinked_reports)}
+
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, _, _):
+        assert (await poller.poll_once()).unmatched == 1
+        row = (await listed())[f"r-{tag}"]
+        assert (row.cnp, row.accessions, row.rule) == (cnp, f"TYPO-{tag}", "none")
+        assert "names no exam of the patient" in row.reason
+        sekmet.put(diagnostic_report(f"r-{tag}", pid, "Normal", status="corrected",
+                                     accession=f"A1-{tag}"))
+        assert (await poller.poll_once()).new == 1
+    assert f"r-{tag}" not in await listed()

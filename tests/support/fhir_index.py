@@ -33,6 +33,22 @@ def build(resources: list[dict]) -> dict:
     return {"by_ref": by_ref, "patients": patient_by_ident, "reports": reports_by_patient}
 
 
+def tokens_match(param: str | None, concepts: object) -> bool:
+    """A token search parameter (``system|code`` or ``code``, comma-separated: any of)
+    against a CodeableConcept or a list of them, as a FHIR server filters."""
+    if not param:
+        return True
+    if isinstance(concepts, dict):
+        concepts = [concepts]
+    codings = [c for concept in concepts or [] for c in concept.get("coding", [])]
+    for token in param.split(","):
+        system, _, code = token.rpartition("|")
+        if any(c.get("code") == code and ("|" not in token or c.get("system", "") == system)
+               for c in codings):
+            return True
+    return False
+
+
 def bundle(matches: list[dict], included: list[dict], base: str) -> dict:
     entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r,
                 "search": {"mode": "match"}} for r in matches]
@@ -59,10 +75,14 @@ async def search(request: web.Request) -> web.Response:
             return web.json_response(bundle([], [], base))
         statuses = set(q.get("status", "final,amended,corrected").split(","))
         matches = [r for ref in refs for r in index["reports"].get(ref, [])
-                   if r["status"] in statuses]
+                   if r["status"] in statuses
+                   and tokens_match(q.get("category"), r.get("category"))
+                   and tokens_match(q.get("code"), r.get("code"))]
         included = {}
         for r in matches:
-            for ref in [x["reference"] for x in r.get("basedOn", [])] + [r["subject"]["reference"]]:
+            refs = [x["reference"] for x in r.get("basedOn", []) + r.get("resultsInterpreter", [])
+                    if "reference" in x]
+            for ref in refs + [r["subject"]["reference"]]:
                 if ref in index["by_ref"]:
                     included[ref] = index["by_ref"][ref]
         return web.json_response(bundle(matches, list(included.values()), base))

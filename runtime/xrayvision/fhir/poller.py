@@ -137,6 +137,7 @@ class Poller:
         self._sleep = sleep
         self.window = dt.timedelta(days=self.fhir.match_window_days)
         self.health = FhirHealth()
+        self.unlinked: set[str] = set()  # FHIR ids listed as not linked (read each cycle)
         # Patient lookups the relay could not make (HIS down) are made again here.
         self.enrich = enrich
         # Practitioner/<id> -> name: radiologists change names rarely, reports often
@@ -228,6 +229,7 @@ class Poller:
         stats = PollStats()
         oldest = started - dt.timedelta(days=self.fhir.lookback_days)
         exams = await self.db.read(repo.poll_exams, oldest)
+        self.unlinked = await self.db.read(repo.unlinked_ids)
         by_patient: dict[str, list[PollExam]] = defaultdict(list)
         for exam in exams:
             by_patient[exam.cnp].append(exam)
@@ -388,6 +390,7 @@ class Poller:
         chosen = self._choose(exams, result, stats, unlinked)
         if unlinked:
             await self.db.write(repo.note_unlinked, unlinked)
+            self.unlinked.update(u.fhir_id for u in unlinked)
         by_uid = {e.uid: e for e in exams}
         changes: list[tuple[PollExam, FhirReport]] = []
         for uid, report in chosen.items():
@@ -406,7 +409,8 @@ class Poller:
         withdrawn_from: set[str] = set()
 
         def store(session: Session) -> None:
-            repo.clear_unlinked(session, sorted({r.fhir_id for _, r in changes}))
+            repo.clear_unlinked(session, sorted({r.fhir_id for _, r in changes}
+                                                & self.unlinked))
             for fhir_id, status in sorted(retract.items()):
                 for uid in repo.withdraw_rad_reports(session, fhir_id, status):
                     if uid in by_uid:
@@ -419,10 +423,11 @@ class Poller:
                                                                 c[1].fhir_id)):
                 res = results[report.text]
                 repo.save_rad_report(
-                    session, exam.uid, fhir_id=report.fhir_id, fhir_version=report.version,
-                    fhir_status=report.status, text=report.text, radiologist=report.radiologist,
-                    severity=res.severity, positive=res.positive, summary=res.summary,
-                    text_en=res.text_en, checked=res.checked)
+                    session, exam.uid, stored=exam.has_report, fhir_id=report.fhir_id,
+                    fhir_version=report.version, fhir_status=report.status, text=report.text,
+                    radiologist=report.radiologist, severity=res.severity,
+                    positive=res.positive, summary=res.summary, text_en=res.text_en,
+                    checked=res.checked)
                 repo.link_rad_report(session, exam.uid, repo.study_key(exam.study_uid,
                                                                        exam.uid))
                 self.bus.publish_in(session, RAD_REPORT_READY, **_event(exam, res))

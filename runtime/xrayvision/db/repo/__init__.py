@@ -57,6 +57,7 @@ from xrayvision.db.repo.reports import (
     save_rad_report,
     unchecked_rad_reports,
     unenriched_exams,
+    unlinked_ids,
     unlinked_reports,
     withdraw_rad_reports,
 )
@@ -123,5 +124,5 @@ __all__ = [
     "study_page", "shown_total",
     "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
     "rad_history", "withdraw_rad_reports", "Unlinked", "clear_unlinked", "note_unlinked",
-    "unlinked_reports", "unenriched_exams",
+    "unlinked_reports", "unenriched_exams", "unlinked_ids",
 ]

@@ -190,11 +190,14 @@ def _keep_if_replaced(session: Session, uid: str, fields: dict[str, Any]) -> Non
         _keep(session, current, "replaced")
 
 
-def save_rad_report(session: Session, uid: str, **fields: Any) -> None:
+def save_rad_report(session: Session, uid: str, *, stored: bool = True,
+                    **fields: Any) -> None:
     """Creates or updates the radiologist report of exam (or study key) ``uid`` (columns
     of rad_reports), and the statistics' tallies. A report it replaces goes to the
-    history (``rad_report_versions``)."""
-    _keep_if_replaced(session, uid, fields)
+    history (``rad_report_versions``); ``stored=False``: the caller knows none is stored
+    (no look for one)."""
+    if stored:
+        _keep_if_replaced(session, uid, fields)
     _upsert_report(session, RadReport, _RAD_FIELDS, uid, fields)
     restate_tallies(session, [uid])
 
@@ -448,6 +451,11 @@ def clear_unlinked(session: Session, fhir_ids: Sequence[str]) -> None:
     """Reports now linked leave the list."""
     if fhir_ids:
         session.execute(delete(FhirUnlinked).where(FhirUnlinked.fhir_id.in_(list(fhir_ids))))
+
+
+def unlinked_ids(session: Session) -> set[str]:
+    """The FHIR ids of the reports listed as not linked."""
+    return set(session.scalars(select(FhirUnlinked.fhir_id)))
 
 
 def unlinked_reports(session: Session, limit: int = 200) -> list[FhirUnlinked]:
