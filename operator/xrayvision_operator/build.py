@@ -128,6 +128,13 @@ def runtime_env(xrv: Obj, resolved: Resolved) -> dict[str, str]:
     if fhir:
         env["XRAYVISION_FHIR_URL"] = fhir["url"]
         env["XRAYVISION_FHIR_POLL_INTERVAL"] = str(fhir.get("intervalSeconds", 300))
+        # absent: the application's defaults; an empty value means "any" there
+        if "identifierSystem" in fhir:
+            env["XRAYVISION_FHIR_IDENTIFIER_SYSTEM"] = fhir["identifierSystem"]
+        for field, name in (("reportCategories", "REPORT_CATEGORIES"),
+                            ("reportCodes", "REPORT_CODES")):
+            if field in fhir:
+                env[f"XRAYVISION_FHIR_{name}"] = ",".join(fhir[field])
     ntfy = (spec.get("notifications") or {}).get("ntfy")
     if ntfy:
         env["XRAYVISION_NOTIFY_NTFY_URL"] = ntfy["url"]

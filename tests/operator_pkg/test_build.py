@@ -88,6 +88,28 @@ def test_secrets_are_referenced_never_copied():
     assert {"secretRef": {"name": "users"}, "prefix": "XRAYVISION_USERS_"} in web["envFrom"]
 
 
+def test_the_his_identifier_system_and_report_filters_reach_the_config(tmp_path):
+    """Absent: the application's defaults (nothing set); an empty system or list: "any"
+    there, so it is passed as an empty value, not left out; the settings read it back."""
+    from xrayvision.config import IMAGING_CATEGORIES, load_settings
+
+    data = build({"fhir": {"url": "https://his/fhir"}})[("ConfigMap", "triage-config")]["data"]
+    assert not {k for k in data if k.startswith(("XRAYVISION_FHIR_IDENTIFIER",
+                                                 "XRAYVISION_FHIR_REPORT"))}
+    data = build({"fhir": {"url": "https://his/fhir", "identifierSystem": "",
+                           "reportCategories": [],
+                           "reportCodes": ["http://loinc.org|36643-5", "30746-2"]}})[
+        ("ConfigMap", "triage-config")]["data"]
+    assert data["XRAYVISION_FHIR_IDENTIFIER_SYSTEM"] == ""
+    assert data["XRAYVISION_FHIR_REPORT_CATEGORIES"] == ""
+    assert data["XRAYVISION_FHIR_REPORT_CODES"] == "http://loinc.org|36643-5,30746-2"
+    fhir = load_settings(tmp_path, env={k: v for k, v in data.items()
+                                        if k.startswith("XRAYVISION_FHIR_")}).fhir
+    assert (fhir.identifier_system, fhir.report_categories, fhir.report_codes) == (
+        "", (), ("http://loinc.org|36643-5", "30746-2"))
+    assert load_settings(tmp_path, env={}).fhir.report_categories == IMAGING_CATEGORIES
+
+
 def test_config_change_rolls_the_pods():
     before = build()[("Deployment", "triage-relay")]
     after = build({"severityThreshold": 7})[("Deployment", "triage-relay")]
