@@ -61,6 +61,13 @@ async def poller_for(db, tmp_path, fhir_url, *, stub=None, password=None, **fhir
                 await stub.stop()
 
 
+def blood_count(rid: str, pid: str) -> dict:
+    """A laboratory's final blood count, 15 minutes after DAY1's X-rays, no order link."""
+    return diagnostic_report(rid, pid, "Hemoglobină 13,5 g/dL, leucocite 7,2",
+                             code="Hemoleucogramă completă", loinc="58410-2", category="LAB",
+                             when="2026-11-20T09:15:00Z")
+
+
 def drain(events):
     found = []
     while (event := events.get_nowait()) is not None:
@@ -253,9 +260,7 @@ async def test_a_laboratory_report_is_never_the_radiologists(db, tmp_path, sekme
     cnp, pid = f"5{tag}", f"p-{tag}"
     add_exam(db, f"{tag}.1", cnp, study=f"S-{tag}", accession=f"A-{tag}")
     sekmet.put(patient(pid, cnp, "Lab", "Ion", "1980-01-01", "male"))
-    sekmet.put(diagnostic_report(f"lab-{tag}", pid, "Hemoglobină 13,5 g/dL, leucocite 7,2",
-                                 code="Hemoleucogramă completă", loinc="58410-2",
-                                 category="LAB", when="2026-11-20T09:15:00Z"))
+    sekmet.put(blood_count(f"lab-{tag}", pid))
     async with poller_for(db, tmp_path, sekmet.url) as (poller, stub, _):
         stats = await poller.poll_once()
         assert (stats.patients, stats.new, stats.unmatched, stats.not_imaging) == (1, 0, 0, 0)
@@ -276,9 +281,7 @@ async def test_without_a_category_filter_the_rules_still_refuse_it(db, tmp_path,
     cnp, pid = f"6{tag}", f"p-{tag}"
     add_exam(db, f"{tag}.1", cnp, study=f"S-{tag}", accession=f"A-{tag}")
     sekmet.put(patient(pid, cnp, "Lab", "Ana", "1980-01-01", "female"))
-    sekmet.put(diagnostic_report(f"lab-{tag}", pid, "Hemoglobină 13,5 g/dL",
-                                 code="Hemoleucogramă completă", loinc="58410-2",
-                                 category="LAB", when="2026-11-20T09:15:00Z"))
+    sekmet.put(blood_count(f"lab-{tag}", pid))
     sekmet.put(diagnostic_report(f"date-{tag}", pid, "Rx torace: normal", category="",
                                  when="2026-11-20T11:00:00Z"))
     sekmet.put(diagnostic_report(f"acc-{tag}", pid, "Opacitate bazală dreaptă",

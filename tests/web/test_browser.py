@@ -156,6 +156,16 @@ def study_read(db, text: str, severity: int, **fields) -> None:
     db.write_sync(read)
 
 
+def new_read(db, db_url: str, text: str) -> None:
+    """What a relay does for a requeued study (requeue, store, event), by hand: the
+    event from another process, as in production."""
+    assert db.write_sync(repo.requeue_study, "1.2.840")
+    study_read(db, text, 6, endpoint="primary")
+    subprocess.run([sys.executable, "-c", PUBLISH, db_url, "report.ready", json.dumps(
+        {"uid": "1.2.840", "images": ["1.2.840.1", "1.2.840.4"], "severity": 6})],
+        check=True)
+
+
 @pytest.fixture
 def dashboard(tmp_path, pg_db, pg_url):
     for uid, name in RADIOGRAPHS.items():  # every converted image has its PNG
@@ -242,11 +252,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         # A new read arrives while a review is being written: the page says so.
         page.fill("#review textarea", "half-written")
         # (the relay's requeue, store and event, by hand)
-        assert pg_db.write_sync(repo.requeue_study, "1.2.840")
-        study_read(pg_db, "FINDINGS: a read while writing", 6, endpoint="primary")
-        subprocess.run([sys.executable, "-c", PUBLISH, pg_url, "report.ready", json.dumps(
-            {"uid": "1.2.840", "images": ["1.2.840.1", "1.2.840.4"], "severity": 6})],
-            check=True)
+        new_read(pg_db, pg_url, "FINDINGS: a read while writing")
         page.wait_for_selector("#review-result:has-text('A new AI read (version 2)')")
         page.wait_for_selector("#ai-text:has-text('a read while writing')")
         # the hospital system's trouble, said in the header and where its report would be
@@ -261,11 +267,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         page.click("#requeue-no")
         assert page.inner_text("#requeue-result") == "" and page.is_hidden("#requeue-ask")
         page.click("#requeue")  # and while the user decides, a new read arrives: said
-        assert pg_db.write_sync(repo.requeue_study, "1.2.840")
-        study_read(pg_db, "FINDINGS: a read while deciding", 6, endpoint="primary")
-        subprocess.run([sys.executable, "-c", PUBLISH, pg_url, "report.ready", json.dumps(
-            {"uid": "1.2.840", "images": ["1.2.840.1", "1.2.840.4"], "severity": 6})],
-            check=True)
+        new_read(pg_db, pg_url, "FINDINGS: a read while deciding")
         page.wait_for_selector("#requeue-result:has-text('changed while you were deciding')")
         assert "AI read version 3" in page.inner_text("#requeue-result")
         page.click("#requeue-yes")
