@@ -468,3 +468,24 @@ async def test_an_unlinked_report_leaves_the_list_once_linked(db, tmp_path, sekm
                                      accession=f"A1-{tag}"))
         assert (await poller.poll_once()).new == 1
     assert f"r-{tag}" not in await listed()
+
+
+async def test_a_cycle_that_asks_nothing_never_calls_an_unreachable_his_healthy(db, tmp_path):
+    """Nothing to ask this cycle (no exams): the HIS's health stays what the last request
+    found (here: unreachable), and the poller asks once more rather than claim it is up."""
+    from support.pgserver import free_port
+    from xrayvision.fhir.health import HEALTH_KEY, FhirHealth
+
+    async def stop(seconds):
+        raise RuntimeError("stop")
+
+    url = f"http://127.0.0.1:{free_port()}/fhir"
+    async with poller_for(db, tmp_path, url) as (poller, _, _):
+        poller._sleep = stop
+        with pytest.raises(RuntimeError, match="stop"):
+            await poller.run()
+        sent = poller.client.requests
+    health = FhirHealth.from_json(await db.read(repo.get_state, HEALTH_KEY))
+    assert not health.ok and health.last_success is None
+    assert "unavailable after 2 tries" in health.last_error
+    assert sent == 4  # the self-check at start and again after the empty cycle, 2 tries each

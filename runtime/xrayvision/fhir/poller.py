@@ -170,7 +170,8 @@ class Poller:
             log.warning("FHIR self-check: " + warning)
         else:
             log.info("FHIR self-check passed", extra={"identifier_system": system})
-        await self._record(warning=warning)
+        # (a refusal is an answer too: the server is up, what we send is wrong)
+        await self._record(ok=True, warning=warning)
         return warning
 
     async def _record(self, *, ok: bool = False, error: str = "",
@@ -208,7 +209,12 @@ class Poller:
             except Exception as exc:
                 log.exception("FHIR poll failed unexpectedly")
                 failed, error = True, f"{type(exc).__name__}: {exc}"
-            await self._record(ok=not failed, error=redact(error))
+            if failed:
+                await self._record(error=redact(error))
+            elif stats.requests:
+                await self._record(ok=True)
+            elif not self.health.ok:  # a cycle that asked nothing proves nothing: ask
+                await self.self_check()
             metrics.FHIR_POLL_SECONDS.observe(time.monotonic() - started)
             interval = self.fhir.poll_interval
             if failed:
