@@ -1,3 +1,4 @@
+import dataclasses
 import datetime as dt
 
 from xrayvision.db.repo import PollExam
@@ -102,3 +103,20 @@ def test_reasons_and_ranks():
     by_id = match_report(report(accessions=["ACC1"]), EXAMS, {}, window=WEEK)
     by_date = match_report(report(), EXAMS[:1], {}, window=WEEK, region="chest")
     assert by_id.rank > by_date.rank > 0
+
+
+def test_the_imaging_study_it_reports_on():
+    """``DiagnosticReport.imagingStudy``: read (``requests``) or carried as a logical
+    identifier; it decides before the order and the date."""
+    r = dataclasses.replace(report(when=T0 + dt.timedelta(days=1, hours=2)),
+                            imaging_studies=("ImagingStudy/i2",))
+    studies = {"ImagingStudy/i2": Identifiers(study_uids=frozenset({"S2"}))}
+    m = match_report(r, EXAMS, studies, window=WEEK, region="chest")  # by date: ambiguous
+    assert (m.rule, m.uids, m.rank) == ("imaging_study", ("b1",), 2)
+    inline = dataclasses.replace(report(), imaging_identifiers=Identifiers(
+        accessions=frozenset({"ACC1"})))
+    assert match_report(inline, EXAMS, {}, window=WEEK).uids == ("a1", "a2")
+    other = dataclasses.replace(report(), imaging_identifiers=Identifiers(
+        study_uids=frozenset({"S9"})))
+    m = match_report(other, EXAMS, {}, window=WEEK, imaging=True)
+    assert m.rule == "none" and "ImagingStudy" in m.reason  # never falls back to dates

@@ -489,3 +489,28 @@ async def test_a_cycle_that_asks_nothing_never_calls_an_unreachable_his_healthy(
     assert not health.ok and health.last_success is None
     assert "unavailable after 2 tries" in health.last_error
     assert sent == 4  # the self-check at start and again after the empty cycle, 2 tries each
+
+
+async def test_a_report_linked_by_the_imaging_study_it_reports_on(db, tmp_path, sekmet, tag):
+    """No identifiers and no order on the report, two chest studies the same morning
+    (by date: ambiguous): its ``imagingStudy`` names the study; read once, cached."""
+    cnp, pid = f"3{tag}", f"p-{tag}"
+    add_exam(db, f"{tag}.1", cnp, study=f"1.2.{int(tag, 16) % 10**9}.1")
+    add_exam(db, f"{tag}.2", cnp, study=f"1.2.{int(tag, 16) % 10**9}.2",
+             when=DAY1 + dt.timedelta(hours=1))
+    sekmet.put(patient(pid, cnp, "Study", "Ion", "1980-01-01", "male"))
+    sekmet.put({"resourceType": "ImagingStudy", "id": f"is-{tag}", "status": "available",
+                "subject": {"reference": f"Patient/{pid}"},
+                "identifier": [{"system": "urn:dicom:uid",
+                                "value": f"urn:oid:1.2.{int(tag, 16) % 10**9}.2"}]})
+    report = diagnostic_report(f"r-{tag}", pid, "Rx torace: normal",
+                               when="2026-11-20T12:00:00Z")
+    report["imagingStudy"] = [{"reference": f"ImagingStudy/is-{tag}"}]
+    sekmet.put(report)
+    async with poller_for(db, tmp_path, sekmet.url) as (poller, _, _):
+        stats = await poller.poll_once()
+        assert (stats.new, stats.ambiguous, stats.requests) == (1, 0, 2)  # search + study
+        assert await db.read(records.get_rad_report, f"{tag}.1") is None
+        assert (await db.read(records.get_rad_report, f"{tag}.2")).fhir_id == f"r-{tag}"
+        # again: .1 still waits (search) + the amendment search; the study from the cache
+        assert (await poller.poll_once()).requests == 2

@@ -6,18 +6,20 @@ that applies decides:
 
 1. **Identifiers on the report**: an accession number (identifier type ``ACSN``) or a
    study instance UID (system ``urn:dicom:uid``) equal to the exam's.
-2. **The ServiceRequests it is based on**: their accession numbers / study UIDs, as in 1.
-3. **Date window and region**, only when neither the report nor its requests carry such
+2. **The ImagingStudy it reports on** (``DiagnosticReport.imagingStudy``): its study
+   instance UID and accession number, as in 1.
+3. **The ServiceRequests it is based on**: their accession numbers / study UIDs, as in 1.
+4. **Date window and region**, only when neither the report nor its links carry such
    identifiers, and only when the report's code or text names a region or a radiograph
    (a report naming neither is about something else: a laboratory result): exams of the
    patient taken at most ``window`` before the report's time (and not more than an hour
    after it, for clock skew), in the region it names (any region when it names only a
    radiograph), not already linked to another report.
 
-A report whose identifiers (1 or 2) name no exam of ours is not matched by date: it is
+A report whose identifiers (1 to 3) name no exam of ours is not matched by date: it is
 about another study. When the exams found belong to more than one study, the match is
 **ambiguous** and nothing is linked; the caller logs, counts and lists it with the
-``reason``. When several reports match one exam, an identifier match (1 or 2) always
+``reason``. When several reports match one exam, an identifier match (1 to 3) always
 beats a date match (:attr:`Match.rank`), whatever their times; within a rank the later
 report wins.
 """
@@ -34,12 +36,12 @@ from xrayvision.fhir.resources import FhirReport, Identifiers
 CLOCK_SKEW = dt.timedelta(hours=1)
 
 
-RANKS = {"identifier": 2, "service_request": 2, "date_region": 1}
+RANKS = {"identifier": 2, "imaging_study": 2, "service_request": 2, "date_region": 1}
 
 
 @dataclass(frozen=True)
 class Match:
-    rule: str  # identifier, service_request, date_region, none, ambiguous
+    rule: str  # identifier, imaging_study, service_request, date_region, none, ambiguous
     uids: tuple[str, ...] = ()
     reason: str = ""  # why nothing is linked (none, ambiguous), in words
 
@@ -77,11 +79,19 @@ def match_report(report: FhirReport, exams: list[PollExam],
                  requests: Mapping[str, Identifiers], *, window: dt.timedelta,
                  region: str = "", imaging: bool = False) -> Match:
     """The exams ``report`` belongs to among one patient's ``exams``; ``requests`` maps
-    ``ServiceRequest/<id>`` to its identifiers; ``region`` is the region the report's
-    code or text names ("" when none), ``imaging`` whether it names a radiograph."""
+    ``ServiceRequest/<id>`` and ``ImagingStudy/<id>`` to their identifiers; ``region``
+    is the region the report's code or text names ("" when none), ``imaging`` whether it
+    names a radiograph."""
     if report.identifiers:
         return _decide("identifier", _by_identifiers(report.identifiers, exams),
                        "its accession number or study UID names no exam of the patient")
+    studied = report.imaging_identifiers
+    for ref in report.imaging_studies:
+        studied = studied | requests.get(ref, Identifiers())
+    if studied:
+        return _decide("imaging_study", _by_identifiers(studied, exams),
+                       "its ImagingStudy's study UID or accession number names no exam of "
+                       "the patient")
     from_requests = Identifiers()
     for ref in report.based_on:
         from_requests = from_requests | requests.get(ref, Identifiers())

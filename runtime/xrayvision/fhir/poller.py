@@ -142,6 +142,8 @@ class Poller:
         self.enrich = enrich
         # Practitioner/<id> -> name: radiologists change names rarely, reports often
         self.practitioners: TTLCache[str, str] = TTLCache(maxsize=4096, ttl=86400)
+        # ImagingStudy/<id> -> its identifiers (a study's UID does not change)
+        self.imaging_studies: TTLCache[str, Identifiers] = TTLCache(maxsize=16384, ttl=86400)
 
     # --- the loop --------------------------------------------------------------------
 
@@ -336,8 +338,10 @@ class Poller:
                 unlinked: list[repo.Unlinked]) -> dict[str, FhirReport]:
         """exam uid -> the report it gets: of the reports matching it, an identifier
         match before a date match, then the latest (:mod:`xrayvision.fhir.match`)."""
-        requests = {f"ServiceRequest/{r.get('id')}": identifiers_of(r)
-                    for r in result.included if r.get("resourceType") == "ServiceRequest"}
+        requests = {f"{r.get('resourceType')}/{r.get('id')}": identifiers_of(r)
+                    for r in result.included
+                    if r.get("resourceType") in ("ServiceRequest", "ImagingStudy")}
+        requests.update(self.imaging_studies)
         chosen: dict[str, tuple[int, FhirReport]] = {}
         for resource in result.matches:
             report = report_of(resource)
@@ -392,6 +396,7 @@ class Poller:
         exams = [dataclasses.replace(e, rad_fhir_id="", rad_version="", rad_checked=False,
                                      has_report=False) if e.rad_fhir_id in retract else e
                  for e in exams]
+        await self._read_imaging_studies(result)
         unlinked: list[repo.Unlinked] = []
         chosen = self._choose(exams, result, stats, unlinked)
         if unlinked:
@@ -455,6 +460,23 @@ class Poller:
             if res.checked:
                 self._count_severity(exam, res, counted)
         return {exam.uid for exam, _ in changes} | withdrawn_from
+
+    async def _read_imaging_studies(self, result: SearchResult) -> None:
+        """The ImagingStudies that reports without identifiers of their own refer to
+        (R4 has no search parameter to include them): read once each, cached a day; one
+        that cannot be read leaves its report to the later rules this cycle."""
+        included = {f"ImagingStudy/{r.get('id')}" for r in result.included
+                    if r.get("resourceType") == "ImagingStudy"}
+        for resource in result.matches:
+            if resource.get("identifier"):
+                continue  # matched by its own identifiers first
+            for ref in report_of(resource).imaging_studies:
+                if ref in included or ref in self.imaging_studies:
+                    continue
+                try:
+                    self.imaging_studies[ref] = identifiers_of(await self.client.get(ref))
+                except FhirError:
+                    continue  # (logged by the client)
 
     async def _named(self, report: FhirReport, result: SearchResult) -> FhirReport:
         """``report`` with its radiologist named from the Practitioner it references

@@ -57,6 +57,10 @@ class FhirReport:
     notes: tuple[str, ...] = ()  # attachments skipped or decoded with a fallback
     # "Practitioner/<id>" of the interpreter when no display names them (HIS exports)
     radiologist_ref: str = ""
+    # the ImagingStudy it reports on: "ImagingStudy/<id>" references, and what references
+    # carry as a logical identifier (the study UID) without a resource to read
+    imaging_studies: tuple[str, ...] = ()
+    imaging_identifiers: Identifiers = Identifiers()
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,12 @@ def report_of(resource: dict, accession_system: str = "") -> FhirReport:
         notes=tuple(notes),
         radiologist_ref=_practitioner_ref(resource.get("resultsInterpreter"))
         or _practitioner_ref(resource.get("performer")),
+        imaging_studies=tuple(
+            str(r["reference"]) for r in resource.get("imagingStudy") or []
+            if isinstance(r, dict) and str(r.get("reference", "")).startswith("ImagingStudy/")),
+        imaging_identifiers=identifiers_of({"identifier": [
+            r["identifier"] for r in resource.get("imagingStudy") or []
+            if isinstance(r, dict) and isinstance(r.get("identifier"), dict)]}),
     )
 
 
