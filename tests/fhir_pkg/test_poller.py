@@ -312,8 +312,9 @@ async def test_any_identifier_when_no_system_is_set_amendments_included(db, tmp_
     assert (await db.read(records.get_rad_report, f"{tag}.1")).text == "Addendum: nodul"
 
 
+@pytest.mark.parametrize("withdrawal", ["entered-in-error", "cancelled"])
 async def test_a_withdrawn_report_leaves_the_study_and_agreement_for_the_history(
-        db, tmp_path, sekmet, tag):
+        db, tmp_path, sekmet, tag, withdrawal):
     """final -> amended (the final one kept as history) -> entered-in-error: withdrawn
     from the image and the study, out of the statistics, kept in the history, audited."""
     from xrayvision.db import stats
@@ -340,7 +341,7 @@ async def test_a_withdrawn_report_leaves_the_study_and_agreement_for_the_history
         assert [h.ended_by for h in await db.read(repo.rad_history, f"S-{tag}")] == ["replaced"]
         drain(events)
         sekmet.put(diagnostic_report(f"r-{tag}", pid, "Pneumonie; addendum",
-                                     status="entered-in-error", accession=f"A-{tag}"))
+                                     status=withdrawal, accession=f"A-{tag}"))
         stats_ = await poller.poll_once()
         assert (stats_.withdrawn, stats_.new, stats_.amended) == (1, 0, 0)
         assert await db.read(records.get_rad_report, f"{tag}.1") is None
@@ -349,12 +350,12 @@ async def test_a_withdrawn_report_leaves_the_study_and_agreement_for_the_history
         history = await db.read(repo.rad_history, f"{tag}.1")
         assert [(h.text, h.fhir_status, h.ended_by) for h in history] == [
             ("Pneumonie", "final", "replaced"),
-            ("Pneumonie; addendum", "amended", "entered-in-error")]
+            ("Pneumonie; addendum", "amended", withdrawal)]
         [event] = [e for e in drain(events) if e.type == "rad_report.ready"]
         assert event.data["withdrawn"] is True and event.data["uid"] == f"{tag}.1"
         audit = await db.read(lambda s: s.query(AuditLog).filter_by(
             action="rad_report.withdrawn", target=f"r-{tag}").all())
-        assert len(audit) == 1 and "entered-in-error" in audit[0].detail
+        assert len(audit) == 1 and withdrawal in audit[0].detail
         # the image is without a report again: asked again, nothing more happens
         again = await poller.poll_once()
         assert (again.patients, again.withdrawn, again.new) == (1, 0, 0)

@@ -319,6 +319,25 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         page.click("#filters button[type=submit]")
         page.wait_for_selector('tr[data-uid="1.2.840"]')
 
+        # the HIS amended, then withdrew, the lateral's report: the page says so and
+        # keeps both versions in its history
+        for version, text in (("1", "Fractură costală"), ("2", "Fractură costală; addendum")):
+            pg_db.write_sync(repo.save_rad_report, "1.2.840.4", fhir_id="r9",
+                             fhir_version=version, fhir_status="final" if version == "1"
+                             else "amended", text=text, radiologist="Dr. Pop", severity=6,
+                             checked=True)
+        pg_db.write_sync(repo.withdraw_rad_reports, "r9", "entered-in-error")
+        page.goto(dashboard + "/#/exam/1.2.840.4")
+        page.wait_for_selector("#rad-text:has-text('withdrew')")
+        assert "withdrew the radiologist's report (entered-in-error)" in page.inner_text(
+            "#rad-text")
+        page.click("#rad-history summary")
+        history = page.inner_text("#rad-history")
+        assert "final · Dr. Pop" in history and "replaced by a later version" in history
+        assert "amended · Dr. Pop" in history and "entered in error" in history
+        assert "Fractură costală; addendum" in history
+        shoot(page, "exam-withdrawn")
+
         page.goto(dashboard + "/#/stats")
         page.wait_for_selector("#chart-severity svg")
         # axes, values and a legend with totals; the counts behind the charts
