@@ -352,6 +352,9 @@ function setupViewer() {
   $("reset").onclick = () => { $("wl-invert").checked = false; setWindow(128, 256); fit(); };
   return (src) => {
     const img = new Image();
+    img.onerror = () => {  // (an exam whose image could not be decoded has none)
+      box.replaceChildren(el("p", { class: "muted empty" }, "No image stored for this exam."));
+    };
     img.onload = () => {
       canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
       ctx.drawImage(img, 0, 0);
@@ -451,9 +454,20 @@ async function loadExam(uid) {
   $("ai-badges").replaceChildren(...(ai ? [
     el("span", { class: "muted" }, "severity "), badge(ai.severity, "severity (AI)"),
     el("span", { class: "muted" }, " confidence "), badge(ai.confidence, "confidence")] : []));
+  // Why the AI did not read it, and what the user can do, in words (the code in the tooltip)
+  const canRequeue = state.config.can.requeue;
+  const REASON = {
+    ignore: ["Not sent to the AI: ", canRequeue ? " To have it read, choose its region under " +
+      "\u201cRead as\u201d and requeue it." : ""],
+    error: ["The AI read failed: ", canRequeue ? " Requeue it to try again." : ""] };
+  const [lead, action] = REASON[e.status] || ["", ""];
   $("exam-reason").hidden = !e.reason;
-  $("exam-reason").textContent = e.reason ? `${e.status} (${e.reason_code}): ${e.reason}` : "";
-  $("ai-text").textContent = ai ? ai.text : "no AI report yet";
+  $("exam-reason").textContent = e.reason ? `${lead}${e.reason}.${action}`.replace("..", ".") : "";
+  $("exam-reason").title = e.reason_code ? `${e.status}: ${e.reason_code}` : "";
+  $("ai-text").textContent = ai ? ai.text : { ignore: "The AI does not read this image (why: above).",
+    error: "No AI report: the read failed (why: above)." }[e.status] || "no AI report yet";
+  // no region of its own: a requeue must name one
+  $("requeue-region").options[0].textContent = e.region ? "its region" : "choose a region";
   $("ai-summary").textContent = ai ? ai.summary : "";
   $("ai-version").textContent = ai
     ? `${ai.of === "study" ? `read of the study (${images.length || 1} images) · ` : ""}` +

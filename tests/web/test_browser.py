@@ -176,6 +176,9 @@ def dashboard(tmp_path, pg_db, pg_url):
                                                          study_uid="1.2.840", projection=view),
                          PatientInfo(cnp="111", name="Popescu^Ion"))
     study_read(pg_db, f"FINDINGS: {XSS}", 7, summary=XSS, confidence=80, endpoint="primary")
+    # an image no region rule covers: converted (it has its PNG) but not read
+    FilesystemStore(tmp_path / "data" / "images").put(
+        "1.2.840.3", "png", convert_file(str(CORPUS / "RG3_UNCR.dcm")).png)
     pg_db.write_sync(records.add_converted, ExamInfo(uid="1.2.840.3", status=IGNORE,
                                                      body_part="NECK"), None)
     pg_db.write_sync(lambda s: s.execute(update(Exam).where(Exam.uid == "1.2.840.3").values(
@@ -337,6 +340,17 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         assert "amended · Dr. Pop" in history and "entered in error" in history
         assert "Fractură costală; addendum" in history
         shoot(page, "exam-withdrawn")
+        # an image the AI did not read: why, and what to do, in words
+        page.goto(dashboard + "/#/exam/1.2.840.3")
+        page.wait_for_selector("#exam-reason:visible")
+        assert page.inner_text("#exam-reason") == (
+            "Not sent to the AI: no region rule matches body part 'NECK'. To have it read, "
+            "choose its region under \u201cRead as\u201d and requeue it.")
+        assert page.get_attribute("#exam-reason", "title") == "ignore: no_region_rule"
+        assert page.inner_text("#ai-text") == "The AI does not read this image (why: above)."
+        assert page.eval_on_selector("#requeue-region", "s => s.options[0].text") == (
+            "choose a region")
+        shoot(page, "exam-ignored")
 
         page.goto(dashboard + "/#/stats")
         page.wait_for_selector("#chart-severity svg")
