@@ -231,7 +231,10 @@ async function loadExams(flashUid) {
   if (!items.length) {
     rows.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "empty" }, emptyList(studies))));
   } else rows.replaceChildren(...items.map((e) => {
-    const status = e.reason ? el("span", { title: e.reason }, `${e.status}: ${e.reason_code}`) : e.status;
+    // in words, with the reason and its code in the tooltip
+    const STATUS = { ignore: "not read", error: "read failed" };
+    const status = e.reason ? el("span", { title: `${e.reason} (${e.status}: ${e.reason_code})` },
+      `${STATUS[e.status] || e.status}: ${e.reason_code.replaceAll("_", " ")}`) : e.status;
     const what = studies
       ? `${e.regions.join(", ") || "unknown"} · ${e.views.join(", ") || "views unknown"} (${e.images} image${e.images === 1 ? "" : "s"})`
       : e.study_size > 1 ? `${e.region} · ${e.projection || "image"} (study of ${e.study_size})` : e.region;

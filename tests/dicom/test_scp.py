@@ -144,8 +144,15 @@ async def test_calling_and_called_ae_rules(tmp_path, db):
         assert wrong_called.returncode != 0
         assert "Called AE Title Not Recognized" in wrong_called.stderr
         assert await ingest.db.read(records.count_exams) == 0
-        audit = await ingest.db.read(
-            lambda s: [(r.action, r.username, r.detail) for r in s.query(AuditLog).all()])
+        # (audited by the association's thread once the rejection is sent: may trail
+        # storescu's exit by a moment)
+        audit: list = []
+        for _ in range(100):
+            audit = await ingest.db.read(
+                lambda s: [(r.action, r.username, r.detail) for r in s.query(AuditLog).all()])
+            if len(audit) >= 2:
+                break
+            await asyncio.sleep(0.05)
         # the AE title the peer called (not ours) and why, for each refusal
         assert ("dicom.rejected", "INTRUDER", "called AE 'XRAYVISION': calling AE title "
                 "'INTRUDER' is not in [dicom] allowed_calling_aets") in audit

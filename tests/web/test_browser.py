@@ -214,7 +214,7 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         first = page.locator("#exam-rows tr").first.get_attribute("data-uid")
         assert first == "1.2.840"
         assert "studies" in page.inner_text("#page-info")
-        assert "ignore: no_region_rule" in page.inner_text('tr[data-uid="1.2.840.3"]')
+        assert "not read: no region rule" in page.inner_text('tr[data-uid="1.2.840.3"]')
         shoot(page, "exams")
 
         started = time.monotonic()
