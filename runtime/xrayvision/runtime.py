@@ -83,9 +83,11 @@ def fhir_client(settings: Settings, http: aiohttp.ClientSession) -> FhirClient:
     return FhirClient(FhirServer.from_settings(settings.fhir), http)
 
 
-def _enrichment(settings: Settings, db: Database, http: aiohttp.ClientSession) -> Enrich:
-    """The relay's patient lookup before a read (FHIR); none when FHIR is off or
-    ``[fhir] enrich`` is false."""
+def patient_enrichment(settings: Settings, db: Database,
+                       http: aiohttp.ClientSession) -> Enrich:
+    """The patient lookup (FHIR): the relay's before a read, the fhir role's for what
+    the relay skipped; none (:func:`no_enrichment`) when FHIR is off or ``[fhir] enrich``
+    is false."""
     if not settings.fhir.url or not settings.fhir.enrich:
         return no_enrichment
     return PatientEnricher(fhir_client(settings, http), db,
@@ -125,7 +127,7 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
                     severity_threshold=settings.processing.severity_threshold,
                     notify=_notifier(settings, http), max_tokens=settings.ai.max_tokens,
                     max_images=settings.ai.max_images,
-                    enrich=_enrichment(settings, db, http))
+                    enrich=patient_enrichment(settings, db, http))
         yield rt
 
 

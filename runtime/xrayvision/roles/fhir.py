@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from xrayvision.fhir.enrich import PatientEnricher
+from xrayvision.ai.pipeline import no_enrichment
 from xrayvision.fhir.poller import Poller
-from xrayvision.runtime import Runtime, fhir_client
+from xrayvision.runtime import Runtime, fhir_client, patient_enrichment
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +19,9 @@ async def run(rt: Runtime) -> None:
         log.warning("the fhir role runs but [fhir] url is empty: no reports are fetched")
         await asyncio.Event().wait()
     assert rt.text is not None  # built for this role
-    client = fhir_client(settings, rt.http)
     # Lookups the relay skipped (HIS down when the exam was read) are made again here.
-    enrich = (PatientEnricher(client, rt.db, identifier_system=settings.fhir.identifier_system,
-                              ttl=settings.fhir.cache_seconds,
-                              budget=min(10.0, settings.fhir.timeout))
-              if settings.fhir.enrich else None)
-    poller = Poller(client, rt.db, rt.text, rt.bus, settings, enrich=enrich)
+    enrich = patient_enrichment(settings, rt.db, rt.http)
+    poller = Poller(fhir_client(settings, rt.http), rt.db, rt.text, rt.bus, settings,
+                    enrich=None if enrich is no_enrichment else enrich)
     log.info("FHIR poller starting", extra={"interval": settings.fhir.poll_interval})
     await rt.locks.run("fhir-poller", poller.run)
