@@ -197,6 +197,44 @@ def _uids(value: str) -> tuple[str, ...]:
     return uids
 
 
+@dataclass(frozen=True)
+class DicomPeer:
+    """A DICOM node to send to: its AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _dicom_peer(value: str) -> DicomPeer | None:
+    """``AE@host:port`` (as DCMTK's and Orthanc's users write a node); empty: none."""
+    text = value.strip()
+    if not text:
+        return None
+    aet, at, address = text.rpartition("@")
+    host, colon, port = address.rpartition(":")
+    expected = "expected AE_TITLE@host:port (e.g. PACS@pacs.hospital.local:104)"
+    if not at or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(expected)
+    try:
+        return DicomPeer(_aet(aet), host.strip("[]"), int(port))
+    except ValueError:
+        raise ValueError(expected) from None
+
+
+def _uid_root(value: str) -> str:
+    """A UID root of ours (digits and dots, ending in a dot), room left for what follows."""
+    text = value.strip()
+    root = text.rstrip(".")
+    if not _UID_RE.match(root) or len(root) > 40:
+        raise ValueError("expected a UID root: digits and dots, at most 40 characters "
+                         "(e.g. 1.2.826.0.1.3680043.8.498.)")
+    return root + "."
+
+
 def _filters(value: str) -> tuple[str, ...]:
     from pydicom.datadict import tag_for_keyword
 
@@ -449,6 +487,42 @@ DEFAULT_REGIONS: dict[str, tuple[str, ...]] = {
     "foot": ("foot", "picior", "ankle", "glezna", "calcaneus", "toe"),
 }
 
+@dataclass(frozen=True)
+class ResultsSettings:
+    """Where AI reads go back to the hospital (docs/results.md): a DICOM SR to the PACS,
+    FHIR Observation + DiagnosticReport to the HIS, both from the results outbox."""
+
+    dicom_destination: DicomPeer | None = _setting(
+        None, _dicom_peer, "PACS for AI reads as DICOM SR: AE@host:port; empty: off")
+    dicom_tls_ca: Path | None = _setting(None, _optional_path,
+                                         "CA (PEM) of the PACS: C-STORE over TLS")
+    dicom_tls_cert: Path | None = _setting(None, _optional_path,
+                                           "our client certificate (PEM) for that TLS")
+    dicom_tls_key: Path | None = _setting(None, _optional_path, "its private key (PEM)")
+    fhir_url: str = _setting("", _url("http", "https"),
+                             "FHIR R4 base URL for AI reads (Observation, DiagnosticReport)")
+    fhir_username: str = _setting("", _str, "FHIR Basic user for the results")
+    fhir_password: str = _setting("", _str, "FHIR Basic password for the results", secret=True)
+    fhir_ca_bundle: Path | None = _setting(None, _optional_path, "CA bundle for that FHIR TLS")
+    uid_root: str = _setting("1.2.826.0.1.3680043.8.498.", _uid_root,
+                             "UID root of the SRs we make (use your organisation's)")
+    secondary_capture: bool = _setting(
+        False, _bool, "also send the image with the AI read burnt into a margin (SC)")
+    max_attempts: int = _setting(10, _int(1, 1000), "sends of one result before dead-letter")
+    retry_delay: float = _setting(
+        30.0, _float(0.1, 86400), "seconds before a failed send is retried (doubled each time, "
+        "at most an hour)")
+    timeout: float = _setting(30.0, _float(1, 600), "seconds for one send")
+    batch: int = _setting(32, _int(1, 1000),
+                          "results claimed (and C-STOREd on one association) at once")
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """The destinations set (``dicom``, ``fhir``)."""
+        return tuple(name for name, on in (("dicom", self.dicom_destination is not None),
+                                           ("fhir", bool(self.fhir_url))) if on)
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerSettings,
     "database": DatabaseSettings,
@@ -462,6 +536,7 @@ SECTIONS: dict[str, type] = {
     "processing": ProcessingSettings,
     "notify": NotifySettings,
     "maintenance": MaintenanceSettings,
+    "results": ResultsSettings,
 }
 OPEN_SECTIONS = ("users", "regions", "priority")
 
@@ -480,6 +555,7 @@ class Settings:
     processing: ProcessingSettings = field(default_factory=ProcessingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    results: ResultsSettings = field(default_factory=ResultsSettings)
     users: Mapping[str, User] = field(default_factory=dict)
     regions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_REGIONS))
     priority: Mapping[str, int] = field(default_factory=dict)

@@ -176,3 +176,23 @@ AUTH_FAILURES = Counter("xrayvision_auth_failures_total",
                         "locked, session: a sign-in cookie ended or unknown)",
                         ["reason"])
 RATE_LIMITED = Counter("xrayvision_rate_limited_total", "Requests refused with 429")
+
+# The results outbox, per destination (dicom: SR to the PACS; fhir: the HIS).
+RESULTS_SENT = Counter("xrayvision_results_sent_total",
+                       "AI read results delivered, by destination", ["destination"])
+RESULTS_FAILED = Counter(
+    "xrayvision_results_failed_total",
+    "Failed sends of AI read results, by destination and outcome (retry: tried again "
+    "later; dead: given up, kept for an admin)", ["destination", "outcome"])
+RESULTS_PENDING = Gauge("xrayvision_results_pending",
+                        "AI read results waiting to be sent, by destination", ["destination"])
+RESULTS_DEAD = Gauge("xrayvision_results_dead",
+                     "AI read results given up after their tries, by destination",
+                     ["destination"])
+RESULTS_OLDEST_SECONDS = Gauge(
+    "xrayvision_results_oldest_pending_seconds",
+    "Age of the oldest AI read result waiting to be sent (0: none), by destination",
+    ["destination"])
+RESULTS_SEND_SECONDS = Histogram(
+    "xrayvision_results_send_seconds", "Time to send one batch of results, by destination",
+    ["destination"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))

@@ -30,6 +30,7 @@ from xrayvision.fhir.enrich import PatientEnricher
 from xrayvision.images import ImageStore
 from xrayvision.locks import SingletonLocks
 from xrayvision.notify import Notice, Notifier
+from xrayvision.results.sender import ResultSender
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,18 @@ def patient_enrichment(settings: Settings, db: Database,
                            budget=min(10.0, settings.fhir.timeout))
 
 
+def result_sender(rt: Runtime) -> ResultSender | None:
+    """The results outbox's sender on the process's HTTP session; None when no
+    ``[results]`` destination is set."""
+    settings = rt.settings
+    if not settings.results.enabled:
+        return None
+    fhir = None
+    if settings.results.fhir_url:
+        fhir = FhirClient(ResultSender.fhir_server(settings), rt.http)
+    return ResultSender(settings, rt.db, rt.worker_id, fhir=fhir)
+
+
 def needs_model(settings: Settings) -> bool:
     """The relay and fhir roles always call the model; the web role when a URL is set."""
     roles = set(settings.server.roles)
@@ -126,7 +139,7 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
                     rt.text, db, store, bus,
                     severity_threshold=settings.processing.severity_threshold,
                     notify=_notifier(settings, http), max_tokens=settings.ai.max_tokens,
-                    max_images=settings.ai.max_images,
+                    max_images=settings.ai.max_images, results=settings.results.enabled,
                     enrich=patient_enrichment(settings, db, http))
         yield rt
 

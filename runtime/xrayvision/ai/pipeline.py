@@ -131,7 +131,7 @@ class Pipeline:
     def __init__(self, text: TextServices, db: Database, store: ImageStore, bus: Bus, *,
                  severity_threshold: int = 5, enrich: Enrich = no_enrichment,
                  notify: Notify | None = None, max_tokens: int = 1024,
-                 max_images: int = 4) -> None:
+                 max_images: int = 4, results: tuple[str, ...] = ()) -> None:
         self.text = text
         self.client = text.client
         self.prompts = text.prompts
@@ -143,6 +143,7 @@ class Pipeline:
         self.notify = notify
         self.max_tokens = max_tokens
         self.max_images = max_images
+        self.results = results  # destinations each read is sent to (the outbox)
 
     async def process_exam(self, uid: str, worker: str,
                            then: Callable[[Session], Any] | None = None,
@@ -174,7 +175,7 @@ class Pipeline:
                 severity=check.severity, confidence=check.confidence, summary=check.summary,
                 model=result.model, endpoint=result.endpoint, latency=round(result.seconds, 3),
                 prompt_version=self.prompts.version, threshold=self.threshold,
-            )
+                results=self.results)
             queue.complete(session, uid, worker)
             self.bus.publish_in(session, REPORT_READY, uid=uid, severity=check.severity,
                                 positive=check.positive, region=exam.region)
@@ -233,7 +234,8 @@ class Pipeline:
                 positive=check.positive, severity=check.severity,
                 confidence=check.confidence, summary=check.summary, model=result.model,
                 endpoint=result.endpoint, latency=round(result.seconds, 3),
-                prompt_version=self.prompts.version, threshold=self.threshold)
+                prompt_version=self.prompts.version, threshold=self.threshold,
+                results=self.results)
             queue.complete(session, key, worker, table=queue.STUDIES)
             self.bus.publish_in(session, REPORT_READY, uid=key, severity=check.severity,
                                 positive=check.positive, region=study.regions,

@@ -121,6 +121,11 @@ class Exam(Base):
     accession: Mapped[str] = mapped_column(String(64), default="")
     cnp: Mapped[str | None] = mapped_column(ForeignKey("patients.cnp", ondelete="SET NULL"))
     modality: Mapped[str] = mapped_column(String(16), default="")
+    # The SOP Class UID as received (the AI read's DICOM SR references the image by it).
+    sop_class: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Patient's Name as received (DICOM PN, ``^`` between components), for what we send
+    # back to the PACS; ``patients.name`` is the display form.
+    patient_name: Mapped[str] = mapped_column(String(256), default="", server_default="")
     region: Mapped[str] = mapped_column(String(64), default="")
     projection: Mapped[str] = mapped_column(String(64), default="")
     protocol: Mapped[str] = mapped_column(String(256), default="")
@@ -390,6 +395,47 @@ class FhirUnlinked(Base):
     last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (Index("ix_fhir_unlinked_last_seen", "last_seen"),)
+
+
+# Where an AI read is sent (``result_outbox.destination``) and what became of a send.
+DEST_DICOM, DEST_FHIR = "dicom", "fhir"
+DESTINATIONS = (DEST_DICOM, DEST_FHIR)
+PENDING, SENT, DEAD, SUPERSEDED = "pending", "sent", "dead", "superseded"
+
+
+class ResultOutbox(Base):
+    """An AI read (``uid`` and ``version``, with review ``review`` of it, 0 for none) to
+    send to one destination: written in the transaction that stored the read or the
+    review, so nothing is sent that was not stored and nothing stored is left unsent.
+    The sender claims a row with a lease (the exam queue's columns), sends, and marks it
+    ``sent``; a failure is retried after ``not_before`` (back-off) until ``attempts``
+    reaches ``[results] max_attempts``, then it is ``dead`` with ``error`` (an admin may
+    send it again). A newer row for the same read and destination makes an unsent one
+    ``superseded``: what the hospital has is always the latest."""
+
+    __tablename__ = "result_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(16))
+    uid: Mapped[str] = mapped_column(String(64))  # as AIReport.uid
+    version: Mapped[int] = mapped_column(Integer)
+    review: Mapped[int] = mapped_column(Integer, default=0)  # reviews.id; 0: the read
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'sent', 'dead', 'superseded')", name="status"),
+        CheckConstraint("destination IN ('dicom', 'fhir')", name="destination"),
+        # The sender's claim: pending rows due first, oldest first.
+        Index("ix_result_outbox_due", "status", "not_before", "id"),
+        Index("ix_result_outbox_uid", "uid", "destination"),
+    )
 
 
 class Image(Base):

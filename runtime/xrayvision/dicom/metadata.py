@@ -112,6 +112,8 @@ def extract(ds: Dataset, *, regions: Mapping, calling_aet: str = "", priority: i
         series_uid=_text(ds, "SeriesInstanceUID", 64),
         accession=_text(ds, "AccessionNumber", 64),
         modality=_text(ds, "Modality", 16),
+        sop_class=_text(ds, "SOPClassUID", 64),
+        patient_name=_text(ds, "PatientName", 256),
         region=(identify_region(regions, texts) or
                 (UNKNOWN_REGION if read_untagged and not any(texts) else "")),
         projection=_projection(ds),

@@ -201,16 +201,26 @@ class FhirClient:
             status=last.status, outcome=last.outcome)
 
     async def _get_once(self, url: str, params: Any, resource: str) -> dict:
+        return await self._send_once("GET", url, params, resource)
+
+    async def _send_once(self, method: str, url: str, params: Any, resource: str,
+                         payload: dict | None = None) -> dict:
         self.requests += 1
         timeout = aiohttp.ClientTimeout(total=self.server.timeout)
+        headers = self._headers
+        if payload is not None:
+            headers = {**headers, "Content-Type": "application/fhir+json",
+                       "Prefer": "return=representation"}
         try:
-            async with self.session.get(
-                url, params=params, ssl=self._ssl, timeout=timeout, headers=self._headers,
+            async with self.session.request(
+                method, url, params=params, ssl=self._ssl, timeout=timeout, headers=headers,
                 allow_redirects=False,
+                data=None if payload is None else json.dumps(payload).encode(),
             ) as response:
                 raw = await response.read()
                 status = response.status
                 after = retry_after(response.headers.get("Retry-After"))
+                location = response.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
             metrics.FHIR_REQUESTS.labels(
@@ -230,12 +240,38 @@ class FhirClient:
             metrics.FHIR_REQUESTS.labels(
                 resource, "not_found" if status in (404, 410) else "client_error").inc()
             raise FhirHTTPError(_describe(status, outcome), status, outcome)
+        if payload is not None and not isinstance(body, dict) and location:
+            # (return=minimal: the id from Location, .../Type/id/_history/n)
+            parts = urlsplit(location).path.rstrip("/").split("/")
+            if "_history" in parts:
+                parts = parts[:parts.index("_history")]
+            body = {**payload, "id": parts[-1]}
         if not isinstance(body, dict) or "resourceType" not in body:
             metrics.FHIR_REQUESTS.labels(resource, "bad_response").inc()
             raise FhirBadResponse(f"HTTP {status} from {resource} is not a FHIR JSON resource",
                                   status)
         metrics.FHIR_REQUESTS.labels(resource, "ok").inc()
         return body
+
+    async def conditional_update(self, resource_type: str, identifier: str,
+                                 resource: dict) -> dict:
+        """``PUT <resource_type>?identifier=<identifier>``: updates the one resource with
+        that identifier or creates it (FHIR conditional update), so that sending the same
+        resource again never makes a second one. One try: the caller (the results
+        outbox) retries. Returns the stored resource (with its ``id``); raises
+        FhirHTTPError (a definite refusal), FhirUnavailable, FhirBadResponse."""
+        url = f"{self.server.url}/{resource_type}"
+        try:
+            return await self._send_once("PUT", url, {"identifier": identifier},
+                                         resource_type, resource)
+        except _Retry as retry:
+            error = retry.error
+        except (FhirHTTPError, FhirBadResponse) as exc:
+            error = exc
+        log.warning("FHIR write failed", extra={
+            "path": urlsplit(url).path, "status": error.status,
+            "outcome": redact(error.outcome), "error": redact(str(error))})
+        raise error
 
     # --- searches ------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ from xrayvision.fhir.resources import (
     Identifiers,
     identifiers_of,
     is_imaging,
+    is_ours,
     names_imaging,
     patient_ids,
     practitioner_name,
@@ -344,6 +345,8 @@ class Poller:
         requests.update(self.imaging_studies)
         chosen: dict[str, tuple[int, FhirReport]] = {}
         for resource in result.matches:
+            if is_ours(resource):
+                continue  # our own AI read, sent back to the HIS ([results] fhir_url)
             report = report_of(resource)
             if report.status in WITHDRAWN_STATUSES:
                 continue  # (withdraws what was stored: _apply)

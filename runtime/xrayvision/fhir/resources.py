@@ -129,6 +129,17 @@ def token_matches(token: str, found: set[str]) -> bool:
     return token in found
 
 
+# The identifier system of the resources we write to the HIS (our AI reads, as a
+# preliminary DiagnosticReport and an Observation: docs/results.md); value: the read's key.
+AI_READ_SYSTEM = "urn:xrayvision:ai-read"
+
+
+def is_ours(resource: dict) -> bool:
+    """Whether a resource is one of our AI reads (never a radiologist's report)."""
+    return any(isinstance(i, dict) and i.get("system") == AI_READ_SYSTEM
+               for i in resource.get("identifier") or [])
+
+
 def is_imaging(resource: dict, categories: tuple[str, ...], codes: tuple[str, ...]) -> bool:
     """Whether a DiagnosticReport is one the searches ask for: a category among
     ``categories`` and a code among ``codes`` (each list empty: any). Checked again on

@@ -1,5 +1,6 @@
 """The ``relay`` role: reads queued exams with the model (the lease queue, failover,
-notifications of severe findings), and exports the queue's metrics (one process)."""
+notifications of severe findings), exports the queue's metrics (one process), and sends
+the results outbox (AI reads as DICOM SR to the PACS, FHIR to the HIS) when set."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 from xrayvision.ai.relay import Relay, export_queue_metrics
 from xrayvision.db import repo
-from xrayvision.runtime import Runtime
+from xrayvision.runtime import Runtime, result_sender
 from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
@@ -31,5 +32,9 @@ async def run(rt: Runtime) -> None:
                  extra={"exams": changed})
     log.info("relay started", extra={"endpoints": ",".join(e.name for e in rt.model.endpoints),
                                      "concurrency": settings.relay.concurrency})
-    await run_together(relay.run(),
-                       rt.locks.run("queue-metrics", lambda: export_queue_metrics(rt.db)))
+    tasks = [relay.run(),
+             rt.locks.run("queue-metrics", lambda: export_queue_metrics(rt.db))]
+    sender = result_sender(rt)
+    if sender is not None:  # AI reads back to the PACS / HIS (docs/results.md)
+        tasks.append(sender.run())
+    await run_together(*tasks)

@@ -594,10 +594,11 @@ async def rad_review(request: web.Request) -> web.Response:
         raise bad_request("note must be a string of at most 4000 characters")
     identity = request[IDENTITY]
     found = services(request)
+    destinations = request.app[SETTINGS].results.enabled
 
     def write(session):
         version = repo.review_ai_report(session, uid, correct=correct, note=note,
-                                        username=identity.username)
+                                        username=identity.username, results=destinations)
         if version is None:
             return None
         repo.audit(session, "review", username=identity.username, target=uid,

@@ -9,6 +9,7 @@
   a study read's context and storage;
 - :mod:`.agreement`: AI versus radiologist, counted by group;
 - :mod:`.counts`: the queue's counts;
+- :mod:`.outbox`: AI reads to send back to the PACS and the HIS, and what they say;
 - :mod:`.state`: persisted key/value state, query/retrieve records, the audit log.
 
 They never commit: ``Database.read``/``Database.write`` wrap each call in a transaction.
@@ -36,6 +37,20 @@ from xrayvision.db.repo.exams import (
     study_images,
     study_sizes,
     upsert_patient,
+)
+from xrayvision.db.repo.outbox import (
+    ImageRef,
+    OutboxDepth,
+    ReadDocument,
+    claim_results,
+    enqueue_results,
+    outbox_depths,
+    outbox_rows,
+    read_document,
+    resend_result,
+    result_failed,
+    result_sent,
+    sent_before,
 )
 from xrayvision.db.repo.reports import (
     AIHistory,
@@ -125,4 +140,7 @@ __all__ = [
     "study_images", "study_sizes", "unchecked_rad_reports", "upsert_patient",
     "rad_history", "withdraw_rad_reports", "Unlinked", "clear_unlinked", "note_unlinked",
     "unlinked_reports", "unenriched_exams", "unlinked_ids",
+    "ImageRef", "OutboxDepth", "ReadDocument", "claim_results", "enqueue_results",
+    "outbox_depths", "outbox_rows", "read_document", "resend_result", "result_failed",
+    "result_sent", "sent_before",
 ]

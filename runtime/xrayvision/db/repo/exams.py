@@ -64,6 +64,8 @@ class ExamInfo:
     series_uid: str = ""
     accession: str = ""
     modality: str = ""
+    sop_class: str = ""
+    patient_name: str = ""  # as received (PN)
     region: str = ""
     projection: str = ""
     protocol: str = ""

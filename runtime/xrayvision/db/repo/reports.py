@@ -46,6 +46,7 @@ from xrayvision.db.models import (
     Study,
     utcnow,
 )
+from xrayvision.db.repo.outbox import enqueue_results
 from xrayvision.db.repo.state import audit
 from xrayvision.db.repo.tallies import restate_tallies
 
@@ -140,15 +141,18 @@ def _archive_and_upsert(session: Session, uid: str, fields: dict[str, Any]) -> N
                    new_version=True)
 
 
-def save_ai_read(session: Session, uid: str, *, threshold: int, **fields: Any) -> None:
+def save_ai_read(session: Session, uid: str, *, threshold: int,
+                 results: Sequence[str] = (), **fields: Any) -> None:
     """Stores a new AI read of the exam as its current report: the read it replaces, if
     any, is kept in ``ai_report_versions`` with its review, and the new one is version
     n + 1 (1 for a first read), not reviewed yet. The exam's worklist order follows
-    (severity, not reviewed, triage at ``threshold``), and the statistics' tallies."""
+    (severity, not reviewed, triage at ``threshold``), and the statistics' tallies; the
+    read goes to the results outbox for each of ``results`` (destinations)."""
     _archive_and_upsert(session, uid, fields)
     session.connection().execute(_EXAM_READ, {
         "p_uid": uid, "p_severity": int(fields.get("severity", -1)), "p_threshold": threshold})
     restate_tallies(session, [uid])
+    enqueue_results(session, uid, results)
 
 
 def retriage(session: Session, threshold: int) -> int:
@@ -377,11 +381,12 @@ def read_of(session: Session, uid: str) -> str:
 
 
 def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
-                     username: str) -> int | None:
+                     username: str, results: Sequence[str] = ()) -> int | None:
     """Records a radiologist's verdict on the current AI read covering ``uid`` (an exam,
     or a study's key; read per study the verdict is the study's): on the report, appended
-    to ``reviews``, and the worklist order of every image and study it covers. Returns
-    the version reviewed, None when there is no AI read."""
+    to ``reviews``, and the worklist order of every image and study it covers; the read
+    with this review goes to the results outbox for each of ``results``. Returns the
+    version reviewed, None when there is no AI read."""
     now = utcnow()
     key = read_of(session, uid)
     version = session.connection().scalar(
@@ -397,10 +402,11 @@ def review_ai_report(session: Session, uid: str, *, correct: bool, note: str,
         reviewed=True, triage=0))
     session.connection().execute(update(Study).where(Study.uid == key).values(
         reviewed=True, triage=0))
-    session.connection().execute(insert(Review), {
+    review = session.connection().scalar(insert(Review).returning(Review.id), {
         "uid": key, "version": version, "correct": correct, "note": note[:4000],
         "username": username[:128], "at": now})
     restate_tallies(session, [key])
+    enqueue_results(session, key, results, version=int(version), review=int(review or 0))
     return int(version)
 
 

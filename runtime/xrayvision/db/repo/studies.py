@@ -43,6 +43,7 @@ from xrayvision.db.models import (
     utcnow,
 )
 from xrayvision.db.repo.exams import _dialect_insert, delete_exams
+from xrayvision.db.repo.outbox import enqueue_results
 from xrayvision.db.repo.reports import ReportContext, _archive_and_upsert, report_context
 from xrayvision.db.repo.tallies import restate_tallies
 
@@ -245,10 +246,11 @@ _STUDY_READ = _study_read_statement()
 
 
 def save_study_read(session: Session, key: str, images: Sequence[str], *, threshold: int,
-                    **fields: Any) -> None:
+                    results: Sequence[str] = (), **fields: Any) -> None:
     """Stores a new AI read of study ``key`` as its current report (the one it replaces
     is kept as a version, as ``save_ai_read`` does) and marks the ``images`` it covers
-    ``done``, their read being this one (worklist order keys included)."""
+    ``done``, their read being this one (worklist order keys included); the read goes to
+    the results outbox for each of ``results``."""
     severity = int(fields.get("severity", -1))
     _archive_and_upsert(session, key, fields)
     session.connection().execute(_STUDY_READ, {"p_uid": key, "p_severity": severity,
@@ -259,6 +261,7 @@ def save_study_read(session: Session, key: str, images: Sequence[str], *, thresh
             triage=1 if severity >= threshold else case((Exam.priority >= STAT, 1), else_=0),
             error="", reason_code="", updated=utcnow()))
     restate_tallies(session, [key])
+    enqueue_results(session, key, results)
 
 
 def get_study(session: Session, key: str) -> Study | None:

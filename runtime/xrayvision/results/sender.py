@@ -1,0 +1,344 @@
+"""The results sender: claims what the outbox holds and sends it, the SR by C-STORE to
+the PACS (:class:`DicomStore`, one association per batch, in a thread) and the FHIR
+resources by conditional update to the HIS (:class:`FhirResults`). It runs beside the
+relay (the relay role) and never in its path: a read is stored with its outbox rows in
+one transaction, and what happens to a send after that is the sender's alone.
+
+Outcomes of a send (:class:`Delivery`): delivered; failed and worth another try later
+(nothing answered, association rejected or aborted, "out of resources" 0xA7xx, HTTP
+429/5xx/timeouts, 401/403 that a corrected secret cures); or refused for good
+(``permanent``: no presentation context for the SOP class, any other C-STORE failure
+status, HTTP 400/404/405/409/412/422): dead-lettered at once with the receiver's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from xrayvision import metrics
+from xrayvision.ai.parse import parse_report
+from xrayvision.config import DicomPeer, Settings
+from xrayvision.db import repo
+from xrayvision.db.engine import Database
+from xrayvision.db.models import DEAD, DEST_DICOM, DEST_FHIR, ResultOutbox, utcnow
+from xrayvision.fhir.client import (
+    FhirBadResponse,
+    FhirClient,
+    FhirError,
+    FhirHTTPError,
+    FhirServer,
+    FhirUnavailable,
+)
+from xrayvision.results.fhir_resources import (
+    diagnostic_report,
+    identifier_query,
+    observation,
+    subject,
+)
+from xrayvision.results.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, build_srs, sr_uids
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses that are a success (warnings: coerced, elements discarded, not checked).
+STORE_OK = {0x0000, 0xB000, 0xB006, 0xB007}
+# HTTP statuses a retry cannot change.
+FHIR_PERMANENT = {400, 404, 405, 409, 410, 412, 422}
+PREDECESSORS = 10  # earlier versions named in an SR's Predecessor Documents Sequence
+# A-ASSOCIATE-AC presentation context results, in words.
+_CONTEXT_RESULT = {1: "user rejection", 2: "no reason given",
+                   3: "SOP class not supported", 4: "transfer syntaxes not supported"}
+
+
+class ResultsConfigError(Exception):
+    """``[results]`` TLS files are missing or unusable."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one result's send."""
+
+    row_id: int
+    ok: bool
+    reason: str = ""
+    permanent: bool = False
+
+
+def client_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The C-STORE's TLS context from ``[results] dicom_tls_*`` (the PACS verified by
+    ``dicom_tls_ca``; our certificate when the PACS asks for one); None: plain TCP."""
+    r = settings.results
+    if r.dicom_tls_ca is None and r.dicom_tls_cert is None:
+        return None
+    if (r.dicom_tls_cert is None) != (r.dicom_tls_key is None):
+        raise ResultsConfigError("[results] dicom_tls_cert and dicom_tls_key go together")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if r.dicom_tls_ca is not None:
+            context.load_verify_locations(cafile=str(r.dicom_tls_ca))
+        if r.dicom_tls_cert is not None and r.dicom_tls_key is not None:
+            context.load_cert_chain(r.dicom_tls_cert, r.dicom_tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ResultsConfigError(f"[results] DICOM TLS files unusable: {exc}") from None
+    return context
+
+
+class DicomStore:
+    """C-STOREs results' datasets to the PACS (blocking: run it in a thread)."""
+
+    def __init__(self, peer: DicomPeer, calling_aet: str, *, tls: ssl.SSLContext | None,
+                 timeout: float) -> None:
+        self.peer = peer
+        self.calling_aet = calling_aet
+        self.tls = tls
+        self.timeout = timeout
+
+    def _ae(self) -> AE:
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        for sop_class in (COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR):
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        return ae
+
+    def send(self, items: Sequence[tuple[int, Sequence[Dataset]]]) -> list[Delivery]:
+        """Each item (a result: its row id and datasets) on one association; a result is
+        delivered when every one of its datasets was stored."""
+        if not items:
+            return []
+        ae = self._ae()
+        tls_args = (self.tls, self.peer.host) if self.tls is not None else None
+        assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title,
+                             tls_args=tls_args)
+        if not assoc.is_established:
+            refused = [cx for cx in assoc.rejected_contexts if cx.abstract_syntax]
+            if refused and not assoc.accepted_contexts:
+                # (pynetdicom aborts an association without any accepted context)
+                reason = f"{self.peer} accepts none of " + ", ".join(
+                    f"{cx.abstract_syntax.name} ({_CONTEXT_RESULT.get(cx.result, cx.result)})"
+                    for cx in refused)
+                return [Delivery(row_id, False, reason, permanent=True) for row_id, _ in items]
+            if assoc.is_rejected:
+                reason = f"association rejected by {self.peer}"
+            elif assoc.is_aborted:
+                reason = f"association aborted by {self.peer}"
+            else:
+                reason = f"no answer from {self.peer}"
+            return [Delivery(row_id, False, reason) for row_id, _ in items]
+        out: list[Delivery] = []
+        try:
+            for index, (row_id, datasets) in enumerate(items):
+                delivery = self._store(assoc, row_id, datasets)
+                out.append(delivery)
+                if not assoc.is_established:  # the rest wait for the next try
+                    out.extend(Delivery(r, False, f"association to {self.peer} lost")
+                               for r, _ in items[index + 1:])
+                    break
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return out
+
+    def _store(self, assoc, row_id: int, datasets: Sequence[Dataset]) -> Delivery:
+        for ds in datasets:
+            try:
+                status = assoc.send_c_store(ds)
+            except ValueError as exc:  # no accepted presentation context for the class
+                return Delivery(row_id, False, f"{self.peer} does not accept "
+                                f"{ds.SOPClassUID.name}: {exc}", permanent=True)
+            if not status:
+                return Delivery(row_id, False, f"no C-STORE response from {self.peer}")
+            code = int(status.Status)
+            if code in STORE_OK:
+                continue
+            comment = str(status.get("ErrorComment", "") or "")
+            reason = (f"{self.peer} refused {ds.SOPClassUID.name} with status "
+                      f"0x{code:04X}{': ' + comment if comment else ''}")
+            return Delivery(row_id, False, reason, permanent=not 0xA700 <= code <= 0xA7FF)
+        return Delivery(row_id, True)
+
+
+class FhirResults:
+    """Writes a result's Observation and DiagnosticReport to the HIS."""
+
+    def __init__(self, client: FhirClient, identifier_system: str) -> None:
+        self.client = client
+        self.identifier_system = identifier_system
+
+    async def send(self, row_id: int, doc: repo.ReadDocument, sr_uid: str) -> Delivery:
+        report = parse_report(doc.text)
+        try:
+            patient_id = None
+            if doc.patient_id:
+                found = await self.client.find_patients(identifier=doc.patient_id,
+                                                        system=self.identifier_system)
+                patient_id = found[0].get("id") if len(found) == 1 else None
+            patient = subject(doc, patient_id, self.identifier_system)
+            stored = await self.client.conditional_update(
+                "Observation", identifier_query(doc), observation(doc, patient, sr_uid))
+            await self.client.conditional_update(
+                "DiagnosticReport", identifier_query(doc),
+                diagnostic_report(doc, patient, str(stored.get("id", "")),
+                                  impression=report.impression))
+        except FhirHTTPError as exc:
+            permanent = exc.status in FHIR_PERMANENT
+            return Delivery(row_id, False, f"HIS refused it: {exc}", permanent=permanent)
+        except (FhirUnavailable, FhirBadResponse, FhirError) as exc:
+            return Delivery(row_id, False, f"HIS unavailable: {exc}")
+        return Delivery(row_id, True)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A claimed result with what it says (None: the read is gone) and its SRs."""
+
+    row: ResultOutbox
+    doc: repo.ReadDocument | None
+    datasets: tuple[Dataset, ...] = ()
+
+
+class ResultSender:
+    """Sends the outbox's due results until cancelled (one per relay process; several
+    processes share the outbox through leases)."""
+
+    def __init__(self, settings: Settings, db: Database, worker: str, *,
+                 fhir: FhirClient | None = None, poll: float = 1.0) -> None:
+        self.settings = settings
+        self.results = settings.results
+        self.db = db
+        self.worker = f"{worker}:results"
+        self.poll = poll
+        self.dicom: DicomStore | None = None
+        if self.results.dicom_destination is not None:
+            self.dicom = DicomStore(self.results.dicom_destination, settings.dicom.ae_title,
+                                    tls=client_tls(settings), timeout=self.results.timeout)
+        self.fhir: FhirResults | None = None
+        if self.results.fhir_url and fhir is not None:
+            self.fhir = FhirResults(fhir, settings.fhir.identifier_system)
+        self._metrics_at = 0.0
+
+    @staticmethod
+    def fhir_server(settings: Settings) -> FhirServer:
+        r = settings.results
+        return FhirServer(url=r.fhir_url.rstrip("/"), username=r.fhir_username,
+                          password=r.fhir_password, ca_bundle=r.fhir_ca_bundle,
+                          timeout=r.timeout, max_attempts=1)
+
+    async def run(self) -> None:
+        log.info("results sender started",
+                 extra={"destinations": ",".join(self.results.enabled)})
+        while True:
+            sent = await self.send_due()
+            await self.export_metrics()
+            if not sent:
+                await asyncio.sleep(self.poll)
+
+    async def export_metrics(self, every: float = 5.0) -> None:
+        now = time.monotonic()
+        if now - self._metrics_at < every:
+            return
+        self._metrics_at = now
+        depths = await self.db.read(repo.outbox_depths, self.results.enabled)
+        current = utcnow()
+        for depth in depths:
+            metrics.RESULTS_PENDING.labels(depth.destination).set(depth.pending)
+            metrics.RESULTS_DEAD.labels(depth.destination).set(depth.dead)
+            age = 0.0
+            if depth.oldest_pending is not None:
+                age = max(0.0, (current - depth.oldest_pending).total_seconds())
+            metrics.RESULTS_OLDEST_SECONDS.labels(depth.destination).set(age)
+
+    async def send_due(self) -> int:
+        """Claims and sends one batch; returns how many results it claimed."""
+        rows = await self.db.write(repo.claim_results, self.worker, limit=self.results.batch,
+                                   lease_seconds=max(60.0, self.results.timeout * 4))
+        if not rows:
+            return 0
+        prepared = await self.db.read(self._prepare, rows)
+        deliveries: list[Delivery] = []
+        gone = [p for p in prepared if p.doc is None]
+        deliveries += [Delivery(p.row.id, False, "the AI read is no longer stored",
+                                permanent=True) for p in gone]
+        dicom = [p for p in prepared if p.doc is not None and p.row.destination == DEST_DICOM]
+        fhir = [p for p in prepared if p.doc is not None and p.row.destination == DEST_FHIR]
+        if dicom:
+            deliveries += await self._send_dicom(dicom)
+        for item in fhir:
+            deliveries.append(await self._send_fhir(item))
+        attempts = {p.row.id: (p.row.attempts, p.row.destination) for p in prepared}
+        outcomes = await self.db.write(self._record, deliveries, attempts)
+        for delivery, status in outcomes:
+            tries, destination = attempts[delivery.row_id]
+            if status == "sent":
+                metrics.RESULTS_SENT.labels(destination).inc()
+                continue
+            metrics.RESULTS_FAILED.labels(destination,
+                                          "dead" if status == DEAD else "retry").inc()
+            log.log(logging.ERROR if status == DEAD else logging.WARNING,
+                    "result not delivered; " + ("given up" if status == DEAD else "will retry"),
+                    extra={"result": delivery.row_id, "destination": destination,
+                           "attempt": tries, "reason": delivery.reason})
+        return len(rows)
+
+    def _prepare(self, session, rows: list[ResultOutbox]) -> list[Prepared]:
+        out = []
+        root = self.results.uid_root
+        for row in rows:
+            doc = repo.read_document(session, row.uid, row.version, row.review)
+            if doc is None or row.destination != DEST_DICOM:
+                out.append(Prepared(row, doc))
+                continue
+            earlier = repo.sent_before(session, row.uid, DEST_DICOM, row.id)[-PREDECESSORS:]
+            report = parse_report(doc.text)
+            datasets = build_srs(doc, uid_root=root, findings=report.findings,
+                                 impression=report.impression,
+                                 previous=[sr_uids(root, e.uid, e.version, e.review)
+                                           for e in earlier])
+            out.append(Prepared(row, doc, tuple(datasets)))
+        return out
+
+    async def _send_dicom(self, items: list[Prepared]) -> list[Delivery]:
+        if self.dicom is None:
+            return [Delivery(p.row.id, False, "[results] dicom_destination is not set")
+                    for p in items]
+        started = time.monotonic()
+        deliveries = await asyncio.to_thread(
+            self.dicom.send, [(p.row.id, p.datasets) for p in items])
+        metrics.RESULTS_SEND_SECONDS.labels(DEST_DICOM).observe(time.monotonic() - started)
+        return deliveries
+
+    async def _send_fhir(self, item: Prepared) -> Delivery:
+        if self.fhir is None:
+            return Delivery(item.row.id, False, "[results] fhir_url is not set")
+        assert item.doc is not None
+        started = time.monotonic()
+        uids = sr_uids(self.results.uid_root, item.doc.key, item.doc.version, item.doc.review)
+        sr_uid = uids.measurements if self.dicom is not None else ""
+        delivery = await self.fhir.send(item.row.id, item.doc, sr_uid)
+        metrics.RESULTS_SEND_SECONDS.labels(DEST_FHIR).observe(time.monotonic() - started)
+        return delivery
+
+    def _record(self, session, deliveries: list[Delivery],
+                attempts: dict[int, tuple[int, str]]) -> list[tuple[Delivery, str]]:
+        """Each delivery's outcome on its row (those still held): sent, pending, dead."""
+        out = []
+        for d in deliveries:
+            if d.ok:
+                if repo.result_sent(session, d.row_id, self.worker):
+                    out.append((d, "sent"))
+                continue
+            status = repo.result_failed(
+                session, d.row_id, self.worker, d.reason, attempts=attempts[d.row_id][0],
+                max_attempts=self.results.max_attempts, base_delay=self.results.retry_delay,
+                permanent=d.permanent)
+            if status is not None:
+                out.append((d, status))
+        return out
