@@ -35,7 +35,8 @@ class Orthanc:
     aet = "ORTHANC"
 
     def __init__(self, folder: Path, destinations: dict[str, tuple[str, int]],
-                 port: int | None = None) -> None:
+                 port: int | None = None, options: dict | None = None) -> None:
+        """``options``: Orthanc configuration entries over these defaults."""
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = port or free_port()
@@ -56,6 +57,7 @@ class Orthanc:
             "Plugins": [],
             "StorageCompression": False,
             "DicomScuTimeout": 10,
+            **(options or {}),
         }))
         self.proc: subprocess.Popen | None = None
 
@@ -65,6 +67,31 @@ class Orthanc:
                                      env={**os.environ, "TCP_NODELAY": "1"})
         wait_port(self.port)
         return self
+
+    def rest(self, path: str, body: bytes | None = None):
+        """Orthanc's REST API: the JSON answer of GET (POST with ``body``) ``path``."""
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/{path.lstrip('/')}",
+                                     data=body, method="POST" if body is not None else "GET")
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+            raw = resp.read()
+        return json.loads(raw) if raw[:1] in (b"[", b"{") else raw
+
+    def study_instances(self, study_uid: str) -> dict[str, list[str]]:
+        """The study's instances by modality (their SOP Instance UIDs): what a PACS user
+        sees of it."""
+        found = [r for r in self.rest("tools/lookup", study_uid.encode())
+                 if r["Type"] == "Study"]
+        if not found:
+            return {}
+        out: dict[str, list[str]] = {}
+        for series in self.rest(f"studies/{found[0]['ID']}/series"):
+            modality = series["MainDicomTags"].get("Modality", "")
+            for instance in series["Instances"]:
+                tags = self.rest(f"instances/{instance}")["MainDicomTags"]
+                out.setdefault(modality, []).append(tags["SOPInstanceUID"])
+        return out
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

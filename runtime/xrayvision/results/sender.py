@@ -128,10 +128,10 @@ class DicomStore:
                 return [Delivery(row_id, False, reason, permanent=True) for row_id, _ in items]
             if assoc.is_rejected:
                 reason = f"association rejected by {self.peer}"
-            elif assoc.is_aborted:
+            elif assoc.is_aborted and assoc.accepted_contexts:
                 reason = f"association aborted by {self.peer}"
-            else:
-                reason = f"no answer from {self.peer}"
+            else:  # (pynetdicom reports a refused connection as an abort too)
+                reason = f"no answer from {self.peer}: not reachable, or it aborted"
             return [Delivery(row_id, False, reason) for row_id, _ in items]
         out: list[Delivery] = []
         try:
@@ -210,12 +210,16 @@ class ResultSender:
     processes share the outbox through leases)."""
 
     def __init__(self, settings: Settings, db: Database, worker: str, *,
-                 fhir: FhirClient | None = None, poll: float = 1.0) -> None:
+                 fhir: FhirClient | None = None, poll: float = 1.0,
+                 lease_seconds: float | None = None) -> None:
         self.settings = settings
         self.results = settings.results
         self.db = db
         self.worker = f"{worker}:results"
         self.poll = poll
+        # How long a claimed result stays with this sender before another may send it
+        # (this one died mid-send): beyond any send's time.
+        self.lease_seconds = lease_seconds or max(60.0, self.results.timeout * 4)
         self.dicom: DicomStore | None = None
         if self.results.dicom_destination is not None:
             self.dicom = DicomStore(self.results.dicom_destination, settings.dicom.ae_title,
@@ -259,7 +263,7 @@ class ResultSender:
     async def send_due(self) -> int:
         """Claims and sends one batch; returns how many results it claimed."""
         rows = await self.db.write(repo.claim_results, self.worker, limit=self.results.batch,
-                                   lease_seconds=max(60.0, self.results.timeout * 4))
+                                   lease_seconds=self.lease_seconds)
         if not rows:
             return 0
         prepared = await self.db.read(self._prepare, rows)
