@@ -5,6 +5,7 @@ mid-send loses nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -83,7 +84,7 @@ async def test_a_pacs_that_is_down_gets_it_once_when_back(db, tmp_path, caplog):
         deadline = time.monotonic() + 30
         while outbox(db)[0].status != SENT and time.monotonic() < deadline:
             await sender.send_due()
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         [row] = outbox(db)
         assert row.status == SENT and row.attempts >= 2
         assert len(pacs.study_instances(key)["SR"]) == 2  # once: same instances every try
@@ -137,14 +138,15 @@ async def test_a_sender_killed_mid_send_loses_nothing(sqlite_db, tmp_path, ortha
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))
     hole.listen(1)
-    child = subprocess.Popen(
+    child = await asyncio.to_thread(
+        subprocess.Popen,
         [sys.executable, "-c", CHILD, str(tmp_path / "cfg"), str(hole.getsockname()[1]),
          str(db.engine.url)], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         deadline = time.monotonic() + 30
         while not (outbox(db)[0].lease_owner or "").startswith("doomed"):
             assert time.monotonic() < deadline and child.poll() is None
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
         hole.accept()  # (the association request is in)
         child.send_signal(signal.SIGKILL)
         child.wait(10)
@@ -154,7 +156,7 @@ async def test_a_sender_killed_mid_send_loses_nothing(sqlite_db, tmp_path, ortha
     assert row.status == PENDING and row.attempts == 1  # claimed, never recorded
     sender = sender_for(db, tmp_path, orthanc.port)
     assert await sender.send_due() == 0  # still leased to the dead sender
-    time.sleep(3.2)
+    await asyncio.sleep(3.2)
     assert await sender.send_due() == 1
     [row] = outbox(db)
     assert row.status == SENT and row.attempts == 2
