@@ -40,6 +40,7 @@ ROUTES = [
     ("GET", "/api/admin/users", None, "admin"),
     ("GET", "/api/admin/audit", None, "admin"),
     ("GET", "/api/admin/fhir/unlinked", None, "admin"),
+    ("GET", "/api/admin/results", None, "admin"),
 ]
 RIGHTS = {"admin": {"read", "check", "review", "requeue", "admin"},
           "rad": {"read", "check", "review", "requeue"},

@@ -739,6 +739,61 @@ async def unlinked_reports(request: web.Request) -> web.Response:
          "last_seen": _iso(r.last_seen)} for r in rows]})
 
 
+RESULT_STATUSES = ("pending", "sent", "dead", "superseded")
+
+
+def _result_json(r) -> dict:
+    return {"id": r.id, "destination": r.destination, "uid": r.uid, "version": r.version,
+            "review": r.review, "status": r.status, "attempts": r.attempts, "error": r.error,
+            "created": _iso(r.created), "next_attempt": _iso(r.not_before) if
+            r.status == "pending" else None, "sent": _iso(r.sent)}
+
+
+async def results_outbox(request: web.Request) -> web.Response:
+    """The results outbox: per destination set, how many wait and how many were given
+    up; the newest results (``status``, ``destination`` filters), with their errors."""
+    require(request, ADMIN)
+    q = request.query
+    status = _text(q, "status", 16)
+    if status and status not in RESULT_STATUSES:
+        raise bad_request(f"status must be one of {', '.join(RESULT_STATUSES)}")
+    destination = _text(q, "destination", 16)
+    if destination and destination not in ("dicom", "fhir"):
+        raise bad_request("destination must be dicom or fhir")
+    enabled = request.app[SETTINGS].results.enabled
+
+    def read(session):
+        return (repo.outbox_depths(session, enabled),
+                repo.outbox_rows(session, status=status, destination=destination))
+
+    depths, rows = await database(request).read(read)
+    return web.json_response({
+        "destinations": [{"destination": d.destination, "pending": d.pending, "dead": d.dead,
+                          "oldest_pending": _iso(d.oldest_pending)} for d in depths],
+        "results": [_result_json(r) for r in rows]})
+
+
+async def resend_result(request: web.Request) -> web.Response:
+    """A dead-lettered result sent again (its tries start over); 409 unless dead."""
+    require(request, ADMIN)
+    try:
+        row_id = int(request.match_info["id"])
+    except ValueError:
+        raise bad_request("the result id is a number") from None
+    identity = request[IDENTITY]
+
+    def write(session):
+        if not repo.resend_result(session, row_id):
+            return False
+        repo.audit(session, "result.resend", username=identity.username,
+                   target=str(row_id), remote=request[CLIENT_IP])
+        return True
+
+    if not await database(request).write(write):
+        raise web.HTTPConflict(text=f"result {row_id} is not dead-lettered (or unknown)")
+    return web.json_response({"id": row_id, "status": "pending"})
+
+
 def _endpoints(settings: Settings, hub: Hub | None) -> list[dict]:
     """The model endpoints (base URL without credentials, model) with the relays' last
     view of them: up or down and the last error."""
@@ -791,6 +846,8 @@ def setup_api_routes(app: web.Application) -> None:
     r.add_get("/api/stats/timeline", stats_timeline)
     r.add_get("/api/stats/summary", stats_summary)
     r.add_get("/api/admin/fhir/unlinked", unlinked_reports)
+    r.add_get("/api/admin/results", results_outbox)
+    r.add_post("/api/admin/results/{id}/resend", resend_result)
     r.add_get("/api/stats/models", stats_models)
     r.add_get("/api/stats/turnaround", stats_turnaround)
     r.add_post("/api/check", check)
