@@ -659,6 +659,7 @@ async function renderAdmin() {
       el("td", {}, r.effective ? when(r.effective) : "–"), el("td", {}, when(r.last_seen))))
       : [el("tr", {}, el("td", { colspan: 6, class: "muted" }, "None: every report found is linked."))])));
   } catch (err) { $("unlinked").replaceChildren(el("caption", { class: "error" }, err.message)); }
+  renderResults();
   const form = $("audit-filters");
   let filters = {};
   const load = async (before) => {
@@ -688,6 +689,37 @@ async function renderAdmin() {
     load();
   };
   load();
+}
+
+const DESTINATION = { dicom: "PACS (DICOM SR)", fhir: "hospital system (FHIR)" };
+
+async function renderResults() {
+  let outbox;
+  try { outbox = await api("/api/admin/results"); }
+  catch (err) { $("results").replaceChildren(el("caption", { class: "error" }, err.message)); return; }
+  $("results-depth").replaceChildren(...(outbox.destinations.length ? outbox.destinations.flatMap((d) => [
+    el("dt", {}, DESTINATION[d.destination]),
+    el("dd", {}, `${d.pending} waiting${d.oldest_pending ? ` (oldest ${when(d.oldest_pending)})` : ""}, ` +
+      `${d.dead} given up`)]) : [el("dt", {}, "Destinations"), el("dd", {}, "none set: AI reads stay here")]));
+  const action = (r) => {
+    if (r.status !== "dead") return "";
+    const button = el("button", { type: "button" }, "Send again");
+    button.onclick = async () => {
+      button.disabled = true;
+      try { await api(`/api/admin/results/${r.id}/resend`, { method: "POST" }); renderResults(); }
+      catch (err) { button.replaceWith(el("span", { class: "error" }, err.message)); }
+    };
+    return button;
+  };
+  const status = { pending: "waiting", sent: "sent", dead: "given up", superseded: "replaced by a newer one" };
+  $("results").replaceChildren(el("thead", {}, el("tr", {}, ...["created", "to", "AI read", "status",
+    "tries", "reason", ""].map((h) => el("th", {}, h)))),
+  el("tbody", {}, ...(outbox.results.length ? outbox.results.map((r) => el("tr", { dataset: { id: r.id } },
+    el("td", {}, when(r.created)), el("td", {}, DESTINATION[r.destination]),
+    el("td", {}, `${r.uid} v${r.version}${r.review ? " (review)" : ""}`),
+    el("td", {}, status[r.status] || r.status), el("td", {}, String(r.attempts)),
+    el("td", {}, r.error || "–"), el("td", {}, action(r))))
+    : [el("tr", {}, el("td", { colspan: 7, class: "muted" }, "Nothing sent yet."))])));
 }
 
 // --- ad-hoc check --------------------------------------------------------------------

@@ -166,6 +166,10 @@ def new_read(db, db_url: str, text: str) -> None:
         check=True)
 
 
+REFUSED = ("PACS@pacs.invalid:104 accepts none of Comprehensive 3D SR Storage (SOP class "
+           "not supported)")
+
+
 @pytest.fixture
 def dashboard(tmp_path, pg_db, pg_url):
     for uid, name in RADIOGRAPHS.items():  # every converted image has its PNG
@@ -176,6 +180,11 @@ def dashboard(tmp_path, pg_db, pg_url):
                                                          study_uid="1.2.840", projection=view),
                          PatientInfo(cnp="111", name="Popescu^Ion"))
     study_read(pg_db, f"FINDINGS: {XSS}", 7, summary=XSS, confidence=80, endpoint="primary")
+    # its SR refused by the PACS (the relay's sender, another process, gave up on it)
+    pg_db.write_sync(repo.enqueue_results, "1.2.840", ("dicom",))
+    [result] = pg_db.write_sync(repo.claim_results, "relay", limit=1, lease_seconds=60)
+    pg_db.write_sync(repo.result_failed, result.id, "relay", REFUSED, attempts=1,
+                     max_attempts=10, base_delay=30, permanent=True)
     # an image no region rule covers: converted (it has its PNG) but not read
     FilesystemStore(tmp_path / "data" / "images").put(
         "1.2.840.3", "png", convert_file(str(CORPUS / "RG3_UNCR.dcm")).png)
@@ -187,7 +196,8 @@ def dashboard(tmp_path, pg_db, pg_url):
     # the HIS as the poller (another process) last found it: a wrong identifier system
     pg_db.write_sync(repo.set_state, HEALTH_KEY, FhirHealth(warning=HIS_WARNING).to_json())
     with web_process(tmp_path, pg_url, users, XRAYVISION_WEB_VIEWER_URL=VIEWER,
-                     XRAYVISION_FHIR_URL="http://his.invalid/fhir") as url:
+                     XRAYVISION_FHIR_URL="http://his.invalid/fhir",
+                     XRAYVISION_RESULTS_DICOM_DESTINATION="PACS@pacs.invalid:104") as url:
         yield url
 
 
@@ -436,7 +446,17 @@ def test_the_admin_page_lists_users_and_the_audit_log(dashboard):
                     ".every((td) => td.textContent.startsWith('login'))")
                 assert "admin" in page.inner_text("#audit tbody")
                 assert "every report found is linked" in page.inner_text("#unlinked")
+                # the SR the PACS refused: given up, with its reason, and sent again
+                page.wait_for_selector("#results td")
+                row = page.inner_text("#results tbody tr")
+                assert "given up" in row and "SOP class not supported" in row
+                assert "1 given up" in page.inner_text("#results-depth")
                 shoot(page, "admin")
+                page.click("#results tbody button")
+                page.wait_for_function(
+                    "() => document.querySelector('#results tbody tr').textContent"
+                    ".includes('waiting')")
+                assert "1 waiting" in page.inner_text("#results-depth")
             assert errors == []
             context.close()
         browser.close()
