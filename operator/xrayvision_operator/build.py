@@ -135,6 +135,7 @@ def runtime_env(xrv: Obj, resolved: Resolved) -> dict[str, str]:
                             ("reportCodes", "REPORT_CODES")):
             if field in fhir:
                 env[f"XRAYVISION_FHIR_{name}"] = ",".join(fhir[field])
+    env.update(_results_env(spec.get("results") or {}))
     ntfy = (spec.get("notifications") or {}).get("ntfy")
     if ntfy:
         env["XRAYVISION_NOTIFY_NTFY_URL"] = ntfy["url"]
@@ -145,6 +146,32 @@ def runtime_env(xrv: Obj, resolved: Resolved) -> dict[str, str]:
         env["XRAYVISION_NOTIFY_DASHBOARD_URL"] = f"{scheme}://{host}"
     if (spec.get("prompts") or {}).get("configMapName"):
         env["XRAYVISION_AI_PROMPTS_DIR"] = "/etc/xrayvision/prompts"
+    return env
+
+
+RESULTS_TLS_DIR = "/etc/xrayvision/results-tls"
+
+
+def _results_env(results: Obj) -> dict[str, str]:
+    """``spec.results`` as the application's ``[results]`` settings (docs/results.md)."""
+    env: dict[str, str] = {}
+    dicom = results.get("dicom")
+    if dicom:
+        env["XRAYVISION_RESULTS_DICOM_DESTINATION"] = (
+            f"{dicom['aeTitle']}@{dicom['host']}:{dicom['port']}")
+        tls = dicom.get("tlsSecret")
+        if tls:
+            env["XRAYVISION_RESULTS_DICOM_TLS_CA"] = f"{RESULTS_TLS_DIR}/ca.crt"
+            if tls.get("clientCertificate"):
+                env["XRAYVISION_RESULTS_DICOM_TLS_CERT"] = f"{RESULTS_TLS_DIR}/tls.crt"
+                env["XRAYVISION_RESULTS_DICOM_TLS_KEY"] = f"{RESULTS_TLS_DIR}/tls.key"
+    fhir = results.get("fhir")
+    if fhir:
+        env["XRAYVISION_RESULTS_FHIR_URL"] = fhir["url"]
+    if "uidRoot" in results:
+        env["XRAYVISION_RESULTS_UID_ROOT"] = results["uidRoot"]
+    if "maxAttempts" in results:
+        env["XRAYVISION_RESULTS_MAX_ATTEMPTS"] = str(results["maxAttempts"])
     return env
 
 
@@ -162,11 +189,14 @@ def _secret_env(xrv: Obj, resolved: Resolved) -> list[Obj]:
         secret, key = resolved.database_secret
         env.append({"name": "XRAYVISION_DATABASE_URL",
                     "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
-    creds = (spec.get("fhir") or {}).get("credentialsSecret")
-    if creds:
-        for field in ("username", "password"):
-            env.append({"name": f"XRAYVISION_FHIR_{field.upper()}",
-                        "valueFrom": {"secretKeyRef": {"name": creds["name"], "key": field}}})
+    for section, source in (("FHIR", spec.get("fhir")),
+                            ("RESULTS_FHIR", ((spec.get("results") or {}).get("fhir")))):
+        creds = (source or {}).get("credentialsSecret")
+        if creds:
+            for field in ("username", "password"):
+                env.append({"name": f"XRAYVISION_{section}_{field.upper()}",
+                            "valueFrom": {"secretKeyRef": {"name": creds["name"],
+                                                           "key": field}}})
     return env
 
 
@@ -195,6 +225,10 @@ def _pod_volumes(xrv: Obj, component: str) -> tuple[list[Obj], list[Obj]]:
     users = (spec.get("web") or {}).get("usersSecret")
     if users and component == "web":
         volumes.append({"name": "users", "secret": {"secretName": users["name"]}})
+    tls = (((spec.get("results") or {}).get("dicom")) or {}).get("tlsSecret")
+    if tls and component == "relay":  # (the results sender runs in the relay)
+        volumes.append({"name": "results-tls", "secret": {"secretName": tls["name"]}})
+        mounts.append({"name": "results-tls", "mountPath": RESULTS_TLS_DIR, "readOnly": True})
     prompts = (spec.get("prompts") or {}).get("configMapName")
     if prompts:
         volumes.append({"name": "prompts", "configMap": {"name": prompts}})

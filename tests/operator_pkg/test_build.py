@@ -110,6 +110,38 @@ def test_the_his_identifier_system_and_report_filters_reach_the_config(tmp_path)
     assert load_settings(tmp_path, env={}).fhir.report_categories == IMAGING_CATEGORIES
 
 
+def test_results_destinations_reach_the_relay(tmp_path):
+    """spec.results: the application reads the ConfigMap back as its [results]; the
+    HIS credentials come from their Secret; the PACS's TLS Secret is mounted in the
+    relay only (the sender runs there)."""
+    from xrayvision.config import DicomPeer, load_settings
+
+    objs = build({"results": {
+        "dicom": {"host": "pacs.hospital", "port": 104, "aeTitle": "PACS",
+                  "tlsSecret": {"name": "pacs-tls", "clientCertificate": True}},
+        "fhir": {"url": "https://his/fhir", "credentialsSecret": {"name": "his"}},
+        "uidRoot": "1.2.40.0.13.1", "maxAttempts": 5}})
+    data = objs[("ConfigMap", "triage-config")]["data"]
+    results = load_settings(tmp_path, env={k: v for k, v in data.items()
+                                           if k.startswith("XRAYVISION_RESULTS_")}).results
+    assert results.dicom_destination == DicomPeer("PACS", "pacs.hospital", 104)
+    assert (results.fhir_url, results.uid_root, results.max_attempts) == (
+        "https://his/fhir", "1.2.40.0.13.1.", 5)
+    assert str(results.dicom_tls_ca).endswith("/ca.crt")
+    assert str(results.dicom_tls_key).endswith("/tls.key")
+    relay = objs[("Deployment", "triage-relay")]["spec"]["template"]["spec"]
+    container = relay["containers"][0]
+    assert {"name": "results-tls", "secret": {"secretName": "pacs-tls"}} in relay["volumes"]
+    assert any(m["name"] == "results-tls" for m in container["volumeMounts"])
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                  if "valueFrom" in e}
+    assert secret_env["XRAYVISION_RESULTS_FHIR_PASSWORD"] == {"name": "his", "key": "password"}
+    web = objs[("Deployment", "triage-web")]["spec"]["template"]["spec"]
+    assert all(v["name"] != "results-tls" for v in web["volumes"])
+    assert not {k for k in build()[("ConfigMap", "triage-config")]["data"]
+                if k.startswith("XRAYVISION_RESULTS_")}
+
+
 def test_config_change_rolls_the_pods():
     before = build()[("Deployment", "triage-relay")]
     after = build({"severityThreshold": 7})[("Deployment", "triage-relay")]
@@ -233,7 +265,7 @@ def test_images_per_prompt_from_the_spec_unless_extra_args_set_it():
 
 def test_examples_are_valid():
     found = [d for d in examples() if d["kind"] in ("XRayVision", "ModelEndpoint")]
-    assert len(found) == 4
+    assert len(found) == 5
     for doc in found:
         assert validate(doc["kind"], doc) == [], doc["metadata"]["name"]
 
