@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from xrayvision import metrics
@@ -123,7 +123,8 @@ class DicomStore:
             if refused and not assoc.accepted_contexts:
                 # (pynetdicom aborts an association without any accepted context)
                 reason = f"{self.peer} accepts none of " + ", ".join(
-                    f"{cx.abstract_syntax.name} ({_CONTEXT_RESULT.get(cx.result, cx.result)})"
+                    f"{UID(cx.abstract_syntax or '').name} "
+                    f"({_CONTEXT_RESULT.get(cx.result or 0, str(cx.result))})"
                     for cx in refused)
                 return [Delivery(row_id, False, reason, permanent=True) for row_id, _ in items]
             if assoc.is_rejected:
