@@ -7,7 +7,10 @@ ServiceAccount token mounted) -> ``kubectl apply`` a ModelEndpoint (the stub mod
 and an XRayVision -> the migration Job runs ``xrayvision migrate`` against a real
 PostgreSQL -> ingest, relay and web pods become Ready -> DCMTK ``storescu`` sends an
 X-ray to the DICOM Service's address -> the exam is ``done`` with the stub's severity ->
-the web pod's API, reached through the web Service (the Ingress's backend), shows it.
+the web pod's API, reached through the web Service (the Ingress's backend), shows it ->
+the relay pod sends the read back: a DICOM SR C-STOREd into the study in Orthanc (the
+PACS) and an Observation + preliminary DiagnosticReport into the HIS (sekmet-fhir), which
+the fhir pod does not take for the radiologist's report.
 
 Needs envtest assets (KUBEBUILDER_ASSETS), root (network namespaces) and DCMTK; skipped
 with the reason otherwise.
@@ -38,6 +41,7 @@ from support.kubecluster import Cluster, ControlPlane, assets_reason
 from support.kubelet import PodNetwork, ProcessKubelet
 from support.kubetools import helm
 from support.model_stub import Stub
+from support.pacs import Orthanc
 from support.pgserver import PgServer, free_port
 from support.xrays import make_xray, write
 
@@ -113,7 +117,7 @@ def test_helm_install_to_a_read_exam(tmp_path):
     with PodNetwork() as network:
         plane = ControlPlane(bind_address=network.gateway).start()
         pg = PgServer(also_listen=network.gateway, trust=network.cidr).start()
-        fhir = None
+        fhir = pacs = None
         try:
             pg.create_database("xrayvision")
             cluster = Cluster(plane)
@@ -127,17 +131,20 @@ def test_helm_install_to_a_read_exam(tmp_path):
             fhir.put(patient("p1", "1800101123456", "Popescu", "Ion", "1980-01-01", "male"))
             fhir.put(diagnostic_report("r1", "p1", "Pneumonie lob inferior drept.",
                                        accession="ACC123"))
+            pacs = Orthanc(base / "orthanc", {}).start()
             with StubThread(network.gateway) as stub, kubelet:
-                run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir)
+                run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir, pacs)
         finally:
             if fhir is not None:
                 fhir.stop()
+            if pacs is not None:
+                pacs.stop()
             pg.destroy()
             plane.stop()
             shutil.rmtree(base, ignore_errors=True)
 
 
-def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir) -> None:
+def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir, pacs) -> None:
     # 1. The operator, as docs/install.md installs it (no Prometheus operator here).
     result = subprocess.run(
         [str(helm()), "install", "xrayvision-operator", str(ROOT / "charts/xrayvision-operator"),
@@ -173,6 +180,10 @@ def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir) -> 
                   "web": {"host": "xrv.example", "usersSecret": {"name": "xrayvision-users"}},
                   "fhir": {"url": fhir.url, "credentialsSecret": {"name": "his-fhir"},
                            "intervalSeconds": 5},
+                  "results": {
+                      "dicom": {"host": network.gateway, "port": pacs.port,
+                                "aeTitle": pacs.aet},
+                      "fhir": {"url": fhir.url, "credentialsSecret": {"name": "his-fhir"}}},
                   "model": {"primary": {"modelEndpoint": "stub"}}}},
     ]
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
@@ -218,6 +229,17 @@ def run_install(cluster, kubelet, stub, pg, network, hashed, tmp_path, fhir) -> 
     read = wait_for("the radiologist's report from FHIR", lambda: [
         e for e in exams() if e.get("rad")], 120, lambda: kubelet.logs("fhir"))
     assert read[0]["rad"]["severity"] is not None or read[0]["rad"].get("summary"), read[0]
+    assert "AI" not in (read[0]["rad"].get("text") or "")  # the HIS's, not our own read
+
+    # 6. The AI read back in the hospital: the SR in the study in the PACS, the FHIR
+    #    resources in the HIS (the relay pod's results sender).
+    study = wait_for("the SR in the PACS", lambda: pacs.study_instances(
+        exam["study_uid"]).get("SR"), 120, lambda: kubelet.logs("relay"))
+    assert len(study) == 2  # the measurement SR and the text SR
+    observations = wait_for("the Observation in the HIS", lambda: fhir.request(
+        "GET", "Observation?identifier=urn:xrayvision:ai-read|" + exam["study_uid"]
+    ).get("entry"), 120, lambda: kubelet.logs("relay"))
+    assert observations[0]["resource"]["valueInteger"] == stub.state.check["severity"]
     pods = json.loads(cluster.kubectl("get", "pods", "-n", "radiology", "-o", "json").stdout)
     running = {p["metadata"]["labels"].get("app.kubernetes.io/component")
                for p in pods["items"] if p["status"].get("phase") == "Running"}
