@@ -39,6 +39,7 @@ def outbox(db) -> list[ResultOutbox]:
 def sender_for(db, tmp_path: Path, port: int, **results) -> ResultSender:
     env = {"XRAYVISION_RESULTS_DICOM_DESTINATION": f"ORTHANC@127.0.0.1:{port}",
            "XRAYVISION_RESULTS_RETRY_DELAY": "0.2", "XRAYVISION_RESULTS_TIMEOUT": "5",
+           "XRAYVISION_RESULTS_WORKERS": "0",  # (in a thread; the first test: processes)
            **{f"XRAYVISION_RESULTS_{k.upper()}": str(v) for k, v in results.items()}}
     settings = load_settings(tmp_path / "cfg", env=env)
     return ResultSender(settings, db, "test-worker")
@@ -55,8 +56,11 @@ def orthanc(tmp_path):
 async def test_the_sr_arrives_in_the_original_study(db, tmp_path, orthanc, caplog):
     caplog.set_level(logging.DEBUG, logger="xrayvision")
     key = record_read(db, ("dicom",))
-    sender = sender_for(db, tmp_path, orthanc.port)
-    assert await sender.send_due() == 1
+    sender = sender_for(db, tmp_path, orthanc.port, workers=2)
+    try:
+        assert await sender.send_due() == 1
+    finally:
+        sender.close()
     [row] = outbox(db)
     assert row.status == SENT and row.attempts == 1 and row.error == ""
     study = orthanc.study_instances(dcmread(SOURCE).StudyInstanceUID)
@@ -125,7 +129,7 @@ from xrayvision.db.engine import Database, DatabaseOptions
 from xrayvision.results.sender import ResultSender
 settings = load_settings(Path(sys.argv[1]), env={
     "XRAYVISION_RESULTS_DICOM_DESTINATION": "ORTHANC@127.0.0.1:" + sys.argv[2],
-    "XRAYVISION_RESULTS_TIMEOUT": "60"})
+    "XRAYVISION_RESULTS_TIMEOUT": "60", "XRAYVISION_RESULTS_WORKERS": "0"})
 db = Database(DatabaseOptions(url=sys.argv[3]))
 asyncio.run(ResultSender(settings, db, "doomed", lease_seconds=3).send_due())
 """

@@ -14,11 +14,16 @@ status, HTTP 400/404/405/409/412/422): dead-lettered at once with the receiver's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
+import socket
 import ssl
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -44,7 +49,13 @@ from xrayvision.results.fhir_resources import (
     observation,
     subject,
 )
-from xrayvision.results.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, build_srs, sr_uids
+from xrayvision.results.sr import (
+    COMPREHENSIVE_3D_SR,
+    COMPREHENSIVE_SR,
+    SrUids,
+    build_srs,
+    sr_uids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +83,71 @@ class Delivery:
     permanent: bool = False
 
 
-def client_tls(settings: Settings) -> ssl.SSLContext | None:
-    """The C-STORE's TLS context from ``[results] dicom_tls_*`` (the PACS verified by
-    ``dicom_tls_ca``; our certificate when the PACS asks for one); None: plain TCP."""
-    r = settings.results
-    if r.dicom_tls_ca is None and r.dicom_tls_cert is None:
-        return None
-    if (r.dicom_tls_cert is None) != (r.dicom_tls_key is None):
-        raise ResultsConfigError("[results] dicom_tls_cert and dicom_tls_key go together")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        if r.dicom_tls_ca is not None:
-            context.load_verify_locations(cafile=str(r.dicom_tls_ca))
-        if r.dicom_tls_cert is not None and r.dicom_tls_key is not None:
-            context.load_cert_chain(r.dicom_tls_cert, r.dicom_tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ResultsConfigError(f"[results] DICOM TLS files unusable: {exc}") from None
-    return context
+@dataclass(frozen=True)
+class DicomJob:
+    """What C-STOREs of results need, picklable (for the worker processes): the PACS, our
+    AE title, TLS files, the timeout and our UID root."""
+
+    peer: DicomPeer
+    calling_aet: str
+    timeout: float
+    uid_root: str
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DicomJob:
+        r = settings.results
+        assert r.dicom_destination is not None
+        return cls(r.dicom_destination, settings.dicom.ae_title, r.timeout, r.uid_root,
+                   r.dicom_tls_ca, r.dicom_tls_cert, r.dicom_tls_key)
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The C-STORE's TLS context (the PACS verified by ``tls_ca``; our certificate
+        when the PACS asks for one); None: plain TCP. Raises ResultsConfigError."""
+        if self.tls_ca is None and self.tls_cert is None:
+            return None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ResultsConfigError("[results] dicom_tls_cert and dicom_tls_key go together")
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            if self.tls_ca is not None:
+                context.load_verify_locations(cafile=str(self.tls_ca))
+            if self.tls_cert is not None and self.tls_key is not None:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ResultsConfigError(f"[results] DICOM TLS files unusable: {exc}") from None
+        return context
+
+
+@dataclass(frozen=True)
+class SrItem:
+    """One result to C-STORE: its row, what it says and the SRs it supersedes."""
+
+    row_id: int
+    doc: repo.ReadDocument
+    previous: tuple[SrUids, ...] = ()
+
+
+def store_results(job: DicomJob, items: Sequence[SrItem]) -> list[Delivery]:
+    """Builds each result's SRs and C-STOREs them all on one association (blocking: run in
+    a worker process or a thread). A read whose SRs cannot be made is that result's
+    failure (for good), not the batch's."""
+    built: list[tuple[int, Sequence[Dataset]]] = []
+    out: list[Delivery] = []
+    for item in items:
+        try:
+            report = parse_report(item.doc.text)
+            built.append((item.row_id, build_srs(
+                item.doc, uid_root=job.uid_root, findings=report.findings,
+                impression=report.impression, previous=item.previous)))
+        except Exception as exc:  # noqa: BLE001 - one bad read must not stop the others
+            out.append(Delivery(item.row_id, False, f"the SR could not be made: "
+                                f"{type(exc).__name__}: {exc}", permanent=True))
+    store = DicomStore(job.peer, job.calling_aet, tls=job.tls(), timeout=job.timeout)
+    return out + store.send(built)
 
 
 class DicomStore:
@@ -134,6 +192,7 @@ class DicomStore:
             else:  # (pynetdicom reports a refused connection as an abort too)
                 reason = f"no answer from {self.peer}: not reachable, or it aborted"
             return [Delivery(row_id, False, reason) for row_id, _ in items]
+        _no_delay(assoc)
         out: list[Delivery] = []
         try:
             for index, (row_id, datasets) in enumerate(items):
@@ -165,6 +224,16 @@ class DicomStore:
                       f"0x{code:04X}{': ' + comment if comment else ''}")
             return Delivery(row_id, False, reason, permanent=not 0xA700 <= code <= 0xA7FF)
         return Delivery(row_id, True)
+
+
+def _no_delay(assoc) -> None:
+    """TCP_NODELAY on the association's socket: a C-STORE is a command PDU and a dataset
+    PDU, and Nagle's algorithm against the PACS's delayed ACK made each wait ~40 ms
+    (11 SR/s to Orthanc instead of hundreds; bench/README.md). pynetdicom does not set it."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class FhirResults:
@@ -199,11 +268,12 @@ class FhirResults:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A claimed result with what it says (None: the read is gone) and its SRs."""
+    """A claimed result with what it says (None: the read is gone) and, for the PACS,
+    the SRs sent before for the same read (which its SRs supersede)."""
 
     row: ResultOutbox
     doc: repo.ReadDocument | None
-    datasets: tuple[Dataset, ...] = ()
+    previous: tuple[SrUids, ...] = ()
 
 
 class ResultSender:
@@ -221,10 +291,11 @@ class ResultSender:
         # How long a claimed result stays with this sender before another may send it
         # (this one died mid-send): beyond any send's time.
         self.lease_seconds = lease_seconds or max(60.0, self.results.timeout * 4)
-        self.dicom: DicomStore | None = None
+        self.dicom: DicomJob | None = None
         if self.results.dicom_destination is not None:
-            self.dicom = DicomStore(self.results.dicom_destination, settings.dicom.ae_title,
-                                    tls=client_tls(settings), timeout=self.results.timeout)
+            self.dicom = DicomJob.from_settings(settings)
+            self.dicom.tls()  # (bad TLS files: a clear error now, not at the first send)
+        self._pool: ProcessPoolExecutor | None = None
         self.fhir: FhirResults | None = None
         if self.results.fhir_url and fhir is not None:
             self.fhir = FhirResults(fhir, settings.fhir.identifier_system)
@@ -240,11 +311,30 @@ class ResultSender:
     async def run(self) -> None:
         log.info("results sender started",
                  extra={"destinations": ",".join(self.results.enabled)})
-        while True:
-            sent = await self.send_due()
-            await self.export_metrics()
-            if not sent:
-                await asyncio.sleep(self.poll)
+        try:
+            while True:
+                sent = await self.send_due()
+                await self.export_metrics()
+                if not sent:
+                    await asyncio.sleep(self.poll)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stops the worker processes (when there are)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _workers(self) -> ProcessPoolExecutor | None:
+        """The SR worker processes, started at the first C-STORE; None: in a thread."""
+        if self.results.workers and self._pool is None:
+            # spawn, as the conversion workers (xrayvision.dicom.worker.make_pool): this
+            # process has threads; the workers import what building an SR needs once.
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.results.workers,
+                mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
 
     async def export_metrics(self, every: float = 5.0) -> None:
         now = time.monotonic()
@@ -302,21 +392,28 @@ class ResultSender:
                 out.append(Prepared(row, doc))
                 continue
             earlier = repo.sent_before(session, row.uid, DEST_DICOM, row.id)[-PREDECESSORS:]
-            report = parse_report(doc.text)
-            datasets = build_srs(doc, uid_root=root, findings=report.findings,
-                                 impression=report.impression,
-                                 previous=[sr_uids(root, e.uid, e.version, e.review)
-                                           for e in earlier])
-            out.append(Prepared(row, doc, tuple(datasets)))
+            out.append(Prepared(row, doc, tuple(sr_uids(root, e.uid, e.version, e.review)
+                                                for e in earlier)))
         return out
 
     async def _send_dicom(self, items: list[Prepared]) -> list[Delivery]:
+        """The batch's SRs built and C-STOREd: split between the worker processes (an
+        association each), or in a thread of this process without workers."""
         if self.dicom is None:
             return [Delivery(p.row.id, False, "[results] dicom_destination is not set")
                     for p in items]
+        jobs = [SrItem(p.row.id, p.doc, p.previous) for p in items if p.doc is not None]
         started = time.monotonic()
-        deliveries = await asyncio.to_thread(
-            self.dicom.send, [(p.row.id, p.datasets) for p in items])
+        pool = self._workers()
+        if pool is None:
+            deliveries = await asyncio.to_thread(store_results, self.dicom, jobs)
+        else:
+            loop = asyncio.get_running_loop()
+            parts = [jobs[i::self.results.workers] for i in range(self.results.workers)]
+            done = await asyncio.gather(*(loop.run_in_executor(pool, store_results,
+                                                               self.dicom, part)
+                                          for part in parts if part))
+            deliveries = [d for part in done for d in part]
         metrics.RESULTS_SEND_SECONDS.labels(DEST_DICOM).observe(time.monotonic() - started)
         return deliveries
 

@@ -22,11 +22,14 @@ the Predecessor Documents Sequence (supersession; the PACS keeps both).
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import highdicom as hd
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import DA, TM
@@ -119,7 +122,10 @@ def _predecessor(study_uid: str, series_uid: str, sop_class: str, uid: str) -> D
     return ds
 
 
+@functools.cache
 def _observer() -> hd.sr.ObservationContext:
+    """The device observer (TID 1004): always the same, built once per process (the
+    documents copy or only read it)."""
     device = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -211,6 +217,64 @@ def _text_content(doc: ReadDocument, findings: str, impression: str) -> Dataset:
     return root
 
 
+# The root content item's attributes, which an SR carries at its top level.
+_ROOT_ITEM = ("ValueType", "ConceptNameCodeSequence", "ContinuityOfContent",
+              "ContentTemplateSequence", "ContentSequence")
+
+
+def _text_sr(measurement: Dataset, doc: ReadDocument, uids: SrUids, findings: str,
+             impression: str, previous: Sequence[SrUids]) -> Dataset:
+    """The text SR: the measurement SR's document (patient, study, series, evidence,
+    equipment, flags: the same for both) with the report's words as content. Derived
+    rather than built by highdicom again: its document constructor is most of the cost
+    of a read's SRs (bench/README.md), and would only repeat the same header."""
+    text = _elements_copy(measurement, Dataset())
+    text.file_meta = _elements_copy(measurement.file_meta, FileMetaDataset())
+    text.SOPClassUID = text.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+    text.SOPInstanceUID = text.file_meta.MediaStorageSOPInstanceUID = UID(uids.text)
+    text.InstanceNumber = int(measurement.InstanceNumber) + 1
+    root = _text_content(doc, findings, impression)
+    for keyword in _ROOT_ITEM:
+        if keyword in text:
+            delattr(text, keyword)
+        if keyword in root:
+            setattr(text, keyword, root[keyword].value)
+    if previous:
+        text.PredecessorDocumentsSequence = _predecessors(
+            doc.study_uid, [(p.series, COMPREHENSIVE_SR, p.text) for p in previous])
+    return text
+
+
+_D = TypeVar("_D", bound=Dataset)
+
+
+def _elements_copy(source: Dataset, target: _D) -> _D:
+    """``target`` with a copy of each of ``source``'s top-level elements (values shared:
+    what is replaced is replaced whole, so ``source`` never changes)."""
+    for element in source:
+        target.add(copy.copy(element))
+    return target
+
+
+def _predecessors(study_uid: str, instances: Sequence[tuple[str, str, str]]) -> list[Dataset]:
+    """The Predecessor Documents Sequence of (series, SOP class, SOP instance) items."""
+    item = Dataset()
+    item.StudyInstanceUID = study_uid
+    by_series: dict[str, list[Dataset]] = {}
+    for series, sop_class, uid in instances:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sop_class
+        ref.ReferencedSOPInstanceUID = uid
+        by_series.setdefault(series, []).append(ref)
+    item.ReferencedSeriesSequence = []
+    for series, refs in by_series.items():
+        entry = Dataset()
+        entry.SeriesInstanceUID = series
+        entry.ReferencedSOPSequence = refs
+        item.ReferencedSeriesSequence.append(entry)
+    return [item]
+
+
 def build_srs(doc: ReadDocument, *, uid_root: str, findings: str, impression: str,
               previous: Sequence[SrUids] = ()) -> list[Dataset]:
     """The measurement SR and the text SR of ``doc`` (``previous``: the instances of
@@ -218,29 +282,20 @@ def build_srs(doc: ReadDocument, *, uid_root: str, findings: str, impression: st
     uids = sr_uids(uid_root, doc.key, doc.version, doc.review)
     evidence = [_source(doc, image) for image in doc.images]
     instance = doc.version * 1000 + min(doc.review, 499) * 2 % 1000
-    common = dict(
-        evidence=evidence, series_instance_uid=uids.series, series_number=SERIES_NUMBER,
-        manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        contributing_equipment=[_equipment(doc)])
     measurement = hd.sr.Comprehensive3DSR(
-        content=_measurement_content(doc, evidence), sop_instance_uid=uids.measurements,
-        instance_number=instance + 1,
+        evidence=evidence, content=_measurement_content(doc, evidence),
+        series_instance_uid=uids.series, series_number=SERIES_NUMBER,
+        sop_instance_uid=uids.measurements, instance_number=instance + 1,
+        manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+        contributing_equipment=[_equipment(doc)],
         previous_versions=[_predecessor(doc.study_uid, p.series, COMPREHENSIVE_3D_SR,
-                                        p.measurements) for p in previous] or None,
-        **common)  # type: ignore[arg-type]
-    text = hd.sr.ComprehensiveSR(
-        content=_text_content(doc, findings, impression), sop_instance_uid=uids.text,
-        instance_number=instance + 2,
-        previous_versions=[_predecessor(doc.study_uid, p.series, COMPREHENSIVE_SR, p.text)
-                           for p in previous] or None,
-        **common)  # type: ignore[arg-type]
-    for ds in (measurement, text):
-        ds.SeriesDescription = SERIES_DESCRIPTION
-        ds.ContentDate = DA(doc.read_at.strftime("%Y%m%d"))
-        ds.ContentTime = TM(doc.read_at.strftime("%H%M%S"))
-        schemes = list(ds.get("CodingSchemeIdentificationSequence", []))
-        ds.CodingSchemeIdentificationSequence = [*schemes, _private_scheme()]
-    return [measurement, text]
+                                        p.measurements) for p in previous] or None)
+    measurement.SeriesDescription = SERIES_DESCRIPTION
+    measurement.ContentDate = DA(doc.read_at.strftime("%Y%m%d"))
+    measurement.ContentTime = TM(doc.read_at.strftime("%H%M%S"))
+    schemes = list(measurement.get("CodingSchemeIdentificationSequence", []))
+    measurement.CodingSchemeIdentificationSequence = [*schemes, _private_scheme()]
+    return [measurement, _text_sr(measurement, doc, uids, findings, impression, previous)]
 
 
 def _private_scheme() -> Dataset:
