@@ -8,6 +8,12 @@ C / (2 L) exams per second. Run 1: one relay process with concurrency = C agains
 limit. Run 2: the stub not the bottleneck (capacity 1000), one and then two relay
 processes with concurrency C each: two should give about twice one. Relay CPU per exam
 is the relay processes' user + system time divided by the exams.
+
+With ``--results``, two more runs as run 1 (stub capacity C): without results, and with
+each read sent to a real PACS (Orthanc) as DICOM SR from the outbox ([results]
+dicom_destination), timed until the outbox is empty too. Their last column is the CPU of
+the SR worker processes the relay starts ([results] workers), per exam: the work moved
+out of the relay process.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT / "tests")  # support.*; and bench/queue.py must not shadow `queue`
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -51,7 +58,7 @@ def model_png() -> bytes:
 def fill(db: Database, store: FilesystemStore, count: int) -> None:
     # (the tables of the code measured: a before/after run may lack the newer ones)
     tables = [t for t in ("ai_reports", "ai_report_versions", "reviews", "rad_reports",
-                          "exams", "studies", "tallies", "tally_facts")
+                          "exams", "studies", "tallies", "tally_facts", "result_outbox")
               if t in Base.metadata.tables]
     with db.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
@@ -78,11 +85,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu(pid: int) -> float:
+    """User + system time of the process's children alive now (its SR workers)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += cpu_seconds(int(child))
+    return total
+
+
 def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: str,
-        relays: int, concurrency: int, count: int) -> tuple[float, float]:
+        relays: int, concurrency: int, count: int, extra: dict[str, str] | None = None
+        ) -> tuple[float, float, float]:
     """Starts the relays on an empty queue, waits until they are ready, then queues the
-    exams and times until all are done. Returns (exams per second, relay CPU ms per exam,
-    start-up excluded)."""
+    exams and times until all are done (and, with results, the outbox empty). Returns
+    (exams per second, relay CPU ms per exam, their children's CPU ms per exam), start-up
+    excluded."""
     fill(db, store, 0)
     procs, ports = [], []
     for _ in range(relays):
@@ -95,7 +114,7 @@ def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: 
                "XRAYVISION_WEB_PORT": str(port), "XRAYVISION_MAINTENANCE_BACKUP_KEEP": "0",
                # each exam read on its own: two model calls per exam, as measured since
                # 2026-11-25 (read per study, the queue is of studies, which fill() has not)
-               "XRAYVISION_AI_READ_PER": "image"}
+               "XRAYVISION_AI_READ_PER": "image", **(extra or {})}
         if "PYTHONPATH" in os.environ:  # another tree's code, for before/after runs
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         procs.append(subprocess.Popen([str(XRAYVISION), "serve", "--roles", "relay"],
@@ -104,26 +123,34 @@ def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: 
         wait_ready(port)
     time.sleep(1.0)  # the relays' first claim finds nothing and waits for events
     cpu_before = {p.pid: cpu_seconds(p.pid) for p in procs}
+    kids_before = {p.pid: children_cpu(p.pid) for p in procs}
     fill(db, store, count)
     start = time.perf_counter()
     with db.engine.begin() as conn:  # wake them as the ingest role would
         conn.execute(text("SELECT pg_notify('xrayvision_events', :e)"),
                      {"e": '{"type": "exam.queued", "data": {}, "origin": "bench"}'})
-    cpu = dict(cpu_before)
+    cpu, kids = dict(cpu_before), dict(kids_before)
+    elapsed = 0.0
     while True:
         for p in procs:
             cpu[p.pid] = cpu_seconds(p.pid)
+            kids[p.pid] = children_cpu(p.pid)
         with db.engine.connect() as conn:
             done = conn.execute(text("SELECT count(*) FROM exams WHERE status = 'done'")).scalar()
-        if done >= count:
+            waiting = conn.execute(text(
+                "SELECT count(*) FROM result_outbox WHERE status = 'pending'")).scalar() \
+                if extra else 0
+        if done >= count and not elapsed:
+            elapsed = time.perf_counter() - start
+        if done >= count and not waiting:
             break
         time.sleep(0.05)
-    elapsed = time.perf_counter() - start
     for p in procs:
         p.terminate()
         p.wait(30)
     used = sum(cpu[pid] - cpu_before[pid] for pid in cpu)
-    return count / elapsed, 1000 * used / count
+    children = sum(kids[pid] - kids_before[pid] for pid in kids)
+    return count / elapsed, 1000 * used / count, 1000 * children / count
 
 
 def wait_ready(port: int, timeout: float = 60) -> None:
@@ -146,6 +173,8 @@ def main() -> None:
     parser.add_argument("--exams", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--capacity", type=int, default=16)
+    parser.add_argument("--results", action="store_true",
+                        help="also: with and without each read sent as SR to Orthanc")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="xrv-bench-relay-"))
     server = PgServer(fsync=True).start()
@@ -167,14 +196,34 @@ def main() -> None:
         limit = c / latency / 2
         print(f"{args.exams} exams, 2 model calls each, stub latency {latency} s; PostgreSQL; "
               f"PNG {len(model_png()) // 1024} KiB")
-        print(f"{'run':<44}{'exams/s':>9}{'limit':>8}{'of limit':>10}{'CPU ms/exam':>13}")
+        print(f"{'run':<44}{'exams/s':>9}{'limit':>8}{'of limit':>10}{'CPU ms/exam':>13}"
+              + (f"{'SR workers':>12}" if args.results else ""))
         capped = stub(c)
-        rate, cpu = run(db, url, folder, store, capped, 1, c, args.exams)
+        rate, cpu, _ = run(db, url, folder, store, capped, 1, c, args.exams)
         print(f"{f'1 relay, concurrency {c}, stub capacity {c}':<44}{rate:>9.1f}{limit:>8.1f}"
               f"{rate / limit:>10.2f}{cpu:>13.1f}", flush=True)
+        if args.results:
+            from support.pacs import Orthanc
+
+            pacs = Orthanc(folder / "orthanc", {}).start()
+            try:
+                for label, extra in (
+                        ("... again, results off", {}),
+                        ("... each read sent as SR to Orthanc", {
+                            "XRAYVISION_RESULTS_DICOM_DESTINATION":
+                                f"ORTHANC@127.0.0.1:{pacs.port}",
+                            "XRAYVISION_RESULTS_WORKERS": "2"})):
+                    rate, cpu, kids = run(db, url, folder, store, capped, 1, c, args.exams,
+                                          extra)
+                    print(f"{label:<44}{rate:>9.1f}{limit:>8.1f}{rate / limit:>10.2f}"
+                          f"{cpu:>13.1f}{kids:>12.1f}", flush=True)
+                stored = len(pacs.rest("instances"))
+                assert stored == 2 * args.exams, stored
+            finally:
+                pacs.stop()
         wide = stub(1000)
         for relays in (1, 2):
-            rate, cpu = run(db, url, folder, store, wide, relays, c, args.exams)
+            rate, cpu, _ = run(db, url, folder, store, wide, relays, c, args.exams)
             ceiling = relays * c / latency / 2
             label = f"{relays} relay(s), concurrency {c} each, capacity 1000"
             print(f"{label:<44}{rate:>9.1f}{ceiling:>8.1f}{rate / ceiling:>10.2f}{cpu:>13.1f}",

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from support import records
 from xrayvision.db import repo
-from xrayvision.db.models import DEAD, PENDING, SENT, SUPERSEDED, ResultOutbox, utcnow
+from xrayvision.db.models import DEAD, PENDING, SENT, SUPERSEDED, ResultOutbox, Review, utcnow
 from xrayvision.db.repo import ExamInfo
 
 
@@ -85,3 +85,28 @@ def test_a_refusal_is_dead_at_once(db):
 def test_retry_delay_doubles_up_to_an_hour():
     assert [repo.outbox.retry_delay(30, n) for n in (1, 2, 3)] == [30, 60, 120]
     assert repo.outbox.retry_delay(30, 20) == 3600
+
+
+def test_read_documents_of_a_batch(db):
+    """A study's read (its images), an image read on its own, an earlier version, a
+    review, and a read that is gone, in one call, in the order asked."""
+    for uid in ("7.1.1", "7.1.2"):
+        db.write_sync(records.add_converted, ExamInfo(uid=uid, study_uid="7.1", region="chest",
+                                                      sop_class="1.2.840.10008.5.1.4.1.1.1",
+                                                      patient_name="POPESCU^ION"),
+                      repo.PatientInfo(cnp="1800101", name="Ion Popescu", sex="M"))
+    for text in ("IMPRESSION:\nfirst", "IMPRESSION:\nsecond"):
+        db.write_sync(repo.save_study_read, "7.1", ["7.1.1", "7.1.2"], threshold=5, text=text,
+                      severity=3)
+    read(db, "7.9", results=())
+    db.write_sync(repo.review_ai_report, "7.1", correct=False, note="no", username="ana")
+    review = db.read_sync(lambda s: s.scalar(select(Review.id)))
+    docs = db.read_sync(repo.read_documents, [("7.1", 2, review), ("7.9", 1, 0), ("7.1", 1, 0),
+                                              ("7.8", 1, 0)])
+    study, image, first, gone = docs
+    assert [i.uid for i in study.images] == ["7.1.1", "7.1.2"] and study.version == 2
+    assert study.text.endswith("second") and study.review_correct is False
+    assert (study.patient_name, study.sex, study.reviewed_by) == ("POPESCU^ION", "M", "ana")
+    assert [i.uid for i in image.images] == ["7.9"] and image.review_correct is None
+    assert first.text.endswith("first") and first.version == 1
+    assert gone is None

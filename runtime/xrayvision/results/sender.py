@@ -384,17 +384,16 @@ class ResultSender:
         return len(rows)
 
     def _prepare(self, session, rows: list[ResultOutbox]) -> list[Prepared]:
-        out = []
+        """What each claimed result says, and the SRs each sent before (a few queries
+        for the whole batch)."""
+        docs = repo.read_documents(session, [(r.uid, r.version, r.review) for r in rows])
+        dicom = [r for r, d in zip(rows, docs, strict=True)
+                 if d is not None and r.destination == DEST_DICOM]
+        earlier = repo.sent_before(session, dicom)
         root = self.results.uid_root
-        for row in rows:
-            doc = repo.read_document(session, row.uid, row.version, row.review)
-            if doc is None or row.destination != DEST_DICOM:
-                out.append(Prepared(row, doc))
-                continue
-            earlier = repo.sent_before(session, row.uid, DEST_DICOM, row.id)[-PREDECESSORS:]
-            out.append(Prepared(row, doc, tuple(sr_uids(root, e.uid, e.version, e.review)
-                                                for e in earlier)))
-        return out
+        return [Prepared(row, doc, tuple(sr_uids(root, e.uid, e.version, e.review)
+                                         for e in earlier.get(row.id, [])[-PREDECESSORS:]))
+                for row, doc in zip(rows, docs, strict=True)]
 
     async def _send_dicom(self, items: list[Prepared]) -> list[Delivery]:
         """The batch's SRs built and C-STOREd: split between the worker processes (an
@@ -431,11 +430,11 @@ class ResultSender:
     def _record(self, session, deliveries: list[Delivery],
                 attempts: dict[int, tuple[int, str]]) -> list[tuple[Delivery, str]]:
         """Each delivery's outcome on its row (those still held): sent, pending, dead."""
-        out = []
+        delivered = {d.row_id: d for d in deliveries if d.ok}
+        out = [(delivered[i], "sent")
+               for i in repo.results_sent(session, list(delivered), self.worker)]
         for d in deliveries:
             if d.ok:
-                if repo.result_sent(session, d.row_id, self.worker):
-                    out.append((d, "sent"))
                 continue
             status = repo.result_failed(
                 session, d.row_id, self.worker, d.reason, attempts=attempts[d.row_id][0],

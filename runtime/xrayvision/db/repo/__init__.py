@@ -47,9 +47,11 @@ from xrayvision.db.repo.outbox import (
     outbox_depths,
     outbox_rows,
     read_document,
+    read_documents,
     resend_result,
     result_failed,
     result_sent,
+    results_sent,
     sent_before,
 )
 from xrayvision.db.repo.reports import (
@@ -141,6 +143,6 @@ __all__ = [
     "rad_history", "withdraw_rad_reports", "Unlinked", "clear_unlinked", "note_unlinked",
     "unlinked_reports", "unenriched_exams", "unlinked_ids",
     "ImageRef", "OutboxDepth", "ReadDocument", "claim_results", "enqueue_results",
-    "outbox_depths", "outbox_rows", "read_document", "resend_result", "result_failed",
-    "result_sent", "sent_before",
+    "outbox_depths", "outbox_rows", "read_document", "read_documents", "resend_result",
+    "result_failed", "result_sent", "results_sent", "sent_before",
 ]

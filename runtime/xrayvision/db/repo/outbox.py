@@ -64,7 +64,8 @@ def enqueue_results(session: Session, uid: str, destinations: Sequence[str], *,
 def claim_results(session: Session, worker: str, *, limit: int, lease_seconds: float,
                   now: dt.datetime | None = None) -> list[ResultOutbox]:
     """Leases up to ``limit`` due results (oldest first) to ``worker``, each attempt
-    counted; rows a newer one replaces become ``superseded`` and are not returned."""
+    counted; rows a newer one replaces become ``superseded`` and are not returned. A few
+    statements whatever ``limit``: it runs in the relay process."""
     now = now or utcnow()
     o = ResultOutbox
     due = (select(o.id).where(o.status == PENDING, o.not_before <= now,
@@ -75,24 +76,25 @@ def claim_results(session: Session, worker: str, *, limit: int, lease_seconds: f
     ids = list(session.scalars(due))
     if not ids:
         return []
-    rows = list(session.scalars(select(o).where(o.id.in_(ids)).order_by(o.id)))
     newer = o.__table__.alias("newer")
-    replaced = set(session.scalars(
+    replaced = list(session.scalars(
         select(o.id).where(o.id.in_(ids)).where(
             select(newer.c.id).where(newer.c.uid == o.uid,
                                      newer.c.destination == o.destination,
                                      newer.c.id > o.id).exists())))
-    claimed = []
-    for row in rows:
-        if row.id in replaced:
-            row.status, row.error = SUPERSEDED, "a newer result of the read replaced it"
-            continue
-        row.attempts += 1
-        row.lease_owner = worker
-        row.lease_expires = now + dt.timedelta(seconds=lease_seconds)
-        claimed.append(row)
-    session.flush()
-    return claimed
+    conn = session.connection()
+    if replaced:
+        conn.execute(update(o).where(o.id.in_(replaced)).values(
+            status=SUPERSEDED, error="a newer result of the read replaced it"))
+    wanted = [i for i in ids if i not in set(replaced)]
+    if not wanted:
+        return []
+    claimed = session.scalars(
+        update(o).where(o.id.in_(wanted)).values(
+            attempts=o.attempts + 1, lease_owner=worker,
+            lease_expires=now + dt.timedelta(seconds=lease_seconds))
+        .returning(o), execution_options={"populate_existing": True})
+    return sorted(claimed, key=lambda row: row.id)
 
 
 def _held(session: Session, row_id: int, worker: str, values: dict[str, Any]) -> bool:
@@ -105,9 +107,19 @@ def _held(session: Session, row_id: int, worker: str, values: dict[str, Any]) ->
 
 def result_sent(session: Session, row_id: int, worker: str) -> bool:
     """Marks a held result sent; False when ``worker`` no longer holds it."""
-    return _held(session, row_id, worker, {
-        "status": SENT, "sent": utcnow(), "error": "", "lease_owner": None,
-        "lease_expires": None})
+    return bool(results_sent(session, [row_id], worker))
+
+
+def results_sent(session: Session, row_ids: Sequence[int], worker: str) -> list[int]:
+    """Marks the held results sent (one statement); returns those ``worker`` still held."""
+    if not row_ids:
+        return []
+    o = ResultOutbox
+    return list(session.scalars(
+        update(o).where(o.id.in_(list(row_ids)), o.lease_owner == worker,
+                        o.status == PENDING)
+        .values(status=SENT, sent=utcnow(), error="", lease_owner=None, lease_expires=None)
+        .returning(o.id)))
 
 
 def retry_delay(base: float, attempts: int) -> float:
@@ -223,51 +235,88 @@ def read_document(session: Session, key: str, version: int, review: int = 0
                   ) -> ReadDocument | None:
     """Version ``version`` of read ``key`` with review ``review``; None when that read
     (or the images it covers) is no longer there."""
-    read: Any = session.scalar(select(AIReport).where(AIReport.uid == key,
-                                                      AIReport.version == version))
-    if read is None:
-        read = session.get(AIReportVersion, (key, version))
-    if read is None:
-        return None
-    images = session.execute(
-        select(Exam.sop_class, Exam.uid, Exam.series_uid, Exam.modality, Exam.study_uid,
-               Exam.accession, Exam.cnp, Exam.study_description, Exam.series_datetime,
-               Exam.patient_name)
-        .where(or_(Exam.uid == key, and_(Exam.study_uid == key, Exam.read_uid == key)))
-        .order_by(Exam.series_datetime, Exam.created, Exam.uid)).all()
-    if not images:
-        return None
-    first = images[0]
-    study = session.get(Study, key)
-    patient = session.get(Patient, first.cnp) if first.cnp else None
-    verdict = None
-    if review:
-        verdict = session.get(Review, review)
-    return ReadDocument(
-        key=key, version=version, text=read.text, positive=read.positive,
-        severity=read.severity, confidence=read.confidence, summary=read.summary,
-        model=read.model, endpoint=read.endpoint, prompt_version=read.prompt_version or "",
-        read_at=read.created, study_uid=first.study_uid or key,
-        accession=first.accession or "",
-        study_datetime=(study.study_datetime if study is not None else None)
-        or first.series_datetime,
-        study_description=first.study_description or "",
-        patient_id=first.cnp or "",
-        patient_name=first.patient_name or (patient.name if patient else ""),
-        birth_date=patient.birth_date if patient else None,
-        sex=patient.sex if patient else "",
-        images=tuple(ImageRef(i.sop_class, i.uid, i.series_uid, i.modality) for i in images),
-        review_correct=None if verdict is None else bool(verdict.correct),
-        review_note=verdict.note if verdict else "",
-        reviewed_by=verdict.username if verdict else "",
-        reviewed_at=verdict.at if verdict else None, review=review)
+    return read_documents(session, [(key, version, review)])[0]
 
 
-def sent_before(session: Session, key: str, destination: str, before_id: int
-                ) -> list[ResultOutbox]:
-    """The results of read ``key`` sent to ``destination`` before row ``before_id``
-    (what a new SR version supersedes), oldest first."""
+def read_documents(session: Session, wanted: Sequence[tuple[str, int, int]]
+                   ) -> list[ReadDocument | None]:
+    """:func:`read_document` for each (key, version, review), in order: one query per
+    table for all of them (the sender reads a batch at a time, in the relay process)."""
+    keyset = {k for k, _, _ in wanted}
+    keys = sorted(keyset)
+    if not keys:
+        return []
+    current = {r.uid: r for r in session.scalars(select(AIReport).where(AIReport.uid.in_(keys)))}
+    older = [(k, v) for k, v, _ in wanted if k not in current or current[k].version != v]
+    earlier: dict[tuple[str, int], Any] = {}
+    if older:
+        earlier = {(r.uid, r.version): r for r in session.scalars(
+            select(AIReportVersion).where(or_(*(and_(AIReportVersion.uid == k,
+                                                     AIReportVersion.version == v)
+                                                for k, v in older))))}
+    e = Exam
+    images: dict[str, list[Any]] = {}
+    for row in session.execute(
+            select(e.sop_class, e.uid, e.series_uid, e.modality, e.study_uid, e.accession,
+                   e.cnp, e.study_description, e.series_datetime, e.patient_name,
+                   e.read_uid)
+            .where(or_(e.uid.in_(keys), and_(e.study_uid.in_(keys),
+                                             e.read_uid == e.study_uid)))
+            .order_by(e.series_datetime, e.created, e.uid)):
+        if row.uid in keyset:  # an image read on its own
+            images.setdefault(row.uid, []).append(row)
+        if row.study_uid in keyset and row.read_uid == row.study_uid != row.uid:
+            images.setdefault(row.study_uid, []).append(row)
+    studies = {s.uid: s for s in session.scalars(select(Study).where(Study.uid.in_(keys)))}
+    cnps = sorted({rows[0].cnp for rows in images.values() if rows[0].cnp})
+    patients = {p.cnp: p for p in session.scalars(
+        select(Patient).where(Patient.cnp.in_(cnps)))} if cnps else {}
+    review_ids = sorted({r for _, _, r in wanted if r})
+    reviews = {r.id: r for r in session.scalars(
+        select(Review).where(Review.id.in_(review_ids)))} if review_ids else {}
+    out: list[ReadDocument | None] = []
+    for key, version, review in wanted:
+        read = current.get(key)
+        if read is None or read.version != version:
+            read = earlier.get((key, version))
+        covered = images.get(key)
+        if read is None or not covered:
+            out.append(None)
+            continue
+        first = covered[0]
+        study = studies.get(key)
+        patient = patients.get(first.cnp) if first.cnp else None
+        verdict = reviews.get(review) if review else None
+        out.append(ReadDocument(
+            key=key, version=version, text=read.text, positive=read.positive,
+            severity=read.severity, confidence=read.confidence, summary=read.summary,
+            model=read.model, endpoint=read.endpoint,
+            prompt_version=read.prompt_version or "", read_at=read.created,
+            study_uid=first.study_uid or key, accession=first.accession or "",
+            study_datetime=(study.study_datetime if study is not None else None)
+            or first.series_datetime,
+            study_description=first.study_description or "",
+            patient_id=first.cnp or "",
+            patient_name=first.patient_name or (patient.name if patient else ""),
+            birth_date=patient.birth_date if patient else None,
+            sex=patient.sex if patient else "",
+            images=tuple(ImageRef(i.sop_class, i.uid, i.series_uid, i.modality)
+                         for i in covered),
+            review_correct=None if verdict is None else bool(verdict.correct),
+            review_note=verdict.note if verdict else "",
+            reviewed_by=verdict.username if verdict else "",
+            reviewed_at=verdict.at if verdict else None, review=review))
+    return out
+
+
+def sent_before(session: Session, rows: Sequence[ResultOutbox]
+                ) -> dict[int, list[ResultOutbox]]:
+    """For each of ``rows``, the results of the same read and destination sent before it
+    (what a new SR version supersedes), oldest first; one query."""
+    if not rows:
+        return {}
     o = ResultOutbox
-    return list(session.scalars(select(o).where(
-        o.uid == key, o.destination == destination, o.status == SENT, o.id < before_id)
-        .order_by(o.id)))
+    sent = list(session.scalars(select(o).where(
+        o.uid.in_(sorted({r.uid for r in rows})), o.status == SENT).order_by(o.id)))
+    return {r.id: [s for s in sent if s.uid == r.uid and s.destination == r.destination
+                   and s.id < r.id] for r in rows}
