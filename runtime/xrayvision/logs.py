@@ -70,5 +70,5 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter would otherwise repeat patient-bearing DICOM details at INFO.
-    for noisy in ("pynetdicom", "aiohttp.access", "kopf.objects", "alembic"):
+    for noisy in ("pynetdicom", "aiohttp.access", "kopf.objects", "alembic", "highdicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

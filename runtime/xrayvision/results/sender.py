@@ -1,8 +1,9 @@
-"""The results sender: claims what the outbox holds and sends it, the SR by C-STORE to
-the PACS (:class:`DicomStore`, one association per batch, in a thread) and the FHIR
-resources by conditional update to the HIS (:class:`FhirResults`). It runs beside the
-relay (the relay role) and never in its path: a read is stored with its outbox rows in
-one transaction, and what happens to a send after that is the sender's alone.
+"""The results sender: claims what the outbox holds and sends it, the SRs built and
+C-STOREd to the PACS by :func:`store_results` (one association per part of a batch, in
+the ``[results] workers`` processes, or a thread without) and the FHIR resources written
+to the HIS by conditional update (:class:`FhirResults`). It runs beside the relay (the
+relay role) and never in its path: a read is stored with its outbox rows in one
+transaction, and what happens to a send after that is the sender's alone.
 
 Outcomes of a send (:class:`Delivery`): delivered; failed and worth another try later
 (nothing answered, association rejected or aborted, "out of resources" 0xA7xx, HTTP
@@ -313,9 +314,12 @@ class ResultSender:
                  extra={"destinations": ",".join(self.results.enabled)})
         try:
             while True:
-                sent = await self.send_due()
+                claimed = await self.send_due()
                 await self.export_metrics()
-                if not sent:
+                if claimed < self.results.batch:
+                    # Not a full batch: what comes next waits a poll and goes with others
+                    # (a claim, the reads and the marks cost the relay per batch, not per
+                    # result: bench/README.md); a full one: more are due now.
                     await asyncio.sleep(self.poll)
         finally:
             self.close()
