@@ -166,3 +166,26 @@ async def test_a_sender_killed_mid_send_loses_nothing(sqlite_db, tmp_path, ortha
     assert row.status == SENT and row.attempts == 2
     assert len(orthanc.study_instances(key)["SR"]) == 2
     wait_port(orthanc.port)
+
+
+async def test_a_dead_sr_worker_is_replaced_and_nothing_lost(db, tmp_path, orthanc):
+    """An SR worker process killed (out of memory, by hand): that batch fails and is
+    tried again with new workers; the relay's sender goes on."""
+    key = record_read(db, ("dicom",))
+    sender = sender_for(db, tmp_path, orthanc.port, workers=1)
+    try:
+        pool = sender._workers()
+        assert list(pool.map(abs, [-1])) == [1]  # (started)
+        for pid in list(pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        assert await sender.send_due() == 1
+        [row] = outbox(db)
+        assert row.status == PENDING and row.error == "the SR worker process stopped"
+        await asyncio.sleep(0.3)
+        assert await sender.send_due() == 1
+    finally:
+        sender.close()
+    [row] = outbox(db)
+    assert row.status == SENT and row.attempts == 2
+    assert len(orthanc.study_instances(key)["SR"]) == 2

@@ -111,8 +111,12 @@ def observation(doc: ReadDocument, patient: dict, sr_uid: str = "") -> dict:
     notes = [n for n in (doc.summary, _review_note(doc)) if n]
     if notes:
         resource["note"] = [{"text": n} for n in notes]
-    if sr_uid:
+    if sr_uid:  # the DICOM SR of the same read, in the PACS
         resource["identifier"].append({"system": DICOM_UID, "value": f"urn:oid:{sr_uid}"})
+        resource["derivedFrom"].append({
+            "type": "DocumentReference",
+            "identifier": {"system": DICOM_UID, "value": f"urn:oid:{sr_uid}"},
+            "display": "DICOM SR of this AI read"})
     return resource
 
 

@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from xrayvision.fhir.client import (
     FhirHTTPError,
     FhirServer,
     FhirUnavailable,
+    redact,
 )
 from xrayvision.results.fhir_resources import (
     diagnostic_report,
@@ -384,7 +386,7 @@ class ResultSender:
             log.log(logging.ERROR if status == DEAD else logging.WARNING,
                     "result not delivered; " + ("given up" if status == DEAD else "will retry"),
                     extra={"result": delivery.row_id, "destination": destination,
-                           "attempt": tries, "reason": delivery.reason})
+                           "attempt": tries, "reason": redact(delivery.reason)})
         return len(rows)
 
     def _prepare(self, session, rows: list[ResultOutbox]) -> list[Prepared]:
@@ -413,9 +415,16 @@ class ResultSender:
         else:
             loop = asyncio.get_running_loop()
             parts = [jobs[i::self.results.workers] for i in range(self.results.workers)]
-            done = await asyncio.gather(*(loop.run_in_executor(pool, store_results,
-                                                               self.dicom, part)
-                                          for part in parts if part))
+            try:
+                done = await asyncio.gather(*(loop.run_in_executor(pool, store_results,
+                                                                   self.dicom, part)
+                                              for part in parts if part))
+            except BrokenProcessPool:
+                # (a worker died: killed, out of memory) the batch is tried again later
+                # with new workers; which of it the PACS already has, it keeps once
+                self.close()
+                return [Delivery(j.row_id, False, "the SR worker process stopped")
+                        for j in jobs]
             deliveries = [d for part in done for d in part]
         metrics.RESULTS_SEND_SECONDS.labels(DEST_DICOM).observe(time.monotonic() - started)
         return deliveries
