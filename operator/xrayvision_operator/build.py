@@ -159,6 +159,8 @@ def _results_env(results: Obj) -> dict[str, str]:
     if dicom:
         env["XRAYVISION_RESULTS_DICOM_DESTINATION"] = (
             f"{dicom['aeTitle']}@{dicom['host']}:{dicom['port']}")
+        if dicom.get("secondaryCapture"):
+            env["XRAYVISION_RESULTS_SECONDARY_CAPTURE"] = "true"
         tls = dicom.get("tlsSecret")
         if tls:
             env["XRAYVISION_RESULTS_DICOM_TLS_CA"] = f"{RESULTS_TLS_DIR}/ca.crt"

@@ -506,6 +506,8 @@ class ResultsSettings:
     fhir_ca_bundle: Path | None = _setting(None, _optional_path, "CA bundle for that FHIR TLS")
     uid_root: str = _setting("1.2.826.0.1.3680043.8.498.", _uid_root,
                              "UID root of the SRs we make (use your organisation's)")
+    secondary_capture: bool = _setting(
+        False, _bool, "also send the first image with the AI read burnt in (Secondary Capture)")
     max_attempts: int = _setting(10, _int(1, 1000), "sends of one result before dead-letter")
     retry_delay: float = _setting(
         30.0, _float(0.1, 86400), "seconds before a failed send is retried (doubled each time, "

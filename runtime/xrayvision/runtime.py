@@ -106,7 +106,7 @@ def result_sender(rt: Runtime) -> ResultSender | None:
     fhir = None
     if settings.results.fhir_url:
         fhir = FhirClient(ResultSender.fhir_server(settings), rt.http)
-    return ResultSender(settings, rt.db, rt.worker_id, fhir=fhir)
+    return ResultSender(settings, rt.db, rt.worker_id, fhir=fhir, store=rt.store)
 
 
 def needs_model(settings: Settings) -> bool:

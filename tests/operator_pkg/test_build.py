@@ -118,6 +118,7 @@ def test_results_destinations_reach_the_relay(tmp_path):
 
     objs = build({"results": {
         "dicom": {"host": "pacs.hospital", "port": 104, "aeTitle": "PACS",
+                  "secondaryCapture": True,
                   "tlsSecret": {"name": "pacs-tls", "clientCertificate": True}},
         "fhir": {"url": "https://his/fhir", "credentialsSecret": {"name": "his"}},
         "uidRoot": "1.2.40.0.13.1", "maxAttempts": 5}})
@@ -127,6 +128,7 @@ def test_results_destinations_reach_the_relay(tmp_path):
     assert results.dicom_destination == DicomPeer("PACS", "pacs.hospital", 104)
     assert (results.fhir_url, results.uid_root, results.max_attempts) == (
         "https://his/fhir", "1.2.40.0.13.1.", 5)
+    assert results.secondary_capture is True
     assert str(results.dicom_tls_ca).endswith("/ca.crt")
     assert str(results.dicom_tls_key).endswith("/tls.key")
     relay = objs[("Deployment", "triage-relay")]["spec"]["template"]["spec"]

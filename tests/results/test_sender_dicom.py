@@ -36,13 +36,13 @@ def outbox(db) -> list[ResultOutbox]:
     return db.read_sync(lambda s: list(s.scalars(select(ResultOutbox).order_by(ResultOutbox.id))))
 
 
-def sender_for(db, tmp_path: Path, port: int, **results) -> ResultSender:
+def sender_for(db, tmp_path: Path, port: int, store=None, **results) -> ResultSender:
     env = {"XRAYVISION_RESULTS_DICOM_DESTINATION": f"ORTHANC@127.0.0.1:{port}",
            "XRAYVISION_RESULTS_RETRY_DELAY": "0.2", "XRAYVISION_RESULTS_TIMEOUT": "5",
            "XRAYVISION_RESULTS_WORKERS": "0",  # (in a thread; the first test: processes)
            **{f"XRAYVISION_RESULTS_{k.upper()}": str(v) for k, v in results.items()}}
     settings = load_settings(tmp_path / "cfg", env=env)
-    return ResultSender(settings, db, "test-worker")
+    return ResultSender(settings, db, "test-worker", store=store)
 
 
 @pytest.fixture
@@ -189,3 +189,18 @@ async def test_a_dead_sr_worker_is_replaced_and_nothing_lost(db, tmp_path, ortha
     [row] = outbox(db)
     assert row.status == SENT and row.attempts == 2
     assert len(orthanc.study_instances(key)["SR"]) == 2
+
+
+async def test_the_secondary_capture_goes_with_the_srs(db, tmp_path, orthanc):
+    from xrayvision.dicom.convert import convert_file
+    from xrayvision.images import FilesystemStore
+
+    key = record_read(db, ("dicom",))
+    store = FilesystemStore(tmp_path / "images")
+    store.put(dcmread(SOURCE).SOPInstanceUID, "png", convert_file(str(SOURCE)).png)
+    sender = sender_for(db, tmp_path, orthanc.port, store=store, secondary_capture="true")
+    assert await sender.send_due() == 1
+    [row] = outbox(db)
+    assert row.status == SENT, row.error
+    study = orthanc.study_instances(key)
+    assert len(study["SR"]) == 2 and len(study["OT"]) == 1 and len(study["CR"]) == 1

@@ -46,12 +46,14 @@ from xrayvision.fhir.client import (
     FhirUnavailable,
     redact,
 )
+from xrayvision.images import ImageStore
 from xrayvision.results.fhir_resources import (
     diagnostic_report,
     identifier_query,
     observation,
     subject,
 )
+from xrayvision.results.sc import build_sc
 from xrayvision.results.sr import (
     COMPREHENSIVE_3D_SR,
     COMPREHENSIVE_SR,
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 STORE_OK = {0x0000, 0xB000, 0xB006, 0xB007}
 # HTTP statuses a retry cannot change.
 FHIR_PERMANENT = {400, 404, 405, 409, 410, 412, 422}
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 PREDECESSORS = 10  # earlier versions named in an SR's Predecessor Documents Sequence
 # A-ASSOCIATE-AC presentation context results, in words.
 _CONTEXT_RESULT = {1: "user rejection", 2: "no reason given",
@@ -98,13 +101,14 @@ class DicomJob:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    secondary_capture: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DicomJob:
         r = settings.results
         assert r.dicom_destination is not None
         return cls(r.dicom_destination, settings.dicom.ae_title, r.timeout, r.uid_root,
-                   r.dicom_tls_ca, r.dicom_tls_cert, r.dicom_tls_key)
+                   r.dicom_tls_ca, r.dicom_tls_cert, r.dicom_tls_key, r.secondary_capture)
 
     def tls(self) -> ssl.SSLContext | None:
         """The C-STORE's TLS context (the PACS verified by ``tls_ca``; our certificate
@@ -132,6 +136,7 @@ class SrItem:
     row_id: int
     doc: repo.ReadDocument
     previous: tuple[SrUids, ...] = ()
+    png: bytes | None = None  # its first image, for the Secondary Capture
 
 
 def store_results(job: DicomJob, items: Sequence[SrItem]) -> list[Delivery]:
@@ -143,13 +148,17 @@ def store_results(job: DicomJob, items: Sequence[SrItem]) -> list[Delivery]:
     for item in items:
         try:
             report = parse_report(item.doc.text)
-            built.append((item.row_id, build_srs(
-                item.doc, uid_root=job.uid_root, findings=report.findings,
-                impression=report.impression, previous=item.previous)))
+            datasets = build_srs(item.doc, uid_root=job.uid_root, findings=report.findings,
+                                 impression=report.impression, previous=item.previous)
+            if item.png is not None:
+                datasets.append(build_sc(item.doc, item.png, uid_root=job.uid_root,
+                                         impression=report.impression))
+            built.append((item.row_id, datasets))
         except Exception as exc:  # noqa: BLE001 - one bad read must not stop the others
             out.append(Delivery(item.row_id, False, f"the SR could not be made: "
                                 f"{type(exc).__name__}: {exc}", permanent=True))
-    store = DicomStore(job.peer, job.calling_aet, tls=job.tls(), timeout=job.timeout)
+    store = DicomStore(job.peer, job.calling_aet, tls=job.tls(), timeout=job.timeout,
+                       secondary_capture=job.secondary_capture)
     return out + store.send(built)
 
 
@@ -157,16 +166,19 @@ class DicomStore:
     """C-STOREs results' datasets to the PACS (blocking: run it in a thread)."""
 
     def __init__(self, peer: DicomPeer, calling_aet: str, *, tls: ssl.SSLContext | None,
-                 timeout: float) -> None:
+                 timeout: float, secondary_capture: bool = False) -> None:
         self.peer = peer
         self.calling_aet = calling_aet
         self.tls = tls
         self.timeout = timeout
+        self.sop_classes = [COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR]
+        if secondary_capture:
+            self.sop_classes.append(SECONDARY_CAPTURE)
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-        for sop_class in (COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR):
+        for sop_class in self.sop_classes:
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         return ae
 
@@ -277,6 +289,7 @@ class Prepared:
     row: ResultOutbox
     doc: repo.ReadDocument | None
     previous: tuple[SrUids, ...] = ()
+    png: bytes | None = None
 
 
 class ResultSender:
@@ -285,8 +298,9 @@ class ResultSender:
 
     def __init__(self, settings: Settings, db: Database, worker: str, *,
                  fhir: FhirClient | None = None, poll: float = 1.0,
-                 lease_seconds: float | None = None) -> None:
+                 lease_seconds: float | None = None, store: ImageStore | None = None) -> None:
         self.settings = settings
+        self.store = store  # the PNGs, for the Secondary Capture
         self.results = settings.results
         self.db = db
         self.worker = f"{worker}:results"
@@ -398,8 +412,16 @@ class ResultSender:
         earlier = repo.sent_before(session, dicom)
         root = self.results.uid_root
         return [Prepared(row, doc, tuple(sr_uids(root, e.uid, e.version, e.review)
-                                         for e in earlier.get(row.id, [])[-PREDECESSORS:]))
+                                         for e in earlier.get(row.id, [])[-PREDECESSORS:]),
+                         self._first_png(doc) if row in dicom else None)
                 for row, doc in zip(rows, docs, strict=True)]
+
+    def _first_png(self, doc: repo.ReadDocument | None) -> bytes | None:
+        """The PNG of the read's first image, for the Secondary Capture (None: not asked
+        for, or gone: the SRs go without it)."""
+        if not self.results.secondary_capture or self.store is None or doc is None:
+            return None
+        return self.store.get(doc.images[0].uid, "png")
 
     async def _send_dicom(self, items: list[Prepared]) -> list[Delivery]:
         """The batch's SRs built and C-STOREd: split between the worker processes (an
@@ -407,7 +429,7 @@ class ResultSender:
         if self.dicom is None:
             return [Delivery(p.row.id, False, "[results] dicom_destination is not set")
                     for p in items]
-        jobs = [SrItem(p.row.id, p.doc, p.previous) for p in items if p.doc is not None]
+        jobs = [SrItem(p.row.id, p.doc, p.previous, p.png) for p in items if p.doc is not None]
         started = time.monotonic()
         pool = self._workers()
         if pool is None:

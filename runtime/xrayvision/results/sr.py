@@ -84,7 +84,7 @@ def sr_uids(root: str, key: str, version: int, review: int = 0) -> SrUids:
                   uid(key, version, review, "text"))
 
 
-def _person_name(name: str) -> str:
+def person_name(name: str) -> str:
     """The name as the images carried it (PN); a display name of ours ("Ion Popescu",
     from the HIS, for images recorded before we kept the PN) as one component."""
     name = name.strip()
@@ -101,7 +101,7 @@ def _source(doc: ReadDocument, image: ImageRef) -> Dataset:
     ds.StudyInstanceUID = doc.study_uid
     ds.Modality = image.modality or "CR"
     ds.PatientID = doc.patient_id
-    ds.PatientName = _person_name(doc.patient_name)
+    ds.PatientName = person_name(doc.patient_name)
     ds.PatientBirthDate = doc.birth_date.strftime("%Y%m%d") if doc.birth_date else ""
     ds.PatientSex = doc.sex if doc.sex in ("M", "F", "O") else ""
     when = doc.study_datetime
