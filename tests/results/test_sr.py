@@ -11,9 +11,12 @@ from pathlib import Path
 import highdicom as hd
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from sqlalchemy import func, select
 
 from xrayvision.ai.parse import parse_report
 from xrayvision.db import repo
+from xrayvision.db.models import Review
 from xrayvision.results.sr import (
     COMPREHENSIVE_3D_SR,
     COMPREHENSIVE_SR,
@@ -58,8 +61,7 @@ def test_the_srs_pass_dciodvfy_and_read_back(db, tmp_path):
     assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
     assert sr.VerificationFlag == "UNVERIFIED" and sr.PreliminaryFlag == "PRELIMINARY"
     # in the original study, a series of ours, the patient as the images carried it
-    source = dcmread(Path(__import__("pydicom.data", fromlist=["x"]).get_testdata_file(
-        "RG1_UNCR.dcm")), stop_before_pixels=True)
+    source = dcmread(get_testdata_file("RG1_UNCR.dcm"), stop_before_pixels=True)
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.SeriesInstanceUID not in (source.SeriesInstanceUID,)
     assert str(sr.PatientName) == str(source.PatientName)
@@ -111,8 +113,7 @@ def test_same_read_same_instances_and_a_new_version_supersedes(db, tmp_path):
     previous = [sr_uids(ROOT, key, 1, 0)]
     version = db.write_sync(repo.review_ai_report, key, correct=False, note="no consolidation",
                             username="ana")
-    review = db.read_sync(lambda s: s.execute(
-        __import__("sqlalchemy").text("select max(id) from reviews")).scalar())
+    review = db.read_sync(lambda s: s.scalar(select(func.max(Review.id))))
     doc, reviewed = build(db, key, version, review, previous)
     assert {d.SOPInstanceUID for d in reviewed}.isdisjoint({d.SOPInstanceUID for d in first})
     assert reviewed[0].SeriesInstanceUID == first[0].SeriesInstanceUID
@@ -121,8 +122,8 @@ def test_same_read_same_instances_and_a_new_version_supersedes(db, tmp_path):
         first[0].SOPInstanceUID
     assert reviewed[0].VerificationFlag == "UNVERIFIED"  # a review is not a signature
     texts = [i.TextValue for i in _walk(reviewed[1]) if "TextValue" in i]
-    assert any("ana disagreed with this AI read" in t and "no consolidation" in t
-               for t in texts)
+    assert any(t.startswith("Review: ana disagreed with this AI read on ")
+               and t.endswith("no consolidation") for t in texts)
     for i, ds in enumerate(reviewed):
         ds.save_as(tmp_path / f"{i}.dcm", enforce_file_format=True)
         assert verify(tmp_path / f"{i}.dcm") == []

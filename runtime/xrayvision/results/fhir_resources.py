@@ -16,6 +16,7 @@ import datetime as dt
 
 from xrayvision.db.repo import ReadDocument
 from xrayvision.fhir.resources import AI_READ_SYSTEM
+from xrayvision.results.sr import review_sentence
 
 MEASURE_SYSTEM = "urn:xrayvision:ai-measure"
 UCUM = "http://unitsofmeasure.org"
@@ -108,7 +109,7 @@ def observation(doc: ReadDocument, patient: dict, sr_uid: str = "") -> dict:
                               "code": "%"}})
     if components:
         resource["component"] = components
-    notes = [n for n in (doc.summary, _review_note(doc)) if n]
+    notes = [n for n in (doc.summary, review_sentence(doc)) if n]
     if notes:
         resource["note"] = [{"text": n} for n in notes]
     if sr_uid:  # the DICOM SR of the same read, in the PACS
@@ -120,21 +121,13 @@ def observation(doc: ReadDocument, patient: dict, sr_uid: str = "") -> dict:
     return resource
 
 
-def _review_note(doc: ReadDocument) -> str:
-    if doc.review_correct is None:
-        return ""
-    verdict = "agreed with" if doc.review_correct else "disagreed with"
-    text = f"Reviewed: {doc.reviewed_by or 'a radiologist'} {verdict} this AI read."
-    return f"{text} {doc.review_note}".strip() if doc.review_note else text
-
-
 def diagnostic_report(doc: ReadDocument, patient: dict, observation_id: str, *,
                       impression: str) -> dict:
     """The AI read as a preliminary DiagnosticReport: the Observation as its result, the
     impression as conclusion, the whole report as text, the order by accession."""
     text = (f"AI-generated preliminary read (XRayVision, {doc.model or 'model'}); "
             f"not verified by a radiologist, not a diagnosis.\n\n{doc.text}")
-    review = _review_note(doc)
+    review = review_sentence(doc)
     if review:
         text += f"\n\n{review}"
     resource: dict = {

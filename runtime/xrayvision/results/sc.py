@@ -18,10 +18,9 @@ import cv2
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from xrayvision.db.repo import ReadDocument
-from xrayvision.results.sr import MANUFACTURER, person_name, sr_uids
+from xrayvision.results.sr import MANUFACTURER, instance_number, person_name, sr_uids
 
 SERIES_NUMBER = 9902
 SERIES_DESCRIPTION = "AI read (XRayVision) - not a diagnosis - image"
@@ -84,12 +83,8 @@ def build_sc(doc: ReadDocument, png: bytes, *, uid_root: str, impression: str) -
         pixel_array=pixels, photometric_interpretation="MONOCHROME2", bits_allocated=8,
         coordinate_system="PATIENT", patient_orientation=("L", "F"),
         study_instance_uid=doc.study_uid,
-        series_instance_uid=str(generate_uid(prefix=uid_root,
-                                             entropy_srcs=["xrayvision", doc.key, "sc"])),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=str(generate_uid(prefix=uid_root, entropy_srcs=[
-            "xrayvision", uids.measurements, "sc"])),
-        instance_number=doc.version * 1000 + min(doc.review, 499) * 2 % 1000 + 1,
+        series_instance_uid=uids.sc_series, series_number=SERIES_NUMBER,
+        sop_instance_uid=uids.sc, instance_number=instance_number(doc),
         manufacturer=MANUFACTURER, patient_id=doc.patient_id,
         patient_name=person_name(doc.patient_name),
         patient_birth_date=doc.birth_date.strftime("%Y%m%d") if doc.birth_date else None,

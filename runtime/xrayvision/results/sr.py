@@ -72,6 +72,8 @@ class SrUids:
     series: str
     measurements: str
     text: str
+    sc_series: str  # the Secondary Capture's (results/sc.py)
+    sc: str
 
 
 def sr_uids(root: str, key: str, version: int, review: int = 0) -> SrUids:
@@ -81,7 +83,14 @@ def sr_uids(root: str, key: str, version: int, review: int = 0) -> SrUids:
         return str(generate_uid(prefix=root, entropy_srcs=["xrayvision", *map(str, parts)]))
 
     return SrUids(uid(key, "series"), uid(key, version, review, "tid1500"),
-                  uid(key, version, review, "text"))
+                  uid(key, version, review, "text"), uid(key, "sc"),
+                  uid(key, version, review, "sc"))
+
+
+def instance_number(doc: ReadDocument) -> int:
+    """The first Instance Number of a result's instances: later versions and reviews
+    number after earlier ones (version x 1000, two per review)."""
+    return doc.version * 1000 + min(doc.review, 499) * 2 + 1
 
 
 def person_name(name: str) -> str:
@@ -184,13 +193,15 @@ def _measurement_content(doc: ReadDocument, evidence: Sequence[Dataset]
                                    imaging_measurements=[group])
 
 
-def _review_line(doc: ReadDocument) -> str:
+def review_sentence(doc: ReadDocument) -> str:
+    """The review the result carries, in words ("" for none): the SR's comment and the
+    FHIR resources' note."""
     if doc.review_correct is None:
         return ""
     verdict = "agreed with" if doc.review_correct else "disagreed with"
-    when = doc.reviewed_at.strftime("%Y-%m-%d %H:%M UTC") if doc.reviewed_at else ""
-    line = f"Review: {doc.reviewed_by or 'a radiologist'} {verdict} this AI read {when}."
-    return f"{line} {doc.review_note}".strip() if doc.review_note else line
+    when = doc.reviewed_at.strftime(" on %Y-%m-%d %H:%M UTC") if doc.reviewed_at else ""
+    line = f"Review: {doc.reviewed_by or 'a radiologist'} {verdict} this AI read{when}."
+    return f"{line} {doc.review_note}" if doc.review_note else line
 
 
 def _text_content(doc: ReadDocument, findings: str, impression: str) -> Dataset:
@@ -200,7 +211,7 @@ def _text_content(doc: ReadDocument, findings: str, impression: str) -> Dataset:
     if doc.severity >= 0:
         comment += f" Severity {doc.severity}/10"
         comment += f", confidence {doc.confidence}%." if doc.confidence >= 0 else "."
-    review = _review_line(doc)
+    review = review_sentence(doc)
     for text in (comment, review):
         if text:
             items.append(hd.sr.TextContentItem(name=COMMENT, value=text[:10000],
@@ -281,11 +292,10 @@ def build_srs(doc: ReadDocument, *, uid_root: str, findings: str, impression: st
     this read sent before, which these supersede)."""
     uids = sr_uids(uid_root, doc.key, doc.version, doc.review)
     evidence = [_source(doc, image) for image in doc.images]
-    instance = doc.version * 1000 + min(doc.review, 499) * 2 % 1000
     measurement = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=_measurement_content(doc, evidence),
         series_instance_uid=uids.series, series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.measurements, instance_number=instance + 1,
+        sop_instance_uid=uids.measurements, instance_number=instance_number(doc),
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         contributing_equipment=[_equipment(doc)],
         previous_versions=[_predecessor(doc.study_uid, p.series, COMPREHENSIVE_3D_SR,
