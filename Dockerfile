@@ -25,6 +25,7 @@ LABEL org.opencontainers.image.title="xrayvision" \
       org.opencontainers.image.source="https://github.com/xrayvision/xrayvision"
 COPY --from=build /opt/xrayvision /opt/xrayvision
 COPY prompts /app/prompts
+COPY probes /app/probes
 COPY static /app/static
 ENV PATH=/opt/xrayvision/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

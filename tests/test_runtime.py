@@ -47,7 +47,8 @@ async def test_only_relay_processes_publish_endpoint_health(tmp_path, sqlite_db,
     assert (event is not None and event.type == ENDPOINT_HEALTH) == published
     if published:
         assert event.data == {"primary": {"healthy": False, "error": "HTTP 503",
-                                          "error_at": "t"}}
+                                          "error_at": "t", "probe": "", "probe_reason": "",
+                                          "probe_at": ""}}
 
 
 def test_endpoints_in_failover_order(tmp_path):

@@ -299,7 +299,10 @@ class DatabaseSettings:
 class ImagesSettings:
     backend: str = _setting("filesystem", _choice("filesystem", "database"), "image store")
     path: Path | None = _setting(None, _optional_path, "image folder; empty: data_dir/images")
-    max_side: int = _setting(1024, _int(64, 16384), "longest side of the PNG sent to the model")
+    max_side: int = _setting(
+        896, _int(64, 16384),
+        "longest side of the PNG sent to the model: its input size (MedGemma: 896); a "
+        "stored PNG larger than this is scaled down when it is sent")
     png_compression: int = _setting(1, _int(0, 9),
                                     "PNG deflate level: 0-3 ISA-L (fast), 4-9 zlib (smaller)")
     retention_days: int = _setting(0, _int(0), "delete images of exams older than this; 0 keeps")
@@ -374,6 +377,25 @@ class AISettings:
     max_images: int = _setting(
         4, _int(1, 32), "images of a study in one request (vLLM --limit-mm-per-prompt: the "
                         "ModelEndpoint's vllm.maxImagesPerPrompt must allow as many)")
+    shadow_url: str = _setting(
+        "", _model_url, "shadow model server: a copy of reads goes there, its answers are "
+                        "stored apart and never shown as the AI read; empty: none")
+    shadow_model: str = _setting("", _str, "model name on the shadow; empty: model")
+    shadow_rate: float = _setting(
+        30.0, _float(0.1, 100000), "most reads copied to the shadow per minute (more are "
+                                   "skipped, never queued behind the live reads)")
+
+
+@dataclass(frozen=True)
+class ProbesSettings:
+    dir: Path | None = _setting(None, _optional_path,
+                                "known-answer probe set folder (probes.toml); empty: ./probes")
+    interval: float = _setting(900.0, _float(0, 86400),
+                               "seconds between probe rounds of a passing endpoint; 0: off")
+    retry_interval: float = _setting(60.0, _float(1, 86400),
+                                     "seconds between probe rounds of a failing endpoint")
+    latency_budget: float = _setting(
+        120.0, _float(1, 3600), "seconds one probe case (read and CHK) may take")
 
 
 @dataclass(frozen=True)
@@ -539,6 +561,7 @@ SECTIONS: dict[str, type] = {
     "notify": NotifySettings,
     "maintenance": MaintenanceSettings,
     "results": ResultsSettings,
+    "probes": ProbesSettings,
 }
 OPEN_SECTIONS = ("users", "regions", "priority")
 
@@ -558,6 +581,7 @@ class Settings:
     notify: NotifySettings = field(default_factory=NotifySettings)
     maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     results: ResultsSettings = field(default_factory=ResultsSettings)
+    probes: ProbesSettings = field(default_factory=ProbesSettings)
     users: Mapping[str, User] = field(default_factory=dict)
     regions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_REGIONS))
     priority: Mapping[str, int] = field(default_factory=dict)

@@ -57,6 +57,8 @@ RAD_REPORT_READY = "rad_report.ready"  # uid, region, severity, positive, checke
 #   radiologist's report is stored (or checked by the model later)
 ENDPOINT_HEALTH = "endpoint.health"  # {endpoint name: {healthy, error, error_at}}: model
 #   endpoints' health and last error, when either changes
+MODEL_PROBE = "model.probe"  # endpoint, url, model, passed, reason, at, probe_set: a
+#   known-answer probe verdict (xrayvision.ai.probes); every model client follows it
 GAP = "bus.gap"  # (none): this subscriber missed events; resynchronise from the database
 RECONNECTED = "bus.reconnected"  # (none): the listener was away; resynchronise
 _PENDING = "xrayvision.events"  # session.info key: events waiting for the commit

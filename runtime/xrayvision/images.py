@@ -19,11 +19,14 @@ import hashlib
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 from pathlib import Path
 from typing import Protocol, cast
 
+import cv2
+import numpy as np
 from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -290,3 +293,28 @@ def make_store(backend: str, path: Path, db: Database) -> ImageStore:
     if backend == "database":
         return DatabaseStore(db)
     return FilesystemStore(path)
+
+
+def png_size(png: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header (pure, nothing decoded); None if not a PNG."""
+    if len(png) < 24 or not png.startswith(b"\x89PNG\r\n\x1a\n") or png[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
+
+
+def fit_png(png: bytes, max_side: int) -> bytes:
+    """The PNG scaled down so that its longest side is at most ``max_side`` (the model's
+    input size), as PNG; the same bytes, not decoded, when it already fits or is not a
+    PNG this can read."""
+    size = png_size(png)
+    if size is None or max_side <= 0 or max(size) <= max_side:
+        return png
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return png
+    scale = max_side / max(img.shape[:2])
+    shape = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+    ok, buf = cv2.imencode(".png", cv2.resize(img, shape, interpolation=cv2.INTER_AREA),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return buf.tobytes() if ok else png

@@ -105,6 +105,36 @@ MODEL_ENDPOINT_UP = Gauge("xrayvision_model_endpoint_up", "1 while a model endpo
                           ["endpoint"])
 MODEL_ACTIVE = Gauge("xrayvision_model_endpoint_active",
                      "1 for the endpoint requests go to now", ["endpoint"])
+MODEL_DEGRADED = Gauge("xrayvision_model_endpoint_degraded",
+                       "1 while a model endpoint fails its known-answer probes (no traffic)",
+                       ["endpoint"])
+MODEL_PROBE_PASSING = Gauge(
+    "xrayvision_model_probe_passing",
+    "1 when the endpoint passed its last known-answer probe round, 0 when it failed it",
+    ["endpoint"])
+MODEL_PROBE_RUNS = Counter(
+    "xrayvision_model_probe_runs_total",
+    "Known-answer probe rounds by outcome (passed, failed, unreachable: not judged)",
+    ["endpoint", "outcome"])
+MODEL_PROBE_SECONDS = Histogram(
+    "xrayvision_model_probe_seconds", "Seconds one probe case took (read and CHK)",
+    ["endpoint"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
+MODEL_PROBE_LAST_RUN = Gauge(
+    "xrayvision_model_probe_last_run_timestamp_seconds",
+    "When the endpoint's last probe round ended (Unix time)", ["endpoint"])
+SHADOW_READS = Counter(
+    "xrayvision_shadow_reads_total",
+    "Copies of reads for the shadow model by outcome (stored, failed, skipped_rate, "
+    "skipped_busy)", ["outcome"])
+MODEL_AGREEMENT = Gauge(
+    "xrayvision_model_agreement_ratio",
+    "Share of compared units where a model's severity class (at the threshold) matches "
+    "the reference's, over [processing] agreement window; model from a bounded set "
+    "(the configured models, else 'other')", ["model", "role", "reference"])
+MODEL_COMPARED = Gauge(
+    "xrayvision_model_compared_units",
+    "Units (studies or images) behind xrayvision_model_agreement_ratio",
+    ["model", "role", "reference"])
 MODEL_FAILOVERS = Counter("xrayvision_model_failovers_total",
                           "Requests moved to the other endpoint after a failure", ["from_endpoint"])
 MODEL_TOKENS = Counter("xrayvision_model_tokens_total", "Tokens reported in `usage`",

@@ -2,8 +2,10 @@
 
 One of each per process: the database, the image store, the event bus, the singleton
 locks, one HTTP session, one model client with the process's one health loop
-(:func:`model_health`), the text services on that client (check, translate, analyse:
-the fhir and web roles) and, in a relay process, the report pipeline built on them.
+(:func:`model_health`, which also follows the known-answer probes' verdicts), the text
+services on that client (check, translate, analyse: the fhir and web roles) and, in a
+relay process, the report pipeline built on them, the prober (``[probes]``) and the
+shadow reader (``[ai] shadow_url``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from aiohttp import web
 from xrayvision.ai.client import Endpoint, EndpointHealth, ModelClient
 from xrayvision.ai.parse import Check
 from xrayvision.ai.pipeline import Enrich, Notify, Pipeline, no_enrichment
+from xrayvision.ai.probes import Prober, follow_probes, load_probe_set
 from xrayvision.ai.prompts import load_prompts
+from xrayvision.ai.shadow import ShadowReader
 from xrayvision.ai.text import TextServices
 from xrayvision.config import Settings
 from xrayvision.db.engine import Database
@@ -27,10 +31,11 @@ from xrayvision.db.repo import ReportContext
 from xrayvision.events import ENDPOINT_HEALTH, Bus
 from xrayvision.fhir.client import FhirClient, FhirServer
 from xrayvision.fhir.enrich import PatientEnricher
-from xrayvision.images import ImageStore
+from xrayvision.images import ImageStore, fit_png
 from xrayvision.locks import SingletonLocks
 from xrayvision.notify import Notice, Notifier
 from xrayvision.results.sender import ResultSender
+from xrayvision.tasks import run_together
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class Runtime:
     model: ModelClient | None = None  # None: no role here calls the model
     text: TextServices | None = None  # on ``model``
     pipeline: Pipeline | None = None  # on ``text``, in a relay process
+    prober: Prober | None = None  # in a relay process, when [probes] interval > 0
+    shadow: ShadowReader | None = None  # in a relay process, when a shadow model is set
 
 
 def endpoints(settings: Settings) -> list[Endpoint]:
@@ -59,6 +66,15 @@ def endpoints(settings: Settings) -> list[Endpoint]:
         found.append(Endpoint("secondary", ai.secondary_url, ai.secondary_model or ai.model,
                               ai.api_key, ai.timeout))
     return found
+
+
+def shadow_endpoint(settings: Settings) -> Endpoint | None:
+    """The shadow model's endpoint (never in the failover order); None when unset."""
+    ai = settings.ai
+    if not ai.shadow_url:
+        return None
+    return Endpoint("shadow", ai.shadow_url, ai.shadow_model or ai.model, ai.api_key,
+                    ai.timeout)
 
 
 def notice_for(settings: Settings, exam: ReportContext, check: Check) -> Notice:
@@ -135,16 +151,32 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
                                    max_attempts=settings.ai.max_attempts, on_health=on_health)
             rt.text = TextServices(rt.model, load_prompts(settings.ai.prompts_dir))
             if relay_here:
+                shadow = shadow_endpoint(settings)
+                if shadow is not None:
+                    rt.shadow = ShadowReader(rt.model, rt.text.prompts, db, shadow,
+                                             per_minute=settings.ai.shadow_rate,
+                                             max_tokens=settings.ai.max_tokens)
                 rt.pipeline = Pipeline(
                     rt.text, db, store, bus,
                     severity_threshold=settings.processing.severity_threshold,
                     notify=_notifier(settings, http), max_tokens=settings.ai.max_tokens,
                     max_images=settings.ai.max_images, results=settings.results.enabled,
-                    enrich=patient_enrichment(settings, db, http))
+                    enrich=patient_enrichment(settings, db, http),
+                    max_side=settings.images.max_side,
+                    shadow=rt.shadow.offer if rt.shadow is not None else None)
+                probes = settings.probes
+                if probes.interval > 0:
+                    rt.prober = Prober(
+                        rt.model, rt.text.prompts, load_probe_set(probes.dir), db, bus,
+                        interval=probes.interval, retry_interval=probes.retry_interval,
+                        budget=probes.latency_budget, max_tokens=settings.ai.max_tokens,
+                        scale=lambda png: fit_png(png, settings.images.max_side))
         yield rt
 
 
 async def model_health(rt: Runtime) -> None:
-    """The process's one health loop of its model endpoints (until cancelled)."""
+    """The process's one health loop of its model endpoints, and its routing kept in
+    step with the known-answer probes' verdicts (until cancelled)."""
     if rt.model is not None:
-        await rt.model.health_loop(rt.settings.ai.health_interval)
+        await run_together(rt.model.health_loop(rt.settings.ai.health_interval),
+                           follow_probes(rt.model, rt.db, rt.bus))

@@ -25,6 +25,8 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from xrayvision import __version__, metrics
+from xrayvision.ai.probes import ProbeSetError
+from xrayvision.ai.prompts import PromptError
 from xrayvision.config import Settings
 from xrayvision.db import queue
 from xrayvision.db.engine import Database, DatabaseOptions, is_transient
@@ -184,10 +186,13 @@ async def serve(settings: Settings, *, migrate: bool = False,
 
         bus = make_bus(db.url)
         await bus.start()
-        runtime = await resources.enter_async_context(open_runtime(
-            settings, db, bus, make_locks(db.url),
-            make_store(settings.images.backend, settings.images_path, db),
-            process_id(), runner.app))
+        try:
+            runtime = await resources.enter_async_context(open_runtime(
+                settings, db, bus, make_locks(db.url),
+                make_store(settings.images.backend, settings.images_path, db),
+                process_id(), runner.app))
+        except (PromptError, ProbeSetError) as exc:
+            raise StartupError(str(exc)) from None
         maintenance = Maintenance(settings, db, runtime.store)
         tasks.append(asyncio.create_task(supervise(
             "maintenance", lambda: runtime.locks.run("maintenance", maintenance.loop), db),

@@ -1,6 +1,7 @@
 """The model client against stub servers: routing, failover, failback, errors."""
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
@@ -66,13 +67,36 @@ async def test_health_falls_back_to_v1_models():
     from support.httppeer import serving
 
     async def models(request):
-        return web.json_response({"data": []})
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
     async with serving(app) as url, aiohttp.ClientSession() as session:
         client = ModelClient([Endpoint("primary", url, "m")], session)
         assert await client.probe(client.endpoints[0]) == ""
+
+
+async def test_a_server_serving_another_model_is_down_with_both_names(stubs, caplog):
+    """The served model name is checked against /v1/models (a config copied from
+    another site, a model swapped under a new name): the endpoint is down, and the
+    reason names what the server serves and what we asked for."""
+    primary, secondary = stubs
+    primary.state.served = ("google/medgemma-27b-it",)
+    async with aiohttp.ClientSession() as session:
+        client = ModelClient([Endpoint("primary", primary.url, "m1", timeout=2),
+                              Endpoint("secondary", secondary.url, "m2", timeout=2)],
+                             session, backoff=0.01)
+        with caplog.at_level(logging.WARNING):
+            await client.check_all()
+        health = client.health()
+        assert not health["primary"].healthy and health["secondary"].healthy
+        assert "serves 'google/medgemma-27b-it', not 'm1'" in health["primary"].error
+        assert client.active().name == "secondary"
+        assert any("serves 'google/medgemma-27b-it'" in getattr(r, "reason", "")
+                   for r in caplog.records)
+        primary.state.served = ("m1",)  # the right model is deployed
+        await client.check_all()
+        assert client.active().name == "primary"
 
 
 async def test_every_failed_health_check_says_url_and_status(stubs, caplog):

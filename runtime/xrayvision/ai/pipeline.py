@@ -31,7 +31,7 @@ from xrayvision.db.engine import Database
 from xrayvision.db.models import utcnow
 from xrayvision.db.repo import ReportContext, StudyContext
 from xrayvision.events import REPORT_READY, Bus
-from xrayvision.images import ImageStore
+from xrayvision.images import ImageStore, fit_png
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def study_messages(prompts: Prompts, ctx: ExamContext, pngs: list[bytes], *,
 
 
 Enrich = Callable[[ReportContext], Awaitable[None]]
+# Offered each stored read's key and request: takes a copy or not, never waits.
+Shadow = Callable[[str, list[dict]], object]
 Notify = Callable[[ReportContext, Check], Awaitable[None]]
 
 
@@ -131,7 +133,8 @@ class Pipeline:
     def __init__(self, text: TextServices, db: Database, store: ImageStore, bus: Bus, *,
                  severity_threshold: int = 5, enrich: Enrich = no_enrichment,
                  notify: Notify | None = None, max_tokens: int = 1024,
-                 max_images: int = 4, results: tuple[str, ...] = ()) -> None:
+                 max_images: int = 4, results: tuple[str, ...] = (), max_side: int = 0,
+                 shadow: Shadow | None = None) -> None:
         self.text = text
         self.client = text.client
         self.prompts = text.prompts
@@ -144,6 +147,13 @@ class Pipeline:
         self.max_tokens = max_tokens
         self.max_images = max_images
         self.results = results  # destinations each read is sent to (the outbox)
+        self.max_side = max_side  # the model's input size; larger PNGs are scaled down
+        self.shadow = shadow  # takes a copy of each read's request (never waits)
+
+    def _png(self, uid: str) -> bytes | None:
+        """An image as the model gets it (blocking: run in a thread)."""
+        png = self.store.get(uid, "png")
+        return None if png is None else fit_png(png, self.max_side)
 
     async def process_exam(self, uid: str, worker: str,
                            then: Callable[[Session], Any] | None = None,
@@ -159,13 +169,13 @@ class Pipeline:
         if self.enrich is not no_enrichment:
             await self.enrich(exam)
             exam = await self.db.read(repo.report_context, uid) or exam
-        png = await asyncio.to_thread(self.store.get, uid, "png")
+        png = await asyncio.to_thread(self._png, uid)
         if png is None:
             raise MissingImage(f"no PNG stored for exam {uid}")
-        result: ChatResult = await self.client.chat(
-            report_messages(self.prompts, exam_context(exam), png,
-                            exam.previous_report or None),
-            call="report", max_tokens=self.max_tokens)
+        messages = report_messages(self.prompts, exam_context(exam), png,
+                                   exam.previous_report or None)
+        result: ChatResult = await self.client.chat(messages, call="report",
+                                                    max_tokens=self.max_tokens)
         report = parse_report(result.text)
         check = await self.text.check_report(report.text)
 
@@ -188,6 +198,8 @@ class Pipeline:
         log.info("exam reported", extra={"uid": uid, "severity": check.severity,
                                          "endpoint": result.endpoint,
                                          "seconds": round(result.seconds, 2)})
+        if self.shadow is not None:
+            self.shadow(uid, messages)
         if self.notify is not None and check.severity >= self.threshold:
             await self.notify(exam, check)
         return Outcome(uid, report, check, result.endpoint, following)
@@ -212,7 +224,7 @@ class Pipeline:
         for image in study.images:
             if len(pngs) == self.max_images:
                 break
-            png = await asyncio.to_thread(self.store.get, image.uid, "png")
+            png = await asyncio.to_thread(self._png, image.uid)
             if png is not None:  # a lost PNG: the others are still read
                 sent.append(image)
                 pngs.append(png)
@@ -221,10 +233,11 @@ class Pipeline:
         ctx = replace(exam_context(study.lead), region=study.regions,
                       projection=",".join(dict.fromkeys(i.projection for i in sent
                                                         if i.projection)))
-        result: ChatResult = await self.client.chat(
-            study_messages(self.prompts, ctx, pngs, views=[i.projection for i in sent],
-                           total=len(study.images), previous=study.previous_report or None),
-            call="report", max_tokens=self.max_tokens)
+        messages = study_messages(self.prompts, ctx, pngs, views=[i.projection for i in sent],
+                                  total=len(study.images),
+                                  previous=study.previous_report or None)
+        result: ChatResult = await self.client.chat(messages, call="report",
+                                                    max_tokens=self.max_tokens)
         report = parse_report(result.text)
         check = await self.text.check_report(report.text)
 
@@ -250,6 +263,8 @@ class Pipeline:
         log.info("study reported", extra={"uid": key, "severity": check.severity,
                                           "images": len(pngs), "endpoint": result.endpoint,
                                           "seconds": round(result.seconds, 2)})
+        if self.shadow is not None:
+            self.shadow(key, messages)
         if self.notify is not None and check.severity >= self.threshold:
             await self.notify(study.lead, check)
         return Outcome(key, report, check, result.endpoint, following)

@@ -306,6 +306,27 @@ class AIReportVersion(AIRead, Base):
     superseded: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ShadowRead(AIRead, Base):
+    """A shadow model's read of something the live model read (``[ai] shadow_url``):
+    stored apart from the AI reads, never shown as one, compared with the live read and
+    the radiologist's report per model (``repo.shadow_agreement``)."""
+
+    __tablename__ = "shadow_reads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(64))  # as AIReport.uid: what was read
+    prompt_version: Mapped[str] = mapped_column(String(16), default="")
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("positive BETWEEN -1 AND 1", name="positive"),
+        CheckConstraint("severity BETWEEN -1 AND 10", name="severity"),
+        CheckConstraint("confidence BETWEEN -1 AND 100", name="confidence"),
+        Index("ix_shadow_reads_uid_model", "uid", "model"),
+        Index("ix_shadow_reads_created", "created"),
+    )
+
+
 class Review(Base):
     """Every verdict a radiologist gave on an AI read (the latest one per version is also
     on the report): changing one's mind adds a row."""

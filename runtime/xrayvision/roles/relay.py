@@ -1,6 +1,7 @@
 """The ``relay`` role: reads queued exams with the model (the lease queue, failover,
 notifications of severe findings), exports the queue's metrics (one process), and sends
-the results outbox (AI reads as DICOM SR to the PACS, FHIR to the HIS) when set."""
+the results outbox (AI reads as DICOM SR to the PACS, FHIR to the HIS) when set, the
+known-answer probes of the model endpoints (one process) and the shadow model's reads."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ async def run(rt: Runtime) -> None:
                                      "concurrency": settings.relay.concurrency})
     tasks = [relay.run(),
              rt.locks.run("queue-metrics", lambda: export_queue_metrics(rt.db))]
+    if rt.prober is not None:  # one prober in the cluster; every process follows it
+        tasks.append(rt.locks.run("model-probes", rt.prober.run))
+    if rt.shadow is not None:
+        tasks.append(rt.shadow.run())
     sender = result_sender(rt)
     if sender is not None:  # AI reads back to the PACS / HIS (docs/results.md)
         tasks.append(sender.run())

@@ -85,6 +85,11 @@ from xrayvision.db.repo.sessions import (
     open_session,
     touch_session,
 )
+from xrayvision.db.repo.shadow import (
+    save_shadow_read,
+    shadow_agreement,
+    shadow_reads_of,
+)
 from xrayvision.db.repo.state import (
     audit,
     audit_page,
@@ -92,6 +97,7 @@ from xrayvision.db.repo.state import (
     insert_state,
     record_retrieval,
     set_state,
+    states_with_prefix,
     study_needs_retrieval,
 )
 from xrayvision.db.repo.studies import (
@@ -134,7 +140,8 @@ __all__ = [
     "newest_exam_row", "queue_counts", "raise_priority", "record_retrieval", "report_context",
     "retriage",
     "review_ai_report",
-    "save_ai_read", "save_rad_report", "set_state", "study_needs_retrieval",
+    "save_ai_read", "save_rad_report", "set_state", "states_with_prefix",
+    "study_needs_retrieval", "save_shadow_read", "shadow_agreement", "shadow_reads_of",
     "StudyContext", "StudyImageRef", "get_study", "link_rad_report", "read_of", "refresh_study",
     "requeue_study", "rollup",
     "save_study_read", "study_context", "study_key", "StudyRow", "count_studies",

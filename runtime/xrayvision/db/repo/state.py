@@ -41,6 +41,13 @@ def set_state(session: Session, key: str, value: str) -> None:
         row.value, row.updated = value, utcnow()
 
 
+def states_with_prefix(session: Session, prefix: str) -> list[tuple[str, str]]:
+    """The (key, value) state rows whose key starts with ``prefix``, by key."""
+    rows = session.scalars(select(State).where(State.key.startswith(prefix, autoescape=True))
+                           .order_by(State.key))
+    return [(row.key, row.value) for row in rows]
+
+
 def study_needs_retrieval(session: Session, study_uid: str) -> bool:
     """False when the study was fully retrieved before, or when its instances arrived
     some other way (pushed by the PACS) and no retrieval of it ever failed."""
