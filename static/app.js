@@ -81,15 +81,28 @@ function showDashboard(msg) {
   const endpoints = $("endpoints");
   endpoints.replaceChildren();
   const names = Object.keys(msg.endpoints || {});
-  const active = names.find((n) => msg.endpoints[n]);
+  const probes = msg.endpoint_probes || {};
+  // a degraded endpoint (it failed its known-answer probes) gets no reads, as a down one
+  const degraded = (n) => (probes[n] || {}).probe === "failing";
+  const active = names.find((n) => msg.endpoints[n] && !degraded(n));
   for (const name of names) {
-    const pill = el("span", { class: "pill " + (msg.endpoints[name] ? "on" : "off") },
-                    `${name} ${msg.endpoints[name] ? "up" : "down"}`);
+    const up = msg.endpoints[name];
+    const pill = el("span", { class: "pill " + (up && !degraded(name) ? "on" : "off") },
+                    `${name} ${!up ? "down" : degraded(name) ? "degraded" : "up"}`);
     if (name === active && name !== names[0]) pill.classList.add("warn");
     const last = (msg.endpoint_errors || {})[name];
-    if (last && last.error) {
-      pill.title = `last error${last.error_at ? " " + when(last.error_at) : ""}: ${last.error}`;
+    const notes = [];
+    if (degraded(name)) {
+      notes.push(`failed its known-answer probes${probes[name].at ? " " + when(probes[name].at) : ""}: ` +
+                 probes[name].reason);
+    } else if ((probes[name] || {}).probe === "passing") {
+      notes.push(`passes its known-answer probes (${when(probes[name].at)})`);
     }
+    if (last && last.error) {
+      notes.push(`last error${last.error_at ? " " + when(last.error_at) : ""}: ${last.error}`);
+    }
+    if (notes.length) pill.title = notes.join("\n");
+    pill.setAttribute("aria-label", `model ${pill.textContent}${notes.length ? ": " + notes.join("; ") : ""}`);
     endpoints.append(pill);
   }
   if (names.length && active && active !== names[0]) {
@@ -578,6 +591,21 @@ function agreementTable(table, label, rows) {
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(rows.length ? rows : [none])));
 }
 
+// Shadow models: judged on this site's studies before promotion, never shown as the AI read.
+function shadowTable(table, rows) {
+  const agree = (a) => (a.assessed ? pct((a.tp + a.tn) / a.assessed) : "–");
+  const head = el("tr", {}, ...["shadow model", "reads", "agrees with radiologists", "sens.", "spec.",
+    "live model on the same studies", "agrees with the live model"].map((h) => el("th", {}, h)));
+  const body = rows.map((x) => el("tr", {}, el("td", {}, x.model), el("td", {}, x.reads),
+    el("td", {}, `${agree(x.radiologist)} of ${x.radiologist.assessed}`),
+    el("td", {}, pct(x.radiologist.sensitivity)), el("td", {}, pct(x.radiologist.specificity)),
+    el("td", {}, `${agree(x.live_radiologist)} of ${x.live_radiologist.assessed}`),
+    el("td", {}, `${agree(x.live)} of ${x.live.assessed}`)));
+  const none = el("tr", {}, el("td", { colspan: 7, class: "muted" },
+    "No shadow model ([ai] shadow_url) has read anything in this window."));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(body.length ? body : [none])));
+}
+
 async function renderStats() {
   view().replaceChildren($("tpl-stats").content.cloneNode(true));
   try {
@@ -626,6 +654,7 @@ async function renderStats() {
     agreementTable($("per-region"), "region", regional.regions.map((x) => agreementRow(x.region, x.exams, x.agreement)));
     agreementTable($("per-radiologist"), "radiologist", rads.radiologists.map((x) => agreementRow(x.radiologist, x.reports, x.agreement)));
     agreementTable($("per-model"), "model", models.models.map((x) => agreementRow(x.model, x.reads, x.agreement)));
+    shadowTable($("per-shadow"), models.shadow || []);
     // minutes, or seconds while every day's 90th percentile is under two minutes
     const inMinutes = turnaround.days.some((d) => d.p90_seconds >= 120);
     const scaled = (s) => Math.round((inMinutes ? s / 60 : s) * 10) / 10;

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -175,3 +176,22 @@ def probe_models(url: str, timeout: float = 5.0) -> bool:
             return bool(resp.status == 200)
     except (OSError, ValueError):
         return False
+
+
+VERDICTS_URL = "http://{name}-metrics.{namespace}.svc:8080/model-probes"
+
+
+def fetch_verdicts(xrv: Obj, template: str = VERDICTS_URL,
+                   timeout: float = 5.0) -> list[Obj] | None:
+    """The known-answer probe verdicts an XRayVision's pods keep (``GET /model-probes``
+    on any of its pods, through the headless metrics Service; ``template`` takes
+    ``{name}`` and ``{namespace}``); None when none answers or the answer is not theirs."""
+    meta = xrv["metadata"]
+    url = template.format(name=meta["name"], namespace=meta["namespace"])
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - ours
+            data = json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+    verdicts = data.get("verdicts") if isinstance(data, dict) else None
+    return [v for v in verdicts if isinstance(v, dict)] if isinstance(verdicts, list) else None

@@ -44,6 +44,8 @@ class Resolved:
     primary_model: str = ""
     secondary_url: str = ""
     secondary_model: str = ""
+    shadow_url: str = ""  # a model under evaluation: a copy of reads, never shown
+    shadow_model: str = ""
     # images per request the managed vLLM endpoints accept (0: unknown, the app's default)
     max_images: int = 0
     database_secret: tuple[str, str] | None = None  # (name, key)
@@ -117,6 +119,19 @@ def runtime_env(xrv: Obj, resolved: Resolved) -> dict[str, str]:
         env["XRAYVISION_AI_SECONDARY_URL"] = resolved.secondary_url
         if resolved.secondary_model:
             env["XRAYVISION_AI_SECONDARY_MODEL"] = resolved.secondary_model
+    if resolved.shadow_url:
+        env["XRAYVISION_AI_SHADOW_URL"] = resolved.shadow_url
+        if resolved.shadow_model:
+            env["XRAYVISION_AI_SHADOW_MODEL"] = resolved.shadow_model
+        if model.get("shadowReadsPerMinute"):
+            env["XRAYVISION_AI_SHADOW_RATE"] = str(model["shadowReadsPerMinute"])
+    probes = spec.get("probes") or {}
+    if "intervalSeconds" in probes:
+        env["XRAYVISION_PROBES_INTERVAL"] = str(probes["intervalSeconds"])
+    if probes.get("latencyBudgetSeconds"):
+        env["XRAYVISION_PROBES_LATENCY_BUDGET"] = str(probes["latencyBudgetSeconds"])
+    if probes.get("configMapName"):
+        env["XRAYVISION_PROBES_DIR"] = PROBES_DIR
     if dicom.get("allowedCallingAETitles"):
         env["XRAYVISION_DICOM_ALLOWED_CALLING_AETS"] = ",".join(dicom["allowedCallingAETitles"])
     pacs = dicom.get("pacs")
@@ -206,6 +221,7 @@ def _secret_env(xrv: Obj, resolved: Resolved) -> list[Obj]:
 # then moves it into the image store: a rename on the same mount, but a full copy and
 # fsync from the /tmp emptyDir, another mount. So ingest's TMPDIR is on the images mount.
 INGEST_TMPDIR = "/var/lib/xrayvision/images/.incoming"
+PROBES_DIR = "/etc/xrayvision/probes"  # spec.probes.configMapName: the known-answer set
 
 SECURITY_CONTEXT = {
     "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -236,6 +252,10 @@ def _pod_volumes(xrv: Obj, component: str) -> tuple[list[Obj], list[Obj]]:
         volumes.append({"name": "prompts", "configMap": {"name": prompts}})
         mounts.append({"name": "prompts", "mountPath": "/etc/xrayvision/prompts",
                        "readOnly": True})
+    probes = (spec.get("probes") or {}).get("configMapName")
+    if probes and component == "relay":  # (the prober runs in the relay)
+        volumes.append({"name": "probes", "configMap": {"name": probes}})
+        mounts.append({"name": "probes", "mountPath": PROBES_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -578,8 +598,11 @@ def build_model_endpoint(mep: Obj) -> list[Obj]:
             "--max-model-len", str(vllm.get("maxModelLen", 8192)),
             "--gpu-memory-utilization", str(vllm.get("gpuMemoryUtilization", 0.9)),
             "--tensor-parallel-size", str(gpus),
-            "--host", "0.0.0.0", "--port", "8000",  # noqa: S104 - the pod's own address
-            *vllm.get("extraArgs", [])]
+            "--host", "0.0.0.0", "--port", "8000"]  # noqa: S104 - the pod's own address
+    if not any(a == "--dtype" or a.startswith("--dtype=") for a in vllm.get("extraArgs", [])):
+        # Gemma 3 is unstable in float16 (vLLM's "auto" picks it from some checkpoints)
+        args += ["--dtype", vllm.get("dtype", "bfloat16")]
+    args += vllm.get("extraArgs", [])
     if not any(a.startswith("--limit-mm-per-prompt") for a in vllm.get("extraArgs", [])):
         # vLLM's default is one image per prompt; a study read sends several.
         args += ["--limit-mm-per-prompt",

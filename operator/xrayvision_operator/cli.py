@@ -20,7 +20,14 @@ from kubernetes import client
 from prometheus_client import start_http_server
 
 from xrayvision_operator import probes
-from xrayvision_operator.apply import ABSENT_TTL, KubeApplier, load_config, probe_models
+from xrayvision_operator.apply import (
+    ABSENT_TTL,
+    VERDICTS_URL,
+    KubeApplier,
+    fetch_verdicts,
+    load_config,
+    probe_models,
+)
 from xrayvision_operator.handlers import RESYNC_SECONDS, register, resync
 
 
@@ -45,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resync-seconds", type=float, default=RESYNC_SECONDS,
                         help="how often every resource is reconciled even if nothing "
                              "changed (drift of unwatched kinds, model URL probes)")
+    parser.add_argument("--verdicts-url", default=VERDICTS_URL,
+                        help="where an XRayVision's known-answer probe verdicts are read "
+                             "({name}, {namespace}: the XRayVision's), for ModelEndpoints' "
+                             "ProbesPassing; default: its pods through its metrics Service")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
@@ -60,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     health = probes.ApiServerHealth(
         lambda: client.VersionApi(applier.api).get_code(_request_timeout=5))
     registry = kopf.OperatorRegistry()
-    handlers = register(registry, applier, probe_models)
+    handlers = register(registry, applier, probe_models,
+                        lambda xrv: fetch_verdicts(xrv, args.verdicts_url))
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -79,7 +79,9 @@ class ObjectLocks:
 
 
 def register(registry: kopf.OperatorRegistry, applier: Applier,
-             probe: Callable[[str], bool]) -> dict[str, Callable[..., Any]]:
+             probe: Callable[[str], bool],
+             verdicts: Callable[[dict[str, Any]], list[dict[str, Any]] | None]
+             = lambda xrv: None) -> dict[str, Callable[..., Any]]:
     """Registers the handlers on ``registry``; returns them by name (tests and the
     resync call them)."""
     locks = ObjectLocks()
@@ -96,7 +98,8 @@ def register(registry: kopf.OperatorRegistry, applier: Applier,
             if uid in computed:
                 body = {**body, "status": computed[uid]}
             if kind == "ModelEndpoint":
-                status = _timed(kind, lambda: reconcile_model_endpoint(body, applier, probe))
+                status = _timed(kind, lambda: reconcile_model_endpoint(body, applier, probe,
+                                                                   verdicts))
             else:
                 status = _timed(kind, lambda: reconcile_xrayvision(body, applier))
             if uid:

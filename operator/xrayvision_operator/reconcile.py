@@ -120,6 +120,7 @@ def resolve(xrv: Obj, applier: Applier) -> tuple[Resolved, list[Obj]]:
     model = spec.get("model") or {}
     primary = resolve_endpoint(model.get("primary"), ns, applier, "primary")
     secondary = resolve_endpoint(model.get("secondary"), ns, applier, "secondary")
+    shadow = resolve_endpoint(model.get("shadow"), ns, applier, "shadow")
     extra: list[Obj] = []
     ref = (spec.get("database") or {}).get("secretRef")
     if ref:
@@ -142,6 +143,7 @@ def resolve(xrv: Obj, applier: Applier) -> tuple[Resolved, list[Obj]]:
     limits = [n for n in (primary[2], secondary[2]) if n]
     return Resolved(primary_url=primary[0], primary_model=primary[1],
                     secondary_url=secondary[0], secondary_model=secondary[1],
+                    shadow_url=shadow[0], shadow_model=shadow[1],
                     max_images=min(limits) if limits else 0,
                     database_secret=database,
                     service_monitors=applier.crd_exists(SERVICE_MONITOR_CRD),
@@ -335,10 +337,49 @@ def model_revision(mep: Obj) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def reconcile_model_endpoint(mep: Obj, applier: Applier,
-                             probe: Callable[[str], bool]) -> dict[str, Any]:
+def probes_condition(seen: list[tuple[str, str, list[Obj] | None]], url: str,
+                     generation: int) -> Obj:
+    """``ProbesPassing`` from what the XRayVisions using the endpoint found (pure):
+    ``seen`` is (XRayVision name, as which endpoint, its stored verdicts or None when it
+    did not answer). False when any failed, True when all that judged it passed, Unknown
+    when none did (not used, not probed yet, not reachable). Verdicts reached on another
+    URL (before a change) are ignored."""
+    failing, passing, unknown = [], [], []
+    for name, role, verdicts in seen:
+        verdict = next((v for v in verdicts or [] if v.get("endpoint") == role
+                        and base_url(str(v.get("url", ""))) == base_url(url)), None)
+        where = f"{name} ({role})"
+        if verdict is None or verdict.get("passed") is None:
+            unknown.append(where + (": not reachable" if verdicts is None else
+                                    ": not probed yet"))
+        elif verdict["passed"]:
+            passing.append(f"{where} at {verdict.get('at', '')}")
+        else:
+            failing.append(f"{where}: {verdict.get('reason', '')}")
+    cond = condition("ProbesPassing", not failing and bool(passing),
+                     "ProbesFailing" if failing else "ProbesPassing" if passing
+                     else "NotProbed",
+                     "; ".join(failing) if failing else
+                     ("passed the known-answer probes of " + "; ".join(passing)) if passing
+                     else ("; ".join(unknown) or "no XRayVision reads with this endpoint"),
+                     generation)
+    if not failing and not passing:
+        cond["status"] = "Unknown"
+    return cond
+
+
+def base_url(url: str) -> str:
+    """A model URL as the runtime keeps it: no trailing slash, no ``/v1``."""
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def reconcile_model_endpoint(mep: Obj, applier: Applier, probe: Callable[[str], bool],
+                             verdicts: Callable[[Obj], list[Obj] | None] = lambda xrv: None
+                             ) -> dict[str, Any]:
     """Applies a managed vLLM server (or probes an external URL), tells the XRayVisions
-    that use this endpoint, and returns the status. Failures as for an XRayVision."""
+    that use this endpoint, and returns the status with ``ProbesPassing`` from each such
+    XRayVision's known-answer probe verdicts (``verdicts(xrv)``: None when it does not
+    answer). Failures as for an XRayVision."""
     meta = mep["metadata"]
     generation = int(meta.get("generation", 1))
     spec = mep.get("spec") or {}
@@ -375,12 +416,15 @@ def reconcile_model_endpoint(mep: Obj, applier: Applier,
         message = "GET /v1/models answered" if ok else "GET /v1/models did not answer 200"
         kind = "url"
     revision = model_revision(mep)
+    users: list[tuple[Obj, str]] = []  # (XRayVision, as which endpoint)
     for xrv in applier.list(build.API_VERSION, "XRayVision", meta["namespace"]):
         model = (xrv.get("spec") or {}).get("model") or {}
-        refs = {(model.get(r) or {}).get("modelEndpoint") for r in ("primary", "secondary")}
+        roles = [r for r in ("primary", "secondary", "shadow")
+                 if (model.get(r) or {}).get("modelEndpoint") == meta["name"]]
         annotations = (xrv["metadata"].get("annotations") or {})
-        if meta["name"] in refs and annotations.get(MODEL_REVISION) != revision:
+        if roles and annotations.get(MODEL_REVISION) != revision:
             applier.annotate(xrv, {MODEL_REVISION: revision})  # triggers its update
+        users += [(xrv, role) for role in roles]
     if failure is not None:
         _failed(mep, applier, previous, failure)
         conditions = [condition("Ready", False, failure.reason, failure.message, generation),
@@ -394,6 +438,9 @@ def reconcile_model_endpoint(mep: Obj, applier: Applier,
                       condition("Progressing", not ok, "Starting" if not ok else "Settled",
                                 message, generation),
                       condition("Degraded", False, "AsExpected", "", generation)]
+    conditions.append(probes_condition(
+        [(xrv["metadata"]["name"], role, verdicts(xrv)) for xrv, role in users
+         if role != "shadow"], url, generation))
     return {"type": kind, "url": url, "model": build.served_model(mep),
             "observedGeneration": generation, "readyReplicas": ready,
             "conditions": merge_conditions(previous.get("conditions"), conditions)}

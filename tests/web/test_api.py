@@ -375,9 +375,12 @@ async def test_config_carries_each_endpoints_last_error(api):
     config = await (await client.get("/api/config", headers=basic("viewer"))).json()
     assert config["endpoints"] == [{"name": "primary", "url": "http://127.0.0.1:8000",
                                     "model": "google/medgemma-4b-it", "healthy": True,
-                                    "error": "", "error_at": ""}]
+                                    "error": "", "error_at": "", "probe": "",
+                                    "probe_reason": "", "probe_at": ""}]
     failure = {"healthy": False, "error": "GET http://gpu:8000/health: HTTP 503",
-               "error_at": "2026-12-02T10:00:00+00:00"}
+               "error_at": "2026-12-02T10:00:00+00:00", "probe": "failing",
+               "probe_reason": "normal chest: severity 9, expected 0-3",
+               "probe_at": "2026-12-02T09:59:00+00:00"}
     await services.bus.publish(ENDPOINT_HEALTH, primary=failure)  # as a relay does
     for _ in range(100):
         config = await (await client.get("/api/config", headers=basic("viewer"))).json()
@@ -389,6 +392,9 @@ async def test_config_carries_each_endpoints_last_error(api):
     dashboard = await services.hub.dashboard()
     assert dashboard["endpoints"] == {"primary": False}
     assert dashboard["endpoint_errors"]["primary"]["error"] == failure["error"]
+    assert dashboard["endpoint_probes"]["primary"] == {
+        "probe": "failing", "reason": "normal chest: severity 9, expected 0-3",
+        "at": "2026-12-02T09:59:00+00:00"}
 
 
 async def test_logins_are_audited_and_failures_slowed(api):

@@ -419,9 +419,17 @@ def grouped_json(session: Session, q: StatsQuery, group: str) -> dict[str, Any]:
     counts = stats.counts_by(session, group, q.since, q.until)
     agreement = repo.agreement_counts(session, q.threshold, group, q.since, q.until,
                                       per_study=q.per_study)
-    return {"threshold": q.threshold, listing: [
+    found: dict[str, Any] = {"threshold": q.threshold, listing: [
         {group: key, count: n, "agreement": agreement.get(key, Confusion()).as_dict()}
         for key, n in sorted(counts.items())]}
+    if group == "model":  # models under evaluation, never shown as the AI read
+        found["shadow"] = [
+            {"model": model, "reads": part["reads"],
+             **{ref: part[ref].as_dict() for ref in ("radiologist", "live",
+                                                     "live_radiologist")}}
+            for model, part in repo.shadow_agreement(session, q.threshold, q.since,
+                                                     q.until).items()]
+    return found
 
 
 def timeline_json(session: Session, q: StatsQuery, period: str) -> dict[str, Any]:
@@ -801,11 +809,16 @@ def _endpoints(settings: Settings, hub: Hub | None) -> list[dict]:
     configured = {"primary": (ai.primary_url, ai.model),
                   "secondary": (ai.secondary_url, ai.secondary_model or ai.model)}
     seen = {e["name"]: e for e in hub.endpoints()} if hub is not None else {}
-    return [{"name": name, "url": mask_url(url), "model": model,
-             "healthy": seen.get(name, {}).get("healthy"),
-             "error": seen.get(name, {}).get("error", ""),
-             "error_at": seen.get(name, {}).get("error_at", "")}
-            for name, (url, model) in configured.items() if url]
+    found = [{"name": name, "url": mask_url(url), "model": model,
+              "healthy": seen.get(name, {}).get("healthy"),
+              **{key: seen.get(name, {}).get(key, "")
+                 for key in ("error", "error_at", "probe", "probe_reason", "probe_at")}}
+             for name, (url, model) in configured.items() if url]
+    if ai.shadow_url:  # reads a copy, never in the failover order
+        found.append({"name": "shadow", "url": mask_url(ai.shadow_url),
+                      "model": ai.shadow_model or ai.model, "healthy": None, "error": "",
+                      "error_at": "", "probe": "", "probe_reason": "", "probe_at": ""})
+    return found
 
 
 def load_spec(regions: Iterable[str] | None = None) -> dict:

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from xrayvision import metrics
+from xrayvision.ai.probes import stored_verdicts
 from xrayvision.db.engine import Database
 from xrayvision.db.migrate import schema_state
 from xrayvision.logs import first_line
@@ -119,7 +120,23 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def model_probes(request: web.Request) -> web.Response:
+    """The last known-answer probe verdict of each model endpoint (no patient data: the
+    endpoint, its URL and model, pass or fail and why), for the operator's
+    ``ProbesPassing`` condition; 503 until the database is connected."""
+    db = request.app[READINESS].db
+    if db is None:
+        return web.json_response({"verdicts": [], "detail": "database not connected yet"},
+                                 status=503)
+    try:
+        verdicts = await db.read(stored_verdicts)
+    except Exception as exc:  # noqa: BLE001 - any failure: the caller asks again later
+        return web.json_response({"verdicts": [], "detail": first_line(exc)}, status=503)
+    return web.json_response({"verdicts": verdicts})
+
+
 def setup_health_routes(app: web.Application) -> None:
+    app.router.add_get("/model-probes", model_probes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

@@ -80,13 +80,14 @@ class Hub:
             self._offer(client, text)
 
     def set_endpoints(self, health: dict[str, Any]) -> None:
-        """Takes an ``endpoint.health`` payload: {name: {healthy, error, error_at}}; a
+        """Takes an ``endpoint.health`` payload: {name: {healthy, error, error_at, probe,
+        probe_reason, probe_at}}; a
         bare {name: healthy}, as relays of earlier versions send during a rolling
         upgrade, is taken too."""
+        keys = ("error", "error_at", "probe", "probe_reason", "probe_at")
         self.endpoint_state = {
-            name: {"healthy": bool(h.get("healthy")), "error": str(h.get("error") or ""),
-                   "error_at": str(h.get("error_at") or "")} if isinstance(h, dict)
-            else {"healthy": bool(h), "error": "", "error_at": ""}
+            name: {"healthy": bool(h.get("healthy")), **{k: str(h.get(k) or "") for k in keys}}
+            if isinstance(h, dict) else {"healthy": bool(h), **dict.fromkeys(keys, "")}
             for name, h in health.items()}
 
     @property
@@ -101,6 +102,10 @@ class Hub:
         state = await self._state_cache.get("state", self.state)
         return {"type": "dashboard", **state, "endpoints": self.health,
                 "endpoint_errors": {name: {"error": h["error"], "error_at": h["error_at"]}
+                                    for name, h in self.endpoint_state.items()},
+                # known-answer probes: "failing" is degraded (no reads go there)
+                "endpoint_probes": {name: {"probe": h["probe"], "reason": h["probe_reason"],
+                                           "at": h["probe_at"]}
                                     for name, h in self.endpoint_state.items()}}
 
     async def run(self) -> None:

@@ -44,8 +44,9 @@ def _confusions(session: Session, query: Any) -> dict[str, Confusion]:
 
 
 def shadow_agreement(session: Session, threshold: int, since: dt.datetime | None = None,
-                     until: dt.datetime | None = None) -> dict[str, dict[str, Confusion]]:
+                     until: dt.datetime | None = None) -> dict[str, dict[str, Any]]:
     """Per shadow model (the latest shadow read of each unit, read within the window):
+    ``reads``: units it read;
     ``radiologist``: the shadow against the radiologist's checked report; ``live``: the
     shadow against the live AI read of the same unit (the reference); ``live_radiologist``:
     the live read against the radiologist on the units the shadow read (the two models
@@ -70,9 +71,11 @@ def shadow_agreement(session: Session, threshold: int, since: dt.datetime | None
                 .group_by(ShadowRead.model))
     parts = {"radiologist": _confusions(session, rad), "live": _confusions(session, live),
              "live_radiologist": _confusions(session, live_rad)}
-    models = sorted(set().union(*parts.values()))
+    reads = {str(model): int(n) for model, n in session.execute(
+        select(ShadowRead.model, func.count()).join(ids, ids.c.id == ShadowRead.id)
+        .group_by(ShadowRead.model))}
     return {m: {name: part.get(m, Confusion()) for name, part in parts.items()}
-            for m in models}
+            | {"reads": int(reads.get(m, 0))} for m in sorted(reads)}
 
 
 def shadow_reads_of(session: Session, uid: str) -> list[ShadowRead]:
