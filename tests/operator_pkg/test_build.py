@@ -379,3 +379,65 @@ def test_the_app_never_sends_more_images_than_its_vllm_accepts():
     assert env["XRAYVISION_AI_MAX_IMAGES"] == "2"
     assert "XRAYVISION_AI_MAX_IMAGES" not in runtime_env({"spec": {}}, Resolved(
         primary_url="http://m"))  # an external server: the app's setting
+
+
+def test_shadow_model_and_probes_reach_the_app():
+    """spec.model.shadow (resolved like the primary) and spec.probes become settings; a
+    probe set ConfigMap is mounted in the relay, which runs the prober."""
+    resolved = Resolved(**{**RESOLVED.__dict__, "shadow_url": "http://q4:8000",
+                           "shadow_model": "mg-q4"})
+    objs = build({"model": {"primary": {"url": "http://m:8000", "model": "mg"},
+                            "shadow": {"url": "http://q4:8000", "model": "mg-q4"},
+                            "shadowReadsPerMinute": 12},
+                  "probes": {"intervalSeconds": 600, "latencyBudgetSeconds": 90,
+                             "configMapName": "site-probes"}}, resolved)
+    data = objs[("ConfigMap", "triage-config")]["data"]
+    assert (data["XRAYVISION_AI_SHADOW_URL"], data["XRAYVISION_AI_SHADOW_MODEL"],
+            data["XRAYVISION_AI_SHADOW_RATE"]) == ("http://q4:8000", "mg-q4", "12")
+    assert (data["XRAYVISION_PROBES_INTERVAL"], data["XRAYVISION_PROBES_LATENCY_BUDGET"],
+            data["XRAYVISION_PROBES_DIR"]) == ("600", "90", "/etc/xrayvision/probes")
+    relay = objs[("Deployment", "triage-relay")]["spec"]["template"]["spec"]
+    assert {"name": "probes", "configMap": {"name": "site-probes"}} in relay["volumes"]
+    web = objs[("Deployment", "triage-web")]["spec"]["template"]["spec"]
+    assert all(v["name"] != "probes" for v in web["volumes"])
+    assert "XRAYVISION_AI_SHADOW_URL" not in build()[("ConfigMap", "triage-config")]["data"]
+
+
+def test_managed_vllm_runs_in_bfloat16_unless_told_otherwise():
+    def args(vllm):
+        mep = with_server_fields({"apiVersion": "xrayvision.io/v1alpha1",
+                                  "kind": "ModelEndpoint", "metadata": {"name": "m"},
+                                  "spec": {"vllm": vllm}})
+        deployment = next(o for o in build_model_endpoint(mep) if o["kind"] == "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    default = args({})
+    assert default[default.index("--dtype") + 1] == "bfloat16"
+    chosen = args({"dtype": "float32"})
+    assert chosen[chosen.index("--dtype") + 1] == "float32"
+    own = args({"extraArgs": ["--dtype=half"]})
+    assert "--dtype" not in own and "--dtype=half" in own
+
+
+@pytest.mark.parametrize(("seen", "status", "reason", "message"), [
+    ([], "Unknown", "NotProbed", "no XRayVision reads with this endpoint"),
+    ([("t", "primary", None)], "Unknown", "NotProbed", "t (primary): not reachable"),
+    ([("t", "primary", [])], "Unknown", "NotProbed", "t (primary): not probed yet"),
+    ([("t", "primary", [{"endpoint": "primary", "url": "http://m:8000/v1", "passed": True,
+                         "at": "T"}])], "True", "ProbesPassing",
+     "passed the known-answer probes of t (primary) at T"),
+    ([("t", "primary", [{"endpoint": "primary", "url": "http://m:8000", "passed": True,
+                         "at": "T"}]),
+      ("u", "secondary", [{"endpoint": "secondary", "url": "http://m:8000", "passed": False,
+                           "reason": "slow"}])], "False", "ProbesFailing", "u (secondary): slow"),
+    ([("t", "primary", [{"endpoint": "primary", "url": "http://old:8000", "passed": False,
+                         "reason": "x"}])], "Unknown", "NotProbed",
+     "t (primary): not probed yet"),  # a verdict about the URL before a change
+])
+def test_probes_condition(seen, status, reason, message):
+    from xrayvision_operator.reconcile import probes_condition
+
+    cond = probes_condition(seen, "http://m:8000", 3)
+    assert (cond["type"], cond["status"], cond["reason"], cond["message"]) == (
+        "ProbesPassing", status, reason, message)
+    assert cond["observedGeneration"] == 3

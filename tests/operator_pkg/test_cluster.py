@@ -519,3 +519,67 @@ def test_a_handler_failure_is_posted_as_an_event(kube, ns, operator, tmp_path):
         server.shutdown()
     wait_for("recovery once the webhook is gone", lambda: len(
         items(kube, ns, "deployments")) == 3, timeout=90)
+
+
+def test_a_model_endpoints_probe_verdicts_show_in_its_status(kube, ns, tmp_path):
+    """The ModelEndpoint's ProbesPassing condition says what the known-answer probes of
+    the XRayVision reading with it found (its pods' GET /model-probes), as kubectl shows
+    it: Unknown before any verdict, False with the reason, True once it passes."""
+    import http.server
+    import threading
+
+    from xrayvision.ai.probes import CaseResult, Verdict
+
+    served: dict[str, list] = {"verdicts": []}
+
+    class Pods(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            body = json.dumps(served).encode()
+            self.send_response(200 if self.path == f"/{ns}/triage/model-probes" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pods)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    operator = OperatorProcess(
+        kube.sa_kubeconfig, ns, tmp_path / "operator.log", "--resync-seconds", "2",
+        "--verdicts-url",
+        f"http://127.0.0.1:{server.server_address[1]}/{{namespace}}/{{name}}/model-probes",
+    ).start()
+    try:
+        apply(kube, ns, secret(), endpoint(url="http://127.0.0.1:9/v1"), installation())
+        unknown = wait_for("ProbesPassing Unknown", lambda: cond(
+            get(kube, ns, "modelendpoint/stub"), "ProbesPassing").get("status") == "Unknown"
+            and cond(get(kube, ns, "modelendpoint/stub"), "ProbesPassing"))
+        assert unknown["reason"] == "NotProbed"
+
+        def verdict(passed, reason=""):
+            return Verdict("primary", "http://127.0.0.1:9", "m", passed, reason,
+                           "2026-12-03T10:00:00+00:00", "0b69572e3997",
+                           (CaseResult("normal chest", passed, (reason,) if reason else (),
+                                       9 if reason else 0, 2.0),)).as_dict()
+
+        served["verdicts"] = [verdict(False, "normal chest: severity 9, expected 0-3")]
+        failing = wait_for("ProbesPassing False", lambda: (c := cond(
+            get(kube, ns, "modelendpoint/stub"), "ProbesPassing")).get("status") == "False"
+            and c)
+        assert failing["reason"] == "ProbesFailing"
+        assert failing["message"] == ("triage (primary): normal chest: severity 9, "
+                                      "expected 0-3")
+        listed = kube.kubectl("get", "-n", ns, "modelendpoints").stdout
+        assert re.search(r"PROBES", listed) and re.search(r"stub\s.*\bFalse\b", listed)
+
+        served["verdicts"] = [verdict(True)]
+        passing = wait_for("ProbesPassing True", lambda: (c := cond(
+            get(kube, ns, "modelendpoint/stub"), "ProbesPassing")).get("status") == "True"
+            and c)
+        assert passing["reason"] == "ProbesPassing"
+        assert "triage (primary) at 2026-12-03T10:00:00+00:00" in passing["message"]
+        assert passing["lastTransitionTime"] >= failing["lastTransitionTime"]
+    finally:
+        operator.stop()
+        server.shutdown()

@@ -557,3 +557,17 @@ async def test_exam_detail_shows_earlier_and_withdrawn_radiologist_reports(api):
         ("Pneumonie bazală", "replaced"),
         ("Pneumonie bazală; addendum", "entered-in-error")]
     assert exam["rad_history"][1]["severity"] == 7  # as it was when withdrawn
+
+
+async def test_stats_per_model_include_the_shadow_models(api):
+    """A shadow model's reads are counted per shadow model, apart from the AI reads."""
+    client, services = api
+    seed(services.db)
+    services.db.write_sync(repo.save_shadow_read, "1.2.3.1", text="FINDINGS: x",
+                           positive=1, severity=8, confidence=80, summary="", model="mg-q4",
+                           endpoint="shadow", latency=2.0, prompt_version="p")
+    models = await (await client.get("/api/stats/models", headers=basic("viewer"))).json()
+    (shadow,) = models["shadow"]
+    assert (shadow["model"], shadow["reads"]) == ("mg-q4", 1)
+    assert shadow["live"]["assessed"] == 1  # against the live read of 1.2.3.1
+    assert "mg-q4" not in [m["model"] for m in models["models"]]

@@ -85,3 +85,25 @@ async def test_not_ready_until_every_starting_role_is_up(aiohttp_client, tmp_pat
     readiness.role_up("ingest")
     assert (await client.get("/readyz")).status == 200
     assert "xrayvision_ready 1.0" in await (await client.get("/metrics")).text()
+
+
+async def test_model_probe_verdicts_for_the_operator(aiohttp_client, tmp_path, db):
+    """Every process answers GET /model-probes (no credentials, no patient data) with
+    the stored verdicts: what the operator's ProbesPassing condition is made of."""
+    import json
+
+    from xrayvision.ai.probes import STATE_PREFIX, CaseResult, Verdict
+    from xrayvision.db import repo
+
+    early = await aiohttp_client(init_app(load_settings(tmp_path, env={}), Readiness()))
+    assert (await early.get("/model-probes")).status == 503  # no database yet
+    verdict = Verdict("primary", "http://gpu:8000", "m", False, "normal chest: slow",
+                      "2026-12-03T10:00:00+00:00", "abc",
+                      (CaseResult("normal chest", False, ("slow",), 0, 130.0),))
+    db.write_sync(repo.set_state, STATE_PREFIX + "primary", json.dumps(verdict.as_dict()))
+    settings = load_settings(tmp_path, env={"XRAYVISION_SERVER_ROLES": "relay"})
+    client = await aiohttp_client(init_app(settings, Readiness(db=db)))
+    resp = await client.get("/model-probes")
+    assert resp.status == 200
+    (found,) = (await resp.json())["verdicts"]
+    assert Verdict.from_dict(found) == verdict
