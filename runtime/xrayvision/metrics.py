@@ -129,7 +129,7 @@ SHADOW_READS = Counter(
 MODEL_AGREEMENT = Gauge(
     "xrayvision_model_agreement_ratio",
     "Share of compared units where a model's severity class (at the threshold) matches "
-    "the reference's, over [processing] agreement window; model from a bounded set "
+    "the reference's, over the FHIR lookback window; model from a bounded set "
     "(the configured models, else 'other')", ["model", "role", "reference"])
 MODEL_COMPARED = Gauge(
     "xrayvision_model_compared_units",

@@ -515,3 +515,45 @@ async def test_a_report_linked_by_the_imaging_study_it_reports_on(db, tmp_path, 
         assert (await db.read(records.get_rad_report, f"{tag}.2")).fhir_id == f"r-{tag}"
         # again: .1 still waits (search) + the amendment search; the study from the cache
         assert (await poller.poll_once()).requests == 2
+
+
+def test_model_label_values_are_bounded():
+    from xrayvision.agreement import Confusion
+    from xrayvision.fhir.poller import bounded
+
+    counts = {"mg": Confusion(tp=1), "x1": Confusion(tn=2), "x2": Confusion(fp=1)}
+    assert bounded(counts, frozenset({"mg"})) == {"mg": Confusion(tp=1),
+                                                  "other": Confusion(tn=2, fp=1)}
+
+
+async def test_agreement_per_model_is_exported(db, tmp_path):
+    """xrayvision_model_agreement_ratio: the live models' and the shadow models' share of
+    units agreeing with the radiologist (and the shadow's with the live read)."""
+    from xrayvision.db.models import utcnow
+
+    settings = dataclasses.replace(Settings(), ai=dataclasses.replace(
+        Settings().ai, model="mg", read_per="image", shadow_model="mg-q4"))
+    poller = Poller(None, db, None, LocalBus(), settings)  # only the export is used here
+    for i, (live, rad, shadow) in enumerate([(7, 8, 2), (1, 0, 1), (6, 1, 6)]):
+        uid = f"7.7.{i}"
+        db.write_sync(records.add_exam, ExamInfo(uid=uid, region="chest", status=DONE))
+        db.write_sync(repo.save_ai_read, uid, text="x", severity=live, positive=1,
+                      model="mg" if i < 2 else "renamed-by-hand", endpoint="primary",
+                      prompt_version="p", threshold=5)
+        db.write_sync(repo.save_rad_report, uid, severity=rad, positive=1, summary="",
+                      text_en="", checked=True)
+        db.write_sync(repo.save_shadow_read, uid, text="y", positive=1, severity=shadow,
+                      confidence=-1, summary="", model="mg-q4", endpoint="shadow",
+                      latency=1.0, prompt_version="p")
+    await poller._export_agreement(utcnow())
+
+    def ratio(model, role, reference):
+        return REGISTRY.get_sample_value("xrayvision_model_agreement_ratio", {
+            "model": model, "role": role, "reference": reference})
+
+    assert ratio("mg", "live", "radiologist") == 1.0  # 7.7.0 TP, 7.7.1 TN
+    assert ratio("other", "live", "radiologist") == 0.0  # 7.7.2 FP, a bounded label
+    assert ratio("mg-q4", "shadow", "radiologist") == pytest.approx(1 / 3)  # FN, TN, FP
+    assert ratio("mg-q4", "shadow", "live") == pytest.approx(2 / 3)
+    assert REGISTRY.get_sample_value("xrayvision_model_compared_units", {
+        "model": "mg-q4", "role": "shadow", "reference": "live"}) == 3

@@ -40,7 +40,7 @@ from cachetools import TTLCache
 from sqlalchemy.orm import Session
 
 from xrayvision import metrics
-from xrayvision.agreement import CLASSES
+from xrayvision.agreement import CLASSES, Confusion
 from xrayvision.ai.client import ModelError
 from xrayvision.ai.parse import Check
 from xrayvision.config import Settings
@@ -134,6 +134,9 @@ class Poller:
         self.regions = settings.regions
         self.threshold = settings.processing.severity_threshold
         self.per_study = settings.ai.read_per == "study"
+        ai = settings.ai
+        # the model label's values: the models configured here (others count as "other")
+        self.models = frozenset(m for m in (ai.model, ai.secondary_model, ai.shadow_model) if m)
         self.clock = clock
         self._sleep = sleep
         self.window = dt.timedelta(days=self.fhir.match_window_days)
@@ -557,6 +560,31 @@ class Poller:
                                              confusion.fn), strict=True):
                 metrics.AGREEMENT.labels(label, name).set(value)
             metrics.AGREEMENT.labels(label, "not_assessed").set(confusion.not_assessed)
+        since = now - dt.timedelta(days=self.fhir.lookback_days)
+        live = await self.db.read(repo.agreement_counts, self.threshold, "model", since,
+                                  per_study=self.per_study)
+        shadow = await self.db.read(repo.shadow_agreement, self.threshold, since)
+        metrics.MODEL_AGREEMENT.clear()
+        metrics.MODEL_COMPARED.clear()
+        for role, reference, counts in (
+                ("live", "radiologist", live),
+                ("shadow", "radiologist", {m: p["radiologist"] for m, p in shadow.items()}),
+                ("shadow", "live", {m: p["live"] for m, p in shadow.items()})):
+            for model, confusion in bounded(counts, self.models).items():
+                if confusion.assessed:
+                    metrics.MODEL_AGREEMENT.labels(model, role, reference).set(
+                        (confusion.tp + confusion.tn) / confusion.assessed)
+                metrics.MODEL_COMPARED.labels(model, role, reference).set(confusion.assessed)
+
+
+def bounded(counts: dict[str, Confusion], models: frozenset[str]) -> dict[str, Confusion]:
+    """``counts`` by model with the models not in ``models`` summed as "other" (pure): a
+    metric label takes few values, whatever model names reads were stored with."""
+    found: dict[str, Confusion] = {}
+    for model, confusion in counts.items():
+        key = model if model in models else "other"
+        found[key] = found.get(key, Confusion()) + confusion
+    return found
 
 
 def _order(report: FhirReport) -> tuple[dt.datetime, str]:
