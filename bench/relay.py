@@ -14,6 +14,12 @@ each read sent to a real PACS (Orthanc) as DICOM SR from the outbox ([results]
 dicom_destination), timed until the outbox is empty too. Their last column is the CPU of
 the SR worker processes the relay starts ([results] workers), per exam: the work moved
 out of the relay process.
+
+With ``--shadow``, two more runs as run 1: without a shadow model, and with one (a second
+stub, same latency, capacity 1000) and ``[ai] shadow_rate`` high enough that only its
+two workers limit the copies; the last columns are the copies stored and the relay CPU
+they added per copy. Known-answer probes are off in every run ([probes] interval 0):
+their start-up round would fall into the first seconds measured.
 """
 
 from __future__ import annotations
@@ -47,18 +53,19 @@ STUB = ROOT / "tests" / "support" / "model_stub.py"
 
 def model_png() -> bytes:
     """What the relay really sends: a synthetic 2500x2000 14-bit DX converted by our own
-    pipeline to the model size (1024 px), as the ingest role would."""
+    pipeline to the model size (896 px, [images] max_side), as the ingest role would."""
     from support.xrays import make_xray
     from xrayvision.dicom.convert import ConvertOptions, convert_dataset
 
     ds = make_xray(rows=2500, cols=2000, bits=14, window=(8000, 14000), seed=3)
-    return convert_dataset(ds, ConvertOptions(max_side=1024)).png
+    return convert_dataset(ds, ConvertOptions(max_side=896)).png
 
 
 def fill(db: Database, store: FilesystemStore, count: int) -> None:
     # (the tables of the code measured: a before/after run may lack the newer ones)
     tables = [t for t in ("ai_reports", "ai_report_versions", "reviews", "rad_reports",
-                          "exams", "studies", "tallies", "tally_facts", "result_outbox")
+                          "exams", "studies", "tallies", "tally_facts", "result_outbox",
+                          "shadow_reads")
               if t in Base.metadata.tables]
     with db.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
@@ -112,6 +119,7 @@ def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: 
                "XRAYVISION_RELAY_CONCURRENCY": str(concurrency),
                "XRAYVISION_RELAY_SWEEP_INTERVAL": "1", "XRAYVISION_SERVER_LOG_LEVEL": "warning",
                "XRAYVISION_WEB_PORT": str(port), "XRAYVISION_MAINTENANCE_BACKUP_KEEP": "0",
+               "XRAYVISION_PROBES_INTERVAL": "0",
                # each exam read on its own: two model calls per exam, as measured since
                # 2026-11-25 (read per study, the queue is of studies, which fill() has not)
                "XRAYVISION_AI_READ_PER": "image", **(extra or {})}
@@ -175,6 +183,8 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=16)
     parser.add_argument("--results", action="store_true",
                         help="also: with and without each read sent as SR to Orthanc")
+    parser.add_argument("--shadow", action="store_true",
+                        help="also: with and without a shadow model copying the reads")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="xrv-bench-relay-"))
     server = PgServer(fsync=True).start()
@@ -221,6 +231,27 @@ def main() -> None:
                 assert stored == 2 * args.exams, stored
             finally:
                 pacs.stop()
+        if args.shadow:
+            # a fast shadow (10 ms): its two workers take nearly every copy, the worst case
+            port = free_port()
+            stubs.append(subprocess.Popen([sys.executable, str(STUB), str(port), "0.01",
+                                           "1000"]))
+            wait_port(port)
+            shadow_url = f"http://127.0.0.1:{port}"
+            print(f"{'':<44}{'':>9}{'':>8}{'':>10}{'':>13}{'copies':>8}{'+ms/copy':>9}")
+            for _ in range(2):
+                _, base, _ = run(db, url, folder, store, capped, 1, c, args.exams)
+                print(f"{'... again, no shadow':<44}{'':>9}{'':>8}{'':>10}{base:>13.1f}",
+                      flush=True)
+                rate, cpu, _ = run(db, url, folder, store, capped, 1, c, args.exams, {
+                    "XRAYVISION_AI_SHADOW_URL": shadow_url,
+                    "XRAYVISION_AI_SHADOW_RATE": "100000"})
+                with db.engine.connect() as conn:
+                    copies = conn.execute(text("SELECT count(*) FROM shadow_reads")).scalar()
+                per_copy = (cpu - base) * args.exams / copies if copies else float("nan")
+                print(f"{'... a shadow model copying the reads':<44}{rate:>9.1f}"
+                      f"{limit:>8.1f}{rate / limit:>10.2f}{cpu:>13.1f}{copies:>8}"
+                      f"{per_copy:>9.1f}", flush=True)
         wide = stub(1000)
         for relays in (1, 2):
             rate, cpu, _ = run(db, url, folder, store, wide, relays, c, args.exams)

@@ -595,7 +595,7 @@ function agreementTable(table, label, rows) {
 function shadowTable(table, rows) {
   const agree = (a) => (a.assessed ? pct((a.tp + a.tn) / a.assessed) : "–");
   const head = el("tr", {}, ...["shadow model", "reads", "agrees with radiologists", "sens.", "spec.",
-    "live model on the same studies", "agrees with the live model"].map((h) => el("th", {}, h)));
+    "live model with radiologists, same studies", "agrees with the live model"].map((h) => el("th", {}, h)));
   const body = rows.map((x) => el("tr", {}, el("td", {}, x.model), el("td", {}, x.reads),
     el("td", {}, `${agree(x.radiologist)} of ${x.radiologist.assessed}`),
     el("td", {}, pct(x.radiologist.sensitivity)), el("td", {}, pct(x.radiologist.specificity)),

@@ -86,3 +86,35 @@ def test_serve_creates_its_tmpdir(tmp_path):
     done = run("check-config", cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmpdir)})
     assert done.returncode == 0, done.stderr
     assert tmpdir.is_dir()
+
+
+async def test_probe_command_judges_each_endpoint_with_progress(tmp_path):
+    """``xrayvision probe``: the probe set through every endpoint (the shadow too), a line
+    per case; exit 1 while one answers wrongly, 0 once all pass; a broken set: 2."""
+    import asyncio
+
+    from support.model_stub import Stub
+
+    good, wrong = await Stub().start(), await Stub().start()
+    wrong.state.mode = "wrong"
+    env = {"XRAYVISION_AI_PRIMARY_URL": good.url + "/v1",
+           "XRAYVISION_AI_SHADOW_URL": wrong.url, "XRAYVISION_AI_SHADOW_MODEL": "m"}
+    try:
+        result = await asyncio.to_thread(run, "probe", cwd=tmp_path, env=env)
+        assert result.returncode == 1, result.stderr
+        out = result.stdout
+        assert "probe set" in out and "2 cases" in out
+        assert f"primary {good.url} (google/medgemma-4b-it)" in out
+        assert "pass  normal chest" in out and "primary passes" in out
+        assert "FAIL  normal chest" in out and "severity  9 (expected 0-3)" in out
+        assert "shadow FAILS" in out
+        only = await asyncio.to_thread(run, "probe", "--endpoint", "primary",
+                                       cwd=tmp_path, env=env)
+        assert only.returncode == 0 and "shadow" not in only.stdout
+        (tmp_path / "set").mkdir()
+        broken = await asyncio.to_thread(run, "probe", cwd=tmp_path, env={
+            **env, "XRAYVISION_PROBES_DIR": str(tmp_path / "set")})
+        assert broken.returncode == 2 and "probes.toml cannot be read" in broken.stderr
+    finally:
+        await good.stop()
+        await wrong.stop()

@@ -1,4 +1,4 @@
-"""``xrayvision`` command: serve, migrate, import, check-config, hash-password.
+"""``xrayvision`` command: serve, migrate, import, probe, check-config, hash-password.
 
 Exit codes: 0 success; 1 runtime failure; 2 bad configuration or usage (the message says
 which key, which value and what was expected).
@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--migrate", action="store_true",
                    help="create or upgrade the database schema first (a new data folder)")
+
+    p = sub.add_parser("probe", help="send the known-answer probe set to the model "
+                                     "endpoints and print each answer's verdict")
+    p.add_argument("--endpoint", choices=("primary", "secondary", "shadow"),
+                   help="only this endpoint (default: every one configured)")
 
     sub.add_parser("check-config", help="print the effective settings, secrets masked")
 
@@ -164,6 +169,48 @@ async def _import(settings: Settings, paths: list[Path], migrate: bool = False) 
     return 1 if summary.failed else 0
 
 
+async def _probe(settings: Settings, only: str | None) -> int:
+    """Each configured endpoint (the shadow too) through the probe set, as the relay's
+    prober judges it, with progress; 0 when every one passes."""
+    import aiohttp
+
+    from xrayvision.ai.client import ModelClient
+    from xrayvision.ai.probes import ProbeSetError
+    from xrayvision.ai.prompts import PromptError, load_prompts
+    from xrayvision.runtime import endpoints, probe_runner, shadow_endpoint
+
+    live = endpoints(settings)
+    shadow = shadow_endpoint(settings)
+    targets = [e for e in [*live, *([shadow] if shadow else [])] if only in (None, e.name)]
+    if not targets:
+        print(f"xrayvision: no {only} endpoint is configured", file=sys.stderr)
+        return 2
+    async with aiohttp.ClientSession() as http:
+        client = ModelClient(live, http, max_attempts=1)
+        try:
+            runner = probe_runner(settings, client, load_prompts(settings.ai.prompts_dir))
+        except (ProbeSetError, PromptError) as exc:
+            print(f"xrayvision: {exc}", file=sys.stderr)
+            return 2
+        probes = runner.probe_set
+        print(f"probe set {probes.folder} ({probes.version}): {len(probes.cases)} cases, "
+              f"budget {settings.probes.latency_budget:g} s each")
+        passed = True
+        for endpoint in targets:
+            print(f"\n{endpoint.name} {endpoint.url} ({endpoint.model}) ...", flush=True)
+            verdict = await runner.probe_endpoint(endpoint)
+            for case in verdict.cases:
+                band = next(c.severity for c in probes.cases if c.name == case.name)
+                print(f"  {'pass' if case.passed else 'FAIL'}  {case.name:<40} severity "
+                      f"{case.severity:>2} (expected {band[0]}-{band[1]})  "
+                      f"{case.seconds:6.1f} s  {'; '.join(case.problems)}")
+            outcome = {True: "passes", False: "FAILS: degraded while it answers so",
+                       None: f"not reachable: {verdict.reason}"}[verdict.passed]
+            print(f"  {endpoint.name} {outcome}", flush=True)
+            passed = passed and verdict.passed is True
+    return 0 if passed else 1
+
+
 def ensure_tmpdir(environ=os.environ) -> None:
     """Creates the folder TMPDIR names before anything asks tempfile for it (tempfile
     quietly falls back to /tmp when it is missing). The operator puts ingest's on the
@@ -191,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_migrate(settings, args.timeout)
     if args.command == "import":
         return asyncio.run(_import(settings, args.paths, args.migrate))
+    if args.command == "probe":
+        return asyncio.run(_probe(settings, args.endpoint))
     try:
         return asyncio.run(serve(settings, migrate=args.migrate))
     except StartupError as exc:

@@ -21,8 +21,8 @@ from aiohttp import web
 from xrayvision.ai.client import Endpoint, EndpointHealth, ModelClient
 from xrayvision.ai.parse import Check
 from xrayvision.ai.pipeline import Enrich, Notify, Pipeline, no_enrichment
-from xrayvision.ai.probes import Prober, follow_probes, load_probe_set
-from xrayvision.ai.prompts import load_prompts
+from xrayvision.ai.probes import Prober, ProbeRunner, follow_probes, load_probe_set
+from xrayvision.ai.prompts import Prompts, load_prompts
 from xrayvision.ai.shadow import ShadowReader
 from xrayvision.ai.text import TextServices
 from xrayvision.config import Settings
@@ -75,6 +75,14 @@ def shadow_endpoint(settings: Settings) -> Endpoint | None:
         return None
     return Endpoint("shadow", ai.shadow_url, ai.shadow_model or ai.model, ai.api_key,
                     ai.timeout)
+
+
+def probe_runner(settings: Settings, client: ModelClient, prompts: Prompts) -> ProbeRunner:
+    """The known-answer probe set's runner on ``client`` (raises ProbeSetError)."""
+    return ProbeRunner(client, prompts, load_probe_set(settings.probes.dir),
+                       budget=settings.probes.latency_budget,
+                       max_tokens=settings.ai.max_tokens,
+                       scale=lambda png: fit_png(png, settings.images.max_side))
 
 
 def notice_for(settings: Settings, exam: ReportContext, check: Check) -> Notice:
@@ -166,11 +174,9 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
                     shadow=rt.shadow.offer if rt.shadow is not None else None)
                 probes = settings.probes
                 if probes.interval > 0:
-                    rt.prober = Prober(
-                        rt.model, rt.text.prompts, load_probe_set(probes.dir), db, bus,
-                        interval=probes.interval, retry_interval=probes.retry_interval,
-                        budget=probes.latency_budget, max_tokens=settings.ai.max_tokens,
-                        scale=lambda png: fit_png(png, settings.images.max_side))
+                    rt.prober = Prober(probe_runner(settings, rt.model, rt.text.prompts), db,
+                                       bus, interval=probes.interval,
+                                       retry_interval=probes.retry_interval)
         yield rt
 
 

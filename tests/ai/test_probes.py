@@ -16,6 +16,7 @@ from xrayvision.ai.pipeline import ExamContext, Pipeline
 from xrayvision.ai.probes import (
     ProbeCase,
     Prober,
+    ProbeRunner,
     ProbeSetError,
     follow_probes,
     judge,
@@ -86,8 +87,8 @@ async def probing(db, stubs, *, budget=20.0, retry=0.2):
     await bus.start()
     async with aiohttp.ClientSession() as session:
         client = ModelClient(eps(*stubs), session, backoff=0.01, max_attempts=1)
-        prober = Prober(client, load_prompts(None), load_probe_set(None), db, bus,
-                        interval=600, retry_interval=retry, budget=budget)
+        runner = ProbeRunner(client, load_prompts(None), load_probe_set(None), budget=budget)
+        prober = Prober(runner, db, bus, interval=600, retry_interval=retry)
         tasks = [asyncio.create_task(client.health_loop(0.2)),
                  asyncio.create_task(prober.run(tick=0.05))]
         try:
@@ -259,9 +260,8 @@ async def test_probes_are_read_as_real_reads(db, stubs, tmp_path):
     async with aiohttp.ClientSession() as session:
         client = ModelClient(eps(stubs[0]), session)
         from xrayvision.images import fit_png, png_size
-        prober = Prober(client, load_prompts(None), load_probe_set(big), db, bus,
-                        interval=600, retry_interval=60, budget=20,
-                        scale=lambda png: fit_png(png, 896))
+        prober = ProbeRunner(client, load_prompts(None), load_probe_set(big), budget=20,
+                             scale=lambda png: fit_png(png, 896))
         verdict = await prober.probe_endpoint(client.endpoints[0])
     await bus.close()
     assert verdict.passed is True

@@ -227,6 +227,26 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         assert "not read: no region rule" in page.inner_text('tr[data-uid="1.2.840.3"]')
         shoot(page, "exams")
 
+        # a relay (another process) finds the primary alive but wrong: the header says so
+        wrong = "normal chest: severity 9, expected 0-3, positive 1, expected 0"
+        subprocess.run([sys.executable, "-c", PUBLISH, pg_url, "endpoint.health", json.dumps({
+            "primary": {"healthy": True, "error": "", "error_at": "", "probe": "failing",
+                        "probe_reason": wrong, "probe_at": "2026-12-03T09:00:00+00:00"},
+            "secondary": {"healthy": True, "error": "", "error_at": "", "probe": "passing",
+                          "probe_reason": "", "probe_at": "2026-12-03T09:00:00+00:00"}})],
+            check=True)
+        page.wait_for_selector("#endpoints .pill.off:has-text('primary degraded')")
+        assert "failover: secondary active" in page.inner_text("#endpoints")
+        assert wrong in page.get_attribute("#endpoints .pill.off", "title")
+        shoot(page, "exams-degraded")
+        fixed = {name: {"healthy": True, "error": "", "error_at": "", "probe": "passing",
+                        "probe_reason": "", "probe_at": "2026-12-03T09:01:00+00:00"}
+                 for name in ("primary", "secondary")}
+        subprocess.run([sys.executable, "-c", PUBLISH, pg_url, "endpoint.health",
+                        json.dumps(fixed)], check=True)
+        page.wait_for_selector("#endpoints .pill.on:has-text('primary up')")
+        assert "failover" not in page.inner_text("#endpoints")
+
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", INSERT, pg_url, "1.2.840.2"], check=True)
         inserted = time.monotonic()
@@ -362,6 +382,9 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
             "choose a region")
         shoot(page, "exam-ignored")
 
+        pg_db.write_sync(repo.save_shadow_read, "1.2.840", text="FINDINGS: shadow",
+                         positive=1, severity=8, confidence=80, summary="", model="mg-q4",
+                         endpoint="shadow", latency=2.0, prompt_version="p")
         page.goto(dashboard + "/#/stats")
         page.wait_for_selector("#chart-severity svg")
         # axes, values and a legend with totals; the counts behind the charts
@@ -370,6 +393,11 @@ def test_dashboard_live_updates_xss_and_review(dashboard, pg_db, pg_url, tmp_pat
         assert "ignored (no region)\n1" in page.inner_text("#queue-counts")
         assert "secondary\t1" in page.inner_text("#latency")  # the current read's
         assert "medgemma\t1" in page.inner_text("#per-model")
+        # the shadow model's copy (stored by a relay): compared, never the AI read
+        page.wait_for_selector("#per-shadow td:has-text('mg-q4')")
+        shadow_row = page.inner_text("#per-shadow tbody tr")
+        # severity 8 against the live read's 3 (version 4): it disagrees; no radiologist yet
+        assert shadow_row == "mg-q4\t1\t– of 0\t–\t–\t– of 0\t0.0% of 1"
         page.wait_for_selector("#chart-turnaround svg")  # receipt to first read, today
         assert "90th percentile" in page.inner_text("#chart-turnaround .legend")
         assert page.inner_text("#queue-head") == "Queue (studies)"
@@ -408,6 +436,7 @@ def test_after_a_server_restart_the_page_shows_what_it_missed(tmp_path, pg_db, p
             page.goto(url + "/#/stats")  # and the statistics say there is nothing yet
             page.wait_for_selector("#chart-severity .empty")
             assert "No AI reads" in page.inner_text("#latency")
+            assert "No shadow model" in page.inner_text("#per-shadow")
             shoot(page, "stats-empty")
             page.goto(url + "/#/exams")
             page.wait_for_selector("td.empty")

@@ -119,10 +119,6 @@ class EndpointHealth:
     probe_reason: str = ""  # why the last probe round failed
     probe_at: str = ""  # when the last verdict was reached (ISO 8601 UTC)
 
-    @property
-    def degraded(self) -> bool:
-        return self.probe == "failing"
-
     def as_dict(self) -> dict[str, object]:
         return {"healthy": self.healthy, "error": self.error, "error_at": self.error_at,
                 "probe": self.probe, "probe_reason": self.probe_reason,

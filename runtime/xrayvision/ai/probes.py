@@ -233,30 +233,19 @@ def now_iso() -> str:
 # --- running ----------------------------------------------------------------------------
 
 
-class Prober:
-    """Sends the probe set to each endpoint of ``client`` and acts on the verdicts."""
+class ProbeRunner:
+    """Sends a probe set to one endpoint of ``client`` and judges the answers (no
+    state: ``xrayvision probe`` and the :class:`Prober` use it)."""
 
-    def __init__(self, client: ModelClient, prompts: Prompts, probe_set: ProbeSet,
-                 db: Database, bus: Bus, *, interval: float, retry_interval: float,
+    def __init__(self, client: ModelClient, prompts: Prompts, probe_set: ProbeSet, *,
                  budget: float, scale: Callable[[bytes], bytes] = lambda png: png,
                  max_tokens: int = 1024) -> None:
         self.client = client
         self.prompts = prompts
         self.probe_set = probe_set
-        self.db = db
-        self.bus = bus
-        self.interval = interval
-        self.retry_interval = retry_interval
         self.budget = budget
         self.scale = scale
         self.max_tokens = max_tokens
-        self.due = {e.name: 0.0 for e in client.endpoints}  # monotonic time of the next round
-
-    def probe_soon(self, name: str | None = None) -> None:
-        """Brings the next round of endpoint ``name`` (of all when None) forward to now."""
-        for endpoint in self.due:
-            if name in (None, endpoint):
-                self.due[endpoint] = 0.0
 
     async def run_case(self, endpoint: Endpoint, case: ProbeCase) -> CaseResult:
         """One case on one endpoint: the read, then CHK, both within the budget.
@@ -307,15 +296,36 @@ class Prober:
                        summarise(results)[:1000], now_iso(), self.probe_set.version,
                        tuple(results))
 
+
+class Prober:
+    """Probes each endpoint of the runner's client on schedule and acts on the verdicts."""
+
+    def __init__(self, runner: ProbeRunner, db: Database, bus: Bus, *, interval: float,
+                 retry_interval: float) -> None:
+        self.runner = runner
+        self.client = runner.client
+        self.db = db
+        self.bus = bus
+        self.interval = interval
+        self.retry_interval = retry_interval
+        self.due = {e.name: 0.0 for e in self.client.endpoints}  # monotonic: next round
+
+    def probe_soon(self, name: str | None = None) -> None:
+        """Brings the next round of endpoint ``name`` (of all when None) forward to now."""
+        for endpoint in self.due:
+            if name in (None, endpoint):
+                self.due[endpoint] = 0.0
+
+    async def probe_endpoint(self, endpoint: Endpoint) -> Verdict:
+        return await self.runner.probe_endpoint(endpoint)
+
     async def record(self, verdict: Verdict) -> None:
         """Acts on a judged verdict here, keeps it and tells the other processes."""
         if verdict.passed is None:
             log.warning("model probes could not reach the endpoint; not judged",
                         extra={"endpoint": verdict.endpoint, "reason": verdict.reason})
             return
-        if not verdict.passed:
-            log.warning("model endpoint failed its known-answer probes",
-                        extra={"endpoint": verdict.endpoint, "reason": verdict.reason})
+        # (the client logs a change of verdict, with the reason, in every process)
         await self.client.set_probe(verdict.endpoint, verdict.state())
         data = verdict.as_dict()
         await self.db.write(repo.set_state, STATE_PREFIX + verdict.endpoint, json.dumps(data))

@@ -129,8 +129,8 @@ class Hub:
             self.set_endpoints(event.data)
         if event.type not in (GAP, RECONNECTED):
             self.broadcast({"type": event.type, **event.data})
-        if event.type in QUEUE_EVENTS:
-            self._dashboard_due.set()
+        if event.type in QUEUE_EVENTS or event.type == ENDPOINT_HEALTH:
+            self._dashboard_due.set()  # (the header shows the endpoints too)
 
     async def _dashboards(self) -> None:
         while True:
