@@ -19,7 +19,8 @@ With ``--shadow``, two more runs as run 1: without a shadow model, and with one 
 stub, same latency, capacity 1000) and ``[ai] shadow_rate`` high enough that only its
 two workers limit the copies; the last columns are the copies stored and the relay CPU
 they added per copy. Known-answer probes are off in every run ([probes] interval 0):
-their start-up round would fall into the first seconds measured.
+their start-up round would fall into the first seconds measured. The shadow reads in
+two worker processes the relay starts; their CPU is not in the relay's column.
 """
 
 from __future__ import annotations

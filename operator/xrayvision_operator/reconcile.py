@@ -439,8 +439,8 @@ def reconcile_model_endpoint(mep: Obj, applier: Applier, probe: Callable[[str], 
                                 message, generation),
                       condition("Degraded", False, "AsExpected", "", generation)]
     conditions.append(probes_condition(
-        [(xrv["metadata"]["name"], role, verdicts(xrv)) for xrv, role in users
-         if role != "shadow"], url, generation))
+        [(xrv["metadata"]["name"], role, verdicts(xrv)) for xrv, role in users], url,
+        generation))
     return {"type": kind, "url": url, "model": build.served_model(mep),
             "observedGeneration": generation, "readyReplicas": ready,
             "conditions": merge_conditions(previous.get("conditions"), conditions)}

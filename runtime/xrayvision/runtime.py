@@ -161,7 +161,7 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
             if relay_here:
                 shadow = shadow_endpoint(settings)
                 if shadow is not None:
-                    rt.shadow = ShadowReader(rt.model, rt.text.prompts, db, shadow,
+                    rt.shadow = ShadowReader(rt.text.prompts, db, shadow,
                                              per_minute=settings.ai.shadow_rate,
                                              max_tokens=settings.ai.max_tokens)
                 rt.pipeline = Pipeline(
@@ -176,7 +176,7 @@ async def open_runtime(settings: Settings, db: Database, bus: Bus, locks: Single
                 if probes.interval > 0:
                     rt.prober = Prober(probe_runner(settings, rt.model, rt.text.prompts), db,
                                        bus, interval=probes.interval,
-                                       retry_interval=probes.retry_interval)
+                                       retry_interval=probes.retry_interval, shadow=shadow)
         yield rt
 
 

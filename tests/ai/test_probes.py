@@ -284,3 +284,33 @@ async def test_verdict_json_round_trip(db, stubs):
                          "cases"}
     assert data["url"] == stubs[0].url and data["model"] == "medgemma"
     await until(lambda: True)
+
+
+async def test_the_shadow_is_probed_but_routes_nothing(db, stubs):
+    """A shadow model's probe verdict is kept (news for whoever would promote it); it
+    is not an endpoint of the client, so nothing is routed by it."""
+    from xrayvision.ai.client import Endpoint
+
+    primary, secondary = stubs
+    secondary.state.mode = "wrong"  # here: the shadow's server
+    bus = LocalBus()
+    await bus.start()
+    async with aiohttp.ClientSession() as session:
+        client = ModelClient(eps(primary), session, max_attempts=1)
+        runner = ProbeRunner(client, load_prompts(None), load_probe_set(None), budget=20)
+        prober = Prober(runner, db, bus, interval=600, retry_interval=600,
+                        shadow=Endpoint("shadow", secondary.url, "mg-q4", timeout=5))
+        task = asyncio.create_task(prober.run(tick=0.05))
+        try:
+            for _ in range(200):
+                stored = {v["endpoint"]: v for v in await db.read(stored_verdicts)}
+                if {"primary", "shadow"} <= set(stored):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    await bus.close()
+    assert stored["shadow"]["passed"] is False and stored["shadow"]["model"] == "mg-q4"
+    assert stored["primary"]["passed"] is True
+    assert set(client.health()) == {"primary"} and client.active().name == "primary"

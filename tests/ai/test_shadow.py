@@ -39,7 +39,7 @@ def test_token_bucket():
 
 
 @contextlib.asynccontextmanager
-async def relay_with_shadow(db, store, primary, shadow, *, per_minute=6000.0):
+async def relay_with_shadow(db, store, primary, shadow, *, per_minute=6000.0, workers=2):
     bus = LocalBus()
     await bus.start()
     async with aiohttp.ClientSession() as session:
@@ -47,9 +47,9 @@ async def relay_with_shadow(db, store, primary, shadow, *, per_minute=6000.0):
         prompts = load_prompts(None)
         reader = None
         if shadow is not None:
-            reader = ShadowReader(client, prompts, db,
+            reader = ShadowReader(prompts, db,
                                   Endpoint("shadow", shadow.url, "medgemma-q4", timeout=30),
-                                  per_minute=per_minute)
+                                  per_minute=per_minute, workers=workers)
         pipeline = Pipeline(TextServices(client, prompts), db, store, bus,
                             shadow=reader.offer if reader else None)
         relay = Relay(pipeline, db, bus, "w", concurrency=4, lease_seconds=30,
@@ -100,14 +100,15 @@ async def test_shadow_reads_are_stored_apart_and_never_shown_as_the_ai_read(db, 
     shadow.state.report = SHADOW_REPORT
     shadow.state.check = {"positive": 0, "severity": 1, "confidence": 70, "summary": "normal"}
     store = FilesystemStore(tmp_path)
-    async with relay_with_shadow(db, store, primary, shadow):
+    # a worker for each of the relay's four reads in flight: no copy skipped as busy
+    async with relay_with_shadow(db, store, primary, shadow, workers=4):
         uids = add_exams(db, store, 3, prefix="1.3.1")
         await until_counts(db, lambda c: c[DONE] == 3)
 
         async def stored():
             return await db.read(lambda s: s.query(ShadowRead).count())
 
-        for _ in range(100):
+        for _ in range(600):  # (the worker processes start with the first copy)
             if await stored() == 3:
                 break
             await asyncio.sleep(0.05)
@@ -137,10 +138,15 @@ async def test_the_shadow_is_rate_limited(db, tmp_path, stubs):
         await until_counts(db, lambda c: c[DONE] == 8)
         await until(lambda: metrics.SHADOW_READS.labels("skipped_rate")._value.get()
                     - skipped >= 7)
+
+        def copies():
+            return [r for r in shadow.state.requests
+                    if isinstance(r["messages"][1]["content"], list)]
+
+        await until(copies, wait=30.0)  # (the worker process starts with the first copy)
+        await asyncio.sleep(0.5)
     # a burst of 8 reads: one copy (a 6-a-minute bucket holds one), the rest skipped
-    copies = [r for r in shadow.state.requests
-              if isinstance(r["messages"][1]["content"], list)]
-    assert len(copies) == 1
+    assert len(copies()) == 1
     assert metrics.SHADOW_READS.labels("skipped_rate")._value.get() - skipped == 7
 
 

@@ -248,13 +248,17 @@ def test_managed_vllm_endpoint():
     assert build_model_endpoint(url_mep) == [] and served_model(url_mep) == "m"
 
 
+def vllm_args(vllm):
+    """The managed vLLM's command line for a ModelEndpoint's ``spec.vllm``."""
+    mep = with_server_fields({"apiVersion": "xrayvision.io/v1alpha1",
+                              "kind": "ModelEndpoint", "metadata": {"name": "m"},
+                              "spec": {"vllm": vllm}})
+    deployment = next(o for o in build_model_endpoint(mep) if o["kind"] == "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def test_images_per_prompt_from_the_spec_unless_extra_args_set_it():
-    def args(vllm):
-        mep = with_server_fields({"apiVersion": "xrayvision.io/v1alpha1",
-                                  "kind": "ModelEndpoint", "metadata": {"name": "m"},
-                                  "spec": {"vllm": vllm}})
-        deployment = next(o for o in build_model_endpoint(mep) if o["kind"] == "Deployment")
-        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = vllm_args
 
     assert args({"maxImagesPerPrompt": 8})[-2:] == ["--limit-mm-per-prompt", '{"image": 8}']
     own = args({"maxImagesPerPrompt": 8, "extraArgs": ['--limit-mm-per-prompt={"image":2}']})
@@ -267,7 +271,7 @@ def test_images_per_prompt_from_the_spec_unless_extra_args_set_it():
 
 def test_examples_are_valid():
     found = [d for d in examples() if d["kind"] in ("XRayVision", "ModelEndpoint")]
-    assert len(found) == 5
+    assert len(found) == 6  # examples/*.yaml: 3 ModelEndpoints, 3 XRayVisions
     for doc in found:
         assert validate(doc["kind"], doc) == [], doc["metadata"]["name"]
 
@@ -404,13 +408,7 @@ def test_shadow_model_and_probes_reach_the_app():
 
 
 def test_managed_vllm_runs_in_bfloat16_unless_told_otherwise():
-    def args(vllm):
-        mep = with_server_fields({"apiVersion": "xrayvision.io/v1alpha1",
-                                  "kind": "ModelEndpoint", "metadata": {"name": "m"},
-                                  "spec": {"vllm": vllm}})
-        deployment = next(o for o in build_model_endpoint(mep) if o["kind"] == "Deployment")
-        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-
+    args = vllm_args
     default = args({})
     assert default[default.index("--dtype") + 1] == "bfloat16"
     chosen = args({"dtype": "float32"})

@@ -301,19 +301,29 @@ class ModelClient:
         payload = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
         if within is not None:  # seconds, instead of the endpoint's timeout
             endpoint = replace(endpoint, timeout=within)
+        try:
+            return await self._ask(endpoint, payload, call)
+        except _Failed as exc:
+            error = ModelBadOutput if exc.outcome == "bad_response" else ModelUnavailable
+            raise error(f"{endpoint.name}: {exc}") from None
+
+    async def _ask(self, endpoint: Endpoint, payload: dict, call: str) -> ChatResult:
+        """One request, counted in the metrics by outcome; raises _Failed, ModelRejected."""
         started = time.perf_counter()
         try:
             text, usage = await self._post(endpoint, payload)
         except _Failed as exc:
             metrics.MODEL_REQUESTS.labels(call, endpoint.name, exc.outcome).inc()
-            error = ModelBadOutput if exc.outcome == "bad_response" else ModelUnavailable
-            raise error(f"{endpoint.name}: {exc}") from None
+            raise
         except ModelRejected:
             metrics.MODEL_REQUESTS.labels(call, endpoint.name, "rejected").inc()
             raise
         seconds = time.perf_counter() - started
         metrics.MODEL_REQUESTS.labels(call, endpoint.name, "ok").inc()
         metrics.MODEL_REQUEST_SECONDS.labels(call, endpoint.name).observe(seconds)
+        for kind in ("prompt_tokens", "completion_tokens"):
+            if isinstance(usage.get(kind), int):
+                metrics.MODEL_TOKENS.labels(endpoint.name, kind[:-7]).inc(usage[kind])
         return ChatResult(text, endpoint.name, endpoint.model, seconds, usage)
 
     async def _post(self, endpoint: Endpoint, payload: dict) -> tuple[str, dict]:
@@ -362,28 +372,17 @@ class ModelClient:
             # The active endpoint first, then the other(s) at once when it fails.
             for endpoint in sorted(usable, key=lambda e: not self.healthy[e.name]):
                 tried.add(endpoint.name)
-                started = time.perf_counter()
                 try:
-                    text, usage = await self._post(endpoint, payload)
+                    result = await self._ask(endpoint, payload, call)
                 except _Failed as exc:
-                    metrics.MODEL_REQUESTS.labels(call, endpoint.name, exc.outcome).inc()
                     last = f"{endpoint.name}: {exc}"
                     outcomes.append(exc.outcome)
                     await self._set_health(endpoint, False, str(exc))
                     if len(tried) < len(usable):
                         metrics.MODEL_FAILOVERS.labels(endpoint.name).inc()
                     continue
-                except ModelRejected:
-                    metrics.MODEL_REQUESTS.labels(call, endpoint.name, "rejected").inc()
-                    raise
-                seconds = time.perf_counter() - started
-                metrics.MODEL_REQUESTS.labels(call, endpoint.name, "ok").inc()
-                metrics.MODEL_REQUEST_SECONDS.labels(call, endpoint.name).observe(seconds)
-                for kind in ("prompt_tokens", "completion_tokens"):
-                    if isinstance(usage.get(kind), int):
-                        metrics.MODEL_TOKENS.labels(endpoint.name, kind[:-7]).inc(usage[kind])
                 await self._set_health(endpoint, True)
-                return ChatResult(text, endpoint.name, endpoint.model, seconds, usage)
+                return result
             if attempt < self.max_attempts:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff)

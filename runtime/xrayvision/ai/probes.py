@@ -301,14 +301,17 @@ class Prober:
     """Probes each endpoint of the runner's client on schedule and acts on the verdicts."""
 
     def __init__(self, runner: ProbeRunner, db: Database, bus: Bus, *, interval: float,
-                 retry_interval: float) -> None:
+                 retry_interval: float, shadow: Endpoint | None = None) -> None:
         self.runner = runner
         self.client = runner.client
         self.db = db
         self.bus = bus
         self.interval = interval
         self.retry_interval = retry_interval
-        self.due = {e.name: 0.0 for e in self.client.endpoints}  # monotonic: next round
+        # The shadow is probed too (its verdict is news for whoever would promote it),
+        # but it routes nothing: no process's client has it.
+        self.targets = [*self.client.endpoints, *([shadow] if shadow else [])]
+        self.due = {e.name: 0.0 for e in self.targets}  # monotonic time of the next round
 
     def probe_soon(self, name: str | None = None) -> None:
         """Brings the next round of endpoint ``name`` (of all when None) forward to now."""
@@ -337,10 +340,10 @@ class Prober:
         seconds, and every ``retry_interval`` while it fails (or could not be reached);
         a down endpoint waits for the health check."""
         due = self.due
-        was_up = dict(self.client.healthy)
+        was_up = {e.name: self.client.healthy.get(e.name, True) for e in self.targets}
         while True:
-            for endpoint in self.client.endpoints:
-                up = self.client.healthy[endpoint.name]
+            for endpoint in self.targets:
+                up = self.client.healthy.get(endpoint.name, True)  # (the shadow: unchecked)
                 if up and not was_up[endpoint.name]:
                     due[endpoint.name] = 0.0  # (re)started: it may serve something else
                 was_up[endpoint.name] = up
