@@ -162,6 +162,48 @@ def run(db: Database, url: str, folder: Path, store: FilesystemStore, stub_url: 
     return count / elapsed, 1000 * used / count, 1000 * children / count
 
 
+def copy_cost(url: str, shadow_url: str, count: int = 300) -> tuple[float, float]:
+    """The relay process's CPU for one shadow copy, measured alone (in this process, on
+    the same PostgreSQL): the hand-over of the request to a worker process and the
+    answer's row (stored in batches), one copy at a time; the workers' CPU apart.
+    Returns (ms per copy in this process, ms per copy in the workers)."""
+    import asyncio
+    import resource
+
+    from xrayvision.ai.client import Endpoint
+    from xrayvision.ai.pipeline import ExamContext, study_messages
+    from xrayvision.ai.prompts import load_prompts
+    from xrayvision.ai.shadow import ShadowReader
+
+    prompts = load_prompts(None)
+    messages = study_messages(prompts, ExamContext("chest", "PA", "M", 50), [model_png()],
+                              views=["PA"], total=1)
+    db = Database(DatabaseOptions(url=url))
+
+    async def measure() -> tuple[float, float]:
+        reader = ShadowReader(prompts, db, Endpoint("shadow", shadow_url, "m"),
+                              per_minute=1e9)
+        for i in range(10):  # the workers started and warm
+            await reader.read(f"w{i}", messages)
+
+        def children() -> float:
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return usage.ru_utime + usage.ru_stime
+
+        started, kids = time.process_time(), children()
+        for i in range(count):
+            await reader.read(f"c{i}", messages)
+        await reader.flush()  # (the relay stores answers in batches)
+        used = time.process_time() - started
+        reader.close(wait=True)  # (the workers' CPU is known once they are joined)
+        return 1000 * used / count, 1000 * (children() - kids) / count
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        db.close()
+
+
 def wait_ready(port: int, timeout: float = 60) -> None:
     import urllib.request
 
@@ -253,6 +295,10 @@ def main() -> None:
                 print(f"{'... a shadow model copying the reads':<44}{rate:>9.1f}"
                       f"{limit:>8.1f}{rate / limit:>10.2f}{cpu:>13.1f}{copies:>8}"
                       f"{per_copy:>9.1f}", flush=True)
+            for _ in range(2):
+                relay_ms, worker_ms = copy_cost(url, shadow_url)
+                print(f"one copy alone, 300 in a row: relay process {relay_ms:.2f} ms, "
+                      f"shadow workers {worker_ms:.2f} ms", flush=True)
         wide = stub(1000)
         for relays in (1, 2):
             rate, cpu, _ = run(db, url, folder, store, wide, relays, c, args.exams)

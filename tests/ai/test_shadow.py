@@ -166,13 +166,16 @@ def test_agreement_per_shadow_model(db):
             if rad is not None:
                 repo.save_rad_report(session, uid, severity=rad, positive=int(rad >= 5),
                                      summary="", text_en="", checked=True)
-            for model, severity in (("a", a), ("b", b)):
-                if severity is not None:
-                    for older in (0, severity):  # the latest read of a unit counts
-                        repo.save_shadow_read(
-                            session, uid, text="y", positive=-1, severity=older,
-                            confidence=-1, summary="", model=model, endpoint="shadow",
-                            latency=1.0, prompt_version="p")
+            for older in (0, a):  # the latest read of a unit counts
+                repo.save_shadow_read(
+                    session, uid, text="y", positive=-1, severity=older, confidence=-1,
+                    summary="", model="a", endpoint="shadow", latency=1.0,
+                    prompt_version="p")
+            if b is not None:  # (as the relay stores them: in batches)
+                repo.save_shadow_reads(session, [
+                    {"uid": uid, "text": "y", "positive": -1, "severity": severity,
+                     "confidence": -1, "summary": "", "model": "b", "endpoint": "shadow",
+                     "latency": 1.0, "prompt_version": "p"} for severity in (9, b)])
     db.write_sync(seed)
     found = db.read_sync(repo.shadow_agreement, 5)
     assert set(found) == {"a", "b"}

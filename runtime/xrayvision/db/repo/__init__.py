@@ -87,6 +87,7 @@ from xrayvision.db.repo.sessions import (
 )
 from xrayvision.db.repo.shadow import (
     save_shadow_read,
+    save_shadow_reads,
     shadow_agreement,
     shadow_reads_of,
 )
@@ -141,7 +142,8 @@ __all__ = [
     "retriage",
     "review_ai_report",
     "save_ai_read", "save_rad_report", "set_state", "states_with_prefix",
-    "study_needs_retrieval", "save_shadow_read", "shadow_agreement", "shadow_reads_of",
+    "study_needs_retrieval", "save_shadow_read", "save_shadow_reads", "shadow_agreement",
+    "shadow_reads_of",
     "StudyContext", "StudyImageRef", "get_study", "link_rad_report", "read_of", "refresh_study",
     "requeue_study", "rollup",
     "save_study_read", "study_context", "study_key", "StudyRow", "count_studies",

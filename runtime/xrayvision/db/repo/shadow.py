@@ -6,11 +6,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, insert, select
 from sqlalchemy.orm import Session
 
 from xrayvision.agreement import Confusion
-from xrayvision.db.models import AIReport, RadReport, ShadowRead
+from xrayvision.db.models import AIReport, RadReport, ShadowRead, utcnow
 
 
 def save_shadow_read(session: Session, uid: str, *, text: str, positive: int, severity: int,
@@ -23,6 +23,18 @@ def save_shadow_read(session: Session, uid: str, *, text: str, positive: int, se
                      endpoint=endpoint[:32], latency=latency, prompt_version=prompt_version)
     session.add(row)
     return row
+
+
+def save_shadow_reads(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Stores several shadow reads at once (one INSERT of many rows: the relay writes the
+    shadow's answers in batches); each row has the columns of :func:`save_shadow_read`
+    and ``uid``."""
+    if rows:
+        now = utcnow()
+        session.execute(insert(ShadowRead), [
+            {**row, "summary": row["summary"][:500], "model": row["model"][:256],
+             "endpoint": row["endpoint"][:32], "created": row.get("created", now)}
+            for row in rows])
 
 
 def _sums(left: Any, right: Any, threshold: int) -> list[Any]:
