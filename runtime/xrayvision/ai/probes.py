@@ -312,6 +312,7 @@ class Prober:
         # but it routes nothing: no process's client has it.
         self.targets = [*self.client.endpoints, *([shadow] if shadow else [])]
         self.due = {e.name: 0.0 for e in self.targets}  # monotonic time of the next round
+        self.shadow_passed: bool | None = None  # the shadow's last verdict, for the log
 
     def probe_soon(self, name: str | None = None) -> None:
         """Brings the next round of endpoint ``name`` (of all when None) forward to now."""
@@ -328,7 +329,15 @@ class Prober:
             log.warning("model probes could not reach the endpoint; not judged",
                         extra={"endpoint": verdict.endpoint, "reason": verdict.reason})
             return
-        # (the client logs a change of verdict, with the reason, in every process)
+        # (the client logs a change of verdict, with the reason, in every process; the
+        # shadow is no endpoint of the client's, so its change is logged here)
+        if verdict.endpoint not in self.client.healthy and \
+                self.shadow_passed != verdict.passed:
+            self.shadow_passed = verdict.passed
+            log.log(logging.INFO if verdict.passed else logging.WARNING,
+                    "the shadow model passes its known-answer probes" if verdict.passed
+                    else "the shadow model fails its known-answer probes",
+                    extra={"endpoint": verdict.endpoint, "reason": verdict.reason})
         await self.client.set_probe(verdict.endpoint, verdict.state())
         data = verdict.as_dict()
         await self.db.write(repo.set_state, STATE_PREFIX + verdict.endpoint, json.dumps(data))
