@@ -358,8 +358,14 @@ class Prober:
                 was_up[endpoint.name] = up
                 if not up or time.monotonic() < due[endpoint.name]:
                     continue
-                verdict = await self.probe_endpoint(endpoint)
-                await self.record(verdict)
+                try:
+                    verdict = await self.probe_endpoint(endpoint)
+                    await self.record(verdict)
+                except Exception:  # noqa: BLE001 - the database away: the next round keeps it
+                    log.warning("a model probe round could not be recorded",
+                                extra={"endpoint": endpoint.name}, exc_info=True)
+                    due[endpoint.name] = time.monotonic() + self.retry_interval
+                    continue
                 wait = self.interval if verdict.passed else self.retry_interval
                 due[endpoint.name] = time.monotonic() + wait
             await asyncio.sleep(tick)
