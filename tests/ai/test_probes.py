@@ -31,7 +31,7 @@ from xrayvision.db.models import DONE
 from xrayvision.events import LocalBus
 from xrayvision.images import FilesystemStore
 
-from .test_relay import add_exams, eps, until, until_counts
+from .test_relay import add_exams, eps, until_counts
 
 CASE = ProbeCase("normal", (b"\x89PNG",), ExamContext("chest", "PA", "F", 40), ("PA",),
                  severity=(0, 3), positive=0)
@@ -241,7 +241,6 @@ async def test_no_exam_is_read_by_an_endpoint_after_it_failed_its_probes(db, tmp
     after = [await db.read(repo.get_exam, f"1.2.6.{i}") for i in range(20)]
     assert {e.ai.endpoint for e in before} == {"primary"}
     assert {e.ai.endpoint for e in after} == {"secondary"}, failed
-    assert all(e.ai.created.isoformat() > "" for e in after)
 
 
 async def test_probes_are_read_as_real_reads(db, stubs, tmp_path):
@@ -283,7 +282,6 @@ async def test_verdict_json_round_trip(db, stubs):
     assert set(data) == {"endpoint", "url", "model", "passed", "reason", "at", "probe_set",
                          "cases"}
     assert data["url"] == stubs[0].url and data["model"] == "medgemma"
-    await until(lambda: True)
 
 
 async def test_the_shadow_is_probed_but_routes_nothing(db, stubs):
